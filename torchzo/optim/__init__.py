@@ -1,0 +1,7 @@
+"""torch.optim-style optimizers over the ZO oracle, and their functional update kernels."""
+from .base import ZOOptimizer
+from .zoadam import ZOAdam, zo_adam
+from .zosgd import ZOSGD, zo_sgd
+from .zosignsgd import ZOSignSGD, zo_signsgd
+
+__all__ = ["ZOSGD", "ZOAdam", "ZOOptimizer", "ZOSignSGD", "zo_adam", "zo_sgd", "zo_signsgd"]

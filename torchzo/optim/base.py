@@ -1,0 +1,216 @@
+"""``ZOOptimizer``: the torch.optim plumbing every torchzo optimizer shares.
+
+A step is: draw query seeds, estimate the gradient with the oracle (all parameters restored
+exactly afterwards, or on any error), then hand each param group's estimate to the subclass's
+update rule. Param groups with the same ``(estimator, q, mu)`` are perturbed together and share
+one estimate; groups that differ are estimated separately. ``f(x)`` is queried once per step.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ..oracle import (
+    Batched,
+    Layout,
+    ParameterBackup,
+    Scheme,
+    call_closure,
+    default_mu,
+    draw_seeds,
+    estimate_batched,
+    estimate_closure,
+)
+
+__all__ = ["ZOOptimizer"]
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+
+def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+class ZOOptimizer(Optimizer):
+    """Base class of torchzo's optimizers; subclasses implement :meth:`_update_group`.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim`` optimizer.
+        defaults: per-group defaults; must hold ``lr``, ``q``, ``mu``, ``estimator``, ``maximize``.
+        seed: seeds the optimizer's own generator (query directions never touch the global RNG).
+        generator: a ``torch.Generator`` to draw query seeds from instead of ``seed``.
+            With neither, the seed is drawn from the global RNG, so ``torch.manual_seed``
+            makes runs reproducible.
+    """
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        if seed is not None and generator is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if generator is None:
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, ()).item())
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise ValueError(f"seed must be an int, got {seed!r}")
+            generator = torch.Generator().manual_seed(seed)
+        elif not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self._generator = generator
+        self._counters = {"steps": 0, "queries": 0}
+        super().__init__(params, defaults)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._validate_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        """Raise ``ValueError`` for a bad hyperparameter; subclasses extend it."""
+        _check_positive("lr", group["lr"], allow_zero=True)
+        Scheme(group["estimator"], group["q"])
+        if group["mu"] is not None:
+            _check_positive("mu", group["mu"])
+        if not isinstance(group["maximize"], bool):
+            raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
+        for p in group["params"]:
+            if not p.is_floating_point():
+                raise ValueError(f"zeroth-order optimizers need floating-point parameters, "
+                                 f"got {p.dtype}")
+
+    @staticmethod
+    def resolved_mu(group: dict[str, Any]) -> float:
+        """The group's ``mu``, or the default for its least precise parameter dtype."""
+        if group["mu"] is not None:
+            return float(group["mu"])
+        eps_dtype = max((p.dtype for p in group["params"]), key=lambda d: torch.finfo(d).eps)
+        return default_mu(eps_dtype)
+
+    # -- counters and state -------------------------------------------------------------------
+
+    @property
+    def queries(self) -> int:
+        """Function evaluations made by completed steps."""
+        return self._counters["queries"]
+
+    @property
+    def steps(self) -> int:
+        return self._counters["steps"]
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["zo"] = {**self._counters, "generator": self._generator.get_state()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "zo" not in state_dict:
+            raise ValueError("state_dict has no 'zo' entry (RNG and query counters): it was not "
+                             "saved by a torchzo optimizer")
+        zo = state_dict["zo"]
+        rest = {k: v for k, v in state_dict.items() if k != "zo"}
+        super().load_state_dict(rest)
+        self._generator.set_state(zo["generator"].clone())
+        self._counters = {"steps": int(zo["steps"]), "queries": int(zo["queries"])}
+
+    # -- the step -----------------------------------------------------------------------------
+
+    def _partitions(self) -> list[tuple[Scheme, float, list[dict[str, Any]]]]:
+        parts: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+        for group in self.param_groups:
+            key = (group["estimator"], group["q"], self.resolved_mu(group))
+            parts.setdefault(key, []).append(group)
+        return [(Scheme(name, q), mu, groups) for (name, q, mu), groups in parts.items()]
+
+    def _direction_scale(self, params: list[Tensor]) -> list[Tensor] | None:
+        """Per-coordinate standard deviations of the query directions (None: identity)."""
+        return None
+
+    def _estimate(self, closure: Callable[[], Any]) -> tuple[Any, dict[Tensor, Tensor], int]:
+        """The loss at x, an estimate per parameter, and the queries spent."""
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        position = {p: i for i, p in enumerate(all_params)}
+        parts = self._partitions()
+        estimates: dict[Tensor, Tensor] = {}
+        if isinstance(closure, Batched):
+            if len(parts) != 1:
+                raise ValueError("a Batched objective needs every param group to share "
+                                 "estimator, q and mu")
+            scheme, mu, _ = parts[0]
+            layout = Layout(all_params)
+            if len(layout.blocks) != 1:
+                raise ValueError("a Batched objective needs all parameters on one device")
+            dtype = layout.blocks[0].dtype
+            with torch.no_grad():
+                x = torch.cat([p.detach().reshape(-1).to(dtype) for p in all_params])
+                scale = self._direction_scale(all_params)
+                flat_scale = None if scale is None else torch.cat(
+                    [s.reshape(-1).to(dtype) for s in scale])
+                seeds = draw_seeds(self._generator, scheme.directions)
+                f0, g = estimate_batched(closure.fn, x, seeds, scheme, mu, flat_scale,
+                                         closure.chunk_size)
+            for p, gp in zip(all_params, g.split([p.numel() for p in all_params])):
+                estimates[p] = gp.view_as(p)
+            return f0, estimates, scheme.queries
+
+        backup = ParameterBackup(all_params)
+        try:
+            loss, f0 = call_closure(closure, all_params, "f(x)")
+            queries = 1
+            for scheme, mu, groups in parts:
+                params = [p for g in groups for p in g["params"]]
+                seeds = draw_seeds(self._generator, scheme.directions)
+                g = estimate_closure(closure, backup, [position[p] for p in params],
+                                     Layout(params), seeds, scheme, mu, f0,
+                                     self._direction_scale(params))
+                estimates.update(zip(params, g))
+                queries += scheme.queries - 1
+        finally:
+            backup.restore()
+        return loss, estimates, queries
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Estimate the gradient from loss queries and update the parameters.
+
+        Args:
+            closure: returns the loss at the current parameters, without calling ``backward()``;
+                or a :class:`torchzo.oracle.Batched` objective. Required.
+
+        Returns:
+            The loss at the parameters before the step (what the closure returned).
+
+        If the closure raises, returns a non-scalar or non-finite loss, or calls ``backward()``,
+        every parameter, the optimizer state and the RNG are left exactly as before the step.
+        """
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step() needs a closure that returns the "
+                             "loss: opt.step(lambda: loss_fn(model(x), y))")
+        rng = self._generator.get_state()
+        try:
+            loss, estimates, queries = self._estimate(closure)
+        except BaseException:
+            self._generator.set_state(rng)
+            raise
+        with torch.no_grad():
+            for group in self.param_groups:
+                params = group["params"]
+                grads = [estimates[p].to(p.dtype) for p in params]
+                self._update_group(group, params, grads)
+        self._counters["steps"] += 1
+        self._counters["queries"] += queries
+        return loss
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor],
+                      estimates: list[Tensor]) -> None:
+        raise NotImplementedError

@@ -1,0 +1,102 @@
+"""ZO-Adam: Adam on the ZO gradient estimate (Chen et al., 2019)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import ParamsT, ZOOptimizer, _check_positive
+from .zosgd import _default_foreach
+
+__all__ = ["ZOAdam", "zo_adam"]
+
+
+class ZOAdam(ZOOptimizer):
+    r"""Zeroth-order Adam.
+
+    Adam's update (with bias correction and L2 ``weight_decay``, as ``torch.optim.Adam``)
+    applied to the oracle's estimate :math:`\hat\nabla f(\theta_{t-1})`:
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t,\quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2,
+        \quad \theta_t = \theta_{t-1} - \eta \frac{m_t / (1-\beta_1^t)}
+        {\sqrt{v_t / (1-\beta_2^t)} + \epsilon}
+
+    Args:
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1).
+        eps: :math:`\epsilon`.
+        Others as for :class:`ZOSGD`.
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
+                 estimator: str = "forward", betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
+                 foreach: bool | None = None, *, seed: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, betas=betas, eps=eps,
+                        weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, seed=seed, generator=generator)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        betas = group["betas"]
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
+        for i, b in enumerate(betas):
+            _check_positive(f"betas[{i}]", b, allow_zero=True)
+            if b >= 1:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
+        _check_positive("eps", group["eps"], allow_zero=True)
+        _check_positive("weight_decay", group["weight_decay"], allow_zero=True)
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor],
+                      estimates: list[Tensor]) -> None:
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+        zo_adam(params, estimates, [self.state[p]["exp_avg"] for p in params],
+                [self.state[p]["exp_avg_sq"] for p in params],
+                [self.state[p]["step"] for p in params], lr=group["lr"],
+                betas=tuple(group["betas"]), eps=group["eps"],
+                weight_decay=group["weight_decay"], maximize=group["maximize"],
+                foreach=group["foreach"])
+
+
+def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor],
+            exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float,
+            betas: tuple[float, float], eps: float, weight_decay: float = 0.0,
+            maximize: bool = False, foreach: bool | None = None) -> None:
+    """Functional ZO-Adam update; ``steps`` are the counts after this step (1 on the first)."""
+    if not params:
+        return
+    beta1, beta2 = betas
+    if _default_foreach(params, foreach) and len(set(steps)) == 1:
+        grads = torch._foreach_neg(estimates) if maximize else list(estimates)
+        if weight_decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=weight_decay)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        step = steps[0]
+        bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, math.sqrt(bc2))
+        torch._foreach_add_(denoms, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr / bc1)
+        return
+    for p, g, m, v, step in zip(params, estimates, exp_avgs, exp_avg_sqs, steps):
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+        denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / bc1)

@@ -1,0 +1,117 @@
+"""ZO-SGD: SGD (with optional momentum and L2 weight decay) on the ZO gradient estimate."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import ParamsT, ZOOptimizer, _check_positive
+
+__all__ = ["ZOSGD", "zo_sgd"]
+
+
+class ZOSGD(ZOOptimizer):
+    r"""Zeroth-order SGD.
+
+    .. math::
+        g_t = \hat\nabla f(\theta_{t-1}) + \lambda \theta_{t-1}, \quad
+        b_t = \beta b_{t-1} + g_t \ (b_1 = g_1), \quad \theta_t = \theta_{t-1} - \eta b_t
+
+    where :math:`\hat\nabla f` is the oracle's estimate from ``q`` queries (``-`` becomes ``+``
+    with ``maximize``). With ``momentum=0`` this is the paper's ZO-SGD.
+
+    Args:
+        params: parameters or param groups.
+        lr: step size :math:`\eta`.
+        q: query directions per step (the estimator's budget; see :class:`torchzo.oracle.Scheme`).
+        mu: smoothing radius; ``None`` picks the default for the parameters' dtype.
+        estimator: ``"forward"``, ``"central"`` or ``"antithetic"``.
+        momentum: :math:`\beta`.
+        weight_decay: L2 penalty :math:`\lambda`.
+        maximize: ascend instead of descend.
+        foreach: use the multi-tensor kernels (default: on CUDA only, as in torch.optim).
+        seed, generator: the source of query directions (see :class:`ZOOptimizer`).
+    """
+
+    def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
+                 estimator: str = "forward", momentum: float = 0.0, weight_decay: float = 0.0,
+                 maximize: bool = False, foreach: bool | None = None, *, seed: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, momentum=momentum,
+                        weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+        super().__init__(params, defaults, seed=seed, generator=generator)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        _check_positive("momentum", group["momentum"], allow_zero=True)
+        _check_positive("weight_decay", group["weight_decay"], allow_zero=True)
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor],
+                      estimates: list[Tensor]) -> None:
+        bufs: list[Tensor | None] = [self.state[p].get("momentum_buffer") for p in params]
+        zo_sgd(params, estimates, bufs, lr=group["lr"], momentum=group["momentum"],
+               weight_decay=group["weight_decay"], maximize=group["maximize"],
+               foreach=group["foreach"])
+        if group["momentum"] != 0:
+            for p, b in zip(params, bufs):
+                self.state[p]["momentum_buffer"] = b
+
+
+def _default_foreach(params: list[Tensor], foreach: bool | None) -> bool:
+    if foreach is None:
+        return bool(params) and all(p.is_cuda for p in params)
+    return foreach
+
+
+def zo_sgd(params: list[Tensor], estimates: list[Tensor], momentum_buffers: list[Tensor | None],
+           *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+           maximize: bool = False, foreach: bool | None = None) -> None:
+    """Functional ZO-SGD update; fills ``momentum_buffers`` in place of ``None`` entries."""
+    if _default_foreach(params, foreach):
+        _multi_tensor_sgd(params, estimates, momentum_buffers, lr, momentum, weight_decay,
+                          maximize)
+    else:
+        _single_tensor_sgd(params, estimates, momentum_buffers, lr, momentum, weight_decay,
+                           maximize)
+
+
+def _single_tensor_sgd(params: list[Tensor], estimates: list[Tensor],
+                       bufs: list[Tensor | None], lr: float, momentum: float,
+                       weight_decay: float, maximize: bool) -> None:
+    for i, (p, g) in enumerate(zip(params, estimates)):
+        if maximize:
+            g = -g
+        if weight_decay != 0:
+            g = g.add(p, alpha=weight_decay)
+        if momentum != 0:
+            buf = bufs[i]
+            if buf is None:
+                buf = bufs[i] = g.clone()
+            else:
+                buf.mul_(momentum).add_(g)
+            g = buf
+        p.add_(g, alpha=-lr)
+
+
+def _multi_tensor_sgd(params: list[Tensor], estimates: list[Tensor],
+                      bufs: list[Tensor | None], lr: float, momentum: float,
+                      weight_decay: float, maximize: bool) -> None:
+    if not params:
+        return
+    grads = list(estimates)
+    if maximize:
+        grads = list(torch._foreach_neg(grads))
+    if weight_decay != 0:
+        grads = list(torch._foreach_add(grads, params, alpha=weight_decay))
+    if momentum != 0:
+        fresh = [i for i, b in enumerate(bufs) if b is None]
+        old = [i for i, b in enumerate(bufs) if b is not None]
+        if old:
+            held = [bufs[i] for i in old]
+            torch._foreach_mul_(held, momentum)  # type: ignore[arg-type]
+            torch._foreach_add_(held, [grads[i] for i in old])  # type: ignore[arg-type, misc]
+        for i in fresh:
+            bufs[i] = grads[i].clone()
+        grads = bufs  # type: ignore[assignment]
+    torch._foreach_add_(params, grads, alpha=-lr)

@@ -1,0 +1,118 @@
+"""Query directions regenerated from per-query seeds.
+
+A list of parameter tensors is treated as one flat vector per device. The direction of one query
+is ``randn(numel)`` drawn from a generator seeded with that query's seed, split back into the
+tensors' shapes, so a direction never has to be stored: anyone holding the seed (a later pass, a
+batched evaluator, another rank) can rebuild it bit for bit. The same seed over a single flat
+tensor gives the same numbers as over the list of tensors it concatenates.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Layout", "default_mu", "draw_seeds", "generation_dtype"]
+
+# Decorrelates the streams of two device blocks that share a query seed.
+_BLOCK_STRIDE = 0x9E3779B97F4A7C15
+_SEED_MAX = 2**63 - 1
+
+
+def default_mu(dtype: torch.dtype) -> float:
+    """The smallest power of ten not below ``sqrt(eps)`` of ``dtype``.
+
+    ``sqrt(eps)`` balances truncation and rounding error of a forward difference on a function of
+    unit scale. float32 gives 1e-3, float64 1e-7, bfloat16 and float16 1e-1.
+    """
+    eps = torch.finfo(dtype).eps
+    return 10.0 ** math.ceil(math.log10(math.sqrt(eps)) - 1e-12)
+
+
+def generation_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    """Directions and estimates are kept in float64 if any tensor is float64, else float32."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def draw_seeds(generator: torch.Generator, n: int) -> list[int]:
+    """``n`` query seeds from ``generator`` (which advances exactly once per call)."""
+    if n == 0:
+        return []
+    draws = torch.randint(0, _SEED_MAX, (n,), generator=generator, dtype=torch.int64,
+                          device=generator.device)
+    return [int(s) for s in draws.tolist()]
+
+
+class _Block:
+    """The tensors of a layout that live on one device."""
+
+    def __init__(self, device: torch.device, index: list[int], numels: list[int],
+                 dtype: torch.dtype, position: int) -> None:
+        self.device = device
+        self.index = index
+        self.numels = numels
+        self.dtype = dtype
+        self.position = position
+        self.numel = sum(numels)
+        self.generator = torch.Generator(device=device)
+
+    def seed_for(self, seed: int) -> int:
+        return (seed + self.position * _BLOCK_STRIDE) % _SEED_MAX
+
+
+class Layout:
+    """How a list of tensors is seen as one flat vector for sampling directions.
+
+    ``sample(seed)`` returns one direction as a list of tensors shaped like the originals (views
+    into a per-device scratch buffer that the next ``sample`` call overwrites).
+    """
+
+    def __init__(self, tensors: Sequence[Tensor]) -> None:
+        self.shapes = [t.shape for t in tensors]
+        self.dtypes = [t.dtype for t in tensors]
+        by_device: dict[torch.device, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_device.setdefault(t.device, []).append(i)
+        self.blocks = [
+            _Block(dev, idx, [tensors[i].numel() for i in idx],
+                   generation_dtype([tensors[i].dtype for i in idx]), pos)
+            for pos, (dev, idx) in enumerate(by_device.items())
+        ]
+        self._scratch: list[Tensor | None] = [None] * len(self.blocks)
+
+    @property
+    def numel(self) -> int:
+        return sum(b.numel for b in self.blocks)
+
+    def dtype_of(self, i: int) -> torch.dtype:
+        """Dtype in which tensor ``i``'s direction and estimate are held."""
+        for b in self.blocks:
+            if i in b.index:
+                return b.dtype
+        raise IndexError(i)
+
+    def sample(self, seed: int, scale: Sequence[Tensor] | None = None) -> list[Tensor]:
+        """The direction for ``seed``: ``z`` or ``scale * z`` with ``z ~ N(0, I)``."""
+        out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+        for k, b in enumerate(self.blocks):
+            buf = self._scratch[k]
+            if buf is None:
+                buf = self._scratch[k] = torch.empty(b.numel, dtype=b.dtype, device=b.device)
+            b.generator.manual_seed(b.seed_for(seed))
+            torch.randn(b.numel, generator=b.generator, out=buf)
+            views = [v.view(self.shapes[i]) for v, i in zip(buf.split(b.numels), b.index)]
+            if scale is not None:
+                torch._foreach_mul_(views, [scale[i].to(b.dtype) for i in b.index])
+            for v, i in zip(views, b.index):
+                out[i] = v
+        return out
+
+    def zeros(self) -> list[Tensor]:
+        """A zero buffer shaped like the layout, in the generation dtype."""
+        out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+        for b in self.blocks:
+            for i in b.index:
+                out[i] = torch.zeros(self.shapes[i], dtype=b.dtype, device=b.device)
+        return out
