@@ -154,10 +154,10 @@ class ZOOptimizer(Optimizer):
             dtype = layout.blocks[0].dtype
             with torch.no_grad():
                 x = torch.cat([p.detach().reshape(-1).to(dtype) for p in all_params])
+                seeds = draw_seeds(self._generator, scheme.directions)
                 scale = self._direction_scale(all_params)
                 flat_scale = None if scale is None else torch.cat(
                     [s.reshape(-1).to(dtype) for s in scale])
-                seeds = draw_seeds(self._generator, scheme.directions)
                 f0, g = estimate_batched(closure.fn, x, seeds, scheme, mu, flat_scale,
                                          closure.chunk_size)
             for p, gp in zip(all_params, g.split([p.numel() for p in all_params])):
@@ -170,10 +170,11 @@ class ZOOptimizer(Optimizer):
             queries = 1
             for scheme, mu, groups in parts:
                 params = [p for g in groups for p in g["params"]]
+                # Seeds first, then the scale: the order every path (and meta-training) uses.
                 seeds = draw_seeds(self._generator, scheme.directions)
+                scale = self._direction_scale(params)
                 g = estimate_closure(closure, backup, [position[p] for p in params],
-                                     Layout(params), seeds, scheme, mu, f0,
-                                     self._direction_scale(params))
+                                     Layout(params), seeds, scheme, mu, f0, scale)
                 estimates.update(zip(params, g))
                 queries += scheme.queries - 1
         finally:

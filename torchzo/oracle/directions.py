@@ -104,7 +104,13 @@ class Layout:
             torch.randn(b.numel, generator=b.generator, out=buf)
             views = [v.view(self.shapes[i]) for v, i in zip(buf.split(b.numels), b.index)]
             if scale is not None:
-                torch._foreach_mul_(views, [scale[i].to(b.dtype) for i in b.index])
+                factors = [scale[i].to(b.dtype) for i in b.index]
+                if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
+                    # Autograd cannot scale the split views in place, and must keep its own copy
+                    # of z: the next call overwrites the scratch buffer.
+                    views = [v.clone() * f for v, f in zip(views, factors)]
+                else:
+                    torch._foreach_mul_(views, factors)
             for v, i in zip(views, b.index):
                 out[i] = v
         return out

@@ -1,0 +1,101 @@
+"""One optimizee run under meta-training: ZO-LSTM unrolled with autograd, truncated BPTT.
+
+Every step runs the same functions as :class:`torchzo.ZOLSTM` (``torchzo.learned.core`` and the
+oracle's batched estimator) and draws its randomness in the same order from a generator seeded
+like the optimizer's, so a rollout and an optimizer run with the same seeds take the same steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..learned import core
+from ..learned.nets import LearnedZO
+from ..oracle import Scheme, default_mu, draw_seeds, estimate_batched
+from ..tasks import Problem
+from .fdgrad import fd_loss
+
+__all__ = ["Rollout", "RolloutConfig"]
+
+
+@dataclass
+class RolloutConfig:
+    """How the optimizer is unrolled and differentiated.
+
+    Attributes:
+        use_query: run the QueryRNN (stage 2); otherwise standard Gaussian directions.
+        query_grad: ``"full"`` lets the meta-gradient reach the QueryRNN through the queried
+            values f(x + mu u) and through the u factor of the estimate; ``"u"`` keeps the
+            reference code's behaviour (values constant, only the u factor).
+        grad_mode: ``"true"`` differentiates the optimizee; ``"fd"`` uses paper eq. 5.
+        reg: lambda of the QueryRNN regulariser lambda * sum(o^2).
+    """
+
+    q: int = 20
+    mu: float | None = None
+    estimator: str = "forward"
+    lr: float = 1.0
+    use_query: bool = False
+    query_grad: str = "full"
+    grad_mode: str = "true"
+    fd_mu: float = 1e-3
+    reg: float = 0.005
+
+    def __post_init__(self) -> None:
+        if self.query_grad not in ("full", "u"):
+            raise ValueError(f"query_grad must be 'full' or 'u', got {self.query_grad!r}")
+        if self.grad_mode not in ("true", "fd"):
+            raise ValueError(f"grad_mode must be 'true' or 'fd', got {self.grad_mode!r}")
+
+
+class Rollout:
+    """The evolving point, LSTM states and random streams of one optimizee."""
+
+    def __init__(self, problem: Problem, nets: LearnedZO, cfg: RolloutConfig, seed: int,
+                 data_seed: int) -> None:
+        self.problem, self.nets, self.cfg = problem, nets, cfg
+        self.scheme = Scheme(cfg.estimator, cfg.q)
+        self.x = problem.x0.clone().float()
+        self.mu = cfg.mu if cfg.mu is not None else default_mu(self.x.dtype)
+        self.state = core.init_state(self.x, nets)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.data = torch.Generator().manual_seed(data_seed)
+        self.t = 0
+
+    def _objective(self, X: Tensor) -> Tensor:
+        fn = self.problem.loss
+        return fd_loss(fn, self.cfg.fd_mu)(X) if self.cfg.grad_mode == "fd" else fn(X)
+
+    def step(self) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns (objective after the step, regulariser) with graphs."""
+        cfg = self.cfg
+        batch = self.problem.sample_batch(self.data)
+
+        def batch_loss(X: Tensor) -> Tensor:
+            return self.problem.loss(X, batch)
+
+        def queried(X: Tensor) -> Tensor:
+            if not (cfg.use_query and cfg.query_grad == "full"):
+                with torch.no_grad():
+                    return batch_loss(X)
+            return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
+
+        seeds = draw_seeds(self.generator, self.scheme.directions)
+        scale, reg, fresh = None, self.x.new_zeros(()), {}
+        if cfg.use_query:
+            scales, outs, new = core.query_scale(self.nets.query, [self.state])
+            core.mix_draw(self.generator, 1.0)  # keeps the stream aligned with ZOLSTM
+            scale, fresh, reg = scales[0], new[0], cfg.reg * (outs[0] ** 2).sum()
+        _, g = estimate_batched(queried, self.x.detach(), seeds, self.scheme, self.mu, scale)
+        updates, new_u = core.learned_update(self.nets.update, [g], [self.state], cfg.lr)
+        self.x = self.x + updates[0]
+        self.state = {**self.state, **fresh, **new_u[0]}
+        self.t += 1
+        return self._objective(self.x.unsqueeze(0))[0], reg
+
+    def detach(self) -> None:
+        """Cut the graph at a truncation boundary; values carry on."""
+        self.x = self.x.detach()
+        self.state = {k: v.detach() for k, v in self.state.items()}

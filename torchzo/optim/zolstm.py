@@ -1,0 +1,120 @@
+"""ZOLSTM: the learned zeroth-order optimizer (Ruan et al., ICLR 2020) as a torch optimizer."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..learned import core
+from ..learned.nets import LearnedZO
+from .base import ParamsT, ZOOptimizer, _check_positive
+
+__all__ = ["ZOLSTM"]
+
+
+class ZOLSTM(ZOOptimizer):
+    r"""The learned ZO optimizer: a QueryRNN shapes the query distribution, an UpdateRNN steps.
+
+    Each step the QueryRNN predicts a per-coordinate standard deviation ``|s|`` of the query
+    directions from the previous estimate and update (``trace(Sigma) = d``); with probability
+    ``query_prob`` the oracle samples ``u = |s| z``, otherwise ``u = z`` (the bias/variance mix
+    of the paper). The UpdateRNN maps the estimate to the update, which is added to the
+    parameters after scaling by ``lr`` (the paper's output scale alpha; schedulers work on it).
+
+    The networks are the ones that ``torchzo.meta`` trains: both run the functions of
+    :mod:`torchzo.learned.core`. All coordinates of the parameters in a step share one
+    normalisation of the QueryRNN's output.
+
+    Args:
+        params: parameters or param groups.
+        pretrained: a shipped name (see ``torchzo.pretrained.available()``), a path to a weights
+            file, a state dict of :class:`~torchzo.learned.LearnedZO`, or a ``LearnedZO`` module
+            (used as is, e.g. during meta-training). ``None``: the shipped default.
+        lr: output scale alpha. With ``use_update=False``: the ZO-SGD step size.
+        q, mu, estimator, maximize: as for :class:`ZOSGD`.
+        query_prob: probability that a step samples from the learned covariance (one draw per
+            step and estimate).
+        use_query: ``False`` is the paper's no-query ablation (standard Gaussian queries).
+        use_update: ``False`` is the no-update ablation (learned queries, ZO-SGD step).
+        seed, generator: the source of query directions and of the mix draws.
+    """
+
+    def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
+                 mu: float | None = None, estimator: str = "forward", query_prob: float = 0.5,
+                 use_query: bool = True, use_update: bool = True, maximize: bool = False, *,
+                 seed: int | None = None, generator: torch.Generator | None = None) -> None:
+        self.nets = _load_nets(pretrained)
+        for name, flag in (("use_query", use_query), ("use_update", use_update)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be a bool, got {flag!r}")
+        _check_positive("query_prob", query_prob, allow_zero=True)
+        if query_prob > 1:
+            raise ValueError(f"query_prob must be in [0, 1], got {query_prob!r}")
+        self.use_query, self.use_update, self.query_prob = use_query, use_update, query_prob
+        self._pending: dict[Tensor, core.State] = {}
+        defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize)
+        super().__init__(params, defaults, seed=seed, generator=generator)
+
+    def _states(self, params: list[Tensor]) -> list[core.State]:
+        return [self.state[p] if p in self.state else core.init_state(p, self.nets)
+                for p in params]
+
+    @torch.no_grad()
+    def _direction_scale(self, params: list[Tensor]) -> list[Tensor] | None:
+        if not self.use_query:
+            return None
+        states = self._states(params)
+        scales, _, new = core.query_scale(self.nets.query, states)
+        self._pending.update(zip(params, new))
+        use_learned = core.mix_draw(self._generator, self.query_prob)
+        return [s.view_as(p) for s, p in zip(scales, params)] if use_learned else None
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor],
+                      estimates: list[Tensor]) -> None:
+        if group["maximize"]:
+            estimates = [-g for g in estimates]
+        states = self._states(params)
+        if self.use_update:
+            updates, new = core.learned_update(self.nets.update, estimates, states, group["lr"])
+        else:
+            updates = [(-group["lr"] * g).reshape(-1) for g in estimates]
+            new = [{"prev_estimate": g.reshape(-1).float(), "prev_update": u.float()}
+                   for g, u in zip(estimates, updates)]
+        for p, st, step, fresh in zip(params, states, updates, new):
+            p.add_(step.view_as(p).to(p.dtype))
+            self.state[p] = {**st, **self._pending.pop(p, {}), **fresh}
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["zo"]["nets"] = {k: v.clone() for k, v in self.nets.state_dict().items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "nets" in state_dict["zo"]:
+            self.nets.load_state_dict(state_dict["zo"]["nets"])
+        # torch.optim casts loaded state to the parameter dtype; ZO-LSTM state stays float32.
+        params = [p for g in self.param_groups for p in g["params"]]
+        saved = state_dict["state"]
+        for i, p in enumerate(params):
+            if i in saved:
+                for k in core.STATE_KEYS:
+                    if k in saved[i]:
+                        self.state[p][k] = saved[i][k].to(p.device, torch.float32)
+
+
+def _load_nets(pretrained: Any) -> LearnedZO:
+    if isinstance(pretrained, LearnedZO):
+        return pretrained
+    from .. import pretrained as shipped
+
+    if pretrained is None or (isinstance(pretrained, str) and pretrained in shipped.available()):
+        return shipped.load(pretrained)
+    if isinstance(pretrained, (str, Path)):
+        return shipped.load_file(Path(pretrained))
+    if isinstance(pretrained, dict):
+        return shipped.from_state_dict(pretrained)
+    raise ValueError(f"pretrained must be a shipped name, a path, a state dict or a LearnedZO, "
+                     f"got {type(pretrained).__name__}")
