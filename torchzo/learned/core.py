@@ -35,11 +35,14 @@ def init_state(p: Tensor, nets: LearnedZO) -> State:
     """Zero state for the coordinates of ``p`` (a new problem never inherits old state)."""
     n = p.numel()
     hu, hq = nets.hidden
-    z = dict(device=p.device, dtype=torch.float32)
+
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(shape, device=p.device, dtype=torch.float32)
+
     return {
-        "update_h": torch.zeros(n, hu, **z), "update_c": torch.zeros(n, hu, **z),
-        "query_h": torch.zeros(n, hq, **z), "query_c": torch.zeros(n, hq, **z),
-        "prev_estimate": torch.zeros(n, **z), "prev_update": torch.zeros(n, **z),
+        "update_h": zeros(n, hu), "update_c": zeros(n, hu),
+        "query_h": zeros(n, hq), "query_c": zeros(n, hq),
+        "prev_estimate": zeros(n), "prev_update": zeros(n),
     }
 
 

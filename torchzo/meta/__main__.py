@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..pretrained import load_file
 from ..tasks import get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
 
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-problems", type=int)
     tr.add_argument("--query-grad", choices=["full", "u"])
     tr.add_argument("--grad-mode", choices=["true", "fd"])
+    tr.add_argument("--init", type=Path, help="start from these weights (e.g. a stage-1 result)")
     tr.add_argument("--checkpoint", type=Path, help="trainer state, saved every epoch; resumes")
     tr.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for the small coordinatewise LSTMs)")
@@ -71,11 +73,13 @@ def train(args: argparse.Namespace) -> dict:
     cfg = config_from_args(args)
     stages = tuple(s for s in args.stages.split(",") if s)
     start = time.time()
-    nets, history = meta_train(task, cfg, stages=stages, checkpoint=args.checkpoint,
+    init = load_file(args.init) if args.init else None
+    nets, history = meta_train(task, cfg, nets=init, stages=stages, checkpoint=args.checkpoint,
                                progress=not args.no_progress)
     use_query = "query" in stages
     meta = {
         "task": args.task, "preset": args.preset, "stages": list(stages), "seed": args.seed,
+        "init": str(args.init) if args.init else None,
         "config": history["config"], "use_query": use_query,
         "val_final_loss": evaluate(nets, task, "val", cfg, use_query, cfg.val_problems),
         "train_seconds": round(time.time() - start, 1), "torch": str(torch.__version__),

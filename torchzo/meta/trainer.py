@@ -73,7 +73,8 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
     for k, problem in enumerate(problems):
         def make(params: list[torch.Tensor], k: int = k) -> ZOLSTM:
             return ZOLSTM(params, pretrained=nets, q=cfg.q, mu=cfg.mu, estimator=cfg.estimator,
-                          use_query=use_query, query_prob=cfg.val_query_prob, seed=seed + k)
+                          directions="learned" if use_query else "gaussian",
+                          query_prob=cfg.val_query_prob, seed=seed + k)
         finals.append(float(run_optimizer(problem, make, cfg.horizon or task.horizon,
                                           data_seed=seed + k)[-1]))
     return sum(finals) / len(finals)
@@ -158,12 +159,12 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
             history["epochs"].append(row)
             log.info("%s epoch %d: train %.4f val %.4f (best %.4f)", stage, epoch + 1,
                      row["train_loss"], val, best[0])
-            if on_epoch:
-                on_epoch(row)
             if checkpoint:
                 torch.save({"nets": nets.state_dict(), "meta_opt": meta_opt.state_dict(),
                             "stage": stage, "epoch": epoch, "best": list(best),
                             "best_state": best_state, "history": history}, checkpoint)
+            if on_epoch:
+                on_epoch(row)
         nets.load_state_dict(best_state)
         history[f"{stage}_best_val"] = best[0]
         history[f"{stage}_best_epoch"] = best[1]

@@ -17,6 +17,7 @@ from torch.optim import Optimizer
 
 from ..oracle import (
     Batched,
+    Guide,
     Layout,
     ParameterBackup,
     Scheme,
@@ -129,59 +130,75 @@ class ZOOptimizer(Optimizer):
     def _partitions(self) -> list[tuple[Scheme, float, list[dict[str, Any]]]]:
         parts: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
         for group in self.param_groups:
+            if not group["params"]:  # an empty group (allowed by torch.optim) costs no queries
+                continue
             key = (group["estimator"], group["q"], self.resolved_mu(group))
             parts.setdefault(key, []).append(group)
         return [(Scheme(name, q), mu, groups) for (name, q, mu), groups in parts.items()]
 
-    def _direction_scale(self, params: list[Tensor]) -> list[Tensor] | None:
-        """Per-coordinate standard deviations of the query directions (None: identity)."""
-        return None
+    def _query_distribution(self, params: list[Tensor]
+                            ) -> tuple[list[Tensor] | None, Guide | None]:
+        """How this step's directions deviate from N(0, I) for ``params``.
 
-    def _estimate(self, closure: Callable[[], Any]) -> tuple[Any, dict[Tensor, Tensor], int]:
+        Returns per-coordinate standard deviations (``None``: all ones) and a GuidedES
+        subspace (``None``: none). Called once per estimate, after the seeds are drawn.
+        """
+        return None, None
+
+    def _estimate(self, closure: Callable[[], Any] | Batched
+                  ) -> tuple[Any, dict[Tensor, Tensor], int]:
         """The loss at x, an estimate per parameter, and the queries spent."""
-        all_params = [p for g in self.param_groups for p in g["params"]]
-        position = {p: i for i, p in enumerate(all_params)}
-        parts = self._partitions()
-        estimates: dict[Tensor, Tensor] = {}
+        params = [p for g in self.param_groups for p in g["params"]]
         if isinstance(closure, Batched):
-            if len(parts) != 1:
-                raise ValueError("a Batched objective needs every param group to share "
-                                 "estimator, q and mu")
-            scheme, mu, _ = parts[0]
-            layout = Layout(all_params)
-            if len(layout.blocks) != 1:
-                raise ValueError("a Batched objective needs all parameters on one device")
-            dtype = layout.blocks[0].dtype
-            with torch.no_grad():
-                x = torch.cat([p.detach().reshape(-1).to(dtype) for p in all_params])
-                seeds = draw_seeds(self._generator, scheme.directions)
-                scale = self._direction_scale(all_params)
-                flat_scale = None if scale is None else torch.cat(
-                    [s.reshape(-1).to(dtype) for s in scale])
-                f0, g = estimate_batched(closure.fn, x, seeds, scheme, mu, flat_scale,
-                                         closure.chunk_size)
-            for p, gp in zip(all_params, g.split([p.numel() for p in all_params])):
-                estimates[p] = gp.view_as(p)
-            return f0, estimates, scheme.queries
+            return self._estimate_batched(closure, params)
+        return self._estimate_closure(closure, params)
 
-        backup = ParameterBackup(all_params)
+    def _estimate_batched(self, objective: Batched, params: list[Tensor]
+                          ) -> tuple[Any, dict[Tensor, Tensor], int]:
+        parts = self._partitions()
+        if len(parts) != 1:
+            raise ValueError("a Batched objective needs every param group to share "
+                             "estimator, q and mu")
+        scheme, mu, _ = parts[0]
+        layout = Layout(params)
+        if len(layout.blocks) != 1:
+            raise ValueError("a Batched objective needs all parameters on one device")
+        dtype = layout.blocks[0].dtype
+        with torch.no_grad():
+            x = torch.cat([p.detach().reshape(-1).to(dtype) for p in params])
+            # Seeds first, then the query distribution: the order every path (and
+            # meta-training) uses.
+            seeds = draw_seeds(self._generator, scheme.directions)
+            scale, guide = self._query_distribution(params)
+            flat_scale = None if scale is None else torch.cat(
+                [s.reshape(-1).to(dtype) for s in scale])
+            f0, g = estimate_batched(objective.fn, x, seeds, scheme, mu, flat_scale,
+                                     objective.chunk_size, guide)
+        pieces = g.split([p.numel() for p in params])
+        return f0, {p: gp.view_as(p) for p, gp in zip(params, pieces)}, scheme.queries
+
+    def _estimate_closure(self, closure: Callable[[], Any], params: list[Tensor]
+                          ) -> tuple[Any, dict[Tensor, Tensor], int]:
+        position = {p: i for i, p in enumerate(params)}
+        estimates: dict[Tensor, Tensor] = {}
+        backup = ParameterBackup(params)
         try:
-            loss, f0 = call_closure(closure, all_params, "f(x)")
+            loss, f0 = call_closure(closure, params, "f(x)")
             queries = 1
-            for scheme, mu, groups in parts:
-                params = [p for g in groups for p in g["params"]]
-                # Seeds first, then the scale: the order every path (and meta-training) uses.
+            for scheme, mu, groups in self._partitions():
+                part = [p for g in groups for p in g["params"]]
                 seeds = draw_seeds(self._generator, scheme.directions)
-                scale = self._direction_scale(params)
-                g = estimate_closure(closure, backup, [position[p] for p in params],
-                                     Layout(params), seeds, scheme, mu, f0, scale)
-                estimates.update(zip(params, g))
+                scale, guide = self._query_distribution(part)
+                g = estimate_closure(closure, backup, [position[p] for p in part],
+                                     Layout(part), seeds, scheme, mu, f0, scale, guide)
+                estimates.update(zip(part, g))
                 queries += scheme.queries - 1
         finally:
             backup.restore()
         return loss, estimates, queries
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(  # type: ignore[override]
+            self, closure: Callable[[], Any] | Batched | None = None) -> Any:
         """Estimate the gradient from loss queries and update the parameters.
 
         Args:
@@ -206,6 +223,8 @@ class ZOOptimizer(Optimizer):
         with torch.no_grad():
             for group in self.param_groups:
                 params = group["params"]
+                if not params:
+                    continue
                 grads = [estimates[p].to(p.dtype) for p in params]
                 self._update_group(group, params, grads)
         self._counters["steps"] += 1

@@ -9,9 +9,13 @@ from torch import Tensor
 
 from ..learned import core
 from ..learned.nets import LearnedZO
+from ..oracle import Guide
 from .base import ParamsT, ZOOptimizer, _check_positive
+from .zosgd import zo_sgd
 
-__all__ = ["ZOLSTM"]
+__all__ = ["DIRECTIONS", "ZOLSTM"]
+
+DIRECTIONS = ("learned", "gaussian", "guided_es")
 
 
 class ZOLSTM(ZOOptimizer):
@@ -36,23 +40,31 @@ class ZOLSTM(ZOOptimizer):
         q, mu, estimator, maximize: as for :class:`ZOSGD`.
         query_prob: probability that a step samples from the learned covariance (one draw per
             step and estimate).
-        use_query: ``False`` is the paper's no-query ablation (standard Gaussian queries).
-        use_update: ``False`` is the no-update ablation (learned queries, ZO-SGD step).
+        directions: ``"learned"`` (the QueryRNN), ``"gaussian"`` (the paper's no-query ablation:
+            standard Gaussian directions) or ``"guided_es"`` (the GuidedES ablation: directions
+            guided towards the span of the previous estimate and update, see
+            :class:`torchzo.oracle.Guide`).
+        use_update: ``False`` is the no-update ablation (the queries above, a ZO-SGD step).
+        guide_alpha: GuidedES's weight of the full space (``directions="guided_es"`` only).
         seed, generator: the source of query directions and of the mix draws.
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
                  mu: float | None = None, estimator: str = "forward", query_prob: float = 0.5,
-                 use_query: bool = True, use_update: bool = True, maximize: bool = False, *,
-                 seed: int | None = None, generator: torch.Generator | None = None) -> None:
+                 directions: str = "learned", use_update: bool = True, maximize: bool = False, *,
+                 guide_alpha: float = 0.5, seed: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
         self.nets = _load_nets(pretrained)
-        for name, flag in (("use_query", use_query), ("use_update", use_update)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be a bool, got {flag!r}")
-        _check_positive("query_prob", query_prob, allow_zero=True)
-        if query_prob > 1:
-            raise ValueError(f"query_prob must be in [0, 1], got {query_prob!r}")
-        self.use_query, self.use_update, self.query_prob = use_query, use_update, query_prob
+        if directions not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
+        if not isinstance(use_update, bool):
+            raise ValueError(f"use_update must be a bool, got {use_update!r}")
+        for name, value in (("query_prob", query_prob), ("guide_alpha", guide_alpha)):
+            _check_positive(name, value, allow_zero=True)
+            if value > 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        self.directions, self.use_update = directions, use_update
+        self.query_prob, self.guide_alpha = query_prob, guide_alpha
         self._pending: dict[Tensor, core.State] = {}
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize)
         super().__init__(params, defaults, seed=seed, generator=generator)
@@ -62,14 +74,18 @@ class ZOLSTM(ZOOptimizer):
                 for p in params]
 
     @torch.no_grad()
-    def _direction_scale(self, params: list[Tensor]) -> list[Tensor] | None:
-        if not self.use_query:
-            return None
+    def _query_distribution(self, params: list[Tensor]
+                            ) -> tuple[list[Tensor] | None, Guide | None]:
+        if self.directions == "gaussian":
+            return None, None
         states = self._states(params)
+        if self.directions == "guided_es":
+            history = [[st["prev_estimate"] for st in states], [st["prev_update"] for st in states]]
+            return None, Guide.orthonormal(history, self.guide_alpha)
         scales, _, new = core.query_scale(self.nets.query, states)
         self._pending.update(zip(params, new))
         use_learned = core.mix_draw(self._generator, self.query_prob)
-        return [s.view_as(p) for s, p in zip(scales, params)] if use_learned else None
+        return ([s.view_as(p) for s, p in zip(scales, params)] if use_learned else None), None
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
@@ -78,12 +94,13 @@ class ZOLSTM(ZOOptimizer):
         states = self._states(params)
         if self.use_update:
             updates, new = core.learned_update(self.nets.update, estimates, states, group["lr"])
+            for p, step in zip(params, updates):
+                p.add_(step.view_as(p).to(p.dtype))
         else:
-            updates = [(-group["lr"] * g).reshape(-1) for g in estimates]
-            new = [{"prev_estimate": g.reshape(-1).float(), "prev_update": u.float()}
-                   for g, u in zip(estimates, updates)]
-        for p, st, step, fresh in zip(params, states, updates, new):
-            p.add_(step.view_as(p).to(p.dtype))
+            zo_sgd(params, estimates, [None] * len(params), lr=group["lr"])
+            new = [{"prev_estimate": g.reshape(-1).float(),
+                    "prev_update": (-group["lr"] * g).reshape(-1).float()} for g in estimates]
+        for p, st, fresh in zip(params, states, new):
             self.state[p] = {**st, **self._pending.pop(p, {}), **fresh}
 
     def state_dict(self) -> dict[str, Any]:

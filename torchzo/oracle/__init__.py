@@ -1,11 +1,12 @@
 """The zeroth-order gradient oracle shared by every torchzo optimizer and by meta-training."""
 from .closure import ClosureError, ParameterBackup, call_closure, loss_value
-from .directions import Layout, default_mu, draw_seeds, generation_dtype
+from .directions import Guide, Layout, default_mu, draw_seeds, generation_dtype
 from .estimator import Batched, estimate_batched, estimate_closure
 from .schemes import SCHEMES, Scheme
 
 __all__ = [
-    "SCHEMES", "Batched", "ClosureError", "Layout", "ParameterBackup", "Scheme", "call_closure",
-    "default_mu", "draw_seeds", "estimate_batched", "estimate_closure", "generation_dtype",
+    "SCHEMES", "Batched", "ClosureError", "Guide", "Layout", "ParameterBackup", "Scheme",
+    "call_closure", "default_mu", "draw_seeds", "estimate_batched", "estimate_closure",
+    "generation_dtype",
     "loss_value",
 ]

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .closure import ClosureError, ParameterBackup, call_closure
-from .directions import Layout
+from .directions import Guide, Layout
 from .schemes import Scheme
 
 __all__ = ["Batched", "estimate_batched", "estimate_closure"]
@@ -25,15 +25,18 @@ class Batched:
     """A batched objective: ``fn(X)`` maps ``X`` of shape ``(B, d)`` to ``B`` losses.
 
     ``d`` is the number of elements of all optimized parameters, concatenated in order.
-    ``chunk_size`` bounds ``B`` (and so memory); ``None`` evaluates all queries of a step at once.
+    ``chunk_size`` bounds ``B`` (and so memory), except that a call always holds every row of
+    at least one direction (two with a two-sided estimator, plus f(x) in the first call);
+    ``None`` evaluates all queries of a step in one call.
     """
 
     fn: Callable[[Tensor], Tensor]
     chunk_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.chunk_size is not None and (
-                not isinstance(self.chunk_size, int) or self.chunk_size < 1):
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or
+                                            not isinstance(self.chunk_size, int) or
+                                            self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size!r}")
 
 
@@ -47,6 +50,7 @@ def estimate_closure(
     mu: float,
     f0: float,
     scale: Sequence[Tensor] | None = None,
+    guide: Guide | None = None,
 ) -> list[Tensor]:
     """Estimate the gradient w.r.t. ``backup.params[i] for i in index`` by perturbing in place.
 
@@ -56,7 +60,7 @@ def estimate_closure(
     params = backup.params
     g = layout.zeros()
     for k, seed in enumerate(seeds):
-        u = layout.sample(seed, scale)
+        u = layout.sample(seed, scale, guide)
         values = []
         for sign in scheme.signs:
             backup.perturb(index, u, sign * mu)
@@ -85,6 +89,7 @@ def estimate_batched(
     mu: float,
     scale: Tensor | None = None,
     chunk_size: int | None = None,
+    guide: Guide | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Estimate the gradient of ``fn`` at the flat point ``x`` with batched queries.
 
@@ -100,12 +105,13 @@ def estimate_batched(
     g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
     f0: Tensor | None = None
     scale_rows = None if scale is None else [scale]
+    flat_guide = None if guide is None else guide.flat()
     start = 0
     while start < len(seeds):
         base = f0 is None
         n = max(1, (rows_per_call - int(base)) // len(signs))
         chunk = seeds[start:start + n]
-        u = torch.stack([layout.sample(s, scale_rows)[0].clone() for s in chunk])
+        u = torch.stack([layout.sample(s, scale_rows, flat_guide)[0].clone() for s in chunk])
         rows = [x + (sign * mu) * u for sign in signs]
         if base:
             rows.insert(0, x.unsqueeze(0))

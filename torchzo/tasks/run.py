@@ -6,13 +6,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..optim import ZOOptimizer
 from ..oracle import Batched
 from .base import Problem
 
 __all__ = ["run_optimizer"]
 
 
-def run_optimizer(problem: Problem, make_optimizer: Callable[[list[Tensor]], torch.optim.Optimizer],
+def run_optimizer(problem: Problem, make_optimizer: Callable[[list[Tensor]], ZOOptimizer],
                   steps: int, data_seed: int = 0) -> Tensor:
     """Optimize ``problem`` from ``x0`` for ``steps`` steps; the full objective after each.
 
@@ -27,6 +28,6 @@ def run_optimizer(problem: Problem, make_optimizer: Callable[[list[Tensor]], tor
         losses[0] = problem.objective(x)
         for t in range(steps):
             batch = problem.sample_batch(data)
-            opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))
+            opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))  # type: ignore[misc]
             losses[t + 1] = problem.objective(x)
     return losses

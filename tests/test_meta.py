@@ -1,0 +1,124 @@
+"""Meta-training: gradients reach the right networks, runs are deterministic and resumable."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from torchzo.learned import LearnedZO
+from torchzo.meta import MetaConfig, Rollout, RolloutConfig, StageConfig, fd_loss, meta_train
+from torchzo.meta.__main__ import main as meta_main
+from torchzo.optim.zolstm import ZOLSTM
+from torchzo.tasks import BinaryClassification
+
+
+@pytest.fixture(scope="module")
+def task():
+    return BinaryClassification(dim=10, samples=100, batch=16, q=4, horizon=12, unroll=4)
+
+
+def _tiny(**kw) -> MetaConfig:
+    base = dict(q=4, update_stage=StageConfig(2, 2, 1e-3), query_stage=StageConfig(2, 2, 5e-3),
+                val_problems=2)
+    return MetaConfig(**{**base, **kw})
+
+
+def _grads(problem, cfg: RolloutConfig) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    nets = LearnedZO()
+    rollout = Rollout(problem, nets, cfg, seed=1, data_seed=2)
+    total = sum(rollout.step()[0] for _ in range(4))
+    total.backward()
+    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in nets.named_parameters()}
+
+
+def test_stage_one_gradient_reaches_only_the_update_rnn(task):
+    g = _grads(task.problems("train")[0], RolloutConfig(q=4, use_query=False))
+    assert any(v.abs().sum() > 0 for n, v in g.items() if n.startswith("update."))
+    assert all(v.abs().sum() == 0 for n, v in g.items() if n.startswith("query."))
+
+
+def test_query_gradient_through_values_differs_from_reference_behaviour(task):
+    problem = task.problems("train")[0]
+    full = _grads(problem, RolloutConfig(q=4, use_query=True, query_grad="full"))
+    ref = _grads(problem, RolloutConfig(q=4, use_query=True, query_grad="u"))
+    q_full = torch.cat([v.flatten() for n, v in full.items() if n.startswith("query.")])
+    q_ref = torch.cat([v.flatten() for n, v in ref.items() if n.startswith("query.")])
+    assert q_full.abs().sum() > 0 and q_ref.abs().sum() > 0
+    assert not torch.allclose(q_full, q_ref)
+
+
+def test_fd_loss_matches_autograd_gradient():
+    torch.manual_seed(0)
+    A = torch.randn(5, 5, dtype=torch.float64)
+
+    def fn(X):
+        return (torch.tanh(X @ A) ** 2).sum(-1)
+
+    X = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64)
+    (fd_loss(fn, mu=1e-5)(X) * w).sum().backward()
+    fd = X.grad.clone()
+    X.grad = None
+    (fn(X) * w).sum().backward()
+    torch.testing.assert_close(fd, X.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_fd_grad_mode_trains_close_to_true_gradients(task):
+    problem = task.problems("train")[1]
+    true = _grads(problem, RolloutConfig(q=4, use_query=True))
+    fd = _grads(problem, RolloutConfig(q=4, use_query=True, grad_mode="fd", fd_mu=1e-3))
+    for name in true:
+        torch.testing.assert_close(fd[name], true[name], rtol=0.05, atol=1e-4)
+
+
+def test_meta_training_is_deterministic_and_returns_best_validation(task):
+    runs = [meta_train(task, _tiny(), progress=False) for _ in range(2)]
+    for a, b in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()):
+        assert torch.equal(a, b)
+    hist = runs[0][1]
+    assert [r["stage"] for r in hist["epochs"]] == ["update"] * 2 + ["query"] * 2
+    vals = [r["val"] for r in hist["epochs"] if r["stage"] == "query"]
+    assert hist["query_best_val"] <= min(vals) + 1e-12
+
+
+def test_checkpoint_resume_gives_the_same_weights(task, tmp_path):
+    cfg = _tiny()
+    straight, _ = meta_train(task, cfg, progress=False)
+    ck = tmp_path / "ck.pt"
+    calls = []
+
+    def stop_after_three(row):
+        calls.append(row)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        meta_train(task, cfg, checkpoint=ck, progress=False, on_epoch=stop_after_three)
+    resumed, hist = meta_train(task, cfg, checkpoint=ck, progress=False)
+    assert len(hist["epochs"]) == 4
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
+    import torchzo.meta.__main__ as cli
+
+    monkeypatch.setattr(cli, "get_task", lambda name: BinaryClassification(
+        dim=10, samples=100, batch=16, q=4, horizon=8, unroll=4))
+    out = tmp_path / "w.pt"
+    meta_main(["train", "--task", "binclass", "--out", str(out), "--update-epochs", "1",
+               "--query-epochs", "1", "--problems", "1", "--val-problems", "1",
+               "--no-progress"])
+    meta = json.loads((tmp_path / "w.pt.json").read_text())
+    import hashlib
+
+    assert meta["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert meta["task"] == "binclass" and meta["seed"] == 0 and "val_final_loss" in meta
+    blob = torch.load(out, weights_only=True)
+    assert blob["meta"]["torch"] == str(torch.__version__)
+    x = torch.zeros(3)
+    ZOLSTM([x], pretrained=str(out), seed=0).step(lambda: (x - 1).pow(2).sum())
+    assert not torch.equal(x, torch.zeros(3))

@@ -1,0 +1,99 @@
+"""Shipped weights: listed, verified against the manifest, loaded offline with weights_only."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+import torch
+
+import torchzo
+from torchzo import pretrained
+from torchzo.learned import LearnedZO
+from torchzo.optim.zolstm import ZOLSTM
+
+
+def test_every_shipped_file_matches_its_manifest_and_loads():
+    names = pretrained.available()
+    assert "binclass" in names and pretrained.default_name() in names
+    for name in names:
+        entry = pretrained.info(name)
+        path = pretrained.weights_dir() / entry["file"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
+        assert path.stat().st_size < 64_000  # 10-unit LSTMs: kilobytes
+        for key in ("task", "command", "preset"):
+            assert entry[key]
+        assert isinstance(pretrained.load(name), LearnedZO)
+
+
+def test_zolstm_defaults_to_the_shipped_default():
+    x = torch.zeros(4)
+    opt = ZOLSTM([x], seed=0)
+    shipped = pretrained.load()
+    for a, b in zip(opt.nets.state_dict().values(), shipped.state_dict().values()):
+        assert torch.equal(a, b)
+    by_name = ZOLSTM([torch.zeros(4)], pretrained="binclass", seed=0)
+    assert isinstance(by_name.nets, LearnedZO)
+
+
+@pytest.fixture
+def fake_shipped(tmp_path, monkeypatch):
+    """A private copy of a manifest and one weights file, for breaking them."""
+    torch.manual_seed(0)
+    nets = LearnedZO()
+    torch.save({"weights": nets.state_dict(), "meta": {"task": "toy"}}, tmp_path / "toy.pt")
+    digest = hashlib.sha256((tmp_path / "toy.pt").read_bytes()).hexdigest()
+    (tmp_path / "manifest.json").write_text(json.dumps({"default": "toy", "weights": [
+        {"name": "toy", "file": "toy.pt", "sha256": digest, "task": "toy",
+         "command": "n/a", "preset": "paper"}]}))
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: tmp_path)
+    return tmp_path, nets
+
+
+def test_loads_by_name_and_by_path(fake_shipped):
+    folder, nets = fake_shipped
+    for source in ("toy", folder / "toy.pt", str(folder / "toy.pt"), nets.state_dict()):
+        opt = ZOLSTM([torch.zeros(2)], pretrained=source)
+        assert torch.equal(opt.nets.update.head.weight, nets.update.head.weight)
+
+
+def test_tampered_file_is_refused(fake_shipped):
+    folder, _ = fake_shipped
+    data = bytearray((folder / "toy.pt").read_bytes())
+    data[-30] ^= 0xFF
+    (folder / "toy.pt").write_bytes(bytes(data))
+    with pytest.raises(pretrained.PretrainedError, match="does not match its manifest"):
+        pretrained.load("toy")
+
+
+def test_missing_file_is_named(fake_shipped):
+    folder, _ = fake_shipped
+    (folder / "toy.pt").unlink()
+    with pytest.raises(pretrained.PretrainedError, match="missing"):
+        ZOLSTM([torch.zeros(2)], pretrained="toy")
+
+
+def test_unknown_name_lists_the_available_ones(fake_shipped):
+    with pytest.raises(ValueError, match="toy"):
+        pretrained.info("nope")
+    with pytest.raises(pretrained.PretrainedError, match="no weights file"):
+        ZOLSTM([torch.zeros(2)], pretrained="nope")
+
+
+def test_pickled_code_is_not_executed(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (shutil.rmtree, (str(tmp_path / "victim"),))
+
+    (tmp_path / "victim").mkdir()
+    torch.save({"weights": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(pretrained.PretrainedError, match="not a loadable"):
+        pretrained.load_file(tmp_path / "evil.pt")
+    assert (tmp_path / "victim").is_dir()
+
+
+def test_wrong_weights_are_refused(tmp_path):
+    torch.save({"weights": {"a": torch.zeros(2)}}, tmp_path / "w.pt")
+    with pytest.raises(pretrained.PretrainedError, match="does not hold ZO-LSTM weights"):
+        torchzo.ZOLSTM([torch.zeros(2)], pretrained=tmp_path / "w.pt")

@@ -1,0 +1,231 @@
+"""ZOLSTM runs exactly what meta-training trains, resumes exactly and restores on error."""
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import torchzo
+from torchzo import Batched, ClosureError
+from torchzo.learned import LearnedZO, core
+from torchzo.meta import Rollout, RolloutConfig
+from torchzo.optim.zolstm import ZOLSTM
+from torchzo.tasks import BinaryClassification
+
+
+def _nets(seed: int = 1, gain: float = 5.0) -> LearnedZO:
+    """Random nets whose outputs are large enough that a wrong step would show."""
+    torch.manual_seed(seed)
+    nets = LearnedZO()
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.mul_(gain)
+    return nets
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return BinaryClassification(dim=20, samples=200, batch=16).problems("train")[0]
+
+
+@pytest.mark.parametrize("use_query", [False, True])
+def test_rollout_equals_optimizer_step_by_step(problem, use_query):
+    """The meta-training rollout and a ZOLSTM run with the same seeds take bit-identical steps."""
+    nets = _nets()
+    rollout = Rollout(problem, nets, RolloutConfig(q=6, use_query=use_query), seed=5,
+                      data_seed=6)
+    x = problem.x0.clone()
+    opt = ZOLSTM([x], pretrained=nets, q=6, query_prob=1.0, seed=5,
+                 directions="learned" if use_query else "gaussian")
+    data = torch.Generator().manual_seed(6)
+    for _ in range(15):
+        with torch.no_grad():
+            rollout.step()
+        batch = problem.sample_batch(data)
+        opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))
+        assert torch.equal(rollout.x, x)
+    assert not torch.equal(x, problem.x0)
+    for key in core.STATE_KEYS:
+        assert torch.equal(rollout.state[key], opt.state[x][key]), key
+
+
+def test_closure_path_matches_batched_path(problem):
+    nets = _nets()
+    xs = [problem.x0.clone(), problem.x0.clone()]
+    opts = [ZOLSTM([x], pretrained=nets, q=6, seed=3) for x in xs]
+    data = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        batch = problem.sample_batch(data)
+        opts[0].step(Batched(lambda X, b=batch: problem.loss(X, b)))
+        opts[1].step(lambda b=batch: problem.loss(xs[1][None], b)[0])
+    torch.testing.assert_close(xs[0], xs[1], rtol=0, atol=1e-4)
+
+
+def test_query_scale_is_normalised_and_starts_isotropic():
+    nets = _nets(gain=1.0)
+    params = [torch.randn(7), torch.randn(3, 4)]
+    states = [core.init_state(p, nets) for p in params]
+    scales, outs, _ = core.query_scale(nets.query, states)
+    d = sum(p.numel() for p in params)
+    total = sum((s**2).sum() for s in scales)
+    torch.testing.assert_close(total, torch.tensor(float(d)))
+    # Zero inputs and zero states: every coordinate gets the same scale, i.e. Sigma = I.
+    torch.testing.assert_close(torch.cat(scales), torch.ones(d))
+    assert [s.numel() for s in scales] == [7, 12]
+
+
+def test_first_step_uses_zero_state_and_fresh_optimizer_does_not_leak():
+    nets = _nets()
+    x1, x2 = torch.ones(5), torch.ones(5)
+    o1 = ZOLSTM([x1], pretrained=nets, seed=0)
+    for _ in range(3):
+        o1.step(lambda: (x1 - 2).pow(2).sum())
+    o2 = ZOLSTM([x2], pretrained=nets, seed=0)
+    o2.step(lambda: (x2 - 2).pow(2).sum())
+    o3_x = torch.ones(5)
+    o3 = ZOLSTM([o3_x], pretrained=nets, seed=0)
+    o3.step(lambda: (o3_x - 2).pow(2).sum())
+    assert torch.equal(x2, o3_x)
+
+
+@settings(max_examples=10, deadline=None)
+@given(k=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_state_dict_resume_is_bit_exact(k, seed):
+    nets = _nets()
+    f = lambda x: ((x - 1.5) ** 2).sum() + x.flatten()[0].sin()  # noqa: E731
+    xa = torch.zeros(2, 3)
+    full = ZOLSTM([xa], pretrained=copy.deepcopy(nets), q=4, seed=seed)
+    for _ in range(8):
+        full.step(lambda: f(xa))
+    xb = torch.zeros(2, 3)
+    part = ZOLSTM([xb], pretrained=copy.deepcopy(nets), q=4, seed=seed)
+    for _ in range(k):
+        part.step(lambda: f(xb))
+    buf = io.BytesIO()
+    torch.save(part.state_dict(), buf)
+    buf.seek(0)
+    xc = xb.clone()
+    resumed = ZOLSTM([xc], pretrained=_nets(seed=99), q=4, seed=seed + 1)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    for _ in range(8 - k):
+        resumed.step(lambda: f(xc))
+    assert torch.equal(xa, xc)
+
+
+def test_bfloat16_params_keep_float32_lstm_state_through_a_round_trip():
+    nets = _nets()
+    x = torch.zeros(6, dtype=torch.bfloat16)
+    opt = ZOLSTM([x], pretrained=nets, q=4, seed=0)
+    opt.step(lambda: (x.float() - 1).pow(2).sum())
+    before = {k: v.clone() for k, v in opt.state[x].items()}
+    assert before["update_h"].dtype == torch.float32
+    opt.load_state_dict(opt.state_dict())
+    for k, v in before.items():
+        assert opt.state[x][k].dtype == torch.float32
+        assert torch.equal(opt.state[x][k], v)
+
+
+@settings(max_examples=15, deadline=None)
+@given(fail_at=st.integers(1, 11), kind=st.sampled_from(["raise", "nan", "vector", "backward"]))
+def test_failed_step_changes_nothing(fail_at, kind):
+    nets = _nets()
+    x = torch.randn(4, generator=torch.Generator().manual_seed(0))
+    opt = ZOLSTM([x], pretrained=nets, q=10, seed=1)
+    opt.step(lambda: (x**2).sum())
+    snapshot = (x.clone(), copy.deepcopy(opt.state_dict()))
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if calls[0] == fail_at:
+            if kind == "raise":
+                raise KeyError("boom")
+            if kind == "nan":
+                return torch.tensor(float("nan"))
+            if kind == "vector":
+                return x * 1.0
+            loss = (x**2).sum()
+            loss.backward()
+        return (x**2).sum()
+
+    with pytest.raises((KeyError, ClosureError)):
+        opt.step(closure)
+    assert torch.equal(x, snapshot[0])
+    after = opt.state_dict()
+    assert torch.equal(after["zo"]["generator"], snapshot[1]["zo"]["generator"])
+    for key in core.STATE_KEYS:
+        assert torch.equal(after["state"][0][key], snapshot[1]["state"][0][key])
+
+
+def test_ablations_and_mix_probability_change_the_trajectory():
+    nets = _nets()
+    f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
+    finals = {}
+    for name, kw in {"full": {}, "p1": {"query_prob": 1.0}, "p0": {"query_prob": 0.0},
+                     "no_query": {"directions": "gaussian"}, "guided": {"directions": "guided_es"},
+                     "no_update": {"use_update": False, "lr": 0.05}}.items():
+        x = torch.zeros(8)
+        opt = ZOLSTM([x], pretrained=nets, q=4, seed=0, **kw)
+        for _ in range(5):
+            opt.step(lambda x=x: f(x))
+        finals[name] = x.clone()
+    # query_prob=0 samples like no-query but the QueryRNN still consumed a mix draw per step.
+    assert not torch.equal(finals["p0"], finals["no_query"])
+    assert not torch.equal(finals["p1"], finals["no_query"])
+    assert not torch.equal(finals["full"], finals["p1"]) or not torch.equal(
+        finals["full"], finals["p0"])
+    # no-update is ZO-SGD with learned directions: loss goes down on a convex quadratic.
+    assert f(finals["no_update"]) < f(torch.zeros(8))
+
+
+def test_no_update_equals_zosgd_when_queries_are_isotropic():
+    nets = _nets()
+    xa, xb = torch.zeros(5), torch.zeros(5)
+    a = ZOLSTM([xa], pretrained=nets, use_update=False, directions="gaussian", lr=0.1, q=3, seed=4)
+    b = torchzo.ZOSGD([xb], lr=0.1, q=3, seed=4)
+    for _ in range(6):
+        a.step(lambda: ((xa - 1) ** 2).sum())
+        b.step(lambda: ((xb - 1) ** 2).sum())
+    assert torch.equal(xa, xb)
+
+
+def test_lr_scales_the_learned_update_and_schedulers_work():
+    nets = _nets()
+    steps = []
+    for lr in (1.0, 0.5):
+        x = torch.zeros(5)
+        opt = ZOLSTM([x], pretrained=nets, lr=lr, q=4, seed=0)
+        opt.step(lambda x=x: ((x - 1) ** 2).sum())
+        steps.append(x.clone())
+    torch.testing.assert_close(steps[1], 0.5 * steps[0])
+    x = torch.zeros(5)
+    opt = ZOLSTM([x], pretrained=nets, lr=1.0, q=4, seed=0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.1)
+    opt.step(lambda: ((x - 1) ** 2).sum())
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_maximize_ascends_what_minimize_descends():
+    nets = _nets()
+    xa, xb = torch.zeros(5), torch.zeros(5)
+    a = ZOLSTM([xa], pretrained=nets, q=4, seed=2)
+    b = ZOLSTM([xb], pretrained=nets, q=4, seed=2, maximize=True)
+    for _ in range(4):
+        a.step(lambda: ((xa - 1) ** 2).sum())
+        b.step(lambda: -((xb - 1) ** 2).sum())
+    assert torch.equal(xa, xb)
+
+
+@pytest.mark.parametrize("bad", [dict(query_prob=1.5), dict(query_prob=-0.1),
+                                 dict(directions="sphere"), dict(use_update=1), dict(lr=-1.0),
+                                 dict(q=0), dict(guide_alpha=2.0),
+                                 dict(pretrained=3.0)])
+def test_invalid_arguments(bad):
+    kwargs = {"pretrained": _nets(), **bad}
+    with pytest.raises(ValueError):
+        ZOLSTM([torch.zeros(3)], **kwargs)

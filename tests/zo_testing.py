@@ -1,0 +1,111 @@
+"""Shared helpers of the torchzo test suite (imported by the test modules, not collected)."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from hypothesis import settings
+from torch import Tensor
+
+import torchzo
+
+# Small, fast property runs: every property test uses this (<= 25 examples, no deadline, and no
+# example database written into the working tree).
+FAST = settings(max_examples=20, deadline=None, database=None)
+FEW = settings(max_examples=10, deadline=None, database=None)
+
+OPTIMIZERS = {"ZOAdam": torchzo.ZOAdam, "ZOSGD": torchzo.ZOSGD, "ZOSignSGD": torchzo.ZOSignSGD}
+ESTIMATORS = ("forward", "central", "antithetic")
+
+_INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32,
+             torch.bfloat16: torch.int16, torch.float16: torch.int16}
+
+
+def bits(t: Tensor) -> Tensor:
+    """The raw bits of a floating tensor as integers (so -0.0 != 0.0 and NaN payloads count)."""
+    return t.detach().view(_INT_VIEW[t.dtype]).clone()
+
+
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    return (a.dtype == b.dtype and a.shape == b.shape and a.device == b.device
+            and torch.equal(bits(a), bits(b)))
+
+
+def snapshot(params: Sequence[Tensor]) -> list[Tensor]:
+    """Bit-exact copies of ``params``."""
+    return [p.detach().clone() for p in params]
+
+
+def all_same_bits(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
+    return len(a) == len(b) and all(same_bits(x, y) for x, y in zip(a, b))
+
+
+def state_copy(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """A deep copy of ``opt.state_dict()`` (which otherwise aliases the live state tensors)."""
+    return copy.deepcopy(opt.state_dict())
+
+
+def deep_equal(a: Any, b: Any) -> bool:
+    """Structural equality; floating tensors are compared bit for bit."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+            return False
+        if a.is_floating_point() and a.dtype in _INT_VIEW:
+            return same_bits(a, b)
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and a.keys() == b.keys()
+                and all(deep_equal(a[k], b[k]) for k in a))
+    if isinstance(a, (list, tuple)):
+        return (type(a) is type(b) and len(a) == len(b)
+                and all(deep_equal(x, y) for x, y in zip(a, b)))
+    return type(a) is type(b) and a == b
+
+
+class Objective:
+    """A smooth, non-quadratic objective over several tensors of given shapes.
+
+    ``f(params) = sum_k sum w_k (p_k - t_k)^2 + 0.1 sum sin(p_k)``, always computed in float64,
+    callable on the live parameters (closure path) or on a flat batch ``X`` (batched path).
+    """
+
+    def __init__(self, shapes: Sequence[tuple[int, ...]], seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.shapes = [torch.Size(s) for s in shapes]
+        self.numels = [s.numel() for s in self.shapes]
+        self.target = torch.randn(sum(self.numels), generator=g, dtype=torch.float64)
+        self.weight = torch.rand(sum(self.numels), generator=g, dtype=torch.float64) + 0.5
+        self.start = [torch.randn(s, generator=g, dtype=torch.float64) for s in self.shapes]
+
+    def batched(self, X: Tensor) -> Tensor:
+        X = X.to(torch.float64)
+        return (self.weight * (X - self.target) ** 2).sum(-1) + 0.1 * torch.sin(X).sum(-1)
+
+    def __call__(self, params: Sequence[Tensor]) -> Tensor:
+        flat = torch.cat([p.detach().reshape(-1).to(torch.float64) for p in params])
+        return self.batched(flat.unsqueeze(0))[0]
+
+    def params(self, dtypes: Sequence[torch.dtype] | torch.dtype = torch.float64,
+               device: str = "cpu") -> list[Tensor]:
+        if isinstance(dtypes, torch.dtype):
+            dtypes = [dtypes] * len(self.shapes)
+        return [s.to(dtype=dt, device=device, copy=True).requires_grad_(True)
+                for s, dt in zip(self.start, dtypes)]
+
+
+class CountingClosure:
+    """A closure over ``objective(params)`` that records every call and every returned loss."""
+
+    def __init__(self, objective: Objective, params: Sequence[Tensor]) -> None:
+        self.objective = objective
+        self.params = list(params)
+        self.calls = 0
+        self.returned: list[Tensor] = []
+
+    def __call__(self) -> Tensor:
+        self.calls += 1
+        loss = self.objective(self.params)
+        self.returned.append(loss)
+        return loss
