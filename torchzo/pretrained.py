@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from .learned.nets import LearnedZO
+from .learned.nets import Arch, LearnedZO
 
 __all__ = ["PretrainedError", "available", "default_name", "from_state_dict", "info", "load",
-           "load_file", "manifest", "weights_dir"]
+           "load_file", "manifest", "save", "weights_dir"]
 
 
 class PretrainedError(RuntimeError):
@@ -80,16 +80,26 @@ def load_file(path: Path) -> LearnedZO:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise PretrainedError(f"{path} is not a loadable weights file: {err}") from err
-    weights = blob.get("weights", blob) if isinstance(blob, dict) else blob
-    return from_state_dict(weights, source=str(path))
+    if isinstance(blob, dict) and "weights" in blob:
+        return from_state_dict(blob["weights"], blob.get("arch"), source=str(path))
+    return from_state_dict(blob, source=str(path))
 
 
-def from_state_dict(weights: Any, source: str = "state dict") -> LearnedZO:
-    """A :class:`LearnedZO` holding ``weights`` (hidden size inferred from them)."""
+def from_state_dict(weights: Any, arch: dict[str, Any] | Arch | None = None,
+                    source: str = "state dict") -> LearnedZO:
+    """A :class:`LearnedZO` of architecture ``arch`` (default: the paper's) holding ``weights``."""
     try:
+        if not isinstance(arch, Arch):
+            arch = Arch.from_dict(arch)
         hidden = weights["update.head.weight"].shape[1]
-        nets = LearnedZO(hidden)
+        nets = LearnedZO(hidden, arch)
         nets.load_state_dict(weights)
-    except (KeyError, TypeError, RuntimeError, AttributeError) as err:
+    except (KeyError, TypeError, RuntimeError, AttributeError, ValueError) as err:
         raise PretrainedError(f"{source} does not hold ZO-LSTM weights: {err}") from err
     return nets
+
+
+def save(nets: LearnedZO, path: Path, meta: dict[str, Any] | None = None) -> None:
+    """Write ``nets`` (weights, architecture and ``meta``) in the format :func:`load_file` reads."""
+    torch.save({"weights": nets.state_dict(), "arch": nets.arch.to_dict(), "meta": meta or {}},
+               path)

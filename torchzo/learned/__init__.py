@@ -1,5 +1,5 @@
 """The learned networks of ZO-LSTM and the functional step shared by ZOLSTM and meta-training."""
 from . import core
-from .nets import CoordLSTM, LearnedZO, QueryRNN, UpdateRNN
+from .nets import ARCH_KINDS, Arch, CoordLSTM, LearnedZO
 
-__all__ = ["CoordLSTM", "LearnedZO", "QueryRNN", "UpdateRNN", "core"]
+__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO", "core"]

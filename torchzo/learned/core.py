@@ -2,16 +2,17 @@
 
 A step, for the coordinates of a list of tensors, is
 
-1. ``query_scale``: the QueryRNN reads (previous estimate, previous update) and gives the
-   per-coordinate standard deviation of the query directions, ``|s|`` with
-   ``s = (1 + o) * sqrt(d) / ||1 + o||``;
-2. the oracle estimates the gradient with directions ``u = |s| * z`` (or ``z`` when the step
+1. ``query_scale``: the QueryRNN reads the coordinate's history and gives the per-coordinate
+   standard deviation of the query directions, normalised so that trace(Sigma) = d;
+2. the oracle estimates the gradient with directions ``u = scale * z`` (or ``z`` when the step
    uses the identity covariance);
 3. ``learned_update``: the UpdateRNN turns the estimate into the update, scaled by ``lr``.
 
 The functions never modify their inputs and keep autograd intact, so meta-training can
 backpropagate through them; the optimizer calls them under ``no_grad``. Per-coordinate state is
-a dict of tensors per parameter (the optimizer's ``state[p]``), see :func:`init_state`.
+a dict of float32 tensors per parameter (the optimizer's ``state[p]``), see :func:`init_state`.
+What the networks read and how their outputs become a step depends on ``nets.arch`` (see
+:mod:`torchzo.learned.nets`).
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .nets import LearnedZO, QueryRNN, UpdateRNN
+from .nets import LearnedZO
 
-__all__ = ["STATE_KEYS", "init_state", "learned_update", "query_scale"]
+__all__ = ["STATE_KEYS", "init_state", "learned_update", "mix_draw", "query_scale"]
 
-# The per-coordinate state of ZO-LSTM, held in float32 whatever the parameter dtype.
-STATE_KEYS = ("update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update")
+# Every per-coordinate state entry; all float32 whatever the parameter dtype.
+STATE_KEYS = ("update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update",
+              "momenta", "second", "t")
 
 State = dict[str, Tensor]
 
@@ -39,42 +41,87 @@ def init_state(p: Tensor, nets: LearnedZO) -> State:
     def zeros(*shape: int) -> Tensor:
         return torch.zeros(shape, device=p.device, dtype=torch.float32)
 
-    return {
+    state = {
         "update_h": zeros(n, hu), "update_c": zeros(n, hu),
         "query_h": zeros(n, hq), "query_c": zeros(n, hq),
         "prev_estimate": zeros(n), "prev_update": zeros(n),
     }
+    if nets.arch.kind == "adam":
+        state.update(momenta=zeros(n, len(nets.arch.momenta)), second=zeros(n), t=zeros())
+    return state
 
 
-def query_scale(net: QueryRNN, states: Sequence[State]
+def _rms(nets: LearnedZO, second: Tensor, t: Tensor) -> Tensor:
+    """Bias-corrected running RMS of the estimate (Adam's denominator)."""
+    bias = 1 - torch.pow(torch.as_tensor(nets.arch.beta2), t.clamp(min=1))
+    return (second / bias).sqrt() + nets.arch.eps
+
+
+def _normalised_momenta(nets: LearnedZO, momenta: Tensor, t: Tensor, rms: Tensor) -> Tensor:
+    betas = torch.tensor(nets.arch.momenta, device=momenta.device)
+    return momenta / (1 - torch.pow(betas, t.clamp(min=1))) / rms[:, None]
+
+
+def query_scale(nets: LearnedZO, states: Sequence[State]
                 ) -> tuple[list[Tensor], list[Tensor], list[State]]:
-    """The QueryRNN's direction scales for each tensor, its raw deviations ``o``, new states.
+    """The QueryRNN's direction scales for each tensor, its raw outputs ``o``, new states.
 
     The scales are normalised over all coordinates of ``states`` together.
     """
+    arch = nets.arch
+    if arch.kind == "paper":
+        inputs = [torch.stack([st["prev_estimate"].detach(), st["prev_update"].detach()], -1)
+                  for st in states]
+    else:
+        rms = [_rms(nets, st["second"], st["t"]).detach() for st in states]
+        log_rms = [r.log() for r in rms]
+        centre = sum(lr.sum() for lr in log_rms) / sum(lr.numel() for lr in log_rms)
+        inputs = []
+        for st, r, lr in zip(states, rms, log_rms):
+            seen = (st["t"] > 0).float()
+            m = _normalised_momenta(nets, st["momenta"], st["t"], r)[:, arch.base]
+            frac = (st["t"] / arch.horizon).expand_as(r)
+            inputs.append(torch.stack([(st["prev_estimate"] / r).abs() * seen,
+                                       m.detach().abs() * seen, (lr - centre) * seen, frac], -1))
     outs, new = [], []
-    for st in states:
-        inputs = torch.stack([st["prev_estimate"].detach(), st["prev_update"].detach()], dim=-1)
-        o, h, c = net(inputs, st["query_h"], st["query_c"])
-        outs.append(o)
+    for x, st in zip(inputs, states):
+        o, h, c = nets.query(x, st["query_h"], st["query_c"])
+        outs.append(o[:, 0])
         new.append({"query_h": h, "query_c": c})
-    d = sum(o.numel() for o in outs)
-    sq = sum(((1 + o) ** 2).sum() for o in outs)
-    norm = torch.as_tensor(sq).sqrt() / math.sqrt(d)
-    scales = [((1 + o) / norm).abs() for o in outs]
+    raw = [1 + o if arch.kind == "paper" else o.exp() for o in outs]
+    d = sum(r.numel() for r in raw)
+    norm = torch.as_tensor(sum((r**2).sum() for r in raw)).sqrt() / math.sqrt(d)
+    scales = [(r / norm).abs() for r in raw]
     return scales, outs, new
 
 
-def learned_update(net: UpdateRNN, estimates: Sequence[Tensor], states: Sequence[State],
+def learned_update(nets: LearnedZO, estimates: Sequence[Tensor], states: Sequence[State],
                    lr: float | Tensor = 1.0) -> tuple[list[Tensor], list[State]]:
-    """The UpdateRNN's update ``lr * out`` for each tensor (flat), and the new states."""
+    """The update for each tensor (flat) from its estimate, and the new states."""
+    arch = nets.arch
     updates, new = [], []
     for g, st in zip(estimates, states):
-        out, h, c = net(g.reshape(-1, 1), st["update_h"], st["update_c"])
-        step = lr * out
+        g = g.reshape(-1).float()
+        if arch.kind == "paper":
+            out, h, c = nets.update(g[:, None], st["update_h"], st["update_c"])
+            step = lr * out[:, 0]
+            fresh = {}
+        else:
+            t = st["t"] + 1
+            betas = torch.tensor(arch.momenta, device=g.device)
+            second = arch.beta2 * st["second"] + (1 - arch.beta2) * g * g
+            momenta = betas * st["momenta"] + (1 - betas) * g[:, None]
+            rms = _rms(nets, second, t)
+            m = _normalised_momenta(nets, momenta, t, rms)
+            frac = (t / arch.horizon).expand_as(g)[:, None]
+            out, h, c = nets.update(torch.cat([(g / rms)[:, None], m, frac], -1),
+                                    st["update_h"], st["update_c"])
+            assert nets.log_lr is not None
+            step = -lr * torch.exp(nets.log_lr + out[:, 1]) * (m[:, arch.base] + out[:, 0])
+            fresh = {"momenta": momenta, "second": second, "t": t}
         updates.append(step)
-        new.append({"update_h": h, "update_c": c, "prev_estimate": g.reshape(-1).float(),
-                    "prev_update": step.float()})
+        new.append({"update_h": h, "update_c": c, "prev_estimate": g, "prev_update": step,
+                    **fresh})
     return updates, new
 
 

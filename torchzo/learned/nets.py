@@ -1,63 +1,117 @@
-"""The coordinatewise LSTMs of ZO-LSTM: the UpdateRNN and the QueryRNN.
+"""The coordinatewise LSTMs of ZO-LSTM: the UpdateRNN and the QueryRNN, and their architectures.
 
 Every coordinate of the optimizee is one row of a batch: all coordinates share the weights and
-each keeps its own ``(h, c)``. Paper sizes: one layer, 10 hidden units, no biases, then a
-10 -> 1 linear layer without bias whose initial weights are scaled by 0.1.
+each keeps its own ``(h, c)``. Two architectures (:class:`Arch`):
+
+- ``paper``: the paper's networks. One layer, 10 hidden units, no biases, a 10 -> 1 linear
+  read-out without bias whose initial weights are scaled by 0.1. The UpdateRNN reads the raw
+  estimate and its output is the update; the QueryRNN reads the previous estimate and update.
+- ``adam``: the same cells over features that contain ZO-Adam as a special case (the estimate
+  and momenta at several time scales, normalised by the running RMS of the estimate, and the
+  fraction of the horizon done). The UpdateRNN outputs a direction correction ``d`` and a
+  log step-size correction ``s``; the step is ``-exp(log_lr + s) * (m_base + d)``, with the
+  read-out initialised to zero so that an untrained network is exactly ZO-Adam with step size
+  ``exp(log_lr)``. The QueryRNN reads magnitudes (|normalised estimate|, |normalised momentum|,
+  the coordinate's log RMS relative to the mean, the horizon fraction) and predicts
+  ``s = exp(o)``.
 """
 from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CoordLSTM", "LearnedZO", "QueryRNN", "UpdateRNN"]
+__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO"]
+
+ARCH_KINDS = ("paper", "adam")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture of a learned ZO optimizer (saved with its weights)."""
+
+    kind: str = "paper"
+    hidden: int = 10
+    horizon: int = 500
+    momenta: tuple[float, ...] = (0.5, 0.9, 0.99)
+    base: int = 2
+    beta2: float = 0.999
+    eps: float = 1e-8
+    init_lr: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARCH_KINDS:
+            raise ValueError(f"arch kind must be one of {ARCH_KINDS}, got {self.kind!r}")
+        if not 0 <= self.base < len(self.momenta):
+            raise ValueError("base must index one of the momenta")
+
+    @property
+    def update_inputs(self) -> int:
+        return 1 if self.kind == "paper" else 2 + len(self.momenta)
+
+    @property
+    def query_inputs(self) -> int:
+        return 2 if self.kind == "paper" else 4
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["momenta"] = list(self.momenta)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any] | None) -> Arch:
+        if not d:
+            return Arch()
+        d = dict(d)
+        if "momenta" in d:
+            d["momenta"] = tuple(d["momenta"])
+        return Arch(**d)
 
 
 class CoordLSTM(nn.Module):
     """An LSTM cell applied to each coordinate independently, with a linear read-out."""
 
-    def __init__(self, input_size: int, hidden: int = 10, out_scale: float = 0.1) -> None:
+    def __init__(self, input_size: int, hidden: int = 10, outputs: int = 1,
+                 out_scale: float = 0.1) -> None:
         super().__init__()
         self.hidden = hidden
         self.cell = nn.LSTMCell(input_size, hidden, bias=False)
-        self.head = nn.Linear(hidden, 1, bias=False)
+        self.head = nn.Linear(hidden, outputs, bias=False)
         with torch.no_grad():
             self.head.weight.mul_(out_scale)
 
     def forward(self, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``inputs`` (n, input_size), states (n, hidden) -> (output (n,), h, c)."""
+        """``inputs`` (n, input_size), states (n, hidden) -> (outputs (n, k), h, c)."""
         weight = self.cell.weight_ih.dtype
         h, c = self.cell(inputs.to(weight), (h.to(weight), c.to(weight)))
-        return self.head(h).squeeze(-1), h, c
-
-
-class UpdateRNN(CoordLSTM):
-    """Turns the ZO gradient estimate of a coordinate into its parameter update.
-
-    Input: the raw estimate (no preprocessing). Output: the update, added to the parameter.
-    """
-
-    def __init__(self, hidden: int = 10) -> None:
-        super().__init__(1, hidden)
-
-
-class QueryRNN(CoordLSTM):
-    """Predicts a coordinate's query standard deviation from its recent history.
-
-    Input: the previous estimate and the previous update. Output ``o``: the deviation of the
-    standard deviation from 1 (``s = 1 + o``, normalised afterwards so trace(Sigma) = d).
-    """
-
-    def __init__(self, hidden: int = 10) -> None:
-        super().__init__(2, hidden)
+        return self.head(h), h, c
 
 
 class LearnedZO(nn.Module):
-    """The learned part of ZO-LSTM: one UpdateRNN and one QueryRNN."""
+    """The learned part of ZO-LSTM: one UpdateRNN and one QueryRNN of architecture ``arch``."""
 
-    def __init__(self, hidden: int = 10) -> None:
+    def __init__(self, hidden: int | None = None, arch: Arch | None = None) -> None:
         super().__init__()
-        self.update = UpdateRNN(hidden)
-        self.query = QueryRNN(hidden)
+        arch = arch or Arch()
+        if hidden is not None and hidden != arch.hidden:
+            arch = Arch(**{**arch.to_dict(), "hidden": hidden, "momenta": arch.momenta})
+        self.arch = arch
+        paper = arch.kind == "paper"
+        self.update = CoordLSTM(arch.update_inputs, arch.hidden, 1 if paper else 2,
+                                0.1 if paper else 0.0)
+        self.query = CoordLSTM(arch.query_inputs, arch.hidden, 1, 0.1 if paper else 0.0)
+        if paper:
+            self.register_parameter("log_lr", None)
+        else:
+            self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
+
+    def update_parameters(self) -> list[nn.Parameter]:
+        """What meta-training's first stage trains: the UpdateRNN and the step size."""
+        extra = [] if self.log_lr is None else [self.log_lr]
+        return [*self.update.parameters(), *extra]
 
     @property
     def hidden(self) -> tuple[int, int]:

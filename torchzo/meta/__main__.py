@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import load_file
+from ..pretrained import load_file, save
 from ..tasks import get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
 
@@ -86,7 +86,7 @@ def train(args: argparse.Namespace) -> dict:
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"weights": nets.state_dict(), "meta": meta}, args.out)
+    save(nets, args.out, meta)
     meta["sha256"] = hashlib.sha256(args.out.read_bytes()).hexdigest()
     meta["history"] = history["epochs"]
     Path(f"{args.out}.json").write_text(json.dumps(meta, indent=1))

@@ -85,11 +85,11 @@ class Rollout:
         seeds = draw_seeds(self.generator, self.scheme.directions)
         scale, reg, fresh = None, self.x.new_zeros(()), {}
         if cfg.use_query:
-            scales, outs, new = core.query_scale(self.nets.query, [self.state])
+            scales, outs, new = core.query_scale(self.nets, [self.state])
             core.mix_draw(self.generator, 1.0)  # keeps the stream aligned with ZOLSTM
             scale, fresh, reg = scales[0], new[0], cfg.reg * (outs[0] ** 2).sum()
         _, g = estimate_batched(queried, self.x.detach(), seeds, self.scheme, self.mu, scale)
-        updates, new_u = core.learned_update(self.nets.update, [g], [self.state], cfg.lr)
+        updates, new_u = core.learned_update(self.nets, [g], [self.state], cfg.lr)
         self.x = self.x + updates[0]
         self.state = {**self.state, **fresh, **new_u[0]}
         self.t += 1

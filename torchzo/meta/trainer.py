@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..learned.nets import LearnedZO
+from ..learned.nets import Arch, LearnedZO
 from ..optim.zolstm import ZOLSTM
 from ..tasks import Task
 from ..tasks.run import run_optimizer
@@ -43,7 +43,7 @@ class StageConfig:
 class MetaConfig:
     """Everything that determines a meta-training run (the paper's recipe by default)."""
 
-    hidden: int = 10
+    arch: Arch = field(default_factory=Arch)
     q: int = 20
     mu: float | None = None
     estimator: str = "forward"
@@ -112,7 +112,7 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
     """
     horizon, unroll = cfg.horizon or task.horizon, cfg.unroll or task.unroll
     torch.manual_seed(cfg.seed)
-    nets = nets if nets is not None else LearnedZO(cfg.hidden)
+    nets = nets if nets is not None else LearnedZO(arch=cfg.arch)
     history: dict[str, Any] = {"config": _plain(asdict(cfg)), "epochs": []}
     resume = _load_checkpoint(checkpoint) if checkpoint and checkpoint.is_file() else None
     if resume:
@@ -122,8 +122,7 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
     for stage in stages:
         use_query = stage == "query"
         scfg = cfg.query_stage if use_query else cfg.update_stage
-        module = nets.query if use_query else nets.update
-        params = list(module.parameters())
+        params = list(nets.query.parameters()) if use_query else nets.update_parameters()
         for p in nets.parameters():
             p.requires_grad_(False)
         for p in params:

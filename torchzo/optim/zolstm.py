@@ -82,7 +82,7 @@ class ZOLSTM(ZOOptimizer):
         if self.directions == "guided_es":
             history = [[st["prev_estimate"] for st in states], [st["prev_update"] for st in states]]
             return None, Guide.orthonormal(history, self.guide_alpha)
-        scales, _, new = core.query_scale(self.nets.query, states)
+        scales, _, new = core.query_scale(self.nets, states)
         self._pending.update(zip(params, new))
         use_learned = core.mix_draw(self._generator, self.query_prob)
         return ([s.view_as(p) for s, p in zip(scales, params)] if use_learned else None), None
@@ -93,7 +93,7 @@ class ZOLSTM(ZOOptimizer):
             estimates = [-g for g in estimates]
         states = self._states(params)
         if self.use_update:
-            updates, new = core.learned_update(self.nets.update, estimates, states, group["lr"])
+            updates, new = core.learned_update(self.nets, estimates, states, group["lr"])
             for p, step in zip(params, updates):
                 p.add_(step.view_as(p).to(p.dtype))
         else:
