@@ -7,6 +7,7 @@ the sha256 of ``FILE``).
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..learned.nets import Arch
 from ..pretrained import load_file, save
 from ..tasks import get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--horizon", type=int)
     tr.add_argument("--unroll", type=int)
     tr.add_argument("--val-problems", type=int)
+    tr.add_argument("--arch", choices=["paper", "adam"], help="network architecture")
+    tr.add_argument("--init-lr", type=float, help="adam arch: the step size it starts from")
+    tr.add_argument("--meta-batch", type=int, help="problems per meta-gradient")
+    tr.add_argument("--clip", type=float, help="meta-gradient clipping threshold")
+    tr.add_argument("--clip-mode", choices=["elementwise", "norm"])
+    tr.add_argument("--update-lr", type=float, help="meta learning rate, stage 1")
+    tr.add_argument("--query-lr", type=float, help="meta learning rate, stage 2")
     tr.add_argument("--query-grad", choices=["full", "u"])
     tr.add_argument("--grad-mode", choices=["true", "fd"])
     tr.add_argument("--init", type=Path, help="start from these weights (e.g. a stage-1 result)")
@@ -54,16 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> MetaConfig:
     base = PRESETS[args.preset]
-    cfg = MetaConfig(**{**base.__dict__})
+    cfg = copy.deepcopy(base)
     cfg.seed = args.seed
-    for name in ("horizon", "unroll", "query_grad", "grad_mode", "val_problems"):
+    for name in ("horizon", "unroll", "query_grad", "grad_mode", "val_problems", "meta_batch",
+                 "clip", "clip_mode"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    arch = cfg.arch.to_dict()
+    if args.arch:
+        arch["kind"] = args.arch
+    if args.init_lr:
+        arch["init_lr"] = args.init_lr
+    arch["horizon"] = cfg.horizon or get_task(args.task).horizon
+    cfg.arch = Arch.from_dict(arch)
     u, q = base.update_stage, base.query_stage
     cfg.update_stage = StageConfig(args.update_epochs or u.epochs, args.problems or u.problems,
-                                   u.lr)
+                                   args.update_lr or u.lr)
     cfg.query_stage = StageConfig(args.query_epochs or q.epochs, args.problems or q.problems,
-                                  q.lr)
+                                  args.query_lr or q.lr)
+    cfg.__post_init__()
     return cfg
 
 

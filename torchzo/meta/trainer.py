@@ -52,12 +52,20 @@ class MetaConfig:
     update_stage: StageConfig = field(default_factory=lambda: StageConfig(20, 10, 1e-3))
     query_stage: StageConfig = field(default_factory=lambda: StageConfig(40, 10, 5e-3))
     clip: float = 1.0
+    clip_mode: str = "elementwise"
+    meta_batch: int = 1
     reg: float = 0.005
     query_grad: str = "full"
     grad_mode: str = "true"
     val_problems: int = 10
     val_query_prob: float = 0.5
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.clip_mode not in ("elementwise", "norm"):
+            raise ValueError(f"clip_mode must be 'elementwise' or 'norm', got {self.clip_mode!r}")
+        if self.meta_batch < 1:
+            raise ValueError(f"meta_batch must be >= 1, got {self.meta_batch}")
 
     def rollout(self, use_query: bool) -> RolloutConfig:
         return RolloutConfig(q=self.q, mu=self.mu, estimator=self.estimator,
@@ -80,24 +88,34 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
     return sum(finals) / len(finals)
 
 
-def _train_problem(nets: LearnedZO, params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
-                   rollout: Rollout, horizon: int, unroll: int, clip: float) -> float:
-    """Meta-train on one problem over its whole horizon; the mean unweighted loss."""
+def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
+                 rollouts: list[Rollout], horizon: int, unroll: int, cfg: MetaConfig) -> float:
+    """Meta-train on a batch of problems in lockstep over the horizon; their mean loss.
+
+    Each truncation's meta-loss is averaged over the batch before one backward pass.
+    """
     total_weight = horizon * (horizon + 1) / 2
     seen = 0.0
-    while rollout.t < horizon:
+    t = 0
+    while t < horizon:
         meta_loss = torch.zeros(())
-        for _ in range(min(unroll, horizon - rollout.t)):
-            loss, reg = rollout.step()
-            meta_loss = meta_loss + (rollout.t * loss) / total_weight + reg
-            seen += float(loss.detach())
+        for _ in range(min(unroll, horizon - t)):
+            t += 1
+            for rollout in rollouts:
+                loss, reg = rollout.step()
+                meta_loss = meta_loss + ((t * loss) / total_weight + reg) / len(rollouts)
+                seen += float(loss.detach()) / len(rollouts)
         meta_opt.zero_grad()
         meta_loss.backward()
-        for p in params:
-            if p.grad is not None:
-                p.grad.clamp_(-clip, clip)
+        grads = [p.grad for p in params if p.grad is not None]
+        if cfg.clip_mode == "elementwise":
+            for g in grads:
+                g.clamp_(-cfg.clip, cfg.clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
         meta_opt.step()
-        rollout.detach()
+        for rollout in rollouts:
+            rollout.detach()
     return seen / horizon
 
 
@@ -142,13 +160,17 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
             start = time.time()
             picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(
                 cfg.seed * 7919 + epoch + (10_000 if use_query else 0)))[: scfg.problems]
-            bar = _bar(len(picks), f"{stage} {epoch + 1}/{scfg.epochs}", progress)
+            batches = -(-len(picks) // cfg.meta_batch)
+            bar = _bar(batches, f"{stage} {epoch + 1}/{scfg.epochs}", progress)
             losses = []
-            for i, k in enumerate(picks.tolist()):
-                seed = cfg.seed * 1_000_003 + epoch * 1009 + i * 31 + (7 if use_query else 0)
-                rollout = Rollout(train[k], nets, cfg.rollout(use_query), seed, seed + 1)
-                losses.append(_train_problem(nets, params, meta_opt, rollout, horizon, unroll,
-                                             cfg.clip))
+            chosen = picks.tolist()
+            for b in range(0, len(chosen), cfg.meta_batch):
+                rollouts = []
+                for i, k in enumerate(chosen[b:b + cfg.meta_batch], start=b):
+                    seed = cfg.seed * 1_000_003 + epoch * 1009 + i * 31 + (7 if use_query else 0)
+                    rollouts.append(Rollout(train[k], nets, cfg.rollout(use_query), seed,
+                                            seed + 1))
+                losses.append(_train_batch(params, meta_opt, rollouts, horizon, unroll, cfg))
                 bar(f"meta-loss {losses[-1]:.4f}")
             val = evaluate(nets, task, "val", cfg, use_query, cfg.val_problems)
             if val < best[0]:
