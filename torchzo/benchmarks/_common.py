@@ -1,0 +1,86 @@
+"""Helpers shared by the benchmarks: the machine they ran on, robust summaries, and output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["fmt_spread", "fmt_time", "machine", "md_table", "sig3", "spread", "write_results"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers depend on; the load average shows how busy a shared machine was."""
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_usable": len(affinity) if affinity is not None else None,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def spread(xs: Sequence[float]) -> dict[str, float]:
+    """Median and interquartile range: robust to the outliers a shared machine produces."""
+    xs = sorted(xs)
+    if len(xs) == 1:
+        q1 = q3 = xs[0]
+    else:
+        q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return {"median": statistics.median(xs), "p25": q1, "p75": q3, "min": xs[0], "max": xs[-1],
+            "n": len(xs)}
+
+
+def fmt_time(seconds: float) -> str:
+    us = seconds * 1e6
+    if abs(us) < 1000:
+        return f"{us:.3g} µs" if abs(us) < 100 else f"{us:.0f} µs"
+    return f"{us / 1000:.3g} ms" if abs(us) < 100_000 else f"{us / 1000:.0f} ms"
+
+
+def sig3(x: float) -> str:
+    """Three significant digits, without an exponent for numbers up to 1e6."""
+    return f"{x:.3g}" if abs(x) < 1000 or abs(x) >= 1e6 else f"{x:.0f}"
+
+
+def fmt_spread(s: dict[str, float], fmt: Any = sig3) -> str:
+    """``median (p25–p75)``."""
+    return f"{fmt(s['median'])} ({fmt(s['p25'])}–{fmt(s['p75'])})"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out_dir: str | Path, name: str, data: dict[str, Any],
+                  markdown: str) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` under ``out_dir``; return their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / f"{name}.json", out / f"{name}.md"
+    js.write_text(json.dumps(data, indent=1) + "\n")
+    md.write_text(markdown)
+    return js, md

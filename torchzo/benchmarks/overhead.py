@@ -1,0 +1,413 @@
+"""Per-step overhead and memory of torchzo's optimizers, next to ``torch.optim.Adam``.
+
+    python -m torchzo.benchmarks.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
+                                          [--out docs/benchmarks] [--quick]
+
+Time: the closure returns a precomputed 0-dim tensor, and the time of ``q + 1`` bare closure
+calls, measured in the same repetition, is subtracted, so what is left is the optimizer's own
+work (seeds, direction sampling, perturb/restore, accumulation, the update). It is reported as a
+ratio to ``torch.optim.Adam.step()`` (``.grad`` pre-filled, default ``foreach``) on the same
+shapes. Every contender is timed once per repetition, in a shuffled order, so slow phases of a
+shared machine hit all of them alike; medians and interquartile ranges over the repetitions
+are reported. The oracle's parts are timed the same way, through the library's own objects, to
+show where the overhead goes.
+
+Memory: allocator events recorded by ``torch.profiler`` (``profile_memory=True``) give the peak
+of bytes allocated during a step beyond what existed before it; the optimizer state's tensors
+give the persistent bytes. The method is checked on ``torch.optim.Adam`` (8 bytes/param of state
+for float32) and against the resident-set high-water mark of a fresh process at a large ``d``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ..optim import ZOSGD, ZOAdam, ZOSignSGD
+from ..oracle import Layout, ParameterBackup, call_closure
+from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
+
+ZO = {"ZOSGD": ZOSGD, "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam}
+ALL = ["Adam", *ZO]
+PARTS = ["wrapper", "directions", "perturb", "accumulate"]
+PART_NAMES = {
+    "wrapper": "call_closure wrapper",
+    "directions": "direction sampling",
+    "perturb": "perturb",
+    "accumulate": "accumulate",
+}
+
+KEY = ["d", "layout", "threads"]
+
+Shapes = list[tuple[int, ...]]
+
+
+def model_shapes(d: int, pairs: int = 5) -> Shapes:
+    """``d`` split like an MLP: ``pairs`` (weight matrix, bias) tensors, remainder in the last."""
+    if d < 4 * pairs:
+        raise ValueError(f"d={d} is too small to split into {2 * pairs} tensors")
+    size = d // pairs
+    h = math.isqrt(size)
+    w = (size - h) // h
+    shapes: Shapes = [(h, w), (h,)] * pairs
+    shapes[-1] = (h + d - pairs * (h * w + h),)
+    return shapes
+
+
+def _params(shapes: Shapes, seed: int = 0) -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+
+
+def make_step(name: str, shapes: Shapes, q: int) -> tuple[Callable[[], Any], Any]:
+    """A zero-argument step of optimizer ``name`` on fresh parameters, and the optimizer."""
+    params = _params(shapes)
+    if name == "Adam":
+        for p in params:
+            p.grad = torch.randn_like(p)
+        adam = torch.optim.Adam(params)
+        return adam.step, adam
+    zero = torch.tensor(0.0)
+    opt = ZO[name](params, q=q, seed=0)
+    return (lambda: opt.step(lambda: zero)), opt
+
+
+def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
+    zero = torch.tensor(0.0)
+
+    def closure() -> torch.Tensor:
+        return zero
+
+    def closure_calls() -> None:
+        for _ in range(q + 1):
+            closure()
+
+    fns: dict[str, Callable[[], Any]] = {"closure": closure_calls}
+    fns.update({name: make_step(name, shapes, q)[0] for name in ALL})
+
+    # The oracle's parts, each repeated as often as one forward-estimator step does it.
+    params = _params(shapes, seed=1)
+    layout, backup, index = Layout(params), ParameterBackup(params), range(len(params))
+    g, u = layout.zeros(), layout.sample(0)
+    seeds = range(q)
+    fns["wrapper"] = lambda: [call_closure(closure, params, "f(x)") for _ in range(q + 1)]
+    fns["directions"] = lambda: [layout.sample(s) for s in seeds]
+    fns["perturb"] = lambda: [backup.perturb(index, u, 1e-3) for _ in seeds]
+    fns["accumulate"] = lambda: [torch._foreach_add_(g, u, alpha=0.5) for _ in seeds]
+    return fns
+
+
+def _timed(fn: Callable[[], Any], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n
+
+
+def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
+    fns = _contenders(shapes, q)
+    for fn in fns.values():  # first steps allocate optimizer state and warm caches
+        fn()
+        fn()
+    # Fast contenders are repeated within a sample so timer and scheduler jitter stay small.
+    inner = {k: max(1, math.ceil(min_sample_s / min(_timed(f, 1) for _ in range(3))))
+             for k, f in fns.items()}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    order = list(fns)
+    rng = random.Random(0)
+    for _ in range(reps):
+        rng.shuffle(order)
+        gc.collect()
+        gc.disable()  # a collection inside one contender's sample would bias it
+        try:
+            for k in order:
+                samples[k].append(_timed(fns[k], inner[k]))
+        finally:
+            gc.enable()
+
+    # Per-repetition differences and ratios pair numbers taken moments apart.
+    closure, adam = samples["closure"], samples["Adam"]
+    overhead = {n: [s - c for s, c in zip(samples[n], closure)] for n in ZO}
+    wrapper = [s - c for s, c in zip(samples["wrapper"], closure)]
+    parts = {"wrapper": spread(wrapper), **{k: spread(samples[k]) for k in PARTS[1:]}}
+    zosgd = spread(overhead["ZOSGD"])["median"]
+    parts["other"] = {"median": zosgd - sum(p["median"] for p in parts.values())}
+    return {
+        "d": sum(math.prod(s) for s in shapes),
+        "shapes": [list(s) for s in shapes],
+        "inner_loops": inner,
+        "samples_s": samples,
+        "time_s": {k: spread(v) for k, v in samples.items()},
+        "overhead_s": {n: spread(v) for n, v in overhead.items()},
+        "ratio_to_adam": {n: spread([o / a for o, a in zip(v, adam)])
+                          for n, v in overhead.items()},
+        "per_query_s": {n: spread([o / (q + 1) for o in v]) for n, v in overhead.items()},
+        "zosgd_breakdown_s": parts,
+    }
+
+
+def allocations(fn: Callable[[], Any]) -> tuple[int, int]:
+    """Peak and net bytes allocated (beyond what existed before) while ``fn`` runs."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # The raw allocator events (+bytes on allocation, -bytes on free) have no public accessor;
+    # the aggregated per-op memory columns cannot give a peak.
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak, current
+
+
+def state_bytes(opt: Any) -> int:
+    return sum(v.nbytes for s in opt.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+
+
+def memory_case(name: str, d: int, q: int) -> dict[str, Any]:
+    step, opt = make_step(name, [(d,)], q)
+    first, steady = allocations(step), allocations(step)
+    return {
+        "optimizer": name, "d": d,
+        "first_step": {"peak_extra_bytes_per_param": first[0] / d,
+                       "net_bytes_per_param": first[1] / d},
+        "steady_step": {"peak_extra_bytes_per_param": steady[0] / d,
+                        "net_bytes_per_param": steady[1] / d},
+        "state_bytes_per_param": state_bytes(opt) / d,
+    }
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def rss_probe(name: str, d: int, q: int) -> dict[str, Any]:
+    """Peak resident memory above the baseline during a first and a steady step.
+
+    Meant for a fresh process and a ``d`` whose tensors exceed glibc's largest mmap threshold
+    (32 MiB), so every buffer is mapped on allocation and unmapped on free.
+    """
+    small, _ = make_step(name, [(1000,)], q)
+    small()  # load lazily initialised code before the baseline
+    small()
+    step, _ = make_step(name, [(d,)], q)
+    out: dict[str, Any] = {"optimizer": name, "d": d}
+    for phase in ("first_step", "steady_step"):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the VmHWM high-water mark (Linux >= 4.0)
+        base = _proc_status("VmRSS")
+        step()
+        out[phase] = {"peak_extra_bytes_per_param": (_proc_status("VmHWM") - base) / d,
+                      "net_bytes_per_param": (_proc_status("VmRSS") - base) / d}
+    return out
+
+
+def rss_check(d: int, q: int) -> list[dict[str, Any]]:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    rows = []
+    for name in ALL:
+        cmd = [sys.executable, "-m", "torchzo.benchmarks.overhead", "--rss-probe", name,
+               "--q", str(q), "--rss-d", str(d)]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        try:
+            rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            rows.append({"optimizer": name, "d": d, "error": res.stderr.strip()[-500:]})
+    return rows
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def _us(s: dict[str, float]) -> str:
+    return fmt_spread({k: v * 1e6 for k, v in s.items() if k in ("median", "p25", "p75")})
+
+
+def render(data: dict[str, Any]) -> str:
+    cfg, m = data["config"], data["machine"]
+    q = cfg["q"]
+    out = [
+        "# Optimizer overhead: torchzo vs torch.optim.Adam\n",
+        "What one `step()` costs the optimizer itself, with a closure that costs nothing "
+        f"(it returns a precomputed 0-dim tensor). ZO optimizers use q={q} and the "
+        f"`{cfg['estimator']}` estimator, so a step makes q+1={q + 1} closure calls; the time of "
+        f"{q + 1} bare closure calls, measured in the same repetition, is subtracted. "
+        "`torch.optim.Adam` (`.grad` pre-filled; `foreach` default, i.e. the single-tensor path "
+        "on CPU, as for the ZO optimizers) runs on the same shapes in the same run. Each "
+        "repetition times every contender once, in shuffled order; cells are the median over "
+        f"{cfg['reps']} repetitions with the interquartile range in parentheses. Ratios and "
+        "differences are taken per repetition, then summarized.\n",
+        "Layouts: `flat` is one tensor of d elements; `model` is d split MLP-like into 5 "
+        "(weight matrix, bias) pairs.\n",
+        f"Intra-op threads: {cfg['threads']} (`--threads`). One by default because torch's CPU "
+        "Gaussian generator, the oracle's main cost, is serial anyway, and because on a machine "
+        "shared with other jobs, multi-threaded timings measure OpenMP barrier stalls (a thread "
+        "of the team waiting for a core) more than work.\n",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['cpus_usable']} usable, "
+        f"shared with other jobs during the run: load average {m['loadavg'][0]:.2f} at start, "
+        f"{data['loadavg_end'][0]:.2f} at end), torch {m['torch']} (default: {m['torch_threads']} "
+        f"intra-op threads), Python {m['python']}, {m['platform']}.\n",
+        f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n",
+        "## Step overhead as a multiple of Adam's step\n",
+    ]
+    rows = [[t["d"], t["layout"], t["threads"], _us(t["time_s"]["Adam"])]
+            + [fmt_spread(t["ratio_to_adam"][n]) for n in ZO] for t in data["timing"]]
+    out.append(md_table([*KEY, "Adam step (µs)", *(f"{n} / Adam" for n in ZO)], rows))
+    out.append(f"## Overhead per query (step overhead / {q + 1}), µs\n")
+    rows = [[t["d"], t["layout"], t["threads"]] + [_us(t["per_query_s"][n]) for n in ZO]
+            for t in data["timing"]]
+    out.append(md_table([*KEY, *ZO], rows))
+    out.append(
+        "## Where the overhead goes (ZOSGD)\n\n"
+        "Each part is the library's own code (`call_closure`, `Layout.sample`, "
+        f"`ParameterBackup.perturb`, `torch._foreach_add_`) run as many times as one step runs it "
+        f"({q + 1}, {q}, {q}, {q}), timed in the same repetitions; the wrapper is `call_closure` "
+        "minus the bare closure. *Other* is the rest of the step's overhead: seeds, backup "
+        "clone and restore, the zero accumulator, Python glue between calls, and the update. "
+        "Medians; percentages of the ZOSGD step overhead.\n")
+    rows = []
+    for t in data["timing"]:
+        b, total = t["zosgd_breakdown_s"], t["overhead_s"]["ZOSGD"]["median"]
+        rows.append([t["d"], t["layout"], t["threads"], fmt_time(total)] + [
+            f"{fmt_time(b[k]['median'])} ({100 * b[k]['median'] / total:.0f}%)"
+            for k in [*PARTS, "other"]])
+    out.append(md_table([*KEY, "overhead", *PART_NAMES.values(), "other"], rows))
+
+    out.append(
+        "## Memory per parameter (float32, one flat tensor)\n\n"
+        "*Peak extra*: the highest number of bytes allocated during a step beyond what existed "
+        "before it (parameters, Adam's `.grad`, optimizer state), divided by d, from the "
+        "allocator events `torch.profiler` records with `profile_memory=True`. The first step "
+        "also allocates the optimizer state; *steady* is a later step. *State*: bytes of the "
+        "optimizer state's tensors after the step, divided by d. Adam's `.grad` (4 bytes/param, "
+        "which the ZO optimizers do not need) is not counted.\n")
+    mem = data["memory"]
+    dims = sorted({r["d"] for r in mem})
+
+    def b(x: float) -> str:
+        return f"{x:.2f}"
+
+    rows = []
+    for name in ALL:
+        by_d = {r["d"]: r for r in mem if r["optimizer"] == name}
+        rows.append([name]
+                    + [b(by_d[d]["steady_step"]["peak_extra_bytes_per_param"]) for d in dims]
+                    + [b(by_d[dims[-1]]["first_step"]["peak_extra_bytes_per_param"]),
+                       b(by_d[dims[-1]]["state_bytes_per_param"])])
+    out.append(md_table(["optimizer", *(f"peak extra, steady, d={d}" for d in dims),
+                         f"peak extra, first step, d={dims[-1]}", f"state, d={dims[-1]}"], rows))
+    if data["rss_check"]:
+        d = data["rss_check"][0]["d"]
+        by_name = {r["optimizer"]: r for r in mem if r["d"] == d}
+        out.append(
+            f"Check of the method: the same steps at d={d} in a fresh process each, measuring "
+            "the resident-set high-water mark (`VmHWM`, reset through `/proc/self/clear_refs` "
+            "before each step) above the resident set before the step. Buffers of "
+            f"{4 * d / 2**20:.0f} MiB are mapped and unmapped by the allocator, so RSS follows "
+            "allocation closely.\n")
+        rows = []
+        for r in data["rss_check"]:
+            p = by_name.get(r["optimizer"])
+            if "error" in r or p is None:
+                rows.append([r["optimizer"], "failed", "", "", ""])
+                continue
+            rows.append([r["optimizer"]] + [
+                b(src[ph]["peak_extra_bytes_per_param"])
+                for ph in ("first_step", "steady_step") for src in (p, r)])
+        out.append(md_table(["optimizer", "first step: profiler", "first step: RSS",
+                             "steady: profiler", "steady: RSS"], rows))
+    return "\n".join(out)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.overhead",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--dims", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
+    ap.add_argument("--model-dims", type=int, nargs="*", default=[100_000],
+                    help="sizes also timed with the model-like layout of ~10 tensors")
+    ap.add_argument("--q", type=int, default=20, help="queries per ZO step (forward estimator)")
+    ap.add_argument("--reps", type=int, default=80, help="timing repetitions per case")
+    ap.add_argument("--min-sample-ms", type=float, default=10.0,
+                    help="fast contenders are looped within a sample to last at least this")
+    ap.add_argument("--rss-d", type=int, default=10_000_000,
+                    help="d of the RSS cross-check of the memory method (0: skip)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="torch intra-op thread counts to time (default: 1)")
+    ap.add_argument("--out", default=None,
+                    help="output folder (default docs/benchmarks; with --quick, none)")
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run, writes only with --out")
+    ap.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.dims, args.model_dims, args.q, args.reps = [1000], [1000], 4, 3
+        args.min_sample_ms, args.rss_d = 1.0, 0
+    elif args.out is None:
+        args.out = "docs/benchmarks"
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.rss_probe:
+        print(json.dumps(rss_probe(args.rss_probe, args.rss_d, args.q)))
+        return None
+    argv = sys.argv[1:] if argv is None else argv
+    start = time.perf_counter()
+    data: dict[str, Any] = {
+        "benchmark": "overhead",
+        "command": " ".join(["python -m torchzo.benchmarks.overhead", *argv]),
+        "machine": machine(),
+        "config": {"dims": args.dims, "model_dims": args.model_dims, "q": args.q,
+                   "estimator": "forward", "reps": args.reps,
+                   "min_sample_ms": args.min_sample_ms, "rss_d": args.rss_d},
+        "timing": [],
+    }
+    default_threads = torch.get_num_threads()
+    # One thread by default: torch's CPU Gaussian generator, the oracle's main cost, is serial,
+    # and with other jobs on the cores multi-threaded ops mostly time OpenMP barrier stalls.
+    threads = args.threads or [1]
+    data["config"]["threads"] = threads
+    cases = [("flat", d, [(d,)]) for d in args.dims]
+    cases += [("model", d, model_shapes(d)) for d in args.model_dims]
+    for layout, d, shapes in cases:
+        for t in threads:
+            print(f"timing d={d} {layout} threads={t} ...", file=sys.stderr, flush=True)
+            torch.set_num_threads(t)
+            case = time_case(shapes, args.q, args.reps, args.min_sample_ms / 1000)
+            data["timing"].append({"layout": layout, "threads": t, **case})
+    torch.set_num_threads(default_threads)
+    mem_dims = sorted(set(args.dims) | ({args.rss_d} if args.rss_d else set()))
+    print(f"memory d={mem_dims} ...", file=sys.stderr, flush=True)
+    data["memory"] = [memory_case(n, d, args.q) for d in mem_dims for n in ALL]
+    data["rss_check"] = rss_check(args.rss_d, args.q) if args.rss_d else []
+    data["loadavg_end"] = list(os.getloadavg())
+    data["elapsed_s"] = time.perf_counter() - start
+    markdown = render(data)
+    if args.out:
+        for path in write_results(args.out, "overhead", data, markdown):
+            print(f"wrote {path}", file=sys.stderr)
+    print(markdown)
+    return data
+
+
+if __name__ == "__main__":
+    main()
