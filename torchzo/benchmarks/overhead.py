@@ -303,16 +303,16 @@ def render(data: dict[str, Any]) -> str:
     mem = data["memory"]
     dims = sorted({r["d"] for r in mem})
 
-    def b(x: float) -> str:
+    def two(x: float) -> str:
         return f"{x:.2f}"
 
     rows = []
     for name in ALL:
         by_d = {r["d"]: r for r in mem if r["optimizer"] == name}
         rows.append([name]
-                    + [b(by_d[d]["steady_step"]["peak_extra_bytes_per_param"]) for d in dims]
-                    + [b(by_d[dims[-1]]["first_step"]["peak_extra_bytes_per_param"]),
-                       b(by_d[dims[-1]]["state_bytes_per_param"])])
+                    + [two(by_d[d]["steady_step"]["peak_extra_bytes_per_param"]) for d in dims]
+                    + [two(by_d[dims[-1]]["first_step"]["peak_extra_bytes_per_param"]),
+                       two(by_d[dims[-1]]["state_bytes_per_param"])])
     out.append(md_table(["optimizer", *(f"peak extra, steady, d={d}" for d in dims),
                          f"peak extra, first step, d={dims[-1]}", f"state, d={dims[-1]}"], rows))
     if data["rss_check"]:
@@ -331,7 +331,7 @@ def render(data: dict[str, Any]) -> str:
                 rows.append([r["optimizer"], "failed", "", "", ""])
                 continue
             rows.append([r["optimizer"]] + [
-                b(src[ph]["peak_extra_bytes_per_param"])
+                two(src[ph]["peak_extra_bytes_per_param"])
                 for ph in ("first_step", "steady_step") for src in (p, r)])
         out.append(md_table(["optimizer", "first step: profiler", "first step: RSS",
                              "steady: profiler", "steady: RSS"], rows))
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     # and with other jobs on the cores multi-threaded ops mostly time OpenMP barrier stalls.
     threads = args.threads or [1]
     data["config"]["threads"] = threads
-    cases = [("flat", d, [(d,)]) for d in args.dims]
+    cases: list[tuple[str, int, list[tuple[int, ...]]]] = [("flat", d, [(d,)]) for d in args.dims]
     cases += [("model", d, model_shapes(d)) for d in args.model_dims]
     for layout, d, shapes in cases:
         for t in threads:

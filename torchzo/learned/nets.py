@@ -27,6 +27,7 @@ from torch import Tensor, nn
 __all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO"]
 
 ARCH_KINDS = ("paper", "adam")
+_CHUNK = 8192  # coordinates per LSTM block when running without autograd
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,20 @@ class CoordLSTM(nn.Module):
     def forward(self, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``inputs`` (n, input_size), states (n, hidden) -> (outputs (n, k), h, c)."""
         weight = self.cell.weight_ih.dtype
-        h, c = self.cell(inputs.to(weight), (h.to(weight), c.to(weight)))
-        return self.head(h), h, c
+        inputs, h, c = inputs.to(weight), h.to(weight), c.to(weight)
+        n = inputs.shape[0]
+        if n <= _CHUNK or torch.is_grad_enabled():
+            h, c = self.cell(inputs, (h, c))
+            return self.head(h), h, c
+        # Row blocks that stay in cache: about 3x faster than one pass over millions of rows,
+        # whose (n, 4 * hidden) gate tensors make every elementwise op a trip to memory.
+        out = inputs.new_empty(n, self.head.out_features)
+        h_new, c_new = torch.empty_like(h), torch.empty_like(c)
+        for s in range(0, n, _CHUNK):
+            rows = slice(s, s + _CHUNK)
+            h_new[rows], c_new[rows] = self.cell(inputs[rows], (h[rows], c[rows]))
+            out[rows] = self.head(h_new[rows])
+        return out, h_new, c_new
 
 
 class LearnedZO(nn.Module):

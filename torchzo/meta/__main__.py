@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -58,7 +59,38 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for the small coordinatewise LSTMs)")
     tr.add_argument("--no-progress", action="store_true")
+    sh = sub.add_parser("ship", help="copy trained weights into pretrained/ and the manifest")
+    sh.add_argument("--weights", required=True, type=Path, help="a file written by 'train'")
+    sh.add_argument("--name", required=True)
+    sh.add_argument("--command", required=True, help="the command that reproduces the file")
+    sh.add_argument("--dest", type=Path, default=Path("pretrained"))
+    sh.add_argument("--default", action="store_true", help="make it ZOLSTM's default")
     return ap
+
+
+def ship(args: argparse.Namespace) -> dict:
+    """Copy a trained file into ``dest`` and record it in ``dest/manifest.json``."""
+    meta = json.loads(Path(f"{args.weights}.json").read_text())
+    load_file(args.weights)  # refuse anything that does not load
+    target = args.dest / f"{args.name}.pt"
+    shutil.copyfile(args.weights, target)
+    manifest_path = args.dest / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
+        "default": args.name, "weights": []}
+    entry = {
+        "name": args.name, "file": target.name,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "task": meta["task"], "preset": meta["preset"], "arch": meta.get("arch", "paper"),
+        "command": args.command, "val_final_loss": meta["val_final_loss"],
+        "train_seconds": meta["train_seconds"], "torch": meta["torch"],
+        "machine": meta["machine"],
+    }
+    manifest["weights"] = [w for w in manifest["weights"] if w["name"] != args.name] + [entry]
+    if args.default:
+        manifest["default"] = args.name
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    print(json.dumps(entry))
+    return entry
 
 
 def config_from_args(args: argparse.Namespace) -> MetaConfig:
@@ -97,7 +129,7 @@ def train(args: argparse.Namespace) -> dict:
     use_query = "query" in stages
     meta = {
         "task": args.task, "preset": args.preset, "stages": list(stages), "seed": args.seed,
-        "init": str(args.init) if args.init else None,
+        "init": str(args.init) if args.init else None, "arch": cfg.arch.kind,
         "config": history["config"], "use_query": use_query,
         "val_final_loss": evaluate(nets, task, "val", cfg, use_query, cfg.val_problems),
         "train_seconds": round(time.time() - start, 1), "torch": str(torch.__version__),
@@ -117,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         train(args)
+    elif args.command == "ship":
+        ship(args)
 
 
 if __name__ == "__main__":

@@ -98,5 +98,5 @@ def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor
         m.lerp_(g, 1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bc1, bc2 = 1 - beta1**step, 1 - beta2**step
-        denom = (v.sqrt() / math.sqrt(bc2)).add_(eps)
+        denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
         p.addcdiv_(m, denom, value=-lr / bc1)

@@ -55,7 +55,7 @@ def loss_value(result: Any, where: str) -> float:
             )
         if result.is_complex():
             raise ClosureError(f"the closure returned a complex loss at {where}")
-        value = float(result.detach().reshape(()).to(torch.float64))
+        value = result.item()  # a Python float: float32/bf16 losses widen exactly
     elif isinstance(result, (int, float)) and not isinstance(result, bool):
         value = float(result)
     else:
