@@ -122,3 +122,16 @@ def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
     x = torch.zeros(3)
     ZOLSTM([x], pretrained=str(out), seed=0).step(lambda: (x - 1).pow(2).sum())
     assert not torch.equal(x, torch.zeros(3))
+
+
+def test_meta_loss_keeps_eq4_balance_between_loss_and_regulariser():
+    """Normalising eq. 4 must scale the regulariser with the loss, not leave it unscaled."""
+    from torchzo.meta.trainer import meta_loss_term
+
+    horizon = 5
+    total = horizon * (horizon + 1) / 2
+    losses = [torch.tensor(v) for v in (0.5, 0.4, 0.3, 0.2, 0.1)]
+    regs = [torch.tensor(v) for v in (0.01, 0.02, 0.03, 0.04, 0.05)]
+    eq4 = sum(t * f + r for t, (f, r) in enumerate(zip(losses, regs), start=1))
+    ours = sum(meta_loss_term(t, f, r, total) for t, (f, r) in enumerate(zip(losses, regs), 1))
+    torch.testing.assert_close(ours, eq4 / total)

@@ -4,9 +4,9 @@ Stage ``update`` trains the UpdateRNN with standard Gaussian queries; stage ``qu
 and trains the QueryRNN through the reparameterised directions u = |s| z. Each stage runs
 ``epochs`` epochs of ``problems`` training problems; a problem is optimized for ``horizon``
 steps, cut into truncations of ``unroll`` steps, after each of which the meta-loss (paper
-eq. 4: sum_t w_t f(x_t) + lambda sum_t sum o_t^2, w_t = t, divided by sum_t w_t over the horizon
-so that its scale does not grow with the horizon) is backpropagated, its gradient clipped
-elementwise and applied by Adam. After every epoch the actual ``ZOLSTM`` optimizer is run on the
+eq. 4: sum_t w_t f(x_t) + lambda sum_t sum o_t^2, w_t = t, all divided by sum_t w_t over the
+horizon so that its scale does not grow with the horizon) is backpropagated, its gradient
+clipped and applied by Adam. After every epoch the actual ``ZOLSTM`` optimizer is run on the
 validation problems; the weights with the lowest mean final loss are kept.
 """
 from __future__ import annotations
@@ -88,6 +88,16 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
     return sum(finals) / len(finals)
 
 
+def meta_loss_term(t: int, loss: torch.Tensor, reg: torch.Tensor,
+                   total_weight: float) -> torch.Tensor:
+    """Step ``t``'s share of paper eq. 4, ``t * f(x_t) + reg_t``, divided by sum_t t.
+
+    The division rescales the whole objective (both terms alike, so the regulariser keeps its
+    weight relative to the loss) and keeps its size independent of the horizon.
+    """
+    return (t * loss + reg) / total_weight
+
+
 def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
                  rollouts: list[Rollout], horizon: int, unroll: int, cfg: MetaConfig) -> float:
     """Meta-train on a batch of problems in lockstep over the horizon; their mean loss.
@@ -103,7 +113,7 @@ def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
             t += 1
             for rollout in rollouts:
                 loss, reg = rollout.step()
-                meta_loss = meta_loss + ((t * loss) / total_weight + reg) / len(rollouts)
+                meta_loss = meta_loss + meta_loss_term(t, loss, reg, total_weight) / len(rollouts)
                 seen += float(loss.detach()) / len(rollouts)
         meta_opt.zero_grad()
         meta_loss.backward()
