@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--val-problems", type=int)
     tr.add_argument("--arch", choices=["paper", "adam"], help="network architecture")
     tr.add_argument("--init-lr", type=float, help="adam arch: the step size it starts from")
+    tr.add_argument("--momenta", type=float, nargs="+", help="adam arch: momentum time scales")
+    tr.add_argument("--base", type=int, help="adam arch: index of the momentum it steps along")
     tr.add_argument("--meta-batch", type=int, help="problems per meta-gradient")
     tr.add_argument("--clip", type=float, help="meta-gradient clipping threshold")
     tr.add_argument("--clip-mode", choices=["elementwise", "norm"])
@@ -104,8 +106,9 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
     arch = cfg.arch.to_dict()
     if args.arch:
         arch["kind"] = args.arch
-    if args.init_lr:
-        arch["init_lr"] = args.init_lr
+    for name in ("init_lr", "momenta", "base"):
+        if getattr(args, name) is not None:
+            arch[name] = getattr(args, name)
     arch["horizon"] = cfg.horizon or get_task(args.task).horizon
     cfg.arch = Arch.from_dict(arch)
     u, q = base.update_stage, base.query_stage
