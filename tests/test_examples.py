@@ -1,0 +1,27 @@
+"""Every example runs end to end with tiny settings (their full runs are documented commands)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("optimizer", ["ZOAdam", "ZOSGD"])
+def test_swap_adam_reduces_the_loss(optimizer):
+    out = _load("swap_adam").main(["--steps", "60", "--optimizer", optimizer])
+    assert out["last"] < out["first"]
+
+
+def test_nondifferentiable_reduces_the_zero_one_error():
+    out = _load("nondifferentiable").main(["--steps", "40"])
+    assert out["last"] < out["first"] - 0.05
