@@ -44,12 +44,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     def closure() -> torch.Tensor:  # no zero_grad(), no backward()
         return loss_fn(model(x), y)
 
-    first = float(closure())
+    with torch.no_grad():
+        first = float(closure())
     for step in range(args.steps):
         loss = opt.step(closure)
         if step % max(1, args.steps // 5) == 0:
             print(f"step {step:5d}  queries {opt.queries:7d}  loss {float(loss):.4f}")
-    last = float(closure())
+    with torch.no_grad():
+        last = float(closure())
     print(f"{args.optimizer}: loss {first:.4f} -> {last:.4f} with {opt.queries} loss queries")
     return {"first": first, "last": last}
 
