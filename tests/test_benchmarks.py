@@ -12,3 +12,13 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     assert data["machine"] and result
     text = (tmp_path / "overhead.md").read_text()
     assert "ZOAdam" in text and "| d |" in text
+
+
+def test_binclass_quick_writes_tables_and_plots(tmp_path):
+    from torchzo.benchmarks import binclass
+
+    binclass.main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "binclass.json").read_text())
+    assert {"zosgd", "zosignsgd", "zoadam"} <= set(data["tuning"]["best"])
+    text = (tmp_path / "binclass.md").read_text()
+    assert "ZO-Adam" in text and "ZO-LSTM" in text

@@ -1,0 +1,756 @@
+"""Binary classification: tuned ZO baselines against ZO-LSTM (paper Fig. 3a, 3b-d and 4c).
+
+    python -m torchzo.benchmarks.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
+                                          [--quick] [--trials N] [--sweep-trials N]
+                                          [--no-sweeps] [--no-plots]
+
+The task is :class:`torchzo.tasks.BinaryClassification` (d = 100, b = 64, q = 20, 500 steps,
+non-convex least squares on a sigmoid).
+
+Baselines (ZO-SGD, ZO-signSGD, ZO-Adam) are tuned by the paper's protocol, on training datasets
+only: ``lr = delta / d`` with delta on a decade grid, then on a quarter-decade grid around the
+best decade; a grid whose best value is on its edge is extended until the best is interior.
+ZO-Adam also searches beta1 and beta2 (extended in steps of a factor 2 in ``1 - beta``), by
+coordinate descent from the best point of the joint coarse grid. The criterion is the mean final
+full-data loss over the tuning datasets, one run each, with the same data and query seeds for
+every candidate.
+
+Every method then runs on the test datasets from the datasets' own start points. All methods
+share the data seed of a dataset and the optimizer seed of a trial, so paired comparisons see the
+same minibatch sequence. ZO-LSTM runs for every weights file given, with the paper's ablations:
+no-query (Gaussian queries), no-update (learned queries with a ZO-SGD step at the tuned lr),
+GuidedES (the UpdateRNN with GuidedES directions), and ``query_prob = 1`` (the learned covariance
+at every step instead of half of them). Fig. 3b-d vary q, the minibatch b or the dimension d for
+ZO-SGD (tuned delta, ``lr = delta / d``) and the first ZO-LSTM given.
+
+Outputs under ``--out``: ``binclass.json`` (config, machine, every tuning candidate, curves,
+tables), ``binclass.md`` and PNG plots (these need matplotlib, the ``plot`` extra). The full run
+takes about 10 minutes on one core; ``--quick`` (tiny grids, 2 + 2 datasets, 30 steps) a few
+seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import pretrained
+from ..learned import core
+from ..learned.nets import LearnedZO
+from ..optim import ZOSGD, ZOAdam, ZOSignSGD
+from ..optim.zolstm import ZOLSTM
+from ..oracle import Batched
+from ..tasks.base import Problem
+from ..tasks.binclass import BinaryClassification
+from ..tasks.run import run_optimizer
+from ._common import machine, md_table, write_results
+
+log = logging.getLogger("torchzo.benchmarks.binclass")
+
+BASELINES = {"zosgd": "ZO-SGD", "zosignsgd": "ZO-signSGD", "zoadam": "ZO-Adam"}
+ABLATIONS = {  # label suffix -> ZOLSTM settings; no-update steps with the tuned ZO-SGD lr
+    "": dict(directions="learned", use_update=True, query_prob=0.5),
+    " no-query": dict(directions="gaussian", use_update=True, query_prob=0.5),
+    " no-update": dict(directions="learned", use_update=False, query_prob=0.5),
+    " GuidedES": dict(directions="guided_es", use_update=True, query_prob=0.5),
+    " p=1": dict(directions="learned", use_update=True, query_prob=1.0),
+}
+UNTRAINED = "untrained"
+
+Spec = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: int = 500
+    q: int = 20
+    dim: int = 100
+    batch: int = 64
+    tune_datasets: int = 10
+    test_datasets: int = 10
+    trials: int = 3
+    coarse: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    fine_per_decade: int = 4
+    beta1: tuple[float, ...] = (0.9, 0.99)
+    beta2: tuple[float, ...] = (0.99, 0.996, 0.999)
+    max_extend: int = 4
+    adam_rounds: int = 3
+    sweep_q: tuple[int, ...] = (5, 10, 20, 40)
+    sweep_batch: tuple[int, ...] = (16, 32, 64, 128)
+    sweep_dim: tuple[int, ...] = (50, 100, 150)
+    sweep_trials: int = 3
+
+
+FULL = Config()
+QUICK = replace(FULL, steps=30, tune_datasets=2, test_datasets=2, trials=1,
+                coarse=(1.0, 10.0, 100.0), fine_per_decade=2, beta2=(0.99, 0.999), max_extend=2,
+                adam_rounds=1, sweep_q=(5, 20), sweep_batch=(16, 64), sweep_dim=(50, 100),
+                sweep_trials=1)
+
+
+def _canon(x: float) -> float:
+    """Grid values reached by different products (10 * 10**0.25 ...) must hit the same cache."""
+    return float(f"{x:.6g}")
+
+
+def _finite_or_inf(x: float) -> float:
+    return x if math.isfinite(x) else math.inf
+
+
+def _seeds(problem: Problem, trial: int) -> tuple[int, int]:
+    """(data seed, optimizer seed): shared by every method, so comparisons are paired."""
+    seed = problem.seed  # type: ignore[attr-defined]
+    return seed, 10_000 * (trial + 1) + seed
+
+
+class Runner:
+    """Runs a method spec on problems; memoised, so the sweeps reuse the default setting."""
+
+    def __init__(self, cfg: Config, nets: dict[str, LearnedZO]) -> None:
+        self.cfg, self.nets = cfg, nets
+        self._memo: dict[tuple, Tensor] = {}
+        self.runs, self.seconds = 0, 0.0
+
+    def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
+        kind = spec["kind"]
+        if kind == "zolstm":
+            nets = self.nets[spec["weights"]]
+            lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
+            return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q,
+                                     query_prob=spec["query_prob"], directions=spec["directions"],
+                                     use_update=spec["use_update"], seed=seed)
+        lr = spec["delta"] / dim
+        if kind == "zosgd":
+            return lambda ps: ZOSGD(ps, lr=lr, q=q, seed=seed)
+        if kind == "zosignsgd":
+            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, seed=seed)
+        if kind == "zoadam":
+            return lambda ps: ZOAdam(ps, lr=lr, q=q, betas=tuple(spec["betas"]), seed=seed)
+        raise ValueError(f"unknown method kind {kind!r}")
+
+    def curve(self, spec: Spec, problem: Problem, q: int, trial: int) -> Tensor:
+        data_seed, opt_seed = _seeds(problem, trial)
+        key = (json.dumps(spec, sort_keys=True), q, problem.dim,
+               problem.batch_size, data_seed, trial, self.cfg.steps)  # type: ignore[attr-defined]
+        if key not in self._memo:
+            t0 = time.perf_counter()
+            self._memo[key] = run_optimizer(problem, self._make(spec, q, problem.dim, opt_seed),
+                                            self.cfg.steps, data_seed=data_seed)
+            self.seconds += time.perf_counter() - t0
+            self.runs += 1
+        return self._memo[key]
+
+    def curves(self, spec: Spec, problems: Sequence[Problem], q: int, trials: int) -> Tensor:
+        """Loss curves, shape (datasets, trials, steps + 1)."""
+        return torch.stack([torch.stack([self.curve(spec, p, q, r) for r in range(trials)])
+                            for p in problems])
+
+
+# -- tuning ------------------------------------------------------------------------------------
+
+
+class Tuner:
+    """Scores candidates (mean final loss over the tuning datasets) and records every one."""
+
+    def __init__(self, runner: Runner, problems: Sequence[Problem]) -> None:
+        self.runner, self.problems = runner, problems
+        self.records: dict[str, list[dict[str, Any]]] = {k: [] for k in BASELINES}
+        self._scores: dict[str, float] = {}
+        self.stage = ""
+
+    def score(self, kind: str, delta: float, betas: tuple[float, float] | None = None) -> float:
+        spec: Spec = {"kind": kind, "delta": _canon(delta)}
+        if betas is not None:
+            spec["betas"] = [_canon(b) for b in betas]
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._scores:
+            finals = self.runner.curves(spec, self.problems, self.runner.cfg.q, 1)[:, 0, -1]
+            s = _finite_or_inf(float(finals.mean()))
+            self._scores[key] = s
+            self.records[kind].append({**spec, "lr": spec["delta"] / self.problems[0].dim,
+                                       "score": s, "stage": self.stage})
+            log.info("tune %-10s delta=%-9.4g%s  score %.5f", BASELINES[kind], spec["delta"],
+                     "" if betas is None else f" betas={tuple(spec['betas'])}", s)
+        return self._scores[key]
+
+
+def _line_search(score: Callable[[float], float], values: Sequence[float], factor: float,
+                 max_extend: int, upper: float = math.inf) -> tuple[float, bool]:
+    """Best of ``values``; while it sits on an edge, add the next value beyond that edge.
+
+    Returns the best value and whether it is still on an edge (extensions exhausted or bound).
+    """
+    vals = sorted({_canon(v) for v in values})
+    for extension in range(max_extend + 1):
+        scores = [score(v) for v in vals]
+        i = min(range(len(vals)), key=scores.__getitem__)
+        if 0 < i < len(vals) - 1:
+            return vals[i], False
+        beyond = _canon(vals[0] / factor) if i == 0 else _canon(vals[-1] * factor)
+        if extension == max_extend or beyond > upper:
+            log.warning("best value %.4g is still on the edge of %s", vals[i], vals)
+            return vals[i], True
+        vals = sorted([*vals, beyond])
+    raise AssertionError("unreachable")
+
+
+def _fine_grid(center: float, per_decade: int) -> list[float]:
+    """Log-spaced points between the decade neighbours of ``center`` (both included)."""
+    return [center * 10 ** (k / per_decade) for k in range(-per_decade, per_decade + 1)]
+
+
+def _tune_delta(tuner: Tuner, kind: str, cfg: Config) -> tuple[float, list[str]]:
+    edges = []
+    score = lambda d: tuner.score(kind, d)  # noqa: E731
+    tuner.stage = "coarse"
+    delta, stuck = _line_search(score, cfg.coarse, 10.0, cfg.max_extend)
+    if stuck:
+        edges.append(f"{BASELINES[kind]} coarse delta")
+    tuner.stage = "fine"
+    delta, stuck = _line_search(score, _fine_grid(delta, cfg.fine_per_decade),
+                                10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
+    if stuck:
+        edges.append(f"{BASELINES[kind]} fine delta")
+    return delta, edges
+
+
+def _tune_adam(tuner: Tuner, cfg: Config) -> tuple[float, tuple[float, float], list[str]]:
+    """Joint coarse grid, then coordinate descent (delta, beta1, beta2) until it settles."""
+    tuner.stage = "coarse"
+    coarse = {(d, b1, b2): tuner.score("zoadam", d, (b1, b2))
+              for d in cfg.coarse for b1 in cfg.beta1 for b2 in cfg.beta2}
+    delta, b1, b2 = min(coarse, key=coarse.__getitem__)
+    edges: list[str] = []
+    for rnd in range(1, cfg.adam_rounds + 1):
+        before = (delta, b1, b2)
+        by_delta = lambda d, b=(b1, b2): tuner.score("zoadam", d, b)  # noqa: E731
+        tuner.stage = f"round {rnd}: delta"
+        if rnd == 1:  # the coarse decade grid may itself need extending
+            delta, stuck = _line_search(by_delta, cfg.coarse, 10.0, cfg.max_extend)
+            if stuck:
+                edges.append("ZO-Adam coarse delta")
+        delta, stuck = _line_search(by_delta, _fine_grid(delta, cfg.fine_per_decade),
+                                    10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
+        if stuck:
+            edges.append(f"ZO-Adam fine delta (round {rnd})")
+        # Betas are searched in 1 - beta, which is what sets Adam's averaging horizon.
+        tuner.stage = f"round {rnd}: beta1"
+        gap, stuck = _line_search(lambda g, d=delta, b=b2: tuner.score(  # type: ignore[misc]
+                                      "zoadam", d, (1 - g, b)),
+                                  [1 - b for b in (*cfg.beta1, b1)], 2.0, cfg.max_extend, 1.0)
+        b1 = _canon(1 - gap)
+        if stuck:
+            edges.append(f"ZO-Adam beta1 (round {rnd})")
+        tuner.stage = f"round {rnd}: beta2"
+        gap, stuck = _line_search(lambda g, d=delta, b=b1: tuner.score(  # type: ignore[misc]
+                                      "zoadam", d, (b, 1 - g)),
+                                  [1 - b for b in (*cfg.beta2, b2)], 2.0, cfg.max_extend, 1.0)
+        b2 = _canon(1 - gap)
+        if stuck:
+            edges.append(f"ZO-Adam beta2 (round {rnd})")
+        if (delta, b1, b2) == before:
+            break
+    return delta, (b1, b2), edges
+
+
+def tune(runner: Runner, problems: Sequence[Problem]) -> dict[str, Any]:
+    cfg = runner.cfg
+    tuner = Tuner(runner, problems)
+    t0 = time.perf_counter()
+    sgd, sgd_edges = _tune_delta(tuner, "zosgd", cfg)
+    sign, sign_edges = _tune_delta(tuner, "zosignsgd", cfg)
+    adam, betas, adam_edges = _tune_adam(tuner, cfg)
+    best: dict[str, dict[str, Any]] = {"zosgd": {"delta": sgd}, "zosignsgd": {"delta": sign},
+            "zoadam": {"delta": adam, "betas": list(betas)}}
+    for kind, hp in best.items():
+        hp["lr"] = hp["delta"] / problems[0].dim
+        hp["score"] = tuner.score(kind, hp["delta"], betas if kind == "zoadam" else None)
+        hp["candidates"] = len(tuner.records[kind])
+    return {"datasets": [p.seed for p in problems], "best": best,  # type: ignore[attr-defined]
+            "candidates": tuner.records, "unresolved_edges": sgd_edges + sign_edges + adam_edges,
+            "seconds": time.perf_counter() - t0}
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def _mean_std(x: Tensor) -> tuple[float, float]:
+    return float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
+
+
+def _jsonable(x: Any) -> Any:
+    """Strict JSON: a diverged run's infinite score becomes null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _round(xs: Tensor | Sequence[float], digits: int = 5) -> list[float | None]:
+    return [float(f"{float(x):.{digits}g}") if math.isfinite(float(x)) else None for x in xs]
+
+
+def curve_steps(steps: int) -> list[int]:
+    """The iterations at which curves are stored: about 100 points keep the JSON small."""
+    stride = max(1, steps // 100)
+    return sorted({*range(0, steps + 1, stride), steps})
+
+
+def summarize(curves: Tensor) -> dict[str, Any]:
+    """Final loss over datasets (each averaged over trials), and mean/std curves over all runs."""
+    per_dataset = curves[:, :, -1].mean(1)
+    mean, std = _mean_std(per_dataset)
+    runs = curves.flatten(0, 1)[:, curve_steps(curves.shape[-1] - 1)]
+    return {"final_mean": mean, "final_std": std, "per_dataset_final": _round(per_dataset, 6),
+            "finals": [_round(row, 6) for row in curves[:, :, -1]],
+            "curve_mean": _round(runs.mean(0), 4),
+            "curve_std": _round(runs.std(0) if runs.shape[0] > 1 else torch.zeros(runs.shape[1]),
+                                3)}
+
+
+def compare(curves: dict[str, Tensor], baselines: Sequence[str]) -> dict[str, Any]:
+    """Ratio, paired wins and iterations-to-reach against the best baseline on the test set."""
+    finals = {name: c[:, :, -1].mean(1) for name, c in curves.items()}
+    best = min(baselines, key=lambda m: float(finals[m].mean()))
+    target = float(finals[best].mean())
+    rows = {}
+    for name, c in curves.items():
+        mean_curve = c.flatten(0, 1).mean(0)
+        reached = (mean_curve <= target * (1 + 1e-9)).nonzero()
+        mean, std = _mean_std(finals[name])
+        # How much of the mean is optimizer-seed noise: the trial variance within datasets.
+        seed_var = c[:, :, -1].var(1).mean() if c.shape[1] > 1 else torch.tensor(math.nan)
+        rows[name] = {"final_mean": mean, "final_std": std, "ratio": mean / target,
+                      "seed_se": float((seed_var / c[:, :, -1].numel()).sqrt()),
+                      "wins": None if name == best else int((finals[name] < finals[best]).sum()),
+                      "iters_to_best_baseline": int(reached[0]) if len(reached) else None}
+    return {"best_baseline": best, "target": target, "rows": rows}
+
+
+def method_specs(tuned: dict[str, Any], weights: Sequence[str]) -> dict[str, Spec]:
+    specs: dict[str, Spec] = {}
+    for kind, label in BASELINES.items():
+        spec: Spec = {"kind": kind, "delta": _canon(tuned[kind]["delta"])}
+        if kind == "zoadam":
+            spec["betas"] = [_canon(b) for b in tuned[kind]["betas"]]
+        specs[label] = spec
+    for name in weights:
+        for suffix, flags in ABLATIONS.items():
+            specs[f"ZO-LSTM{suffix} ({name})"] = {
+                "kind": "zolstm", "weights": name, "alpha": 1.0,
+                "delta": _canon(tuned["zosgd"]["delta"]), **flags}
+    return specs
+
+
+def sweeps(runner: Runner, specs: dict[str, Spec]) -> dict[str, Any]:
+    """Fig. 3b-d: final loss while one of q, b, d moves away from the paper's setting."""
+    cfg = runner.cfg
+    tasks: dict[tuple[int, int], BinaryClassification] = {}
+    out: dict[str, Any] = {}
+    axes = {"q": cfg.sweep_q, "batch": cfg.sweep_batch, "dim": cfg.sweep_dim}
+    for axis, values in axes.items():
+        out[axis] = []
+        for v in values:
+            setting = {"q": cfg.q, "batch": cfg.batch, "dim": cfg.dim, axis: v}
+            key = (setting["dim"], setting["batch"])
+            if key not in tasks:
+                tasks[key] = BinaryClassification(dim=key[0], batch=key[1])
+            problems = tasks[key].problems("test")[: cfg.test_datasets]
+            row: dict[str, Any] = {"setting": setting, "methods": {}}
+            for label, spec in specs.items():
+                curves = runner.curves(spec, problems, setting["q"], cfg.sweep_trials)
+                s = summarize(curves)
+                row["methods"][label] = {k: s[k] for k in
+                                         ("final_mean", "final_std", "per_dataset_final")}
+            if len(specs) == 2:
+                a, b = (torch.tensor(m["per_dataset_final"]) for m in row["methods"].values())
+                row["second_wins"] = int((b < a).sum())
+            log.info("sweep %s=%s: %s", axis, v, ", ".join(
+                f"{k} {m['final_mean']:.4f}" for k, m in row["methods"].items()))
+            out[axis].append(row)
+    return out
+
+
+def query_spread(nets: LearnedZO, problem: Problem, steps: int, q: int) -> dict[str, Any]:
+    """How far the QueryRNN's per-coordinate query std moves from 1 along a ZO-LSTM run."""
+    x = problem.x0.clone()
+    opt = ZOLSTM([x], pretrained=nets, q=q, query_prob=1.0, seed=0)
+    data = torch.Generator().manual_seed(0)
+    devs, spreads = [], []
+    with torch.no_grad():
+        for _ in range(steps):
+            batch = problem.sample_batch(data)
+            opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))  # type: ignore[misc]
+            scale = core.query_scale(opt.nets, [opt.state[x]])[0][0]
+            devs.append(float((scale - 1).abs().max()))
+            spreads.append(float(scale.std()))
+    return {"dataset": problem.seed, "steps": steps,  # type: ignore[attr-defined]
+            "max_abs_dev": max(devs), "mean_std": sum(spreads) / len(spreads)}
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+def load_weights(pairs: Sequence[str], quick: bool) -> tuple[dict[str, LearnedZO], dict]:
+    """``NAME=PATH`` (a file, a shipped name, or ``untrained``) -> nets and their provenance."""
+    nets: dict[str, LearnedZO] = {}
+    info: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, where = pair.partition("=")
+        if not sep or not name or not where:
+            raise SystemExit(f"--weights wants NAME=PATH, got {pair!r}")
+        if where == UNTRAINED:
+            torch.manual_seed(0)
+            nets[name], info[name] = LearnedZO(), {"source": "untrained (torch.manual_seed(0))"}
+        elif Path(where).is_file():
+            nets[name] = pretrained.load_file(Path(where))
+            digest = hashlib.sha256(Path(where).read_bytes()).hexdigest()
+            info[name] = {"source": where, "sha256": digest}
+        else:
+            nets[name] = pretrained.load(where)
+            info[name] = {"source": f"shipped:{where}", **pretrained.info(where)}
+    if pairs:
+        return nets, info
+    try:
+        default = pretrained.default_name()
+        shipped = default in pretrained.available()
+    except pretrained.PretrainedError:
+        shipped = False
+    if shipped:
+        return load_weights([f"{default}={default}"], quick)
+    if quick:  # a smoke run should still exercise the ZO-LSTM paths
+        log.warning("no weights given and none shipped: --quick uses untrained weights")
+        return load_weights([f"{UNTRAINED}={UNTRAINED}"], quick)
+    log.warning("no weights given and none shipped: only the baselines run")
+    return nets, info
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    cfg, tuned, cmp_ = data["config"], data["tuning"], data["comparison"]
+    best = cmp_["best_baseline"]
+    m = data["machine"]
+    lines = [
+        "# Binary classification: tuned ZO baselines vs ZO-LSTM",
+        "",
+        "Reproduces Fig. 3a, 3b-d and the binary-classification ablation of Fig. 4c of Ruan et "
+        "al., *Learning to Learn by Zeroth-Order Oracle* (ICLR 2020), with "
+        "`python -m torchzo.benchmarks.binclass`"
+        + (" (**--quick smoke run: tiny grids, not results**)" if data["quick"] else "") + ".",
+        "",
+        f"Task: non-convex least squares `mean (y - sigmoid(theta.x))^2`, d = {cfg['dim']}, "
+        f"minibatch b = {cfg['batch']}, q = {cfg['q']} queries per step (forward differences, "
+        f"q + 1 function values), {cfg['steps']} steps; loss is the full-data loss. "
+        f"Test: {cfg['test_datasets']} test datasets x {cfg['trials']} trial(s) (optimizer "
+        "seeds); "
+        "every method starts from each dataset's own `x0` and sees the same minibatch sequence "
+        "and, per trial, the same query seeds.",
+        "",
+        "Baselines are tuned on training datasets only "
+        f"({len(tuned['datasets'])} datasets, one run each, the same seeds for every candidate; "
+        "criterion: mean final loss): lr = delta / d, delta over the decades "
+        f"{list(cfg['coarse'])}, then a {cfg['fine_per_decade']}-per-decade log grid between "
+        "the best decade's neighbours; any grid whose best value is on its edge is extended until "
+        f"it is interior. ZO-Adam: joint coarse grid with beta1 in {list(cfg['beta1'])} and "
+        f"beta2 in {list(cfg['beta2'])}, then coordinate descent on (delta, beta1, beta2), beta "
+        "grids extended by factors of 2 in 1 - beta. Every candidate's score is in the JSON.",
+        "",
+        f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
+        f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} optimizer runs).",
+        "",
+        "## Tuned hyperparameters",
+        "",
+    ]
+    rows = []
+    for kind, label in BASELINES.items():
+        hp = tuned["best"][kind]
+        betas = f"({hp['betas'][0]}, {hp['betas'][1]})" if "betas" in hp else "—"
+        rows.append([label, f"{hp['delta']:.4g}", f"{hp['lr']:.4g}", betas,
+                     f"{hp['score']:.4f}", hp["candidates"]])
+    lines.append(md_table(["method", "delta", "lr = delta/d", "betas", "tuning loss",
+                           "candidates"], rows))
+    if tuned["unresolved_edges"]:
+        lines.append(f"Still on a grid edge after {cfg['max_extend']} extensions: "
+                     + ", ".join(tuned["unresolved_edges"]) + ".\n")
+    lines += ["## Fig. 3a and Fig. 4c: final loss on the test datasets", "",
+              f"Mean ± std over the {cfg['test_datasets']} test datasets (each averaged over "
+              f"{cfg['trials']} trial(s)). Ratio, wins and iterations are against the best tuned "
+              f"baseline on the test datasets, **{best}** ({cmp_['target']:.4f}): wins = "
+              "datasets where the method's mean final loss is lower; iterations = first step at "
+              "which the method's mean curve reaches the best baseline's mean final loss. The "
+              "JSON holds the mean and std curves (over all runs) at "
+              f"{len(data['curve_steps'])} iterations and every run's final loss.", ""]
+    n = cfg["test_datasets"]
+    rows = []
+    for name, r in cmp_["rows"].items():
+        wins = "—" if r["wins"] is None else f"{r['wins']}/{n}"
+        reach = "never" if r["iters_to_best_baseline"] is None else r["iters_to_best_baseline"]
+        se = "—" if math.isnan(r["seed_se"]) else f"{r['seed_se']:.4f}"
+        rows.append([name, _fmt(r["final_mean"], r["final_std"]), se, f"{r['ratio']:.2f}", wins,
+                     reach])
+    lines.append(md_table(["method", "final loss", "seed s.e.", "ratio to best baseline",
+                           f"wins vs {best}", "iterations to reach it"], rows))
+    lines.append("Seed s.e.: the standard error of the mean final loss that comes from the "
+                 "optimizer seeds alone (trial-to-trial variance within a dataset); differences "
+                 "of a few s.e. between methods are within run-to-run noise.\n")
+    if data["weights"]:
+        lines.append("ZO-LSTM weights: " + "; ".join(
+            f"`{k}` = {v['source']}" for k, v in data["weights"].items())
+            + ". `no-query`: standard Gaussian queries with the UpdateRNN; `no-update`: learned "
+            "queries with a ZO-SGD step at the tuned lr; `GuidedES`: the UpdateRNN with "
+            "GuidedES directions (alpha = 0.5, guided by the previous estimate and update); "
+            "`p=1`: the learned covariance at every step (the default mixes it with the "
+            "identity with probability 0.5).\n")
+    if data["sweeps"]:
+        labels = list(next(iter(data["sweeps"].values()))[0]["methods"])
+        lines += ["## Fig. 3b-d: varying q, b and d", "",
+                  f"Final loss, mean ± std over {cfg['test_datasets']} test datasets x "
+                  f"{cfg['sweep_trials']} trial(s); the other two settings at q = {cfg['q']}, "
+                  f"b = {cfg['batch']}, d = {cfg['dim']}. ZO-SGD keeps the tuned delta "
+                  "(lr = delta / d), ZO-LSTM its output scale 1.", ""]
+        for axis, name in (("q", "q"), ("batch", "b"), ("dim", "d")):
+            rows = []
+            for row in data["sweeps"][axis]:
+                cells = [row["setting"][axis]] + [
+                    _fmt(row["methods"][lb]["final_mean"], row["methods"][lb]["final_std"])
+                    for lb in labels]
+                if "second_wins" in row:
+                    cells.append(f"{row['second_wins']}/{n}")
+                rows.append(cells)
+            header = [name, *labels] + ([f"{labels[-1]} wins"] if len(labels) == 2 else [])
+            lines.append(md_table(header, rows))
+    lines += ["## Notes", "", *[f"- {note}" for note in data["notes"]], ""]
+    if data["plots"]:
+        lines += ["## Plots", "", *[f"![{p}]({p})" for p in data["plots"]], ""]
+    return "\n".join(lines)
+
+
+def _sign_test(wins: int, n: int) -> float:
+    """Two-sided exact sign test of ``wins`` out of ``n`` paired comparisons (ties as losses)."""
+    tail = sum(math.comb(n, k) for k in range(min(wins, n - wins) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _paired(ratio: float, wins: int, n: int) -> str:
+    p = _sign_test(wins, n)
+    if p < 0.05:
+        verdict = "lower" if 2 * wins > n else "higher"
+    else:
+        verdict = "no significant difference"
+    return (f"{verdict} (mean final loss ratio {ratio:.2f}, lower on {wins}/{n} datasets, "
+            f"two-sided sign test p = {p:.2g})")
+
+
+def notes(data: dict[str, Any]) -> list[str]:
+    """Plain statements read off the numbers, including where a baseline wins."""
+    cmp_ = data["comparison"]
+    best, rows, n = cmp_["best_baseline"], cmp_["rows"], data["config"]["test_datasets"]
+    out = [f"The best tuned baseline on the test datasets is {best} "
+           f"({_fmt(rows[best]['final_mean'], rows[best]['final_std'])})."]
+    for name, r in rows.items():
+        if name != best:
+            out.append(f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n)}.")
+    curves = data["curves"]
+    for w in data["weights"]:
+        full = f"ZO-LSTM ({w})"
+        for suffix in list(ABLATIONS)[1:]:
+            abl = f"ZO-LSTM{suffix} ({w})"
+            if full in curves and abl in curves:
+                a, b = (torch.tensor(curves[k]["per_dataset_final"]) for k in (abl, full))
+                out.append(f"Ablation{suffix} vs ZO-LSTM ({w}): "
+                           f"{_paired(float(a.mean() / b.mean()), int((a < b).sum()), n)}.")
+    for w, q in data["query_spread"].items():
+        line = (f"QueryRNN of `{w}` ({q['steps']}-step run, query_prob 1, test dataset "
+                f"{q['dataset']}): the learned per-coordinate query std stays within "
+                f"{q['max_abs_dev']:.1e} of 1 (mean spread over coordinates {q['mean_std']:.1e})")
+        if q["max_abs_dev"] < 0.01:
+            line += (": the learned covariance is the identity for practical purposes, so "
+                     "ZO-LSTM, its p=1 variant and no-query differ only by their random streams, "
+                     "and their gaps measure run-to-run noise, not the QueryRNN")
+        out.append(line + ".")
+    for axis, rows_ in data["sweeps"].items():
+        labels = list(rows_[0]["methods"])
+        if len(labels) != 2:
+            continue
+        lost = [str(r["setting"][axis]) for r in rows_
+                if r["methods"][labels[0]]["final_mean"] < r["methods"][labels[1]]["final_mean"]]
+        if lost:
+            out.append(f"{labels[0]} has the lower mean final loss at {axis} = "
+                       f"{', '.join(lost)}.")
+    if data["tuning"]["unresolved_edges"]:
+        out.append("Some tuned values stayed on a grid edge (see above): the tuning may be "
+                   "incomplete there.")
+    return out
+
+
+def plot(data: dict[str, Any], out: Path) -> list[str]:
+    """PNG figures; an empty list when matplotlib (the ``plot`` extra) is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install torchzo[plot]): no plots")
+        return []
+    curves = data["curves"]
+
+    def band(ax: Any, label: str, alpha: float = 0.15, **kw: Any) -> None:
+        mean = torch.tensor(curves[label]["curve_mean"], dtype=torch.float64)
+        std = torch.tensor(curves[label]["curve_std"], dtype=torch.float64)
+        t = data["curve_steps"]
+        line, = ax.plot(t, mean, label=label, lw=1.3, **kw)
+        ax.fill_between(t, (mean - std).clamp_min(1e-4), mean + std, color=line.get_color(),
+                        alpha=alpha, lw=0)
+
+    def finish(ax: Any, title: str) -> None:
+        ax.set(xlabel="iteration", ylabel="full-data loss", yscale="log", title=title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+
+    files = []
+    lstm = [k for k in curves if k.startswith("ZO-LSTM (")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in [*BASELINES.values(), *lstm]:
+        band(ax, label)
+    finish(ax, "Fig. 3a: binary classification, mean ± std over runs")
+    files.append(_save(fig, out / "binclass-fig3a.png"))
+
+    if data["weights"]:
+        names = list(data["weights"])
+        fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.0), squeeze=False)
+        for ax, w in zip(axes[0], names):
+            band(ax, "ZO-SGD", alpha=0.06, color="0.5", ls="--")
+            for suffix in ABLATIONS:
+                band(ax, f"ZO-LSTM{suffix} ({w})", alpha=0.06)
+            finish(ax, f"Ablation (Fig. 4c): {w}")
+        files.append(_save(fig, out / "binclass-fig4c.png"))
+
+    if data["sweeps"]:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        for ax, (axis, name) in zip(axes, (("q", "q"), ("batch", "minibatch b"),
+                                           ("dim", "dimension d"))):
+            rows = data["sweeps"][axis]
+            xs = [r["setting"][axis] for r in rows]
+            for label in rows[0]["methods"]:
+                ax.errorbar(xs, [r["methods"][label]["final_mean"] for r in rows],
+                            yerr=[r["methods"][label]["final_std"] for r in rows], marker="o",
+                            capsize=3, label=label)
+            ax.set(xlabel=name, ylabel="final loss", xticks=xs)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle("Fig. 3b-d: final loss when varying q, b, d", fontsize=10)
+        files.append(_save(fig, out / "binclass-fig3bcd.png"))
+    plt.close("all")
+    return files
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path.name
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.binclass",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                    help="a ZO-LSTM weights file (or shipped name, or 'untrained'); repeatable. "
+                         "Default: the shipped default, if any.")
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: tiny grids, 2+2 datasets, 30 steps, 1 trial")
+    ap.add_argument("--trials", type=int, default=None, help="trials per test dataset")
+    ap.add_argument("--sweep-trials", type=int, default=None)
+    ap.add_argument("--no-sweeps", action="store_true", help="skip Fig. 3b-d")
+    ap.add_argument("--no-plots", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S")
+    # These problems are tiny: extra threads only contend with whatever else runs.
+    torch.set_num_threads(1)
+    cfg = QUICK if args.quick else FULL
+    if args.trials is not None:
+        cfg = replace(cfg, trials=args.trials)
+    if args.sweep_trials is not None:
+        cfg = replace(cfg, sweep_trials=args.sweep_trials)
+    t0 = time.perf_counter()
+    nets, weights_info = load_weights(args.weights, args.quick)
+    runner = Runner(cfg, nets)
+    task = BinaryClassification(dim=cfg.dim, batch=cfg.batch)
+
+    log.info("tuning on %d training datasets, %d steps", cfg.tune_datasets, cfg.steps)
+    tuned = tune(runner, task.problems("train")[: cfg.tune_datasets])
+    for kind, hp in tuned["best"].items():
+        log.info("tuned %s: %s", BASELINES[kind], {k: v for k, v in hp.items()})
+
+    t1 = time.perf_counter()
+    specs = method_specs(tuned["best"], list(nets))
+    test = task.problems("test")[: cfg.test_datasets]
+    raw, results = {}, {}
+    for label, spec in specs.items():
+        raw[label] = runner.curves(spec, test, cfg.q, cfg.trials)
+        results[label] = summarize(raw[label])
+        log.info("test %-32s %s", label,
+                 _fmt(results[label]["final_mean"], results[label]["final_std"]))
+    comparison = compare(raw, list(BASELINES.values()))
+    test_seconds = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    sweep = {}
+    if not args.no_sweeps:
+        first = [f"ZO-LSTM ({w})" for w in nets][:1]
+        sweep = sweeps(runner, {k: specs[k] for k in ["ZO-SGD", *first]})
+    sweep_seconds = time.perf_counter() - t2
+
+    spread = {w: query_spread(n, test[0], cfg.steps, cfg.q) for w, n in nets.items()}
+    data: dict[str, Any] = {
+        "benchmark": "binclass", "quick": args.quick, "config": asdict(cfg),
+        "machine": machine(), "weights": weights_info,
+        "seeds": "data seed = dataset seed; optimizer seed = 10000 * (trial + 1) + dataset seed",
+        "test_datasets": [p.seed for p in test],  # type: ignore[attr-defined]
+        "curve_steps": curve_steps(cfg.steps),
+        "tuning": tuned, "methods": specs, "comparison": comparison,
+        "curves": results, "sweeps": sweep, "query_spread": spread, "runs": runner.runs,
+        "seconds": {"tuning": tuned["seconds"], "test": test_seconds, "sweeps": sweep_seconds,
+                    "in_runs": runner.seconds},
+    }
+    data["notes"] = notes(data)
+    data["plots"] = [] if args.no_plots else plot(data, args.out)
+    data["wall_seconds"] = time.perf_counter() - t0
+    js, md = write_results(args.out, "binclass", _jsonable(data), markdown(data))
+    log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
+    return data
+
+
+if __name__ == "__main__":
+    main()
