@@ -486,3 +486,11 @@ def test_non_contiguous_parameters(cls):
     for other in runs[1:]:
         for xs, ys in zip(runs[0], other):
             torch.testing.assert_close(xs[0].contiguous(), ys[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [torchzo.ZOSGD, torchzo.ZOSignSGD, torchzo.ZOAdam])
+def test_distributed_flag_is_accepted_and_validated_by_every_optimizer(cls):
+    opt = cls([torch.zeros(2)], distributed=False)
+    assert opt.distributed is False
+    with pytest.raises((ValueError, TypeError)):
+        cls([torch.zeros(2)], distributed="yes")

@@ -4,12 +4,15 @@ A step is: draw query seeds, estimate the gradient with the oracle (all paramete
 exactly afterwards, or on any error), then hand each param group's estimate to the subclass's
 update rule. Param groups with the same ``(estimator, q, mu)`` are perturbed together and share
 one estimate; groups that differ are estimated separately. ``f(x)`` is queried once per step.
+
+With the ``distributed`` option, the queries of a step are shared among the ranks of a
+``torch.distributed`` process group (see :mod:`torchzo.oracle.distributed`).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -27,6 +30,17 @@ from ..oracle import (
     estimate_batched,
     estimate_closure,
 )
+from ..oracle.distributed import (
+    ClosureEstimate,
+    Ranks,
+    check_distributed,
+    estimate_batched_sharded,
+    estimate_closure_sharded,
+    ranks_for,
+)
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 __all__ = ["ZOOptimizer"]
 
@@ -50,10 +64,13 @@ class ZOOptimizer(Optimizer):
         generator: a ``torch.Generator`` to draw query seeds from instead of ``seed``.
             With neither, the seed is drawn from the global RNG, so ``torch.manual_seed``
             makes runs reproducible.
+        distributed: share each step's queries among the ranks of a ``torch.distributed``
+            process group; see :attr:`distributed`. Can also be set after construction.
     """
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 distributed: bool | ProcessGroup | None = None) -> None:
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
         if generator is None:
@@ -66,7 +83,50 @@ class ZOOptimizer(Optimizer):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self._generator = generator
         self._counters = {"steps": 0, "queries": 0}
+        self.distributed = distributed
         super().__init__(params, defaults)
+
+    @property
+    def distributed(self) -> bool | ProcessGroup | None:
+        """Whether, and among which ranks, each step's queries are shared.
+
+        ``None`` or ``False`` (the default): this process makes every query. ``True``: the
+        ranks of the default ``torch.distributed`` process group share them; a
+        ``ProcessGroup``: the ranks of that group. The group must be initialised before the
+        first step (gloo, or NCCL with ``torch.cuda.set_device`` called on each rank), and a
+        group of one rank is the same as off.
+
+        Every rank queries ``f(x)`` and about ``1 / world_size`` of the other queries; the ranks
+        then exchange the query values only (``8 * (queries + 3 * world_size)`` bytes per
+        rank and step: no parameters, gradients or directions), and each rebuilds the whole
+        estimate from the shared seeds and applies the same update. The parameters and the
+        optimizer state stay bit-identical on every rank and equal to a single-process run
+        with the same seed, provided every rank starts from the same parameters with the same
+        ``seed`` and its closure computes the same function (same data): the ranks check this
+        at every step and raise a ``ClosureError`` on every rank if not. A closure that raises
+        on some ranks makes the step raise on all of them (the others a
+        :class:`~torchzo.oracle.distributed.RankFailedError`), with the parameters restored
+        everywhere. ``queries`` counts the step's queries as a single process would. A
+        :class:`~torchzo.oracle.Batched` objective's calls are spread over the ranks (see
+        :func:`~torchzo.oracle.distributed.estimate_batched_sharded`). Set it to the same
+        value on every rank; it is not part of ``state_dict()``.
+
+        Example (``torchrun --nproc-per-node 4 train.py``)::
+
+            dist.init_process_group("gloo")
+            torch.manual_seed(0)
+            model = make_model()  # the same on every rank
+            opt = torchzo.ZOAdam(model.parameters(), q=64, seed=0)
+            opt.distributed = True
+            for x, y in batches:  # the same batches on every rank
+                opt.step(lambda: loss_fn(model(x), y))
+        """
+        return self._distributed
+
+    @distributed.setter
+    def distributed(self, value: bool | ProcessGroup | None) -> None:
+        check_distributed(value)
+        self._distributed = value
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -149,16 +209,25 @@ class ZOOptimizer(Optimizer):
                   ) -> tuple[Any, dict[Tensor, Tensor], int]:
         """The loss at x, an estimate per parameter, and the queries spent."""
         params = [p for g in self.param_groups for p in g["params"]]
+        ranks = ranks_for(getattr(self, "_distributed", None))
         if isinstance(closure, Batched):
-            return self._estimate_batched(closure, params)
+            return self._estimate_batched(closure, params, ranks)
+        if ranks is not None:
+            return self._estimate_closure_sharded(closure, params, ranks)
         return self._estimate_closure(closure, params)
 
-    def _estimate_batched(self, objective: Batched, params: list[Tensor]
-                          ) -> tuple[Any, dict[Tensor, Tensor], int]:
+    def _estimate_batched(self, objective: Batched, params: list[Tensor],
+                          ranks: Ranks | None = None) -> tuple[Any, dict[Tensor, Tensor], int]:
         parts = self._partitions()
         if len(parts) != 1:
             raise ValueError("a Batched objective needs every param group to share "
                              "estimator, q and mu")
+        if objective.params is not None and (
+                len(objective.params) != len(params)
+                or any(a is not b for a, b in zip(objective.params, params))):
+            raise ValueError("the Batched objective's columns stand for other tensors, or the "
+                             "same in another order, than the optimizer's parameters (in "
+                             "param-group order)")
         scheme, mu, _ = parts[0]
         layout = Layout(params)
         if len(layout.blocks) != 1:
@@ -172,8 +241,12 @@ class ZOOptimizer(Optimizer):
             scale, guide = self._query_distribution(params)
             flat_scale = None if scale is None else torch.cat(
                 [s.reshape(-1).to(dtype) for s in scale])
-            f0, g = estimate_batched(objective.fn, x, seeds, scheme, mu, flat_scale,
-                                     objective.chunk_size, guide)
+            if ranks is None:
+                f0, g = estimate_batched(objective.fn, x, seeds, scheme, mu, flat_scale,
+                                         objective.chunk_size, guide)
+            else:
+                f0, g = estimate_batched_sharded(ranks, objective.fn, x, seeds, scheme, mu,
+                                                 flat_scale, objective.chunk_size, guide)
         pieces = g.split([p.numel() for p in params])
         return f0, {p: gp.view_as(p) for p, gp in zip(params, pieces)}, scheme.queries
 
@@ -185,17 +258,46 @@ class ZOOptimizer(Optimizer):
         try:
             loss, f0 = call_closure(closure, params, "f(x)")
             queries = 1
-            for scheme, mu, groups in self._partitions():
+            parts = self._partitions()
+            for k, (scheme, mu, groups) in enumerate(parts):
                 part = [p for g in groups for p in g["params"]]
+                index = [position[p] for p in part]
                 seeds = draw_seeds(self._generator, scheme.directions)
                 scale, guide = self._query_distribution(part)
-                g = estimate_closure(closure, backup, [position[p] for p in part],
-                                     Layout(part), seeds, scheme, mu, f0, scale, guide)
+                g = estimate_closure(closure, backup, index, Layout(part), seeds, scheme, mu, f0,
+                                     scale, guide)
                 estimates.update(zip(part, g))
                 queries += scheme.queries - 1
+                if k + 1 < len(parts):  # the next estimate queries around x, not around here
+                    backup.restore(index)
         finally:
             backup.restore()
         return loss, estimates, queries
+
+    def _estimate_closure_sharded(self, closure: Callable[[], Any], params: list[Tensor],
+                                  ranks: Ranks) -> tuple[Any, dict[Tensor, Tensor], int]:
+        """:meth:`_estimate_closure` with the queries shared among ``ranks``; the same bits."""
+        position = {p: i for i, p in enumerate(params)}
+        parts = self._partitions()
+        parted = [[p for g in groups for p in g["params"]] for _, _, groups in parts]
+
+        def plan() -> list[ClosureEstimate]:
+            out = []
+            for (scheme, mu, _), part in zip(parts, parted):
+                seeds = draw_seeds(self._generator, scheme.directions)
+                scale, guide = self._query_distribution(part)
+                out.append(ClosureEstimate([position[p] for p in part], Layout(part), seeds,
+                                           scheme, mu, scale, guide))
+            return out
+
+        backup = ParameterBackup(params)
+        try:
+            loss, found = estimate_closure_sharded(
+                ranks, closure, backup, sum(s.queries - 1 for s, _, _ in parts), plan)
+        finally:
+            backup.restore()
+        estimates = {p: g for part, gs in zip(parted, found) for p, g in zip(part, gs)}
+        return loss, estimates, 1 + sum(s.queries - 1 for s, _, _ in parts)
 
     def step(  # type: ignore[override]
             self, closure: Callable[[], Any] | Batched | None = None) -> Any:
@@ -210,6 +312,8 @@ class ZOOptimizer(Optimizer):
 
         If the closure raises, returns a non-scalar or non-finite loss, or calls ``backward()``,
         every parameter, the optimizer state and the RNG are left exactly as before the step.
+        With :attr:`distributed` on, this holds on every rank, and a failure on some ranks
+        raises on all of them (a :class:`~torchzo.oracle.RankFailedError` on the others).
         """
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step() needs a closure that returns the "

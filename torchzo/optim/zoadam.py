@@ -34,10 +34,12 @@ class ZOAdam(ZOOptimizer):
                  estimator: str = "forward", betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 distributed: Any = None) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, betas=betas, eps=eps,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach)
-        super().__init__(params, defaults, seed=seed, generator=generator)
+        super().__init__(params, defaults, seed=seed, generator=generator,
+                         distributed=distributed)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

@@ -53,7 +53,8 @@ class ZOLSTM(ZOOptimizer):
                  mu: float | None = None, estimator: str = "forward", query_prob: float = 0.5,
                  directions: str = "learned", use_update: bool = True, maximize: bool = False, *,
                  guide_alpha: float = 0.5, seed: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 distributed: Any = None) -> None:
         self.nets = _load_nets(pretrained)
         if directions not in DIRECTIONS:
             raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
@@ -67,7 +68,8 @@ class ZOLSTM(ZOOptimizer):
         self.query_prob, self.guide_alpha = query_prob, guide_alpha
         self._pending: dict[Tensor, core.State] = {}
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize)
-        super().__init__(params, defaults, seed=seed, generator=generator)
+        super().__init__(params, defaults, seed=seed, generator=generator,
+                         distributed=distributed)
 
     def _states(self, params: list[Tensor]) -> list[core.State]:
         return [self.state[p] if p in self.state else core.init_state(p, self.nets)

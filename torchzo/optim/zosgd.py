@@ -32,15 +32,19 @@ class ZOSGD(ZOOptimizer):
         maximize: ascend instead of descend.
         foreach: use the multi-tensor kernels (default: on CUDA only, as in torch.optim).
         seed, generator: the source of query directions (see :class:`ZOOptimizer`).
+        distributed: share each step's queries among the ranks of a process group (see
+            :attr:`ZOOptimizer.distributed`).
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
                  estimator: str = "forward", momentum: float = 0.0, weight_decay: float = 0.0,
                  maximize: bool = False, foreach: bool | None = None, *, seed: int | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None,
+                 distributed: Any = None) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, momentum=momentum,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach)
-        super().__init__(params, defaults, seed=seed, generator=generator)
+        super().__init__(params, defaults, seed=seed, generator=generator,
+                         distributed=distributed)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

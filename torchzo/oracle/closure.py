@@ -81,8 +81,12 @@ class ParameterBackup:
             self.saved = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
-    def restore(self) -> None:
-        torch._foreach_copy_(self.params, self.saved)
+    def restore(self, index: Sequence[int] | None = None) -> None:
+        """Put back every parameter, or those in ``index``."""
+        if index is None:
+            torch._foreach_copy_(self.params, self.saved)
+        else:
+            torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])
 
     @torch.no_grad()
     def perturb(self, index: Sequence[int], direction: Sequence[Tensor], alpha: float) -> None:

@@ -3,11 +3,16 @@
 Both paths sample the same directions from the same seeds, so for the same seeds they estimate
 the same vector (up to summation order). Neither ever holds more than a bounded number of
 directions at once: the closure path one, the batched path one chunk.
+
+Each path is one loop over directions (or chunks of them) that regenerates the directions and
+adds ``c_i u_i`` in index order, asking a callback for the queried values: the single-process
+estimators answer by querying, the sharded estimators of :mod:`torchzo.oracle.distributed` by
+looking up values exchanged between ranks. Sharing the loop is what makes both bit-identical.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -17,7 +22,8 @@ from .closure import ClosureError, ParameterBackup, call_closure
 from .directions import Guide, Layout
 from .schemes import Scheme
 
-__all__ = ["Batched", "estimate_batched", "estimate_closure"]
+__all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_directions", "chunk_plan",
+           "chunk_rows", "estimate_batched", "estimate_closure", "query_closure"]
 
 
 @dataclass(frozen=True)
@@ -27,17 +33,25 @@ class Batched:
     ``d`` is the number of elements of all optimized parameters, concatenated in order.
     ``chunk_size`` bounds ``B`` (and so memory), except that a call always holds every row of
     at least one direction (two with a two-sided estimator, plus f(x) in the first call);
-    ``None`` evaluates all queries of a step in one call.
+    ``None`` evaluates all queries of a step in one call. With the optimizer's ``distributed``
+    option the calls are spread over the ranks, and ``None`` means calls of ``ceil(queries /
+    world_size)`` rows (see :func:`torchzo.oracle.distributed.estimate_batched_sharded`).
+    :func:`torchzo.oracle.module_objective` builds one from an ``nn.Module`` and a loss.
     """
 
     fn: Callable[[Tensor], Tensor]
     chunk_size: int | None = None
+    #: The tensors that ``X``'s columns stand for, in order (optional). When given, the optimizer
+    #: checks that they are its parameters in its own order before querying.
+    params: tuple[Tensor, ...] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or
                                             not isinstance(self.chunk_size, int) or
                                             self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size!r}")
+        if self.params is not None:
+            object.__setattr__(self, "params", tuple(self.params))
 
 
 def estimate_closure(
@@ -54,19 +68,44 @@ def estimate_closure(
 ) -> list[Tensor]:
     """Estimate the gradient w.r.t. ``backup.params[i] for i in index`` by perturbing in place.
 
-    The parameters are left perturbed by the last query; the caller restores them (once, after
-    all estimates of a step). ``f0`` is the loss at the unperturbed point.
+    The parameters in ``index`` are left perturbed by the last query; the caller restores them
+    before anything else is queried (another estimate of the step) and after the step. ``f0``
+    is the loss at the unperturbed point.
     """
-    params = backup.params
+    def query(k: int, u: list[Tensor]) -> tuple[float, ...]:
+        return tuple(query_closure(closure, backup, index, u, k, sign, mu)
+                     for sign in scheme.signs)
+
+    return assemble_closure(layout, seeds, scheme, mu, f0, query, scale, guide)
+
+
+def query_closure(closure: Callable[[], Any], backup: ParameterBackup, index: Sequence[int],
+                  u: Sequence[Tensor], k: int, sign: int, mu: float) -> float:
+    """The loss at ``x + sign * mu * u`` (direction ``k``, counted from 0), set in place."""
+    backup.perturb(index, u, sign * mu)
+    where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
+    return call_closure(closure, backup.params, where)[1]
+
+
+def assemble_closure(
+    layout: Layout,
+    seeds: Sequence[int],
+    scheme: Scheme,
+    mu: float,
+    f0: float,
+    values: Callable[[int, list[Tensor]], tuple[float, ...]],
+    scale: Sequence[Tensor] | None = None,
+    guide: Guide | None = None,
+) -> list[Tensor]:
+    """``g = sum_k c_k u_k`` in index order; ``values(k, u_k)`` gives direction k's queries.
+
+    Every closure-path estimate, single-process or sharded, goes through this loop, so that
+    the same seeds and values give the same bits.
+    """
     g = layout.zeros()
     for k, seed in enumerate(seeds):
         u = layout.sample(seed, scale, guide)
-        values = []
-        for sign in scheme.signs:
-            backup.perturb(index, u, sign * mu)
-            where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
-            values.append(call_closure(closure, params, where)[1])
-        torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, tuple(values), mu))
+        torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, values(k, u), mu))
     return g
 
 
@@ -99,34 +138,80 @@ def estimate_batched(
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
-    layout = Layout([x])
-    signs = scheme.signs
-    rows_per_call = chunk_size or scheme.queries
-    g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
-    f0: Tensor | None = None
-    scale_rows = None if scale is None else [scale]
-    flat_guide = None if guide is None else guide.flat()
-    start = 0
-    while start < len(seeds):
-        base = f0 is None
-        n = max(1, (rows_per_call - int(base)) // len(signs))
-        chunk = seeds[start:start + n]
-        u = torch.stack([layout.sample(s, scale_rows, flat_guide)[0].clone() for s in chunk])
-        rows = [x + (sign * mu) * u for sign in signs]
-        if base:
-            rows.insert(0, x.unsqueeze(0))
-        X = torch.cat(rows)
+    plan = chunk_plan(len(seeds), len(scheme.signs), chunk_size or scheme.queries)
+
+    def query(c: int, u: Tensor) -> Tensor:
+        start, _, base = plan[c]
+        X = chunk_rows(x, u, scheme, mu, base)
         values = fn(X)
-        _check_values(values, X.shape[0], 1 + start * len(signs) - int(base))
-        if base:
-            f0, values = values[0], values[1:]
-        assert f0 is not None
-        per_sign = values.view(len(signs), len(chunk))
-        coeff = scheme.coefficient(f0, tuple(per_sign), mu)
-        g = g + coeff.to(u.dtype) @ u
-        start += len(chunk)
+        _check_values(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
+        return values
+
+    f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide)
     if f0 is None:
         f0 = fn(x.unsqueeze(0))
         _check_values(f0, 1, 0)
         f0 = f0[0]
+    return f0, g
+
+
+def chunk_plan(directions: int, signs: int, rows_per_call: int) -> list[tuple[int, int, bool]]:
+    """How the batched path splits a step: ``(first direction, directions, holds f(x))`` per call.
+
+    A call holds at most ``rows_per_call`` rows (f(x) in the first call, then every sign of
+    each of its directions), but always at least one direction.
+    """
+    plan: list[tuple[int, int, bool]] = []
+    start = 0
+    while start < directions:
+        base = not plan
+        n = min(max(1, (rows_per_call - int(base)) // signs), directions - start)
+        plan.append((start, n, base))
+        start += n
+    return plan
+
+
+def chunk_directions(layout: Layout, seeds: Sequence[int], scale: Tensor | None,
+                     guide: Guide | None) -> Tensor:
+    """The directions of ``seeds`` as rows of one tensor (``layout`` is over a flat vector)."""
+    scale_rows = None if scale is None else [scale]
+    return torch.stack([layout.sample(s, scale_rows, guide)[0].clone() for s in seeds])
+
+
+def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float, base: bool) -> Tensor:
+    """The query points of one call: ``x`` (if ``base``), then ``x + s mu u`` for each sign."""
+    rows = [x + (sign * mu) * u for sign in scheme.signs]
+    if base:
+        rows.insert(0, x.unsqueeze(0))
+    return torch.cat(rows)
+
+
+def assemble_batched(
+    x: Tensor,
+    seeds: Sequence[int],
+    scheme: Scheme,
+    mu: float,
+    plan: Sequence[tuple[int, int, bool]],
+    values: Callable[[int, Tensor], Tensor],
+    scale: Tensor | None = None,
+    guide: Guide | None = None,
+) -> tuple[Tensor | None, Tensor]:
+    """``(f(x), g)`` over the calls of ``plan``; ``values(c, u_c)`` gives call ``c``'s losses.
+
+    ``f(x)`` is ``None`` when there are no directions. Every batched estimate, single-process or
+    sharded, goes through this loop.
+    """
+    layout = Layout([x])
+    flat_guide = None if guide is None else guide.flat()
+    g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
+    f0: Tensor | None = None
+    for c, (start, n, base) in enumerate(plan):
+        u = chunk_directions(layout, seeds[start:start + n], scale, flat_guide)
+        v = values(c, u)
+        if base:
+            f0, v = v[0], v[1:]
+        assert f0 is not None
+        per_sign = v.view(len(scheme.signs), n)
+        coeff = scheme.coefficient(f0, tuple(per_sign), mu)
+        g = g + coeff.to(u.dtype) @ u
     return f0, g
