@@ -20,6 +20,7 @@ for float32) and against the resident-set high-water mark of a fresh process at 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -35,11 +36,16 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..optim import ZOSGD, ZOAdam, ZOSignSGD
+from ..learned import LearnedZO
+from ..optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from ..oracle import Layout, ParameterBackup, call_closure
 from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
 
-ZO = {"ZOSGD": ZOSGD, "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam}
+# ZOLSTM with untrained paper-size networks: its cost does not depend on the weights.
+ZO: dict[str, Callable[..., Any]] = {
+    "ZOSGD": ZOSGD, "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
+    "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
+}
 ALL = ["Adam", *ZO]
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]
 PART_NAMES = {
