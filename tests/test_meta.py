@@ -123,6 +123,18 @@ def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
     ZOLSTM([x], pretrained=str(out), seed=0).step(lambda: (x - 1).pow(2).sum())
     assert not torch.equal(x, torch.zeros(3))
 
+    from torchzo import pretrained
+
+    dest = tmp_path / "shipped"
+    dest.mkdir()
+    meta_main(["ship", "--weights", str(out), "--name", "toy", "--command", "train it",
+               "--dest", str(dest), "--default"])
+    monkeypatch.setattr(pretrained, "weights_dir", lambda: dest)
+    assert pretrained.available() == ["toy"] and pretrained.default_name() == "toy"
+    assert pretrained.info("toy")["command"] == "train it"
+    assert torch.equal(pretrained.load("toy").update.head.weight,
+                       pretrained.load_file(out).update.head.weight)
+
 
 def test_meta_loss_keeps_eq4_balance_between_loss_and_regulariser():
     """Normalising eq. 4 must scale the regulariser with the loss, not leave it unscaled."""

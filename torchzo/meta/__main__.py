@@ -32,7 +32,7 @@ PRESETS = {
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m torchzo.meta", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="meta-train a ZO-LSTM on a task")
     tr.add_argument("--task", required=True, help="task name, e.g. binclass")
     tr.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
@@ -150,9 +150,9 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
-    if args.command == "train":
+    if args.action == "train":
         train(args)
-    elif args.command == "ship":
+    elif args.action == "ship":
         ship(args)
 
 
