@@ -60,3 +60,14 @@ def test_import_takes_no_network_and_the_module_runs_as_a_script():
                           "torchzo.ZOSignSGD; torchzo.ZOAdam; torchzo.ZOLSTM"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_readme_python_blocks_run():
+    """The README's code runs as written (its blocks share one namespace, in order)."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
+    assert float(namespace["loss"]) < 0.25  # the ZOLSTM block's final loss (0.25 at w = 0)
