@@ -36,7 +36,7 @@ def test_ci_runs_the_readme_setup_commands_verbatim():
 
 
 def test_demo_prints_loss_against_queries(capsys):
-    demo_main(["--steps", "20", "--dim", "10"])
+    demo_main(["--problem", "quadratic", "--steps", "20", "--dim", "10"])
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines()]
     names = [r[0] for r in rows if r]
@@ -71,3 +71,10 @@ def test_readme_python_blocks_run():
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     assert float(namespace["loss"]) < 0.25  # the ZOLSTM block's final loss (0.25 at w = 0)
+
+
+def test_demo_on_binclass_includes_the_learned_optimizer(capsys):
+    demo_main(["--steps", "30"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    lstm = next(r for r in rows if r and r[0] == "ZOLSTM")
+    assert float(lstm[-1]) < float(lstm[1])
