@@ -5,7 +5,9 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,16 @@ def write_results(out_dir: str | Path, name: str, data: dict[str, Any],
     js.write_text(json.dumps(data, indent=1) + "\n")
     md.write_text(markdown)
     return js, md
+
+
+def finish(data: dict[str, Any], start: float, name: str, out_dir: str | Path | None,
+           render: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Close a benchmark run: record the end load and wall time, render, write, print."""
+    data["loadavg_end"] = list(os.getloadavg())
+    data["elapsed_s"] = time.perf_counter() - start
+    markdown = render(data)
+    if out_dir:
+        for path in write_results(out_dir, name, data, markdown):
+            print(f"wrote {path}", file=sys.stderr)
+    print(markdown)
+    return data

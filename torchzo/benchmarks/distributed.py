@@ -43,7 +43,7 @@ from torch.nn import functional as F
 
 from ..optim import ZOAdam
 from ..oracle import module_objective
-from ._common import fmt_spread, fmt_time, machine, md_table, sig3, spread, write_results
+from ._common import finish, fmt_spread, fmt_time, machine, md_table, sig3, spread
 
 MODULE = "torchzo.benchmarks.distributed"
 
@@ -367,14 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     data["sharded"] = sharded_cases(cfg, [1, 2], args.timeout)
     print("batched module queries ...", file=sys.stderr, flush=True)
     data["batched"] = [batched_case(cfg, size, reps) for size in cfg["small_mlps"]]
-    data["loadavg_end"] = list(os.getloadavg())
-    data["elapsed_s"] = time.perf_counter() - start
-    markdown = render(data)
-    if args.out:
-        for path in write_results(args.out, "distributed", data, markdown):
-            print(f"wrote {path}", file=sys.stderr)
-    print(markdown)
-    return data
+    return finish(data, start, "distributed", args.out, render)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from torch.profiler import ProfilerActivity, profile
 from ..learned import LearnedZO
 from ..optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from ..oracle import Layout, ParameterBackup, call_closure
-from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
+from ._common import finish, fmt_spread, fmt_time, machine, md_table, spread
 
 # ZOLSTM with untrained paper-size networks: its cost does not depend on the weights.
 ZO: dict[str, Callable[..., Any]] = {
@@ -410,14 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     print(f"memory d={mem_dims} ...", file=sys.stderr, flush=True)
     data["memory"] = [memory_case(n, d, args.q) for d in mem_dims for n in ALL]
     data["rss_check"] = rss_check(args.rss_d, args.q) if args.rss_d else []
-    data["loadavg_end"] = list(os.getloadavg())
-    data["elapsed_s"] = time.perf_counter() - start
-    markdown = render(data)
-    if args.out:
-        for path in write_results(args.out, "overhead", data, markdown):
-            print(f"wrote {path}", file=sys.stderr)
-    print(markdown)
-    return data
+    return finish(data, start, "overhead", args.out, render)
 
 
 if __name__ == "__main__":
