@@ -22,3 +22,11 @@ def test_binclass_quick_writes_tables_and_plots(tmp_path):
     assert {"zosgd", "zosignsgd", "zoadam"} <= set(data["tuning"]["best"])
     text = (tmp_path / "binclass.md").read_text()
     assert "ZO-Adam" in text and "ZO-LSTM" in text
+
+
+def test_schedules_quick_runs_every_schedule(tmp_path):
+    from torchzo.benchmarks import schedules
+
+    data = schedules.main(["--quick", "--out", str(tmp_path)])
+    assert len(data["runs"]) == 11
+    assert all(0 < r["final"] < 1 for r in data["runs"].values())
