@@ -25,3 +25,13 @@ def test_swap_adam_reduces_the_loss(optimizer):
 def test_nondifferentiable_reduces_the_zero_one_error():
     out = _load("nondifferentiable").main(["--steps", "40"])
     assert out["last"] < out["first"] - 0.05
+
+
+def test_policy_search_improves_the_return():
+    out = _load("policy_search").main(["--steps", "8"])
+    assert out["last"] > out["first"]
+
+
+def test_meta_train_example_runs_and_compares():
+    out = _load("meta_train").main(["--quick"])
+    assert len(out) == 2 and all(v > 0 for v in out.values())
