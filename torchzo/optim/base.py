@@ -83,6 +83,7 @@ class ZOOptimizer(Optimizer):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self._generator = generator
         self._counters = {"steps": 0, "queries": 0}
+        self.last_loss: float | None = None  # f(x) before the latest completed step
         self.distributed = distributed
         super().__init__(params, defaults)
 
@@ -333,6 +334,7 @@ class ZOOptimizer(Optimizer):
                 self._update_group(group, params, grads)
         self._counters["steps"] += 1
         self._counters["queries"] += queries
+        self.last_loss = float(loss)
         return loss
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
