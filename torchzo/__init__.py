@@ -6,5 +6,5 @@ from .recorder import Recorder
 
 __version__ = "0.1.0"
 
-__all__ = ["ZOLSTM", "ZOSGD", "Batched", "ClosureError", "Recorder", "ZOAdam", "ZOOptimizer", "ZOSignSGD",
-           "__version__", "learned", "oracle", "optim", "pretrained", "tasks"]
+__all__ = ["ZOLSTM", "ZOSGD", "Batched", "ClosureError", "Recorder", "ZOAdam", "ZOOptimizer",
+           "ZOSignSGD", "__version__", "learned", "oracle", "optim", "pretrained", "tasks"]
