@@ -119,6 +119,7 @@ class Runner:
     def __init__(self, cfg: Config, nets: dict[str, LearnedZO]) -> None:
         self.cfg, self.nets = cfg, nets
         self._memo: dict[tuple, Tensor] = {}
+        self.measures: dict[tuple, dict[str, Any]] = {}
         self.runs, self.seconds = 0, 0.0
 
     def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
@@ -138,17 +139,30 @@ class Runner:
             return lambda ps: ZOAdam(ps, lr=lr, q=q, betas=tuple(spec["betas"]), seed=seed)
         raise ValueError(f"unknown method kind {kind!r}")
 
+    def key(self, spec: Spec, problem: Problem, q: int, trial: int) -> tuple:
+        return (json.dumps(spec, sort_keys=True), q, problem.dim,
+                problem.batch_size, _seeds(problem, trial)[0], trial,  # type: ignore[attr-defined]
+                self.cfg.steps)
+
     def curve(self, spec: Spec, problem: Problem, q: int, trial: int) -> Tensor:
         data_seed, opt_seed = _seeds(problem, trial)
-        key = (json.dumps(spec, sort_keys=True), q, problem.dim,
-               problem.batch_size, data_seed, trial, self.cfg.steps)  # type: ignore[attr-defined]
+        key = self.key(spec, problem, q, trial)
         if key not in self._memo:
             t0 = time.perf_counter()
+
+            def measure(x: Tensor) -> None:
+                self.measures[key] = self.measure(problem, x)
+
             self._memo[key] = run_optimizer(problem, self._make(spec, q, problem.dim, opt_seed),
-                                            self.cfg.steps, data_seed=data_seed)
+                                            self.cfg.steps, data_seed=data_seed,
+                                            on_finish=measure)
             self.seconds += time.perf_counter() - t0
             self.runs += 1
         return self._memo[key]
+
+    def measure(self, problem: Problem, x: Tensor) -> dict[str, Any]:
+        """Task-specific facts about a run's final point (see the attack benchmark)."""
+        return {}
 
     def curves(self, spec: Spec, problems: Sequence[Problem], q: int, trials: int) -> Tensor:
         """Loss curves, shape (datasets, trials, steps + 1)."""

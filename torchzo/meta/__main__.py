@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--update-epochs", type=int)
     tr.add_argument("--query-epochs", type=int)
     tr.add_argument("--problems", type=int, help="training problems per epoch")
+    tr.add_argument("--q", type=int, help="queries per step (default: the task's)")
     tr.add_argument("--horizon", type=int)
     tr.add_argument("--unroll", type=int)
     tr.add_argument("--val-problems", type=int)
@@ -109,7 +110,9 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
     for name in ("init_lr", "momenta", "base"):
         if getattr(args, name) is not None:
             arch[name] = getattr(args, name)
-    arch["horizon"] = cfg.horizon or get_task(args.task).horizon
+    task = get_task(args.task)
+    cfg.q = args.q or task.q
+    arch["horizon"] = cfg.horizon or task.horizon
     cfg.arch = Arch.from_dict(arch)
     u, q = base.update_stage, base.query_stage
     cfg.update_stage = StageConfig(args.update_epochs or u.epochs, args.problems or u.problems,

@@ -1,18 +1,29 @@
 """Problem classes: built-in objectives for demos, tests, benchmarks and meta-training."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
+from .attack import AttackProblem, AttackTask
 from .base import SPLITS, Problem, Task
 from .binclass import BinaryClassification, BinaryClassificationProblem
 from .quadratic import Quadratic
 
-__all__ = ["SPLITS", "BinaryClassification", "BinaryClassificationProblem", "Problem",
-           "Quadratic", "Task", "get_task"]
+__all__ = ["SPLITS", "AttackProblem", "AttackTask", "BinaryClassification",
+           "BinaryClassificationProblem", "Problem", "Quadratic", "Task", "get_task"]
 
-_REGISTRY = {"binclass": BinaryClassification}
+_REGISTRY: dict[str, Callable[..., Task]] = {
+    "binclass": BinaryClassification,
+    "mnist-attack": partial(AttackTask, "mnist"),
+    "cifar-attack": partial(AttackTask, "cifar10"),
+}
 
 
 def get_task(name: str, **kwargs: object) -> Task:
-    """A registered task by name (``binclass``)."""
+    """A registered task by name: ``binclass``, ``mnist-attack``, ``cifar-attack``.
+
+    The attack tasks need their trained target model (see :mod:`torchzo.tasks.targets`).
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; available: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)  # type: ignore[arg-type]
+    return _REGISTRY[name](**kwargs)

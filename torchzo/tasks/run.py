@@ -14,11 +14,13 @@ __all__ = ["run_optimizer"]
 
 
 def run_optimizer(problem: Problem, make_optimizer: Callable[[list[Tensor]], ZOOptimizer],
-                  steps: int, data_seed: int = 0) -> Tensor:
+                  steps: int, data_seed: int = 0,
+                  on_finish: Callable[[Tensor], None] | None = None) -> Tensor:
     """Optimize ``problem`` from ``x0`` for ``steps`` steps; the full objective after each.
 
     Each step draws one minibatch (from a generator seeded with ``data_seed``) and passes the
-    q + 1 queries as one batched call. Returns a float64 tensor of ``steps + 1`` losses.
+    q + 1 queries as one batched call. Returns a float64 tensor of ``steps + 1`` losses;
+    ``on_finish``, if given, sees the final point (e.g. to check an attack's success).
     """
     x = problem.x0.clone()
     opt = make_optimizer([x])
@@ -30,4 +32,6 @@ def run_optimizer(problem: Problem, make_optimizer: Callable[[list[Tensor]], ZOO
             batch = problem.sample_batch(data)
             opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))  # type: ignore[misc]
             losses[t + 1] = problem.objective(x)
+        if on_finish is not None:
+            on_finish(x)
     return losses

@@ -1,0 +1,345 @@
+"""Black-box attacks: tuned ZO baselines against ZO-LSTM (paper Fig. 2, 4a-b and 4d).
+
+    python -m torchzo.benchmarks.attack --data mnist|cifar10 [--weights NAME=PATH ...]
+                                        [--test-images N] [--trials N] [--tune-images N]
+                                        [--quick] [--no-cosine] [--no-plots] [--out DIR]
+
+The task is :class:`torchzo.tasks.AttackTask` (untargeted, c = 0.1, l1 distortion, 200 steps;
+q = 20 on MNIST, 50 on CIFAR-10) against the target trained by
+``python -m torchzo.tasks.targets``. Baselines are tuned by the paper's protocol on training
+images only (the tuner of :mod:`torchzo.benchmarks.binclass`: ``lr = delta / d``, decade grid
+then a fine grid, edges extended; ZO-Adam's betas too). Every method then attacks the same test
+images from the same start points with the same query seeds per trial; reported: final loss,
+paired wins against the best baseline, iterations to reach its final loss, success rate and the
+l1 distortion of successful attacks. ZO-LSTM runs with the paper's ablations (no-query,
+no-update, GuidedES: Fig. 4a-b). Fig. 4d: the cosine similarity between the ZO estimate and the
+true gradient along ZO-LSTM's own trajectory, with the learned query covariance and with
+standard Gaussian queries from the same seeds, for q in {5, 10, 20, 40}.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import pretrained
+from ..learned import core
+from ..learned.nets import LearnedZO
+from ..optim.zolstm import ZOLSTM
+from ..oracle import Batched
+from ..oracle.directions import default_mu, draw_seeds
+from ..oracle.estimator import estimate_batched
+from ..oracle.schemes import Scheme
+from ..tasks.attack import AttackProblem, AttackTask
+from ._common import machine, md_table, write_results
+from .binclass import (
+    BASELINES,
+    FULL,
+    Runner,
+    Spec,
+    _fmt,
+    _jsonable,
+    _paired,
+    _save,
+    compare,
+    curve_steps,
+    load_weights,
+    method_specs,
+    summarize,
+    tune,
+)
+
+log = logging.getLogger("torchzo.benchmarks.attack")
+
+VARIANTS = ("", " no-query", " no-update", " GuidedES")  # Fig. 4a-b
+DIMS = {"mnist": 784, "cifar10": 3072}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tune_images: int = 8
+    test_images: int = 50
+    trials: int = 2
+    cosine_images: int = 10
+    cosine_q: tuple[int, ...] = (5, 10, 20, 40)
+
+
+class AttackRunner(Runner):
+    def measure(self, problem: AttackProblem, x: Tensor  # type: ignore[override]
+                ) -> dict[str, Any]:
+        return {"success": problem.success(x), "distortion": problem.distortion(x)}
+
+    def outcomes(self, spec: Spec, problems: Sequence[AttackProblem], q: int,
+                 trials: int) -> dict[str, Any]:
+        runs = [self.measures[self.key(spec, p, q, r)] for p in problems for r in range(trials)]
+        hits = [r["distortion"] for r in runs if r["success"]]
+        return {"success_rate": len(hits) / len(runs),
+                "distortion_mean": sum(hits) / len(hits) if hits else None}
+
+
+def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int], steps: int,
+           ) -> list[dict[str, Any]]:
+    """Mean cos(estimate, true gradient) along ZO-LSTM's trajectory, learned vs Gaussian queries.
+
+    At every step both estimates use the same seeds (the same z); only the learned per-coordinate
+    scale differs. The trajectory is ZO-LSTM's with the learned covariance at every step.
+    """
+    rows = []
+    for q in qs:
+        learned: list[float] = []
+        gaussian: list[float] = []
+        for k, problem in enumerate(problems):
+            x = problem.x0.clone()
+            opt = ZOLSTM([x], pretrained=nets, q=q, query_prob=1.0, seed=k)
+            mu = default_mu(x.dtype)
+            fn = Batched(problem.loss)
+            probe = torch.Generator().manual_seed(50_000 + k)
+            for _ in range(steps):
+                with torch.enable_grad():
+                    xg = x.detach().requires_grad_(True)
+                    true = torch.autograd.grad(problem.objective(xg), xg)[0]
+                with torch.no_grad():
+                    scale = core.query_scale(opt.nets, opt._states([x]))[0][0]
+                    seeds = draw_seeds(probe, q)
+                    for out, s in ((learned, scale), (gaussian, None)):
+                        g = estimate_batched(problem.loss, x, seeds, Scheme("forward", q), mu, s)[1]
+                        out.append(float(torch.nn.functional.cosine_similarity(g, true, 0)))
+                    opt.step(fn)
+        lm, gm = sum(learned) / len(learned), sum(gaussian) / len(gaussian)
+        rows.append({"q": q, "learned": lm, "gaussian": gm, "ratio": lm / gm if gm else None,
+                     "points": len(learned)})
+        log.info("cosine q=%d: learned %.4f gaussian %.4f", q, lm, gm)
+    return rows
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def markdown(data: dict[str, Any]) -> str:
+    cfg, sizes, cmp_ = data["config"], data["sizes"], data["comparison"]
+    best, m = cmp_["best_baseline"], data["machine"]
+    n = sizes["test_images"]
+    lines = [
+        f"# Black-box attack on {data['data_name']}: tuned ZO baselines vs ZO-LSTM",
+        "",
+        "Reproduces Fig. 2, 4a-b and 4d of Ruan et al., *Learning to Learn by Zeroth-Order "
+        f"Oracle* (ICLR 2020), with `python -m torchzo.benchmarks.attack --data {data['data']}`"
+        + (" (**--quick smoke run: not results**)" if data["quick"] else "") + ".",
+        "",
+        f"Target: {data['target']}. Loss: untargeted margin on log-probabilities (kappa = 0) + "
+        f"0.1 * l1 distortion, d = {cfg['dim']}, q = {cfg['q']} (q + 1 queries per step, one "
+        f"batched forward pass), {cfg['steps']} steps, start delta = 1e-4 N(0, I). "
+        f"Test: {n} held-out correctly classified test images x {sizes['trials']} trial(s) "
+        "(query seeds), every method from the same start point and, per trial, the same seeds "
+        "(the paper used 100 images x 10 trials). Baselines tuned on "
+        f"{sizes['tune_images']} training images (paper protocol, see "
+        "`docs/benchmarks/binclass.md`; every candidate is in the JSON).",
+        "",
+        f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
+        f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} attack runs).",
+        "",
+        "## Results on the test images",
+        "",
+    ]
+    rows = []
+    for label, r in cmp_["rows"].items():
+        o = data["outcomes"][label]
+        wins = "best" if label == best else f"{r['wins']}/{n}"
+        reach = r["iters_to_best_baseline"]
+        dist = o["distortion_mean"]
+        rows.append([label, data["hyper"].get(label, ""), _fmt(r["final_mean"], r["final_std"]),
+                     f"{r['ratio']:.3f}", wins, "never" if reach is None else reach,
+                     f"{100 * o['success_rate']:.0f}%", "-" if dist is None else f"{dist:.2f}"])
+    lines += [md_table(["method", "hyperparameters", "final loss (mean ± std over images)",
+                        f"ratio to {best}", f"lower than {best}", "iters to its final loss",
+                        "success", "l1 distortion (successes)"], rows), ""]
+    if data["cosine"]:
+        lines += ["## Fig. 4d: cosine similarity of the estimate with the true gradient", "",
+                  f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
+                  f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
+                  ""]
+        lines += [md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
+                           [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
+                             f"{r['ratio']:.3f}"] for r in data["cosine"]]), ""]
+    lines += ["## Notes", "", *[f"- {s}" for s in data["notes"]], ""]
+    if data["plots"]:
+        lines += ["## Plots", "", *[f"![{p}]({p})" for p in data["plots"]], ""]
+    return "\n".join(lines)
+
+
+def notes(data: dict[str, Any]) -> list[str]:
+    cmp_, n = data["comparison"], data["sizes"]["test_images"]
+    best, rows = cmp_["best_baseline"], cmp_["rows"]
+    out = [f"The best tuned baseline on the test images is {best} "
+           f"({_fmt(rows[best]['final_mean'], rows[best]['final_std'])})."]
+    out += [f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n)}."
+            for name, r in rows.items() if name != best]
+    ratios = [r["ratio"] for r in data["cosine"] if r["ratio"] is not None]
+    if ratios:
+        lo, hi = min(ratios), max(ratios)
+        verdict = ("no measurable gain from the QueryRNN" if hi < 1.02 and lo > 0.98 else
+                   "the QueryRNN raises it" if lo >= 1.02 else
+                   "the QueryRNN lowers it" if hi <= 0.98 else "mixed")
+        out.append(f"Cosine similarity with the learned covariance / with Gaussian queries: "
+                   f"{lo:.3f} to {hi:.3f} over q in {[r['q'] for r in data['cosine']]}: "
+                   f"{verdict}.")
+    return out
+
+
+def plot(data: dict[str, Any], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed (pip install torchzo[plot]): no plots")
+        return []
+    curves, t, name = data["curves"], data["curve_steps"], data["data"]
+
+    def band(ax: Any, label: str, **kw: Any) -> None:
+        mean = torch.tensor(curves[label]["curve_mean"], dtype=torch.float64)
+        std = torch.tensor(curves[label]["curve_std"], dtype=torch.float64)
+        line, = ax.plot(t, mean, label=label, lw=1.3, **kw)
+        ax.fill_between(t, mean - std, mean + std, color=line.get_color(), alpha=0.12, lw=0)
+
+    def finish(ax: Any, title: str) -> None:
+        ax.set(xlabel="iteration", ylabel="attack loss", title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+
+    files = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label in [*BASELINES.values(), *[f"ZO-LSTM ({w})" for w in data["weights"]]]:
+        band(ax, label)
+    finish(ax, f"Fig. 2: {data['data_name']} attack, mean ± std over runs")
+    files.append(_save(fig, out / f"attack-{name}-fig2.png"))
+    for w in data["weights"]:
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        band(ax, "ZO-SGD", color="0.5", ls="--")
+        for suffix in VARIANTS:
+            band(ax, f"ZO-LSTM{suffix} ({w})")
+        finish(ax, f"Fig. 4a-b: ablations of {w} on {data['data_name']}")
+        files.append(_save(fig, out / f"attack-{name}-ablations.png"))
+        break
+    if data["cosine"]:
+        fig, ax = plt.subplots(figsize=(4.8, 3.6))
+        qs = [r["q"] for r in data["cosine"]]
+        ax.plot(qs, [r["learned"] for r in data["cosine"]], "o-", label="learned (QueryRNN)")
+        ax.plot(qs, [r["gaussian"] for r in data["cosine"]], "s--", label="standard Gaussian")
+        ax.set(xlabel="q", ylabel="mean cosine similarity", xticks=qs,
+               title=f"Fig. 4d: {data['data_name']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        files.append(_save(fig, out / f"attack-{name}-fig4d.png"))
+    plt.close("all")
+    return files
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.attack",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--data", choices=sorted(DIMS), default="mnist")
+    ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                    help="ZO-LSTM weights (file, shipped name or 'untrained'); repeatable. "
+                         "Default: the shipped '<data>-attack' weights, else the default.")
+    ap.add_argument("--root", help="data folder (default: TORCHZO_DATA or ../shared/data)")
+    ap.add_argument("--target", type=Path, help="target weights (default: the cache)")
+    ap.add_argument("--tune-images", type=int)
+    ap.add_argument("--test-images", type=int)
+    ap.add_argument("--trials", type=int)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2+2 images, 20 steps")
+    ap.add_argument("--no-cosine", action="store_true", help="skip Fig. 4d")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    return ap.parse_args(argv)
+
+
+def default_weights(data: str) -> list[str]:
+    name = {"mnist": "mnist-attack", "cifar10": "cifar-attack"}[data]
+    return [f"{name}={name}"] if name in pretrained.available() else []
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    q = 20 if args.data == "mnist" else 50
+    sizes = Sizes(tune_images=2, test_images=2, trials=1, cosine_images=1, cosine_q=(5, 20)) \
+        if args.quick else Sizes()
+    sizes = replace(sizes, **{k: v for k, v in (("tune_images", args.tune_images),
+                                                ("test_images", args.test_images),
+                                                ("trials", args.trials)) if v is not None})
+    grid: dict[str, Any] = {}
+    if args.quick:
+        grid = dict(coarse=(0.1, 1.0, 10.0), fine_per_decade=2, beta2=(0.99, 0.999),
+                    max_extend=2, adam_rounds=1)
+    cfg = replace(FULL, steps=args.steps or (20 if args.quick else 200), q=q,
+                  dim=DIMS[args.data], tune_datasets=sizes.tune_images,
+                  test_datasets=sizes.test_images, trials=sizes.trials, **grid)
+    from ..tasks.targets import load_target, target_info
+
+    model = load_target(args.data, args.target)
+    task = AttackTask(args.data, model=model, root=args.root,
+                      sizes={"train": sizes.tune_images, "val": 0, "test": sizes.test_images})
+    nets, weights_info = load_weights(args.weights or default_weights(args.data), args.quick)
+    runner = AttackRunner(cfg, nets)
+
+    log.info("tuning on %d training images", sizes.tune_images)
+    tuned = tune(runner, task.problems("train"))
+    all_specs = method_specs(tuned["best"], list(nets))
+    keep = {*BASELINES.values(), *[f"ZO-LSTM{s} ({w})" for w in nets for s in VARIANTS]}
+    specs = {k: v for k, v in all_specs.items() if k in keep}
+    test = task.problems("test")
+    raw, results, outcomes = {}, {}, {}
+    for label, spec in specs.items():
+        raw[label] = runner.curves(spec, test, q, sizes.trials)
+        results[label] = summarize(raw[label])
+        outcomes[label] = runner.outcomes(spec, test, q, sizes.trials)
+        log.info("test %-30s %s  success %.0f%%", label,
+                 _fmt(results[label]["final_mean"], results[label]["final_std"]),
+                 100 * outcomes[label]["success_rate"])
+    hyper = {BASELINES[k]: f"lr {hp['lr']:.3g}" + (f", betas {tuple(hp['betas'])}"
+                                                   if k == "zoadam" else "")
+             for k, hp in tuned["best"].items()}
+    cos = [] if args.no_cosine or not nets else cosine(
+        next(iter(nets.values())), test[: sizes.cosine_images], sizes.cosine_q, cfg.steps)
+    info = target_info(args.data, args.target)
+    data: dict[str, Any] = {
+        "benchmark": f"attack-{args.data}", "data": args.data, "quick": args.quick,
+        "data_name": {"mnist": "MNIST", "cifar10": "CIFAR-10"}[args.data],
+        "target": (f"the {info.get('arch', args.data)} target from `python -m "
+                   f"torchzo.tasks.targets --data {args.data}`, test accuracy "
+                   f"{100 * info['test_accuracy']:.2f}% on {info['test_images']} test images"
+                   if info else f"the {args.data} target at {args.target}"),
+        "target_info": info,
+        "config": asdict(cfg), "sizes": asdict(sizes), "machine": machine(),
+        "weights": weights_info, "curve_steps": curve_steps(cfg.steps), "tuning": tuned,
+        "methods": specs, "hyper": hyper, "comparison": compare(raw, list(BASELINES.values())),
+        "curves": results, "outcomes": outcomes, "cosine": cos, "runs": runner.runs,
+    }
+    data["notes"] = notes(data)
+    data["plots"] = [] if args.no_plots else plot(data, args.out)
+    data["wall_seconds"] = time.perf_counter() - t0
+    js, md = write_results(args.out, f"attack-{args.data}", _jsonable(data), markdown(data))
+    log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
+    return data
+
+
+if __name__ == "__main__":
+    main()

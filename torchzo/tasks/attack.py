@@ -1,0 +1,104 @@
+"""The black-box adversarial attack as a task (paper section 4.1).
+
+The variable is a perturbation ``delta`` of one image; the attacked image is
+``clamp(x0 + delta, 0, 1)``. The loss (untargeted, on the model's log-probabilities) is
+
+    max(log p_y(x) - max_{j != y} log p_j(x), -kappa) + c * ||delta||_1
+
+(``norm="l2"``: the squared l2 norm), with kappa = 0 and c = 0.1 by default; it reaches its
+floor once the image is misclassified and then only trades distortion. ``delta`` starts at
+``1e-4 * N(0, I)``. The q + 1 queries of a step are one forward pass of the model.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .base import Problem, Task
+
+__all__ = ["AttackProblem", "AttackTask", "attack_loss"]
+
+Model = Callable[[Tensor], Tensor]
+
+
+def attack_loss(model: Model, image: Tensor, label: int, delta: Tensor, c: float = 0.1,
+                kappa: float = 0.0, norm: str = "l1") -> Tensor:
+    """The attack loss of each row of ``delta`` (B, numel) against ``image`` (C, H, W)."""
+    x = (image.reshape(1, -1) + delta).clamp(0, 1).view(-1, *image.shape)
+    logp = torch.log_softmax(model(x), -1)  # idempotent when the model gives log-probs
+    true = logp[:, label]
+    others = logp.clone()
+    others[:, label] = float("-inf")
+    margin = (true - others.max(-1).values).clamp(min=-kappa)
+    size = delta.abs().sum(-1) if norm == "l1" else (delta**2).sum(-1)
+    return margin + c * size
+
+
+class AttackProblem(Problem):
+    """Attacking one correctly classified image; ``seed`` draws the starting perturbation."""
+
+    def __init__(self, model: Model, image: Tensor, label: int, seed: int = 0, c: float = 0.1,
+                 kappa: float = 0.0, norm: str = "l1") -> None:
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        self.model, self.image, self.label, self.seed = model, image, int(label), seed
+        self.batch_size = None  # deterministic: every query sees the same image
+        self.c, self.kappa, self.norm = c, kappa, norm
+        g = torch.Generator().manual_seed(seed)
+        self.x0 = 1e-4 * torch.randn(image.numel(), generator=g, dtype=image.dtype)
+
+    def loss(self, X: Tensor, batch: object = None) -> Tensor:
+        return attack_loss(self.model, self.image, self.label, X, self.c, self.kappa, self.norm)
+
+    def adversarial(self, delta: Tensor) -> Tensor:
+        return (self.image.reshape(-1) + delta).clamp(0, 1).view_as(self.image)
+
+    def distortion(self, delta: Tensor) -> float:
+        """The norm of the actual change (after clamping to the unit box)."""
+        change = self.adversarial(delta).reshape(-1) - self.image.reshape(-1)
+        return float(change.abs().sum() if self.norm == "l1" else change.norm())
+
+    @torch.no_grad()
+    def success(self, delta: Tensor) -> bool:
+        x = self.adversarial(delta).unsqueeze(0)
+        return int(self.model(x).argmax(-1)) != self.label
+
+
+class AttackTask(Task):
+    """Attacks on images the target classifies correctly, in disjoint splits of the test set.
+
+    The first ``sizes["train"]`` correctly classified test images are for meta-training, the
+    next ``sizes["val"]`` for validation, the next ``sizes["test"]`` for testing.
+    """
+
+    def __init__(self, data: str = "mnist", model: nn.Module | None = None,
+                 root: str | Path | None = None, sizes: dict[str, int] | None = None,
+                 q: int | None = None, horizon: int = 200, unroll: int = 20, c: float = 0.1,
+                 norm: str = "l1") -> None:
+        super().__init__(f"{data}-attack", q or (20 if data == "mnist" else 50), horizon, unroll)
+        from ..datasets import load_cifar10_subset, load_mnist
+        from .targets import load_target
+
+        self.model = model if model is not None else load_target(data)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        x, y = (load_mnist if data == "mnist" else load_cifar10_subset)("test", root)
+        with torch.no_grad():
+            right = torch.cat([self.model(x[i:i + 1000]).argmax(-1) == y[i:i + 1000]
+                               for i in range(0, len(x), 1000)])
+        self.images, self.labels = x[right], y[right]
+        self.sizes = sizes or {"train": 100, "val": 50, "test": 100}
+        self.c, self.norm = c, norm
+
+    def problems(self, split: str) -> Sequence[AttackProblem]:
+        self._check_split(split)
+        order = ["train", "val", "test"]
+        start = sum(self.sizes[s] for s in order[:order.index(split)])
+        stop = start + self.sizes[split]
+        if stop > len(self.images):
+            raise ValueError(f"only {len(self.images)} correctly classified images")
+        return [AttackProblem(self.model, self.images[i], int(self.labels[i]), seed=i,
+                              c=self.c, norm=self.norm) for i in range(start, stop)]
