@@ -30,3 +30,13 @@ def test_schedules_quick_runs_every_schedule(tmp_path):
     data = schedules.main(["--quick", "--out", str(tmp_path)])
     assert len(data["runs"]) == 11
     assert all(0 < r["final"] < 1 for r in data["runs"].values())
+
+
+def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
+    from torchzo.benchmarks import batched
+
+    data = batched.main(["--quick", "--out", str(tmp_path)])
+    (case,) = data["cases"]
+    assert case["q"] == 20 and case["speedup"]["median"] > 0
+    assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths only differ by rounding
+    assert "| 20 |" in (tmp_path / "batched.md").read_text()

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from torchzo.datasets import data_root
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -35,3 +37,13 @@ def test_policy_search_improves_the_return():
 def test_meta_train_example_runs_and_compares():
     out = _load("meta_train").main(["--quick"])
     assert len(out) == 2 and all(v > 0 for v in out.values())
+
+
+@pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason=f"no MNIST at {data_root()}")
+def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))  # no cached target: the example trains one
+    out = _load("blackbox_attack").main(["--images", "2", "--steps", "30",
+                                         "--train-limit", "1000"])
+    assert "ZOAdam (lr 0.01)" in out
+    for s in out.values():
+        assert 0 <= s["success_rate"] <= 1 and s["queries_per_image"] == 30 * 21

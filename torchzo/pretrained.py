@@ -35,6 +35,7 @@ def weights_dir() -> Path:
 
 
 def manifest() -> dict[str, Any]:
+    """The parsed ``manifest.json``: the default name and one entry per weights file."""
     path = weights_dir() / "manifest.json"
     if not path.is_file():
         raise PretrainedError(f"no manifest of shipped weights at {path}")

@@ -37,7 +37,9 @@ class Recorder:
         self.losses.append(optimizer.last_loss)
 
     def remove(self) -> None:
+        """Detach from the optimizer: later steps are no longer recorded."""
         self._handle.remove()
 
     def as_dict(self) -> dict[str, list]:
+        """The records as lists (JSON-ready): losses, cumulative queries, steps."""
         return {"steps": self.steps, "queries": self.queries, "losses": self.losses}

@@ -19,6 +19,7 @@ standard Gaussian queries from the same seeds, for q in {5, 10, 20, 40}.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ from ._common import machine, md_table, write_results
 from .binclass import (
     BASELINES,
     FULL,
+    Config,
     Runner,
     Spec,
     _fmt,
@@ -260,6 +262,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--test-images", type=int)
     ap.add_argument("--trials", type=int)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--tuning-from", type=Path, metavar="JSON",
+                    help="reuse the baselines' tuning of an earlier run with the same settings")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2+2 images, 20 steps")
     ap.add_argument("--no-cosine", action="store_true", help="skip Fig. 4d")
     ap.add_argument("--no-plots", action="store_true")
@@ -270,6 +274,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def default_weights(data: str) -> list[str]:
     name = {"mnist": "mnist-attack", "cifar10": "cifar-attack"}[data]
     return [f"{name}={name}"] if name in pretrained.available() else []
+
+
+def reuse_tuning(path: Path, cfg: Config) -> dict[str, Any] | None:
+    """The tuning recorded in an earlier output, if it was made with the same task settings."""
+    old = json.loads(path.read_text())
+    same = ("steps", "q", "dim", "tune_datasets", "coarse", "fine_per_decade", "beta1", "beta2")
+    if any(old["config"][k] != json.loads(json.dumps(asdict(cfg)[k])) for k in same):
+        log.warning("%s was tuned with other settings: tuning again", path)
+        return None
+    log.info("reusing the tuning in %s", path)
+    return {**old["tuning"], "reused_from": str(path)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -300,8 +315,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     nets, weights_info = load_weights(args.weights or default_weights(args.data), args.quick)
     runner = AttackRunner(cfg, nets)
 
-    log.info("tuning on %d training images", sizes.tune_images)
-    tuned = tune(runner, task.problems("train"))
+    tuned = reuse_tuning(args.tuning_from, cfg) if args.tuning_from else None
+    if tuned is None:
+        log.info("tuning on %d training images", sizes.tune_images)
+        tuned = tune(runner, task.problems("train"))
     all_specs = method_specs(tuned["best"], list(nets))
     keep = {*BASELINES.values(), *[f"ZO-LSTM{s} ({w})" for w in nets for s in VARIANTS]}
     specs = {k: v for k, v in all_specs.items() if k in keep}

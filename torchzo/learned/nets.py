@@ -58,12 +58,14 @@ class Arch:
         return 2 if self.kind == "paper" else 4
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain values, as stored next to weights."""
         d = asdict(self)
         d["momenta"] = list(self.momenta)
         return d
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None) -> Arch:
+        """The inverse of :meth:`to_dict`; ``None`` (old files) is the paper's architecture."""
         if not d:
             return Arch()
         d = dict(d)

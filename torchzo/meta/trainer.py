@@ -68,6 +68,7 @@ class MetaConfig:
             raise ValueError(f"meta_batch must be >= 1, got {self.meta_batch}")
 
     def rollout(self, use_query: bool) -> RolloutConfig:
+        """The per-problem rollout settings of a stage (with or without the QueryRNN)."""
         return RolloutConfig(q=self.q, mu=self.mu, estimator=self.estimator,
                              use_query=use_query, query_grad=self.query_grad,
                              grad_mode=self.grad_mode, reg=self.reg)

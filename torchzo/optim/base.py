@@ -132,6 +132,7 @@ class ZOOptimizer(Optimizer):
     # -- configuration ------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group; its hyperparameters are validated like the constructor's."""
         super().add_param_group(param_group)
         try:
             self._validate_group(self.param_groups[-1])
@@ -172,11 +173,13 @@ class ZOOptimizer(Optimizer):
         return self._counters["steps"]
 
     def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict plus a ``"zo"`` entry: generator state and query count."""
         sd = super().state_dict()
         sd["zo"] = {**self._counters, "generator": self._generator.get_state()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the run resumes bit-exactly (RNG included)."""
         if "zo" not in state_dict:
             raise ValueError("state_dict has no 'zo' entry (RNG and query counters): it was not "
                              "saved by a torchzo optimizer")

@@ -106,11 +106,13 @@ class ZOLSTM(ZOOptimizer):
             self.state[p] = {**st, **self._pending.pop(p, {}), **fresh}
 
     def state_dict(self) -> dict[str, Any]:
+        """The base state dict plus the network weights; LSTM states live in ``state``."""
         sd = super().state_dict()
         sd["zo"]["nets"] = {k: v.clone() for k, v in self.nets.state_dict().items()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore weights, per-coordinate LSTM states and the RNG: resumes bit-exactly."""
         super().load_state_dict(state_dict)
         if "nets" in state_dict["zo"]:
             self.nets.load_state_dict(state_dict["zo"]["nets"])

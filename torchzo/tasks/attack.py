@@ -54,6 +54,7 @@ class AttackProblem(Problem):
         return attack_loss(self.model, self.image, self.label, X, self.c, self.kappa, self.norm)
 
     def adversarial(self, delta: Tensor) -> Tensor:
+        """The attacked image for the flat perturbation ``delta``, clamped to [0, 1]."""
         return (self.image.reshape(-1) + delta).clamp(0, 1).view_as(self.image)
 
     def distortion(self, delta: Tensor) -> float:
@@ -63,6 +64,7 @@ class AttackProblem(Problem):
 
     @torch.no_grad()
     def success(self, delta: Tensor) -> bool:
+        """Whether the model's prediction on the attacked image differs from the label."""
         x = self.adversarial(delta).unsqueeze(0)
         return int(self.model(x).argmax(-1)) != self.label
 

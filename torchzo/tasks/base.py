@@ -57,6 +57,7 @@ class Task:
     unroll: int
 
     def problems(self, split: str) -> Sequence[Problem]:
+        """The problems of ``split`` (``train``, ``val`` or ``test``), the same on every call."""
         raise NotImplementedError
 
     def _check_split(self, split: str) -> None:

@@ -30,4 +30,5 @@ class Quadratic:
         return 0.5 * ((r @ self.H) * r).sum(-1)
 
     def grad(self, x: Tensor) -> Tensor:
+        """The exact gradient at ``x`` (for tests of the estimators)."""
         return (x.to(self.H.dtype) - self.x_star) @ self.H

@@ -43,10 +43,11 @@ def make_model(data: str) -> nn.Module:
         body = [nn.Conv2d(1, 20, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(20, 50, 5), nn.ReLU(),
                 nn.MaxPool2d(2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10)]
     elif data == "cifar10":
-        body = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                nn.Dropout(0.3), nn.Linear(2048, 256), nn.ReLU(), nn.Linear(256, 10)]
+        # Small on purpose: every attack step queries it q + 1 = 51 times on one CPU core.
+        body = [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                nn.Dropout(0.3), nn.Linear(1024, 128), nn.ReLU(), nn.Linear(128, 10)]
     else:
         raise ValueError(f"data must be 'mnist' or 'cifar10', got {data!r}")
     return nn.Sequential(_Normalise(*_STATS[data]), *body, nn.LogSoftmax(-1))
@@ -89,7 +90,7 @@ def train_target(data: str, epochs: int = 3, seed: int = 0, root: str | Path | N
             opt.step()
     xt, yt = _load(data, "test", root)
     arch = ("paper CNN (conv 20 - conv 50 - fc 500)" if data == "mnist"
-            else "small CNN (conv 32 - 64 - 128 - fc 256)")
+            else "small CNN (conv 16 - 32 - 64 - fc 128)")
     info = {"data": data, "arch": arch, "epochs": epochs, "seed": seed, "train_images": len(x),
             "test_accuracy": accuracy(model, xt, yt), "test_images": len(xt),
             "seconds": round(time.time() - start, 1), "torch": str(torch.__version__)}

@@ -1,0 +1,113 @@
+"""Batched vs sequential queries on the MNIST attack: the step time of each path.
+
+    python -m torchzo.benchmarks.batched [--reps N] [--q Q ...] [--out docs/benchmarks] [--quick]
+
+One ZOAdam step on the black-box attack of one 28 x 28 image against the paper's MNIST CNN
+(conv 20 - conv 50 - fc 500; timing does not depend on its weights, so an untrained copy is
+used and no data or cached target is needed). *sequential*: the closure API, the perturbation a
+parameter and every one of the q + 1 queries one forward pass of one image; *batched*: the same
+objective as a :class:`torchzo.Batched` function, all q + 1 images in one forward pass.
+Repetitions alternate in a shuffled order on one thread; medians and interquartile ranges.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..optim import ZOAdam
+from ..oracle import Batched
+from ..tasks.attack import attack_loss
+from ..tasks.targets import make_model
+from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
+
+
+def _one_image(model: torch.nn.Module, image: torch.Tensor, delta: torch.Tensor
+               ) -> torch.Tensor:
+    return attack_loss(model, image, 3, delta.unsqueeze(0))[0]
+
+
+def _images(model: torch.nn.Module, image: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    return attack_loss(model, image, 3, X)
+
+
+def _contenders(q: int) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.Tensor]]:
+    torch.manual_seed(0)
+    model = make_model("mnist").eval()
+    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
+    steps: dict[str, Callable[[], Any]] = {}
+    deltas: dict[str, torch.Tensor] = {}
+    for name in ("sequential", "batched"):
+        delta = torch.zeros(784)
+        opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+        steps[name] = partial(opt.step, partial(_one_image, model, image, delta)
+                              if name == "sequential" else Batched(partial(_images, model, image)))
+        deltas[name] = delta
+    return steps, deltas
+
+
+def case(q: int, reps: int) -> dict[str, Any]:
+    steps, deltas = _contenders(q)
+    with torch.no_grad():
+        for fn in steps.values():
+            fn()
+        samples: dict[str, list[float]] = {k: [] for k in steps}
+        order, rng = list(steps), random.Random(0)
+        for _ in range(reps):
+            rng.shuffle(order)
+            for k in order:
+                t0 = time.perf_counter()
+                steps[k]()
+                samples[k].append(time.perf_counter() - t0)
+    ratios = [s / b for s, b in zip(samples["sequential"], samples["batched"])]
+    return {"q": q, "reps": reps, "step_s": {k: spread(v) for k, v in samples.items()},
+            "speedup": spread(ratios),
+            "max_abs_delta_diff": float((deltas["sequential"] - deltas["batched"]).abs().max())}
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    rows = [[c["q"], fmt_spread(c["step_s"]["sequential"], fmt_time),
+             fmt_spread(c["step_s"]["batched"], fmt_time),
+             fmt_spread(c["speedup"], lambda x: f"{x:.2f}"), f"{c['max_abs_delta_diff']:.1e}"]
+            for c in data["cases"]]
+    return "\n".join([
+        "# Batched vs sequential queries: MNIST attack", "",
+        (__doc__ or "").split("\n\n", 2)[2].strip().replace("\n", " "), "",
+        "Written by `python -m torchzo.benchmarks.batched`"
+        + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
+        f"torch {m['torch']}, {m['torch_threads']} thread(s), load average "
+        f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}.", "",
+        md_table(["q", "sequential step (IQR)", "batched step (IQR)",
+                  "speed-up: sequential / batched (IQR)",
+                  "max |delta| difference after all steps"], rows), "",
+        "The two paths see the same directions; the last column is float32 rounding between "
+        "a batch of images and single images carried through Adam's steps.", ""])
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.batched",
+                                 description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--q", type=int, nargs="+", default=[5, 20, 50])
+    ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="q = 20 only, 3 repetitions")
+    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    qs, reps = ([20], 3) if args.quick else (args.q, args.reps)
+    data = {"benchmark": "batched", "quick": args.quick, "machine": machine(),
+            "cases": [case(q, reps) for q in qs]}
+    write_results(args.out, "batched", data, render(data))
+    for c in data["cases"]:
+        print(f"q={c['q']}: speed-up {c['speedup']['median']:.2f}")
+    return data
+
+
+if __name__ == "__main__":
+    main()
