@@ -55,7 +55,9 @@ from .binclass import (
     load_weights,
     method_specs,
     summarize,
+    transfer_specs,
     tune,
+    tune_alpha,
 )
 
 log = logging.getLogger("torchzo.benchmarks.attack")
@@ -220,11 +222,12 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 
     files = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label in [*BASELINES.values(), *[f"ZO-LSTM ({w})" for w in data["weights"]]]:
+    for label in [*BASELINES.values(), *[k for k in curves if k.startswith("ZO-LSTM (")],
+                  *[k for k in curves if k.startswith("ZO-LSTM transfer")]]:
         band(ax, label)
     finish(ax, f"Fig. 2: {data['data_name']} attack, mean ± std over runs")
     files.append(_save(fig, out / f"attack-{name}-fig2.png"))
-    for w in data["weights"]:
+    for w in [w for w in data["weights"] if f"ZO-LSTM ({w})" in curves]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         band(ax, "ZO-SGD", color="0.5", ls="--")
         for suffix in VARIANTS:
@@ -256,6 +259,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                     help="ZO-LSTM weights (file, shipped name or 'untrained'); repeatable. "
                          "Default: the shipped '<data>-attack' weights, else the default.")
+    ap.add_argument("--transfer", action="append", default=[], metavar="NAME=PATH",
+                    help="weights trained on another task: alpha is tuned on the training "
+                         "images, then tested")
     ap.add_argument("--root", help="data folder (default: TORCHZO_DATA or ../shared/data)")
     ap.add_argument("--target", type=Path, help="target weights (default: the cache)")
     ap.add_argument("--tune-images", type=int)
@@ -322,6 +328,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     all_specs = method_specs(tuned["best"], list(nets))
     keep = {*BASELINES.values(), *[f"ZO-LSTM{s} ({w})" for w in nets for s in VARIANTS]}
     specs = {k: v for k, v in all_specs.items() if k in keep}
+    transfer = {}
+    if args.transfer:
+        moved, moved_info = load_weights(args.transfer, args.quick)
+        runner.nets.update(moved)
+        weights_info.update(moved_info)
+        transfer = {w: tune_alpha(runner, task.problems("train"), w) for w in moved}
+        specs.update(transfer_specs(transfer))
     test = task.problems("test")
     raw, results, outcomes = {}, {}, {}
     for label, spec in specs.items():
@@ -334,8 +347,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     hyper = {BASELINES[k]: f"lr {hp['lr']:.3g}" + (f", betas {tuple(hp['betas'])}"
                                                    if k == "zoadam" else "")
              for k, hp in tuned["best"].items()}
-    cos = [] if args.no_cosine or not nets else cosine(
-        next(iter(nets.values())), test[: sizes.cosine_images], sizes.cosine_q, cfg.steps)
+    own = [w for w in nets if w not in transfer]
+    cos = [] if args.no_cosine or not own else cosine(
+        nets[own[0]], test[: sizes.cosine_images], sizes.cosine_q, cfg.steps)
     info = target_info(args.data, args.target)
     data: dict[str, Any] = {
         "benchmark": f"attack-{args.data}", "data": args.data, "quick": args.quick,
@@ -347,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target_info": info,
         "config": asdict(cfg), "sizes": asdict(sizes), "machine": machine(),
         "weights": weights_info, "curve_steps": curve_steps(cfg.steps), "tuning": tuned,
-        "methods": specs, "hyper": hyper, "comparison": compare(raw, list(BASELINES.values())),
+        "methods": specs, "hyper": hyper, "transfer": transfer,
+        "comparison": compare(raw, list(BASELINES.values())),
         "curves": results, "outcomes": outcomes, "cosine": cos, "runs": runner.runs,
     }
     data["notes"] = notes(data)

@@ -295,6 +295,38 @@ def tune(runner: Runner, problems: Sequence[Problem]) -> dict[str, Any]:
             "seconds": time.perf_counter() - t0}
 
 
+def tune_alpha(runner: Runner, problems: Sequence[Problem], weights: str) -> dict[str, Any]:
+    """The output scale alpha for a ZO-LSTM trained on another task (the paper's transfer).
+
+    Same protocol as the baselines' lr: decades, then a fine grid, edges extended; the score is
+    the mean final loss on the tuning problems, learned queries mixed in with p = 0.5.
+    """
+    cfg = runner.cfg
+    records: list[dict[str, float]] = []
+
+    def score(alpha: float) -> float:
+        spec: Spec = {"kind": "zolstm", "weights": weights, "alpha": _canon(alpha),
+                      "directions": "learned", "use_update": True, "query_prob": 0.5}
+        s = _finite_or_inf(float(runner.curves(spec, problems, cfg.q, 1)[:, 0, -1].mean()))
+        if all(r["alpha"] != spec["alpha"] for r in records):
+            records.append({"alpha": spec["alpha"], "score": s})
+            log.info("tune alpha of %s: %.4g  score %.5f", weights, spec["alpha"], s)
+        return s
+
+    alpha, stuck = _line_search(score, (0.1, 1.0, 10.0), 10.0, cfg.max_extend)
+    alpha, stuck_fine = _line_search(score, _fine_grid(alpha, cfg.fine_per_decade),
+                                     10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
+    return {"alpha": alpha, "score": score(alpha), "candidates": records,
+            "on_edge": stuck or stuck_fine}
+
+
+def transfer_specs(tuned: dict[str, dict[str, Any]]) -> dict[str, Spec]:
+    """Methods for transferred weights, each with its tuned alpha."""
+    return {f"ZO-LSTM transfer ({w}, alpha {t['alpha']:.3g})": {
+        "kind": "zolstm", "weights": w, "alpha": _canon(t["alpha"]), "directions": "learned",
+        "use_update": True, "query_prob": 0.5} for w, t in tuned.items()}
+
+
 # -- evaluation --------------------------------------------------------------------------------
 
 
@@ -534,6 +566,13 @@ def markdown(data: dict[str, Any]) -> str:
             "GuidedES directions (alpha = 0.5, guided by the previous estimate and update); "
             "`p=1`: the learned covariance at every step (the default mixes it with the "
             "identity with probability 0.5).\n")
+    if data.get("transfer"):
+        lines.append("Transfer (the paper's generalisation test): weights trained on another "
+                     "task, their output scale alpha tuned on the training datasets like a "
+                     "learning rate: " + "; ".join(
+                         f"`{w}` = {data['weights'][w]['source']}, alpha {t['alpha']:.3g} "
+                         f"({len(t['candidates'])} candidates)"
+                         for w, t in data["transfer"].items()) + ".\n")
     if data["sweeps"]:
         labels = list(next(iter(data["sweeps"].values()))[0]["methods"])
         lines += ["## Fig. 3b-d: varying q, b and d", "",
@@ -650,8 +689,8 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
     finish(ax, "Fig. 3a: binary classification, mean ± std over runs")
     files.append(_save(fig, out / "binclass-fig3a.png"))
 
-    if data["weights"]:
-        names = list(data["weights"])
+    names = [w for w in data["weights"] if f"ZO-LSTM ({w})" in curves]
+    if names:
         fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 4.0), squeeze=False)
         for ax, w in zip(axes[0], names):
             band(ax, "ZO-SGD", alpha=0.06, color="0.5", ls="--")
@@ -695,6 +734,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                     help="a ZO-LSTM weights file (or shipped name, or 'untrained'); repeatable. "
                          "Default: the shipped default, if any.")
+    ap.add_argument("--transfer", action="append", default=[], metavar="NAME=PATH",
+                    help="weights trained on another task: alpha is tuned, then tested")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny grids, 2+2 datasets, 30 steps, 1 trial")
@@ -729,6 +770,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     t1 = time.perf_counter()
     specs = method_specs(tuned["best"], list(nets))
+    transfer = {}
+    if args.transfer:
+        moved, moved_info = load_weights(args.transfer, args.quick)
+        runner.nets.update(moved)
+        weights_info.update(moved_info)
+        tune_on = task.problems("train")[: cfg.tune_datasets]
+        transfer = {w: tune_alpha(runner, tune_on, w) for w in moved}
+        specs.update(transfer_specs(transfer))
     test = task.problems("test")[: cfg.test_datasets]
     raw, results = {}, {}
     for label, spec in specs.items():
@@ -742,7 +791,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t2 = time.perf_counter()
     sweep = {}
     if not args.no_sweeps:
-        first = [f"ZO-LSTM ({w})" for w in nets][:1]
+        first = [f"ZO-LSTM ({w})" for w in nets if f"ZO-LSTM ({w})" in specs][:1]
         sweep = sweeps(runner, {k: specs[k] for k in ["ZO-SGD", *first]})
     sweep_seconds = time.perf_counter() - t2
 
@@ -753,7 +802,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seeds": "data seed = dataset seed; optimizer seed = 10000 * (trial + 1) + dataset seed",
         "test_datasets": [p.seed for p in test],  # type: ignore[attr-defined]
         "curve_steps": curve_steps(cfg.steps),
-        "tuning": tuned, "methods": specs, "comparison": comparison,
+        "tuning": tuned, "transfer": transfer, "methods": specs, "comparison": comparison,
         "curves": results, "sweeps": sweep, "query_spread": spread, "runs": runner.runs,
         "seconds": {"tuning": tuned["seconds"], "test": test_seconds, "sweeps": sweep_seconds,
                     "in_runs": runner.seconds},
