@@ -133,6 +133,52 @@ def test_bfloat16_params_keep_float32_lstm_state_through_a_round_trip():
         assert torch.equal(opt.state[x][k], v)
 
 
+@settings(max_examples=5, deadline=None)
+@given(k=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_bfloat16_state_is_stored_in_bfloat16_and_resumes_bit_exactly(k, seed):
+    nets = _nets()
+    f = lambda x: ((x - 1.5) ** 2).sum()  # noqa: E731
+    xa, xb = torch.zeros(5), torch.zeros(5)
+    full = ZOLSTM([xa], pretrained=copy.deepcopy(nets), q=4, seed=seed, state_dtype=torch.bfloat16)
+    part = ZOLSTM([xb], pretrained=copy.deepcopy(nets), q=4, seed=seed, state_dtype=torch.bfloat16)
+    for _ in range(6):
+        full.step(lambda: f(xa))
+    for _ in range(k):
+        part.step(lambda: f(xb))
+    for key in ("update_h", "update_c", "query_h", "query_c"):
+        assert part.state[xb][key].dtype == torch.bfloat16
+    assert part.state[xb]["prev_estimate"].dtype == torch.float32
+    buf = io.BytesIO()
+    torch.save(part.state_dict(), buf)
+    buf.seek(0)
+    xc = xb.clone()
+    resumed = ZOLSTM([xc], pretrained=_nets(seed=99), q=4, seed=0, state_dtype=torch.bfloat16)
+    resumed.load_state_dict(torch.load(buf, weights_only=True))
+    assert resumed.state[xc]["update_h"].dtype == torch.bfloat16
+    for _ in range(6 - k):
+        resumed.step(lambda: f(xc))
+    assert torch.equal(xa, xc)
+
+
+def test_bfloat16_state_changes_the_steps_little_on_the_shipped_weights():
+    """Rounding the states between steps perturbs the trajectory but not what it reaches."""
+    probs = BinaryClassification().problems("test")[:3]
+    final = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        total = 0.0
+        for prob in probs:
+            x = prob.x0.clone()
+            opt = ZOLSTM([x], pretrained="binclass", seed=0, state_dtype=dtype)
+            for _ in range(150):
+                opt.step(lambda p=prob, x=x: p.loss(x))
+            total += prob.loss(x).item()
+        final[dtype] = total / len(probs)
+    start = sum(p.loss(p.x0).item() for p in probs) / len(probs)
+    assert final[torch.float32] != final[torch.bfloat16]
+    assert final[torch.float32] < 0.8 * start
+    assert final[torch.bfloat16] == pytest.approx(final[torch.float32], rel=0.01)
+
+
 @settings(max_examples=15, deadline=None)
 @given(fail_at=st.integers(1, 11), kind=st.sampled_from(["raise", "nan", "vector", "backward"]))
 def test_failed_step_changes_nothing(fail_at, kind):
@@ -228,7 +274,8 @@ def test_maximize_ascends_what_minimize_descends():
 @pytest.mark.parametrize("bad", [dict(query_prob=1.5), dict(query_prob=-0.1),
                                  dict(directions="sphere"), dict(use_update=1), dict(lr=-1.0),
                                  dict(q=0), dict(guide_alpha=2.0),
-                                 dict(pretrained=3.0)])
+                                 dict(pretrained=3.0), dict(state_dtype=torch.float64),
+                                 dict(state_dtype="bfloat16")])
 def test_invalid_arguments(bad):
     kwargs = {"pretrained": _nets(), **bad}
     with pytest.raises(ValueError):

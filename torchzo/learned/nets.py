@@ -87,21 +87,27 @@ class CoordLSTM(nn.Module):
             self.head.weight.mul_(out_scale)
 
     def forward(self, inputs: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``inputs`` (n, input_size), states (n, hidden) -> (outputs (n, k), h, c)."""
+        """``inputs`` (n, input_size), states (n, hidden) -> (outputs (n, k), h, c).
+
+        The cell computes in its weights' dtype; the new states keep the dtype of ``h`` and
+        ``c`` (a lower-precision store, see ``ZOLSTM(state_dtype=...)``).
+        """
         weight = self.cell.weight_ih.dtype
-        inputs, h, c = inputs.to(weight), h.to(weight), c.to(weight)
+        inputs = inputs.to(weight)
         n = inputs.shape[0]
         if n <= _CHUNK or torch.is_grad_enabled():
-            h, c = self.cell(inputs, (h, c))
-            return self.head(h), h, c
+            h_new, c_new = self.cell(inputs, (h.to(weight), c.to(weight)))
+            return self.head(h_new), h_new.to(h.dtype), c_new.to(c.dtype)
         # Row blocks that stay in cache: about 3x faster than one pass over millions of rows,
-        # whose (n, 4 * hidden) gate tensors make every elementwise op a trip to memory.
+        # whose (n, 4 * hidden) gate tensors make every elementwise op a trip to memory. Only a
+        # block at a time is converted, so a low-precision state is never copied whole.
         out = inputs.new_empty(n, self.head.out_features)
         h_new, c_new = torch.empty_like(h), torch.empty_like(c)
         for s in range(0, n, _CHUNK):
             rows = slice(s, s + _CHUNK)
-            h_new[rows], c_new[rows] = self.cell(inputs[rows], (h[rows], c[rows]))
-            out[rows] = self.head(h_new[rows])
+            hb, cb = self.cell(inputs[rows], (h[rows].to(weight), c[rows].to(weight)))
+            h_new[rows], c_new[rows] = hb, cb
+            out[rows] = self.head(hb)
         return out, h_new, c_new
 
 
