@@ -48,8 +48,9 @@ ZO: dict[str, Callable[..., Any]] = {
 }
 ALL = ["Adam", *ZO]
 # Measured for memory only: the timing tables compare the default configurations.
-MEMORY_ONLY = {"ZOLSTM (bf16 state)": functools.partial(ZOLSTM, pretrained=LearnedZO(),
-                                                        state_dtype=torch.bfloat16)}
+MEMORY_ONLY: dict[str, Callable[..., Any]] = {
+    "ZOLSTM (bf16 state)": functools.partial(ZOLSTM, pretrained=LearnedZO(),
+                                             state_dtype=torch.bfloat16)}
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]
 PART_NAMES = {
     "wrapper": "call_closure wrapper",
