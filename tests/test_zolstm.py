@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 import torchzo
 from torchzo import Batched, ClosureError
 from torchzo.learned import Arch, LearnedZO, core
+from torchzo.learned.nets import _CHUNK, CoordLSTM
 from torchzo.meta import Rollout, RolloutConfig
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
@@ -94,6 +95,28 @@ def test_first_step_uses_zero_state_and_fresh_optimizer_does_not_leak():
     o3 = ZOLSTM([o3_x], pretrained=nets, seed=0)
     o3.step(lambda: (o3_x - 2).pow(2).sum())
     assert torch.equal(x2, o3_x)
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("aliased", [False, True])
+def test_block_path_for_many_coordinates_matches_the_lstm_cell(state_dtype, aliased):
+    """Without autograd, over more than one block of coordinates, the fused block form (and
+    writing the new states over the old ones) computes what ``nn.LSTMCell`` computes."""
+    torch.manual_seed(0)
+    net = CoordLSTM(3, 10, 2)
+    n = 2 * _CHUNK + 7
+    x, h, c = torch.randn(n, 3), torch.randn(n, 10) * 0.5, torch.randn(n, 10)
+    ref_h, ref_c = net.cell(x, (h.to(state_dtype).float(), c.to(state_dtype).float()))
+    ref_y = net.head(ref_h)
+    h, c = h.to(state_dtype), c.to(state_dtype)
+    with torch.no_grad():
+        y, h_new, c_new = net(x, h, c, (h, c) if aliased else None)
+    assert (h_new.data_ptr() == h.data_ptr()) == aliased
+    assert h_new.dtype == c_new.dtype == state_dtype and y.dtype == torch.float32
+    tol = 1e-6 if state_dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y, ref_y, atol=tol, rtol=tol)
+    torch.testing.assert_close(h_new.float(), ref_h, atol=tol, rtol=tol)
+    torch.testing.assert_close(c_new.float(), ref_c, atol=tol, rtol=tol)
 
 
 @settings(max_examples=10, deadline=None)

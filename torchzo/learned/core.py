@@ -96,14 +96,20 @@ def query_scale(nets: LearnedZO, states: Sequence[State]
 
 
 def learned_update(nets: LearnedZO, estimates: Sequence[Tensor], states: Sequence[State],
-                   lr: float | Tensor = 1.0) -> tuple[list[Tensor], list[State]]:
-    """The update for each tensor (flat) from its estimate, and the new states."""
+                   lr: float | Tensor = 1.0, in_place: bool = False
+                   ) -> tuple[list[Tensor], list[State]]:
+    """The update for each tensor (flat) from its estimate, and the new states.
+
+    ``in_place``: the new UpdateRNN states overwrite the old ones (no autograd; the
+    optimizer, whose old states are dead once the step is taken).
+    """
     arch = nets.arch
     updates, new = [], []
     for g, st in zip(estimates, states):
         g = g.reshape(-1).float()
+        buffers = (st["update_h"], st["update_c"]) if in_place else None
         if arch.kind == "paper":
-            out, h, c = nets.update(g[:, None], st["update_h"], st["update_c"])
+            out, h, c = nets.update(g[:, None], st["update_h"], st["update_c"], buffers)
             step = lr * out[:, 0]
             fresh = {}
         else:
@@ -115,7 +121,7 @@ def learned_update(nets: LearnedZO, estimates: Sequence[Tensor], states: Sequenc
             m = _normalised_momenta(nets, momenta, t, rms)
             frac = (t / arch.horizon).expand_as(g)[:, None]
             out, h, c = nets.update(torch.cat([(g / rms)[:, None], m, frac], -1),
-                                    st["update_h"], st["update_c"])
+                                    st["update_h"], st["update_c"], buffers)
             assert nets.log_lr is not None
             step = -lr * torch.exp(nets.log_lr + out[:, 1]) * (m[:, arch.base] + out[:, 0])
             fresh = {"momenta": momenta, "second": second, "t": t}

@@ -111,7 +111,8 @@ class ZOLSTM(ZOOptimizer):
             estimates = [-g for g in estimates]
         states = self._states(params)
         if self.use_update:
-            updates, new = core.learned_update(self.nets, estimates, states, group["lr"])
+            updates, new = core.learned_update(self.nets, estimates, states, group["lr"],
+                                               in_place=True)
             for p, step in zip(params, updates):
                 p.add_(step.view_as(p).to(p.dtype))
         else:
