@@ -18,6 +18,10 @@ FEW = settings(max_examples=10, deadline=None, database=None)
 
 OPTIMIZERS = {"ZOAdam": torchzo.ZOAdam, "ZOSGD": torchzo.ZOSGD, "ZOSignSGD": torchzo.ZOSignSGD}
 ESTIMATORS = ("forward", "central", "antithetic")
+# The closure path (q+1 one-row evaluations) against the batched path (one (q+1)-row call) in
+# float64: f may differ in the last bit between the two (SIMD code paths differ by shape and
+# by CPU), and (f(x + mu u) - f(x)) / mu amplifies that about 1/mu times per step.
+PATHS_TOL = dict(rtol=1e-7, atol=1e-9)
 
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32,
              torch.bfloat16: torch.int16, torch.float16: torch.int16}
