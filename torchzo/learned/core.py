@@ -24,7 +24,8 @@ from torch import Tensor
 
 from .nets import LearnedZO
 
-__all__ = ["STATE_KEYS", "init_state", "learned_update", "mix_draw", "query_scale"]
+__all__ = ["STATE_KEYS", "init_state", "learned_update", "mix_draw", "query_outputs",
+           "query_scale", "scales_from_outputs"]
 
 # Every per-coordinate state entry; all float32 whatever the parameter dtype.
 STATE_KEYS = ("update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update",
@@ -68,6 +69,16 @@ def query_scale(nets: LearnedZO, states: Sequence[State]
 
     The scales are normalised over all coordinates of ``states`` together.
     """
+    outs, new = query_outputs(nets, states)
+    return scales_from_outputs(nets, outs), outs, new
+
+
+def query_outputs(nets: LearnedZO, states: Sequence[State], in_place: bool = False
+                  ) -> tuple[list[Tensor], list[State]]:
+    """The QueryRNN's raw outputs ``o`` for each tensor, and its new states.
+
+    ``in_place``: the new states overwrite the old ones (no autograd).
+    """
     arch = nets.arch
     if arch.kind == "paper":
         inputs = [torch.stack([st["prev_estimate"].detach(), st["prev_update"].detach()], -1)
@@ -85,14 +96,19 @@ def query_scale(nets: LearnedZO, states: Sequence[State]
                                        m.detach().abs() * seen, (lr - centre) * seen, frac], -1))
     outs, new = [], []
     for x, st in zip(inputs, states):
-        o, h, c = nets.query(x, st["query_h"], st["query_c"])
+        buffers = (st["query_h"], st["query_c"]) if in_place else None
+        o, h, c = nets.query(x, st["query_h"], st["query_c"], buffers)
         outs.append(o[:, 0])
         new.append({"query_h": h, "query_c": c})
-    raw = [1 + o if arch.kind == "paper" else o.exp() for o in outs]
+    return outs, new
+
+
+def scales_from_outputs(nets: LearnedZO, outs: Sequence[Tensor]) -> list[Tensor]:
+    """Per-coordinate standard deviations from the QueryRNN's outputs, with mean square 1."""
+    raw = [1 + o if nets.arch.kind == "paper" else o.exp() for o in outs]
     d = sum(r.numel() for r in raw)
     norm = torch.as_tensor(sum((r**2).sum() for r in raw)).sqrt() / math.sqrt(d)
-    scales = [(r / norm).abs() for r in raw]
-    return scales, outs, new
+    return [(r / norm).abs() for r in raw]
 
 
 def learned_update(nets: LearnedZO, estimates: Sequence[Tensor], states: Sequence[State],

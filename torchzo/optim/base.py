@@ -335,6 +335,7 @@ class ZOOptimizer(Optimizer):
                     continue
                 grads = [estimates[p].to(p.dtype) for p in params]
                 self._update_group(group, params, grads)
+            self._after_update()
         self._counters["steps"] += 1
         self._counters["queries"] += queries
         self.last_loss = float(loss)
@@ -343,3 +344,6 @@ class ZOOptimizer(Optimizer):
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
         raise NotImplementedError
+
+    def _after_update(self) -> None:
+        """Work for the next step that needs only this step's results (all groups updated)."""

@@ -52,9 +52,9 @@ class ZOLSTM(ZOOptimizer):
         seed, generator: the source of query directions and of the mix draws.
         state_dtype: storage dtype of the per-coordinate LSTM states (``torch.float32``,
             ``torch.bfloat16`` or ``torch.float16``). They are computed in float32 either way;
-            bfloat16 storage takes the optimizer state from 168 to 88 bytes per parameter and
-            a later step's peak from 172 to 92 (docs/benchmarks/overhead.md), at the cost of
-            rounding the states between steps (the shipped weights were trained in float32).
+            bfloat16 storage takes the optimizer state from 172 to 92 bytes per parameter
+            (docs/benchmarks/overhead.md), at the cost of rounding the states between steps
+            (the shipped weights were trained in float32).
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
@@ -100,8 +100,12 @@ class ZOLSTM(ZOOptimizer):
         if self.directions == "guided_es":
             history = [[st["prev_estimate"] for st in states], [st["prev_update"] for st in states]]
             return None, Guide.orthonormal(history, self.guide_alpha)
-        scales, _, new = core.query_scale(self.nets, states)
-        self._pending.update(zip(params, new))
+        if all("query_out" in st for st in states):
+            outs = [st["query_out"] for st in states]
+        else:  # a first step: nothing was computed ahead
+            outs, new = core.query_outputs(self.nets, states)
+            self._pending.update(zip(params, new))
+        scales = core.scales_from_outputs(self.nets, outs)
         use_learned = core.mix_draw(self._generator, self.query_prob)
         return ([s.view_as(p) for s, p in zip(scales, params)] if use_learned else None), None
 
@@ -122,6 +126,21 @@ class ZOLSTM(ZOOptimizer):
         for p, st, fresh in zip(params, states, new):
             self.state[p] = self._store({**st, **self._pending.pop(p, {}), **fresh})
 
+    @torch.no_grad()
+    def _after_update(self) -> None:
+        # The QueryRNN's next outputs depend only on this step's results, so they are computed
+        # now, over the same sets of tensors that share directions, writing its new states over
+        # the old ones: the next step can then fail at any query and leave the state as it is,
+        # with no fresh (n, hidden) buffers. Same values as running it at the next step's start.
+        if self.directions != "learned":
+            return
+        for _, _, groups in self._partitions():
+            params = [p for g in groups for p in g["params"]]
+            states = [self.state[p] for p in params]
+            outs, _ = core.query_outputs(self.nets, states, in_place=True)
+            for st, o in zip(states, outs):
+                st["query_out"] = o
+
     def state_dict(self) -> dict[str, Any]:
         """The base state dict plus the network weights; LSTM states live in ``state``."""
         sd = super().state_dict()
@@ -138,7 +157,7 @@ class ZOLSTM(ZOOptimizer):
         saved = state_dict["state"]
         for i, p in enumerate(params):
             if i in saved:
-                for k in core.STATE_KEYS:
+                for k in (*core.STATE_KEYS, "query_out"):
                     if k in saved[i]:
                         dtype = self.state_dtype if k in _LSTM_KEYS else torch.float32
                         self.state[p][k] = saved[i][k].to(p.device, dtype)
