@@ -128,7 +128,12 @@ def train(args: argparse.Namespace) -> dict:
     task = get_task(args.task)
     cfg = config_from_args(args)
     stages = tuple(s for s in args.stages.split(",") if s)
-    start = time.time()
+    # A resumed run's time includes the epochs its checkpoint already holds.
+    earlier = 0.0
+    if args.checkpoint and args.checkpoint.is_file():
+        saved = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        earlier = sum(row["seconds"] for row in saved["history"]["epochs"])
+    start = time.time() - earlier
     init = load_file(args.init) if args.init else None
     nets, history = meta_train(task, cfg, nets=init, stages=stages, checkpoint=args.checkpoint,
                                progress=not args.no_progress)
