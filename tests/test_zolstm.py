@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zo_testing import deep_equal
 
 import torchzo
 from torchzo import Batched, ClosureError
@@ -47,6 +48,12 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
                  directions="learned" if use_query else "gaussian")
     data = torch.Generator().manual_seed(6)
     for _ in range(15):
+        if use_query:  # what the optimizer says it will use is what the rollout uses
+            with torch.no_grad():
+                expected = core.query_scale(nets, [rollout.state])[0][0]
+            before = copy.deepcopy(opt.state_dict())
+            assert torch.equal(opt.next_query_scales()[0], expected)
+            assert deep_equal(opt.state_dict(), before)
         with torch.no_grad():
             rollout.step()
         batch = problem.sample_batch(data)

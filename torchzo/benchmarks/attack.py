@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from .. import pretrained
-from ..learned import core
 from ..learned.nets import LearnedZO
 from ..optim.zolstm import ZOLSTM
 from ..oracle import Batched
@@ -110,7 +109,7 @@ def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int]
                     xg = x.detach().requires_grad_(True)
                     true = torch.autograd.grad(problem.objective(xg), xg)[0]
                 with torch.no_grad():
-                    scale = core.query_scale(opt.nets, opt._states([x]))[0][0]
+                    scale = opt.next_query_scales()[0]
                     seeds = draw_seeds(probe, q)
                     for out, s in ((learned, scale), (gaussian, None)):
                         g = estimate_batched(problem.loss, x, seeds, Scheme("forward", q), mu, s)[1]

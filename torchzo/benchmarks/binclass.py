@@ -45,7 +45,6 @@ import torch
 from torch import Tensor
 
 from .. import pretrained
-from ..learned import core
 from ..learned.nets import LearnedZO
 from ..optim import ZOSGD, ZOAdam, ZOSignSGD
 from ..optim.zolstm import ZOLSTM
@@ -440,7 +439,7 @@ def query_spread(nets: LearnedZO, problem: Problem, steps: int, q: int) -> dict[
         for _ in range(steps):
             batch = problem.sample_batch(data)
             opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))  # type: ignore[misc]
-            scale = core.query_scale(opt.nets, [opt.state[x]])[0][0]
+            scale = opt.next_query_scales()[0]
             devs.append(float((scale - 1).abs().max()))
             spreads.append(float(scale.std()))
     return {"dataset": problem.seed, "steps": steps,  # type: ignore[attr-defined]

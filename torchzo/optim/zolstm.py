@@ -100,12 +100,8 @@ class ZOLSTM(ZOOptimizer):
         if self.directions == "guided_es":
             history = [[st["prev_estimate"] for st in states], [st["prev_update"] for st in states]]
             return None, Guide.orthonormal(history, self.guide_alpha)
-        if all("query_out" in st for st in states):
-            outs = [st["query_out"] for st in states]
-        else:  # a first step: nothing was computed ahead
-            outs, new = core.query_outputs(self.nets, states)
-            self._pending.update(zip(params, new))
-        scales = core.scales_from_outputs(self.nets, outs)
+        scales, new = self._scales(states)
+        self._pending.update(zip(params, new))
         use_learned = core.mix_draw(self._generator, self.query_prob)
         return ([s.view_as(p) for s, p in zip(scales, params)] if use_learned else None), None
 
@@ -125,6 +121,26 @@ class ZOLSTM(ZOOptimizer):
                     "prev_update": (-group["lr"] * g).reshape(-1).float()} for g in estimates]
         for p, st, fresh in zip(params, states, new):
             self.state[p] = self._store({**st, **self._pending.pop(p, {}), **fresh})
+
+    def _scales(self, states: list[core.State]) -> tuple[list[Tensor], list[core.State]]:
+        """The learned query scales for the next step, and QueryRNN states not yet stored."""
+        if all("query_out" in st for st in states):
+            return core.scales_from_outputs(self.nets, [st["query_out"] for st in states]), []
+        outs, new = core.query_outputs(self.nets, states)  # a first step: nothing computed ahead
+        return core.scales_from_outputs(self.nets, outs), new
+
+    @torch.no_grad()
+    def next_query_scales(self, params: list[Tensor] | None = None) -> list[Tensor]:
+        """The per-coordinate standard deviations of the next step's learned query directions.
+
+        For ``params`` (default: every parameter, normalised together as when they share
+        directions); the next step uses them when its mix draw picks the learned covariance.
+        Changes nothing.
+        """
+        if params is None:
+            params = [p for g in self.param_groups for p in g["params"]]
+        scales, _ = self._scales(self._states(params))
+        return [s.view_as(p) for s, p in zip(scales, params)]
 
     @torch.no_grad()
     def _after_update(self) -> None:
