@@ -182,7 +182,7 @@ def notes(data: dict[str, Any]) -> list[str]:
     best, rows = cmp_["best_baseline"], cmp_["rows"]
     out = [f"The best tuned baseline on the test images is {best} "
            f"({_fmt(rows[best]['final_mean'], rows[best]['final_std'])})."]
-    out += [f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n)}."
+    out += [f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n, 'images')}."
             for name, r in rows.items() if name != best]
     ratios = [r["ratio"] for r in data["cosine"] if r["ratio"] is not None]
     if ratios:

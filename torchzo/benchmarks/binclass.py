@@ -602,14 +602,15 @@ def _sign_test(wins: int, n: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def _paired(ratio: float, wins: int, n: int) -> str:
+def _paired(ratio: float, wins: int, n: int, unit: str = "datasets") -> str:
+    # The verdict is the paired one; a heavy tail can put the mean ratio on the other side.
     p = _sign_test(wins, n)
     if p < 0.05:
-        verdict = "lower" if 2 * wins > n else "higher"
+        verdict = f"lower on most {unit}" if 2 * wins > n else f"higher on most {unit}"
     else:
         verdict = "no significant difference"
-    return (f"{verdict} (mean final loss ratio {ratio:.2f}, lower on {wins}/{n} datasets, "
-            f"two-sided sign test p = {p:.2g})")
+    return (f"{verdict} (lower on {wins}/{n} {unit}, two-sided sign test p = {p:.2g}; "
+            f"mean final loss ratio {ratio:.2f})")
 
 
 def notes(data: dict[str, Any]) -> list[str]:
