@@ -34,7 +34,7 @@ from .. import pretrained
 from ..learned.nets import LearnedZO
 from ..optim.zolstm import ZOLSTM
 from ..oracle import Batched
-from ..oracle.directions import default_mu, draw_seeds
+from ..oracle.directions import draw_seeds
 from ..oracle.estimator import estimate_batched
 from ..oracle.schemes import Scheme
 from ..tasks.attack import AttackProblem, AttackTask
@@ -88,7 +88,7 @@ class AttackRunner(Runner):
 
 
 def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int], steps: int,
-           ) -> list[dict[str, Any]]:
+           mu: float | None = None) -> list[dict[str, Any]]:
     """Mean cos(estimate, true gradient) along ZO-LSTM's trajectory, learned vs Gaussian queries.
 
     At every step both estimates use the same seeds (the same z); only the learned per-coordinate
@@ -100,8 +100,8 @@ def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int]
         gaussian: list[float] = []
         for k, problem in enumerate(problems):
             x = problem.x0.clone()
-            opt = ZOLSTM([x], pretrained=nets, q=q, query_prob=1.0, seed=k)
-            mu = default_mu(x.dtype)
+            opt = ZOLSTM([x], pretrained=nets, q=q, mu=mu, query_prob=1.0, seed=k)
+            step_mu = opt.resolved_mu(opt.param_groups[0])
             fn = Batched(problem.loss)
             probe = torch.Generator().manual_seed(50_000 + k)
             for _ in range(steps):
@@ -112,7 +112,8 @@ def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int]
                     scale = opt.next_query_scales()[0]
                     seeds = draw_seeds(probe, q)
                     for out, s in ((learned, scale), (gaussian, None)):
-                        g = estimate_batched(problem.loss, x, seeds, Scheme("forward", q), mu, s)[1]
+                        g = estimate_batched(problem.loss, x, seeds, Scheme("forward", q), step_mu,
+                                             s)[1]
                         out.append(float(torch.nn.functional.cosine_similarity(g, true, 0)))
                     opt.step(fn)
         lm, gm = sum(learned) / len(learned), sum(gaussian) / len(gaussian)
@@ -138,7 +139,8 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         f"Target: {data['target']}. Loss: untargeted margin on log-probabilities (kappa = 0) + "
         f"0.1 * l1 distortion, d = {cfg['dim']}, q = {cfg['q']} (q + 1 queries per step, one "
-        f"batched forward pass), {cfg['steps']} steps, start delta = 1e-4 N(0, I). "
+        f"batched forward pass), mu = {cfg.get('mu') or '1e-3 (the float32 default)'}, "
+        f"{cfg['steps']} steps, start delta = 1e-4 N(0, I). "
         f"Test: {n} held-out correctly classified test images x {sizes['trials']} trial(s) "
         "(query seeds), every method from the same start point and, per trial, the same seeds "
         "(the paper used 100 images x 10 trials). Baselines tuned on "
@@ -267,6 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--test-images", type=int)
     ap.add_argument("--trials", type=int)
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--mu", type=float, help="smoothing radius of every optimizer (default: the "
+                    "dtype's, 1e-3 in float32)")
     ap.add_argument("--tuning-from", type=Path, metavar="JSON",
                     help="reuse the baselines' tuning of an earlier run with the same settings")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2+2 images, 20 steps")
@@ -309,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         grid = dict(coarse=(0.1, 1.0, 10.0), fine_per_decade=2, beta2=(0.99, 0.999),
                     max_extend=2, adam_rounds=1)
-    cfg = replace(FULL, steps=args.steps or (20 if args.quick else 200), q=q,
+    cfg = replace(FULL, steps=args.steps or (20 if args.quick else 200), q=q, mu=args.mu,
                   dim=DIMS[args.data], tune_datasets=sizes.tune_images,
                   test_datasets=sizes.test_images, trials=sizes.trials, **grid)
     from ..tasks.targets import load_target, target_info
@@ -348,7 +352,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              for k, hp in tuned["best"].items()}
     own = [w for w in nets if w not in transfer]
     cos = [] if args.no_cosine or not own else cosine(
-        nets[own[0]], test[: sizes.cosine_images], sizes.cosine_q, cfg.steps)
+        nets[own[0]], test[: sizes.cosine_images], sizes.cosine_q, cfg.steps, cfg.mu)
     info = target_info(args.data, args.target)
     data: dict[str, Any] = {
         "benchmark": f"attack-{args.data}", "data": args.data, "quick": args.quick,

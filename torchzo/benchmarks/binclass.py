@@ -88,6 +88,7 @@ class Config:
     sweep_batch: tuple[int, ...] = (16, 32, 64, 128)
     sweep_dim: tuple[int, ...] = (50, 100, 150)
     sweep_trials: int = 3
+    mu: float | None = None  # None: every optimizer's default for the dtype
 
 
 FULL = Config()
@@ -122,26 +123,27 @@ class Runner:
         self.runs, self.seconds = 0, 0.0
 
     def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
-        kind = spec["kind"]
+        kind, mu = spec["kind"], self.cfg.mu
         if kind == "zolstm":
             nets = self.nets[spec["weights"]]
             lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
-            return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q,
+            return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q, mu=mu,
                                      query_prob=spec["query_prob"], directions=spec["directions"],
                                      use_update=spec["use_update"], seed=seed)
         lr = spec["delta"] / dim
         if kind == "zosgd":
-            return lambda ps: ZOSGD(ps, lr=lr, q=q, seed=seed)
+            return lambda ps: ZOSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
         if kind == "zosignsgd":
-            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, seed=seed)
+            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
         if kind == "zoadam":
-            return lambda ps: ZOAdam(ps, lr=lr, q=q, betas=tuple(spec["betas"]), seed=seed)
+            return lambda ps: ZOAdam(ps, lr=lr, q=q, mu=mu, betas=tuple(spec["betas"]),
+                                     seed=seed)
         raise ValueError(f"unknown method kind {kind!r}")
 
     def key(self, spec: Spec, problem: Problem, q: int, trial: int) -> tuple:
         return (json.dumps(spec, sort_keys=True), q, problem.dim,
                 problem.batch_size, _seeds(problem, trial)[0], trial,  # type: ignore[attr-defined]
-                self.cfg.steps)
+                self.cfg.steps, self.cfg.mu)
 
     def curve(self, spec: Spec, problem: Problem, q: int, trial: int) -> Tensor:
         data_seed, opt_seed = _seeds(problem, trial)

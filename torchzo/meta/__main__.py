@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--query-epochs", type=int)
     tr.add_argument("--problems", type=int, help="training problems per epoch")
     tr.add_argument("--q", type=int, help="queries per step (default: the task's)")
+    tr.add_argument("--mu", type=float, help="smoothing radius (default: the dtype's)")
     tr.add_argument("--horizon", type=int)
     tr.add_argument("--unroll", type=int)
     tr.add_argument("--val-problems", type=int)
@@ -101,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
     cfg = copy.deepcopy(base)
     cfg.seed = args.seed
     for name in ("horizon", "unroll", "query_grad", "grad_mode", "val_problems", "meta_batch",
-                 "clip", "clip_mode"):
+                 "clip", "clip_mode", "mu"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     arch = cfg.arch.to_dict()
