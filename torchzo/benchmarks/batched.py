@@ -1,13 +1,15 @@
 """Batched vs sequential queries on the MNIST attack: the step time of each path.
 
-    python -m torchzo.benchmarks.batched [--reps N] [--q Q ...] [--out docs/benchmarks] [--quick]
+    python -m torchzo.benchmarks.batched [--reps N] [--q Q ...] [--threads N ...] [--out DIR]
+                                         [--quick]
 
 One ZOAdam step on the black-box attack of one 28 x 28 image against the paper's MNIST CNN
-(conv 20 - conv 50 - fc 500; timing does not depend on its weights, so an untrained copy is
-used and no data or cached target is needed). *sequential*: the closure API, the perturbation a
-parameter and every one of the q + 1 queries one forward pass of one image; *batched*: the same
+(conv 20 - conv 50 - fc 500, channels-last as the attack task loads it; timing does not
+depend on its weights, so an untrained copy is used and no data or cached target is needed).
+*sequential*: the closure API, the perturbation a parameter and every one of the q + 1
+queries one forward pass of one image; *batched*: the same
 objective as a :class:`torchzo.Batched` function, all q + 1 images in one forward pass.
-Repetitions alternate in a shuffled order on one thread; medians and interquartile ranges.
+Repetitions alternate in a shuffled order; medians and interquartile ranges.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from ..optim import ZOAdam
 from ..oracle import Batched
 from ..tasks.attack import attack_loss
-from ..tasks.targets import make_model
+from ..tasks.targets import for_queries, make_model
 from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
 
 
@@ -39,7 +41,7 @@ def _images(model: torch.nn.Module, image: torch.Tensor, X: torch.Tensor) -> tor
 
 def _contenders(q: int) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    model = make_model("mnist").eval()
+    model = for_queries(make_model("mnist").eval())
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
     steps: dict[str, Callable[[], Any]] = {}
     deltas: dict[str, torch.Tensor] = {}
@@ -52,7 +54,8 @@ def _contenders(q: int) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.T
     return steps, deltas
 
 
-def case(q: int, reps: int) -> dict[str, Any]:
+def case(q: int, reps: int, threads: int = 1) -> dict[str, Any]:
+    torch.set_num_threads(threads)
     steps, deltas = _contenders(q)
     with torch.no_grad():
         for fn in steps.values():
@@ -66,14 +69,15 @@ def case(q: int, reps: int) -> dict[str, Any]:
                 steps[k]()
                 samples[k].append(time.perf_counter() - t0)
     ratios = [s / b for s, b in zip(samples["sequential"], samples["batched"])]
-    return {"q": q, "reps": reps, "step_s": {k: spread(v) for k, v in samples.items()},
+    return {"q": q, "threads": threads, "reps": reps,
+            "step_s": {k: spread(v) for k, v in samples.items()},
             "speedup": spread(ratios),
             "max_abs_delta_diff": float((deltas["sequential"] - deltas["batched"]).abs().max())}
 
 
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
-    rows = [[c["q"], fmt_spread(c["step_s"]["sequential"], fmt_time),
+    rows = [[c["q"], c.get("threads", 1), fmt_spread(c["step_s"]["sequential"], fmt_time),
              fmt_spread(c["step_s"]["batched"], fmt_time),
              fmt_spread(c["speedup"], lambda x: f"{x:.2f}"), f"{c['max_abs_delta_diff']:.1e}"]
             for c in data["cases"]]
@@ -82,9 +86,10 @@ def render(data: dict[str, Any]) -> str:
         (__doc__ or "").split("\n\n", 2)[2].strip().replace("\n", " "), "",
         "Written by `python -m torchzo.benchmarks.batched`"
         + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
-        f"torch {m['torch']}, {m['torch_threads']} thread(s), load average "
-        f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}.", "",
-        md_table(["q", "sequential step (IQR)", "batched step (IQR)",
+        f"torch {m['torch']}, {m.get('logical_cpus', '?')} logical CPUs, load average "
+        f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}; *threads*: torch intra-op threads "
+        "for both paths.", "",
+        md_table(["q", "threads", "sequential step (IQR)", "batched step (IQR)",
                   "speed-up: sequential / batched (IQR)",
                   "max |delta| difference after all steps"], rows), "",
         "The two paths see the same directions; the last column is float32 rounding between "
@@ -96,16 +101,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--q", type=int, nargs="+", default=[5, 20, 50])
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                    help="torch threads; a batch of images can use more than one core")
     ap.add_argument("--quick", action="store_true", help="q = 20 only, 3 repetitions")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    qs, reps = ([20], 3) if args.quick else (args.q, args.reps)
+    qs, reps, threads = ([20], 3, [1]) if args.quick else (args.q, args.reps, args.threads)
     data = {"benchmark": "batched", "quick": args.quick, "machine": machine(),
-            "cases": [case(q, reps) for q in qs]}
+            "cases": [case(q, reps, n) for n in threads for q in qs]}
     write_results(args.out, "batched", data, render(data))
     for c in data["cases"]:
-        print(f"q={c['q']}: speed-up {c['speedup']['median']:.2f}")
+        print(f"q={c['q']} threads={c['threads']}: speed-up {c['speedup']['median']:.2f}")
     return data
 
 
