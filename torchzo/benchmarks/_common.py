@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -99,3 +100,61 @@ def finish(data: dict[str, Any], start: float, name: str, out_dir: str | Path | 
             print(f"wrote {path}", file=sys.stderr)
     print(markdown)
     return data
+
+
+
+def interleaved_times(contenders: dict[str, Callable[[], Any]], reps: int,
+                      seed: int = 0) -> dict[str, list[float]]:
+    """Seconds per call of each contender: one warm-up call each, then ``reps`` rounds that
+    call every contender once in a shuffled order, so that drifts in machine load hit all."""
+    import random
+
+    for fn in contenders.values():
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    order, rng = list(contenders), random.Random(seed)
+    for _ in range(reps):
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            contenders[k]()
+            samples[k].append(time.perf_counter() - t0)
+    return samples
+
+# -- plots: one helper for every benchmark figure -------------------------------------------
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or ``None`` when the ``plot`` extra is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        logging.getLogger("matplotlib").setLevel(logging.WARNING)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logging.getLogger("torchzo.benchmarks").warning(
+            "matplotlib is not installed (pip install torchzo[plot]): no plots")
+        return None
+    return plt
+
+
+def band(ax: Any, steps: Sequence[int], curve: dict[str, Any], label: str, alpha: float = 0.15,
+         floor: float | None = None, **kw: Any) -> None:
+    """A mean curve with a band of +- one std (``curve["curve_mean"]``, ``curve["curve_std"]``);
+    ``floor`` keeps the band's lower edge positive on a log axis."""
+    import torch
+
+    mean = torch.tensor(curve["curve_mean"], dtype=torch.float64)
+    std = torch.tensor(curve["curve_std"], dtype=torch.float64)
+    low = mean - std if floor is None else (mean - std).clamp_min(floor)
+    line, = ax.plot(steps, mean, label=label, lw=1.3, **kw)
+    ax.fill_between(steps, low, mean + std, color=line.get_color(), alpha=alpha, lw=0)
+
+
+def save_figure(fig: Any, path: Path) -> str:
+    """Write ``fig`` as a PNG; returns the file name (for the markdown)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path.name

@@ -38,7 +38,8 @@ from ..oracle.directions import draw_seeds
 from ..oracle.estimator import estimate_batched
 from ..oracle.schemes import Scheme
 from ..tasks.attack import AttackProblem, AttackTask
-from ._common import machine, md_table, write_results
+from ._common import band as _band
+from ._common import machine, md_table, pyplot, save_figure, write_results
 from .binclass import (
     BASELINES,
     FULL,
@@ -48,7 +49,6 @@ from .binclass import (
     _fmt,
     _jsonable,
     _paired,
-    _save,
     compare,
     curve_steps,
     load_weights,
@@ -199,22 +199,13 @@ def notes(data: dict[str, Any]) -> list[str]:
 
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install torchzo[plot]): no plots")
+    plt = pyplot()
+    if plt is None:
         return []
     curves, t, name = data["curves"], data["curve_steps"], data["data"]
 
     def band(ax: Any, label: str, **kw: Any) -> None:
-        mean = torch.tensor(curves[label]["curve_mean"], dtype=torch.float64)
-        std = torch.tensor(curves[label]["curve_std"], dtype=torch.float64)
-        line, = ax.plot(t, mean, label=label, lw=1.3, **kw)
-        ax.fill_between(t, mean - std, mean + std, color=line.get_color(), alpha=0.12, lw=0)
+        _band(ax, t, curves[label], label, alpha=0.12, **kw)
 
     def finish(ax: Any, title: str) -> None:
         ax.set(xlabel="iteration", ylabel="attack loss", title=title)
@@ -227,14 +218,14 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                   *[k for k in curves if k.startswith("ZO-LSTM transfer")]]:
         band(ax, label)
     finish(ax, f"Fig. 2: {data['data_name']} attack, mean ± std over runs")
-    files.append(_save(fig, out / f"attack-{name}-fig2.png"))
+    files.append(save_figure(fig, out / f"attack-{name}-fig2.png"))
     for w in [w for w in data["weights"] if f"ZO-LSTM ({w})" in curves]:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         band(ax, "ZO-SGD", color="0.5", ls="--")
         for suffix in VARIANTS:
             band(ax, f"ZO-LSTM{suffix} ({w})")
         finish(ax, f"Fig. 4a-b: ablations of {w} on {data['data_name']}")
-        files.append(_save(fig, out / f"attack-{name}-ablations.png"))
+        files.append(save_figure(fig, out / f"attack-{name}-ablations.png"))
         break
     if data["cosine"]:
         fig, ax = plt.subplots(figsize=(4.8, 3.6))
@@ -245,7 +236,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
                title=f"Fig. 4d: {data['data_name']}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        files.append(_save(fig, out / f"attack-{name}-fig4d.png"))
+        files.append(save_figure(fig, out / f"attack-{name}-fig4d.png"))
     plt.close("all")
     return files
 

@@ -14,8 +14,6 @@ Repetitions alternate in a shuffled order; medians and interquartile ranges.
 from __future__ import annotations
 
 import argparse
-import random
-import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -27,7 +25,15 @@ from ..optim import ZOAdam
 from ..oracle import Batched
 from ..tasks.attack import attack_loss
 from ..tasks.targets import for_queries, make_model
-from ._common import fmt_spread, fmt_time, machine, md_table, spread, write_results
+from ._common import (
+    fmt_spread,
+    fmt_time,
+    interleaved_times,
+    machine,
+    md_table,
+    spread,
+    write_results,
+)
 
 
 def _one_image(model: torch.nn.Module, image: torch.Tensor, delta: torch.Tensor
@@ -58,16 +64,7 @@ def case(q: int, reps: int, threads: int = 1) -> dict[str, Any]:
     torch.set_num_threads(threads)
     steps, deltas = _contenders(q)
     with torch.no_grad():
-        for fn in steps.values():
-            fn()
-        samples: dict[str, list[float]] = {k: [] for k in steps}
-        order, rng = list(steps), random.Random(0)
-        for _ in range(reps):
-            rng.shuffle(order)
-            for k in order:
-                t0 = time.perf_counter()
-                steps[k]()
-                samples[k].append(time.perf_counter() - t0)
+        samples = interleaved_times(steps, reps)
     ratios = [s / b for s, b in zip(samples["sequential"], samples["batched"])]
     return {"q": q, "threads": threads, "reps": reps,
             "step_s": {k: spread(v) for k, v in samples.items()},

@@ -52,7 +52,8 @@ from ..oracle import Batched
 from ..tasks.base import Problem
 from ..tasks.binclass import BinaryClassification
 from ..tasks.run import run_optimizer
-from ._common import machine, md_table, write_results
+from ._common import band as _band
+from ._common import machine, md_table, pyplot, save_figure, write_results
 
 log = logging.getLogger("torchzo.benchmarks.binclass")
 
@@ -659,24 +660,13 @@ def notes(data: dict[str, Any]) -> list[str]:
 
 def plot(data: dict[str, Any], out: Path) -> list[str]:
     """PNG figures; an empty list when matplotlib (the ``plot`` extra) is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        logging.getLogger("matplotlib").setLevel(logging.WARNING)
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed (pip install torchzo[plot]): no plots")
+    plt = pyplot()
+    if plt is None:
         return []
     curves = data["curves"]
 
     def band(ax: Any, label: str, alpha: float = 0.15, **kw: Any) -> None:
-        mean = torch.tensor(curves[label]["curve_mean"], dtype=torch.float64)
-        std = torch.tensor(curves[label]["curve_std"], dtype=torch.float64)
-        t = data["curve_steps"]
-        line, = ax.plot(t, mean, label=label, lw=1.3, **kw)
-        ax.fill_between(t, (mean - std).clamp_min(1e-4), mean + std, color=line.get_color(),
-                        alpha=alpha, lw=0)
+        _band(ax, data["curve_steps"], curves[label], label, alpha, floor=1e-4, **kw)
 
     def finish(ax: Any, title: str) -> None:
         ax.set(xlabel="iteration", ylabel="full-data loss", yscale="log", title=title)
@@ -689,7 +679,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
     for label in [*BASELINES.values(), *lstm]:
         band(ax, label)
     finish(ax, "Fig. 3a: binary classification, mean ± std over runs")
-    files.append(_save(fig, out / "binclass-fig3a.png"))
+    files.append(save_figure(fig, out / "binclass-fig3a.png"))
 
     names = [w for w in data["weights"] if f"ZO-LSTM ({w})" in curves]
     if names:
@@ -699,7 +689,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
             for suffix in ABLATIONS:
                 band(ax, f"ZO-LSTM{suffix} ({w})", alpha=0.06)
             finish(ax, f"Ablation (Fig. 4c): {w}")
-        files.append(_save(fig, out / "binclass-fig4c.png"))
+        files.append(save_figure(fig, out / "binclass-fig4c.png"))
 
     if data["sweeps"]:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
@@ -715,16 +705,9 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         fig.suptitle("Fig. 3b-d: final loss when varying q, b, d", fontsize=10)
-        files.append(_save(fig, out / "binclass-fig3bcd.png"))
+        files.append(save_figure(fig, out / "binclass-fig3bcd.png"))
     plt.close("all")
     return files
-
-
-def _save(fig: Any, path: Path) -> str:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    return path.name
 
 
 # -- main --------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -43,7 +42,16 @@ from torch.nn import functional as F
 
 from ..optim import ZOAdam
 from ..oracle import module_objective
-from ._common import finish, fmt_spread, fmt_time, machine, md_table, sig3, spread
+from ._common import (
+    finish,
+    fmt_spread,
+    fmt_time,
+    interleaved_times,
+    machine,
+    md_table,
+    sig3,
+    spread,
+)
 
 MODULE = "torchzo.benchmarks.distributed"
 
@@ -216,17 +224,7 @@ def batched_case(cfg: dict[str, Any], size: list[int], reps: int) -> dict[str, A
     params_of: dict[str, list[torch.Tensor]] = {}
     for name, chunk in (("closure", "closure"), ("batched", None), ("batched-8", 8)):
         contenders[name], params_of[name] = _module_step(cfg, size, chunk)
-    for fn in contenders.values():
-        fn()
-    samples: dict[str, list[float]] = {k: [] for k in contenders}
-    order = list(contenders)
-    rng = random.Random(0)
-    for _ in range(reps):
-        rng.shuffle(order)
-        for k in order:
-            t0 = time.perf_counter()
-            contenders[k]()
-            samples[k].append(time.perf_counter() - t0)
+    samples = interleaved_times(contenders, reps)
     ref = params_of["closure"]
     diff = {k: max(float((a - b).detach().abs().max()) for a, b in zip(ref, v))
             for k, v in params_of.items()}
