@@ -121,3 +121,22 @@ def test_attack_benchmark_quick_reports_every_method(tmp_path):
     assert [r["q"] for r in data["cosine"]] == [5, 20]
     assert all(-1 <= r["learned"] <= 1 for r in data["cosine"])
     assert (tmp_path / "attack-mnist.md").read_text().count("| ZO-") == len(labels)
+
+
+def test_cifar_attack_task_carries_its_own_mu_into_meta_training(monkeypatch):
+    """float32's default mu (1e-3) exceeds the start |delta| (1e-4): on CIFAR-10 the task
+    asks for 1e-5, meta-training uses it unless --mu says otherwise, MNIST keeps the default."""
+    import torchzo.meta.__main__ as cli
+
+    sizes = {"train": 1, "val": 1, "test": 1}
+    cifar = make_model("cifar10").eval()
+    task = AttackTask("cifar10", model=cifar, sizes=sizes)
+    assert task.mu == 1e-5
+    assert AttackTask("cifar10", model=cifar, sizes=sizes, mu=1e-4).mu == 1e-4
+    assert AttackTask("mnist", model=make_model("mnist").eval(), sizes=sizes).mu is None
+    monkeypatch.setattr(cli, "get_task", lambda name: task)
+    parse = cli.build_parser().parse_args
+    assert cli.config_from_args(parse(["train", "--task", "cifar-attack", "--out", "w.pt"])).mu \
+        == 1e-5
+    assert cli.config_from_args(parse(["train", "--task", "cifar-attack", "--out", "w.pt",
+                                       "--mu", "1e-3"])).mu == 1e-3

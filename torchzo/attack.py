@@ -36,7 +36,9 @@ def attack(model_fn: Callable[[Tensor], Tensor], image: Tensor, label: int,
         image: one image with values in [0, 1]; label: its true class.
         optimizer: a torchzo optimizer class name (``"ZOAdam"``, ``"ZOLSTM"``, ...) or a
             callable ``(params, **kwargs) -> optimizer``; ``optimizer_kwargs`` go to it
-            (default for ZOAdam: ``lr=0.01``, not tuned for your model).
+            (default for ZOAdam: ``lr=0.01``, not tuned for your model). With the l1 norm on a
+            large image, pass ``mu`` below the start perturbation (about 1e-4), e.g. ``1e-5``:
+            at float32's default 1e-3 the norm's kink swamps the margin's signal (CIFAR-10).
         steps, q: optimizer steps and queries per step (each step costs q + 1 images).
         c, kappa, norm: the loss ``max(margin, -kappa) + c * ||delta||`` (``"l1"`` or
             ``"l2"``, squared), see :mod:`torchzo.tasks.attack`.

@@ -113,6 +113,8 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
             arch[name] = getattr(args, name)
     task = get_task(args.task)
     cfg.q = args.q or task.q
+    if args.mu is None:
+        cfg.mu = task.mu
     arch["horizon"] = cfg.horizon or task.horizon
     cfg.arch = Arch.from_dict(arch)
     u, q = base.update_stage, base.query_stage

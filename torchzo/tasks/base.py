@@ -49,12 +49,15 @@ class Task:
     Attributes:
         name: registry name (``python -m torchzo.meta train --task NAME``).
         q: queries per step; horizon: optimizer steps per problem; unroll: truncation length.
+        mu: the smoothing radius meta-training and the benchmarks use on this task (``None``:
+            the optimizers' default for the dtype).
     """
 
     name: str
     q: int
     horizon: int
     unroll: int
+    mu: float | None = None
 
     def problems(self, split: str) -> Sequence[Problem]:
         """The problems of ``split`` (``train``, ``val`` or ``test``), the same on every call."""
