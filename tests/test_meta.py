@@ -135,6 +135,23 @@ def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
     assert torch.equal(pretrained.load("toy").update.head.weight,
                        pretrained.load_file(out).update.head.weight)
 
+    # A transferred optimizer ships with its tuned output scale baked in: at lr=1 it steps as
+    # the original at lr=alpha (to rounding), and says where it came from.
+    meta_main(["ship", "--weights", str(out), "--name", "moved", "--command", "move it",
+               "--dest", str(dest), "--alpha", "0.25", "--task", "elsewhere"])
+    info = pretrained.info("moved")
+    assert info["task"] == "elsewhere" and info["trained_on"] == "binclass"
+    assert info["alpha"] == 0.25 and info["val_final_loss"] is None
+    xa, xb = torch.zeros(5), torch.zeros(5)
+    f = lambda x: ((x - 1) ** 2).sum() + x[0].sin()  # noqa: E731
+    oa = ZOLSTM([xa], pretrained="moved", seed=3)
+    ob = ZOLSTM([xb], pretrained=str(out), lr=0.25, seed=3)
+    for _ in range(5):
+        oa.step(lambda: f(xa))
+        ob.step(lambda: f(xb))
+    assert not torch.equal(xa, torch.zeros(5))
+    torch.testing.assert_close(xa, xb, rtol=1e-5, atol=1e-6)
+
 
 def test_meta_loss_keeps_eq4_balance_between_loss_and_regulariser():
     """Normalising eq. 4 must scale the regulariser with the loss, not leave it unscaled."""

@@ -69,23 +69,39 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--command", required=True, help="the command that reproduces the file")
     sh.add_argument("--dest", type=Path, default=Path("pretrained"))
     sh.add_argument("--default", action="store_true", help="make it ZOLSTM's default")
+    sh.add_argument("--alpha", type=float, default=None,
+                    help="bake in a tuned output scale: the shipped file at lr=1 steps as the "
+                    "given file at lr=ALPHA (a transferred optimizer; paper architecture)")
+    sh.add_argument("--task", default=None, help="the task it is shipped for (default: the "
+                    "one it was trained on)")
     return ap
 
 
 def ship(args: argparse.Namespace) -> dict:
     """Copy a trained file into ``dest`` and record it in ``dest/manifest.json``."""
     meta = json.loads(Path(f"{args.weights}.json").read_text())
-    load_file(args.weights)  # refuse anything that does not load
+    nets = load_file(args.weights)  # refuse anything that does not load
     target = args.dest / f"{args.name}.pt"
-    shutil.copyfile(args.weights, target)
+    if args.alpha is None:
+        shutil.copyfile(args.weights, target)
+    else:
+        # The paper's step is lr * head(h): scaling the read-out is the same step at lr = 1.
+        if nets.arch.kind != "paper":
+            raise SystemExit("--alpha needs the paper architecture (its step is lr * output)")
+        with torch.no_grad():
+            nets.update.head.weight.mul_(args.alpha)
+        save(nets, target, {**meta, "alpha": args.alpha, "transferred_from": str(args.weights)})
     manifest_path = args.dest / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
         "default": args.name, "weights": []}
     entry = {
         "name": args.name, "file": target.name,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "task": meta["task"], "preset": meta["preset"], "arch": meta.get("arch", "paper"),
-        "command": args.command, "val_final_loss": meta["val_final_loss"],
+        "task": args.task or meta["task"], "preset": meta["preset"],
+        "arch": meta.get("arch", "paper"), "command": args.command,
+        **({} if args.alpha is None else {"trained_on": meta["task"], "alpha": args.alpha}),
+        # A transferred file was validated on its own task, not this one.
+        "val_final_loss": meta["val_final_loss"] if args.alpha is None else None,
         "train_seconds": meta["train_seconds"], "torch": meta["torch"],
         "machine": meta["machine"],
     }
