@@ -113,8 +113,8 @@ def load_target(data: str, path: str | Path | None = None) -> nn.Module:
 
 
 def for_queries(model: nn.Module) -> nn.Module:
-    """``model`` with channels-last weights: its convolutions then run on a batch of queries
-    about 1.6x faster on the CPU (docs/benchmarks/batched.md); the values are the same."""
+    """``model`` with channels-last weights, whose CPU convolutions are faster on a batch of
+    queries (docs/benchmarks/batched.md times the attack step with it)."""
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
