@@ -17,7 +17,7 @@ __all__ = ["DIRECTIONS", "ZOLSTM"]
 
 DIRECTIONS = ("learned", "gaussian", "guided_es")
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The per-coordinate LSTM states: 40 of the 42 numbers ZO-LSTM keeps per coordinate.
+# The per-coordinate LSTM states: 40 of the 43 numbers ZO-LSTM keeps per coordinate.
 _LSTM_KEYS = ("update_h", "update_c", "query_h", "query_c")
 
 
