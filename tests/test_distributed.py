@@ -193,6 +193,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         results["own-group"] = run_scenario("adam-central", singles[rank])
         results["errors"] = _error_scenarios(rank)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # tear gloo down together (see torchzo/benchmarks/distributed.py)
     finally:
         dist.destroy_process_group()
 

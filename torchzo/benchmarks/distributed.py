@@ -128,6 +128,10 @@ def _worker(out: str, cfg: dict[str, Any], rank: int, world: int) -> None:
                 lat.append(time.perf_counter() - t0)
             results["allreduce_s"] = lat[10:]
         torch.save(results, Path(out) / f"world{world}-rank{rank}.pt")
+        if world > 1:
+            # Tear gloo down together: a rank that leaves while the other still has traffic
+            # in flight can abort at exit ("terminate called without an active exception").
+            dist.barrier()
     finally:
         if world > 1:
             dist.destroy_process_group()
