@@ -37,7 +37,7 @@ from ..oracle import Batched
 from ..oracle.directions import draw_seeds
 from ..oracle.estimator import estimate_batched
 from ..oracle.schemes import Scheme
-from ..tasks.attack import DEFAULT_MU, AttackProblem, AttackTask
+from ..tasks.attack import AttackProblem, AttackTask
 from ._common import band as _band
 from ._common import machine, md_table, pyplot, save_figure, write_results
 from .binclass import (
@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    q = 20 if args.data == "mnist" else 50
     sizes = Sizes(tune_images=2, test_images=2, trials=1, cosine_images=1, cosine_q=(5, 20)) \
         if args.quick else Sizes()
     sizes = replace(sizes, **{k: v for k, v in (("tune_images", args.tune_images),
@@ -304,15 +303,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         grid = dict(coarse=(0.1, 1.0, 10.0), fine_per_decade=2, beta2=(0.99, 0.999),
                     max_extend=2, adam_rounds=1)
-    mu = args.mu if args.mu is not None else DEFAULT_MU[args.data]
-    cfg = replace(FULL, steps=args.steps or (20 if args.quick else 200), q=q, mu=mu,
-                  dim=DIMS[args.data], tune_datasets=sizes.tune_images,
-                  test_datasets=sizes.test_images, trials=sizes.trials, **grid)
     from ..tasks.targets import load_target, target_info
 
     model = load_target(args.data, args.target)
-    task = AttackTask(args.data, model=model, root=args.root,
+    task = AttackTask(args.data, model=model, root=args.root, mu=args.mu,
                       sizes={"train": sizes.tune_images, "val": 0, "test": sizes.test_images})
+    q = task.q
+    cfg = replace(FULL, steps=args.steps or (20 if args.quick else 200), q=q, mu=task.mu,
+                  dim=DIMS[args.data], tune_datasets=sizes.tune_images,
+                  test_datasets=sizes.test_images, trials=sizes.trials, **grid)
     nets, weights_info = load_weights(args.weights or default_weights(args.data), args.quick)
     runner = AttackRunner(cfg, nets)
 

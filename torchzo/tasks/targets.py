@@ -113,8 +113,8 @@ def load_target(data: str, path: str | Path | None = None) -> nn.Module:
 
 
 def for_queries(model: nn.Module) -> nn.Module:
-    """``model`` with channels-last weights, whose CPU convolutions are faster on a batch of
-    queries (docs/benchmarks/batched.md times the attack step with it)."""
+    """``model`` with channels-last weights: a batched MNIST attack step is 1.3x faster on the
+    CPU with it, with the same result (docs/benchmarks/batched.md)."""
     return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
