@@ -12,6 +12,7 @@ from zo_testing import FAST, FEW, Objective, all_same_bits, same_bits, snapshot
 
 from torchzo.oracle import (
     SCHEMES,
+    Guide,
     Layout,
     ParameterBackup,
     Scheme,
@@ -369,3 +370,28 @@ def test_scaled_sample_with_a_differentiable_scale():
     sum(u.sum() for u in first).backward()
     z = [u.clone() for u in layout.sample(5)]
     assert all_same_bits([s.grad for s in scale], z)
+
+
+@FAST
+@given(seeds=st.lists(st.integers(0, 2**63 - 2), max_size=5), n=st.integers(1, 9),
+       dtype=st.sampled_from([torch.float32, torch.float64]), scaled=st.booleans(),
+       guided=st.booleans(), grad=st.booleans())
+def test_sample_rows_are_the_samples_of_each_seed(seeds, n, dtype, scaled, guided, grad):
+    layout = Layout([torch.zeros(n, dtype=dtype)])
+    scale = (torch.linspace(0.5, 2.0, n, dtype=dtype).requires_grad_(grad) if scaled else None)
+    guide = (Guide.orthonormal([[torch.arange(n, dtype=dtype) + 1]]) if guided else None)
+    rows = layout.sample_rows(seeds, scale, guide)
+    assert rows.shape == (len(seeds), n) and rows.dtype == dtype
+    expected = [layout.sample(s, None if scale is None else [scale], guide)[0].detach().clone()
+                for s in seeds]
+    assert all_same_bits(list(rows.detach()), expected)
+    if grad and scaled and seeds:
+        rows.sum().backward()
+        assert scale.grad is not None and torch.isfinite(scale.grad).all()
+
+
+def test_sample_rows_needs_one_flat_tensor():
+    with pytest.raises(ValueError, match="one flat tensor"):
+        Layout([torch.zeros(2, 2)]).sample_rows([1])
+    with pytest.raises(ValueError, match="one flat tensor"):
+        Layout([torch.zeros(2), torch.zeros(3)]).sample_rows([1])

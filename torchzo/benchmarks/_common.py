@@ -104,9 +104,14 @@ def finish(data: dict[str, Any], start: float, name: str, out_dir: str | Path | 
 
 
 def interleaved_times(contenders: dict[str, Callable[[], Any]], reps: int,
-                      seed: int = 0) -> dict[str, list[float]]:
+                      seed: int = 0, number: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each contender: one warm-up call each, then ``reps`` rounds that
-    call every contender once in a shuffled order, so that drifts in machine load hit all."""
+    call every contender in a shuffled order, so that drifts in machine load hit all.
+
+    A sample is the mean of ``number`` back-to-back calls (as in ``timeit``): a training loop
+    repeats one kind of step, and switching kinds costs a cold start (thread pool wake-up,
+    caches) that a single call would count in full.
+    """
     import random
 
     for fn in contenders.values():
@@ -116,10 +121,13 @@ def interleaved_times(contenders: dict[str, Callable[[], Any]], reps: int,
     for _ in range(reps):
         rng.shuffle(order)
         for k in order:
+            fn = contenders[k]
             t0 = time.perf_counter()
-            contenders[k]()
-            samples[k].append(time.perf_counter() - t0)
+            for _ in range(number):
+                fn()
+            samples[k].append((time.perf_counter() - t0) / number)
     return samples
+
 
 # -- plots: one helper for every benchmark figure -------------------------------------------
 

@@ -83,13 +83,14 @@ class Guide:
         """Turn the Gaussian ``u`` (flat or shaped pieces) into the guided direction, in place."""
         zk = torch.randn(len(self.basis), dtype=torch.float64,
                          generator=torch.Generator().manual_seed(seed ^ _GUIDE_SALT))
-        z_norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in u))
+        # The rescaling is a constant to autograd (GuidedES is an ablation, never meta-trained).
+        z_norm = math.sqrt(sum(float((t.detach().double() ** 2).sum()) for t in u))
         for t in u:
             t.mul_(math.sqrt(self.alpha))
         for coeff, q in zip(zk.tolist(), self.basis):
             for t, piece in zip(u, q):
                 t.add_(piece.view(t.shape).to(t.dtype), alpha=math.sqrt(1 - self.alpha) * coeff)
-        u_norm = math.sqrt(sum(float((t.double() ** 2).sum()) for t in u))
+        u_norm = math.sqrt(sum(float((t.detach().double() ** 2).sum()) for t in u))
         for t in u:
             t.mul_(z_norm / u_norm)
 
@@ -129,7 +130,7 @@ class Layout:
                    generation_dtype([tensors[i].dtype for i in idx]), pos)
             for pos, (dev, idx) in enumerate(by_device.items())
         ]
-        self._scratch: list[Tensor | None] = [None] * len(self.blocks)
+        self._scratch: list[tuple[Tensor, list[Tensor]] | None] = [None] * len(self.blocks)
 
     @property
     def numel(self) -> int:
@@ -142,17 +143,24 @@ class Layout:
                 return b.dtype
         raise IndexError(i)
 
+    def _views(self, k: int) -> tuple[Tensor, list[Tensor]]:
+        """Block ``k``'s scratch buffer and its views shaped like the block's tensors."""
+        cached = self._scratch[k]
+        if cached is None:
+            b = self.blocks[k]
+            buf = torch.empty(b.numel, dtype=b.dtype, device=b.device)
+            cached = self._scratch[k] = (
+                buf, [v.view(self.shapes[i]) for v, i in zip(buf.split(b.numels), b.index)])
+        return cached
+
     def sample(self, seed: int, scale: Sequence[Tensor] | None = None,
                guide: Guide | None = None) -> list[Tensor]:
         """The direction for ``seed``: ``z``, ``scale * z``, or ``z`` guided into a subspace."""
         out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
         for k, b in enumerate(self.blocks):
-            buf = self._scratch[k]
-            if buf is None:
-                buf = self._scratch[k] = torch.empty(b.numel, dtype=b.dtype, device=b.device)
+            buf, views = self._views(k)
             b.generator.manual_seed(b.seed_for(seed))
             torch.randn(b.numel, generator=b.generator, out=buf)
-            views = [v.view(self.shapes[i]) for v, i in zip(buf.split(b.numels), b.index)]
             if scale is not None:
                 factors = [scale[i].to(b.dtype) for i in b.index]
                 if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
@@ -166,6 +174,29 @@ class Layout:
         if guide is not None and guide.basis:
             guide.apply(out, seed)
         return out
+
+    def sample_rows(self, seeds: Sequence[int], scale: Tensor | None = None,
+                    guide: Guide | None = None) -> Tensor:
+        """The directions of ``seeds`` as the rows of one new ``(len(seeds), numel)`` tensor.
+
+        For a layout of one flat tensor (``scale`` and ``guide`` are over it too); row ``k`` has
+        the bits of ``sample(seeds[k])``. Drawn straight into the rows: at small ``numel`` the
+        per-direction cost is Python, not arithmetic.
+        """
+        if len(self.shapes) != 1 or len(self.shapes[0]) != 1:
+            raise ValueError("sample_rows needs a layout of one flat tensor")
+        b = self.blocks[0]
+        U = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
+        for k, seed in enumerate(seeds):
+            b.generator.manual_seed(b.seed_for(seed))
+            torch.randn(b.numel, generator=b.generator, out=U[k])
+        if scale is not None:
+            factor = scale.to(b.dtype)
+            U = U * factor if torch.is_grad_enabled() and factor.requires_grad else U.mul_(factor)
+        if guide is not None and guide.basis:
+            for k, seed in enumerate(seeds):
+                guide.apply([U[k]], seed)
+        return U
 
     def zeros(self) -> list[Tensor]:
         """A zero buffer shaped like the layout, in the generation dtype."""

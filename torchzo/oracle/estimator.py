@@ -174,8 +174,7 @@ def chunk_plan(directions: int, signs: int, rows_per_call: int) -> list[tuple[in
 def chunk_directions(layout: Layout, seeds: Sequence[int], scale: Tensor | None,
                      guide: Guide | None) -> Tensor:
     """The directions of ``seeds`` as rows of one tensor (``layout`` is over a flat vector)."""
-    scale_rows = None if scale is None else [scale]
-    return torch.stack([layout.sample(s, scale_rows, guide)[0].clone() for s in seeds])
+    return layout.sample_rows(seeds, scale, guide)
 
 
 def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float, base: bool) -> Tensor:
