@@ -8,6 +8,7 @@ import torch
 
 from torchzo.learned import LearnedZO
 from torchzo.meta import MetaConfig, Rollout, RolloutConfig, StageConfig, fd_loss, meta_train
+from torchzo.meta.trainer import evaluate
 from torchzo.meta.__main__ import main as meta_main
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
@@ -164,3 +165,23 @@ def test_meta_loss_keeps_eq4_balance_between_loss_and_regulariser():
     eq4 = sum(t * f + r for t, (f, r) in enumerate(zip(losses, regs), start=1))
     ours = sum(meta_loss_term(t, f, r, total) for t, (f, r) in enumerate(zip(losses, regs), 1))
     torch.testing.assert_close(ours, eq4 / total)
+
+
+def test_uniform_weighting_is_the_mean_of_the_curve_and_is_validated():
+    from torchzo.meta.trainer import meta_loss_term
+
+    losses = [torch.tensor(v) for v in (0.5, 0.4, 0.3)]
+    ours = sum(meta_loss_term(t, f, torch.tensor(0.0), 3, "uniform")
+               for t, f in enumerate(losses, 1))
+    torch.testing.assert_close(ours, torch.tensor(0.4))
+    with pytest.raises(ValueError, match="weighting"):
+        MetaConfig(weighting="quadratic")
+
+
+def test_uniform_weighting_validates_on_the_curve_mean(task):
+    cfg = _tiny(weighting="uniform")
+    nets, hist = meta_train(task, cfg, stages=("update",), progress=False)
+    mean = evaluate(nets, task, "val", cfg, False, cfg.val_problems, metric="mean")
+    final = evaluate(nets, task, "val", cfg, False, cfg.val_problems, metric="final")
+    assert mean != final
+    assert hist["update_best_val"] == pytest.approx(mean, rel=1e-12)

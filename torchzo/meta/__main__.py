@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--momenta", type=float, nargs="+", help="adam arch: momentum time scales")
     tr.add_argument("--base", type=int, help="adam arch: index of the momentum it steps along")
     tr.add_argument("--meta-batch", type=int, help="problems per meta-gradient")
+    tr.add_argument("--weighting", choices=["linear", "uniform"],
+                    help="meta-loss weight of step t: t (paper eq. 4) or 1 (area under the curve)")
     tr.add_argument("--clip", type=float, help="meta-gradient clipping threshold")
     tr.add_argument("--clip-mode", choices=["elementwise", "norm"])
     tr.add_argument("--update-lr", type=float, help="meta learning rate, stage 1")
@@ -118,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
     cfg = copy.deepcopy(base)
     cfg.seed = args.seed
     for name in ("horizon", "unroll", "query_grad", "grad_mode", "val_problems", "meta_batch",
-                 "clip", "clip_mode", "mu"):
+                 "clip", "clip_mode", "mu", "weighting"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     arch = cfg.arch.to_dict()

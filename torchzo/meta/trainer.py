@@ -29,6 +29,8 @@ from .rollout import Rollout, RolloutConfig
 
 __all__ = ["MetaConfig", "StageConfig", "evaluate", "meta_train"]
 
+WEIGHTINGS = ("linear", "uniform")
+
 log = logging.getLogger(__name__)
 
 
@@ -60,10 +62,16 @@ class MetaConfig:
     val_problems: int = 10
     val_query_prob: float = 0.5
     seed: int = 0
+    #: How the meta-loss weights step t's objective: ``"linear"`` (paper eq. 4, weight t: the
+    #: final loss counts most) or ``"uniform"`` (the area under the loss curve, which rewards
+    #: getting low early). Validation follows it: the final loss, or the curve's mean.
+    weighting: str = "linear"
 
     def __post_init__(self) -> None:
         if self.clip_mode not in ("elementwise", "norm"):
             raise ValueError(f"clip_mode must be 'elementwise' or 'norm', got {self.clip_mode!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.meta_batch < 1:
             raise ValueError(f"meta_batch must be >= 1, got {self.meta_batch}")
 
@@ -75,28 +83,30 @@ class MetaConfig:
 
 
 def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query: bool,
-             limit: int | None = None, seed: int = 10_000) -> float:
-    """Mean final objective of the ``ZOLSTM`` optimizer over ``split`` problems."""
+             limit: int | None = None, seed: int = 10_000, metric: str = "final") -> float:
+    """Mean over ``split`` problems of the ``ZOLSTM`` optimizer's final objective
+    (``metric="final"``) or of its objective averaged over the steps 1..horizon (``"mean"``)."""
     problems = list(task.problems(split))[:limit]
-    finals = []
+    scores = []
     for k, problem in enumerate(problems):
         def make(params: list[torch.Tensor], k: int = k) -> ZOLSTM:
             return ZOLSTM(params, pretrained=nets, q=cfg.q, mu=cfg.mu, estimator=cfg.estimator,
                           directions="learned" if use_query else "gaussian",
                           query_prob=cfg.val_query_prob, seed=seed + k)
-        finals.append(float(run_optimizer(problem, make, cfg.horizon or task.horizon,
-                                          data_seed=seed + k)[-1]))
-    return sum(finals) / len(finals)
+        curve = run_optimizer(problem, make, cfg.horizon or task.horizon, data_seed=seed + k)
+        scores.append(float(curve[-1] if metric == "final" else curve[1:].mean()))
+    return sum(scores) / len(scores)
 
 
 def meta_loss_term(t: int, loss: torch.Tensor, reg: torch.Tensor,
-                   total_weight: float) -> torch.Tensor:
-    """Step ``t``'s share of paper eq. 4, ``t * f(x_t) + reg_t``, divided by sum_t t.
+                   total_weight: float, weighting: str = "linear") -> torch.Tensor:
+    """Step ``t``'s share of the meta-loss: ``w_t f(x_t) + reg_t`` over ``sum_t w_t``.
 
-    The division rescales the whole objective (both terms alike, so the regulariser keeps its
-    weight relative to the loss) and keeps its size independent of the horizon.
+    ``w_t = t`` (paper eq. 4) or 1 (``weighting="uniform"``). The division rescales the whole
+    objective (both terms alike, so the regulariser keeps its weight relative to the loss) and
+    keeps its size independent of the horizon.
     """
-    return (t * loss + reg) / total_weight
+    return ((t if weighting == "linear" else 1) * loss + reg) / total_weight
 
 
 def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
@@ -105,7 +115,7 @@ def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
 
     Each truncation's meta-loss is averaged over the batch before one backward pass.
     """
-    total_weight = horizon * (horizon + 1) / 2
+    total_weight = horizon * (horizon + 1) / 2 if cfg.weighting == "linear" else horizon
     seen = 0.0
     t = 0
     while t < horizon:
@@ -114,7 +124,8 @@ def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
             t += 1
             for rollout in rollouts:
                 loss, reg = rollout.step()
-                meta_loss = meta_loss + meta_loss_term(t, loss, reg, total_weight) / len(rollouts)
+                meta_loss = meta_loss + meta_loss_term(t, loss, reg, total_weight,
+                                                           cfg.weighting) / len(rollouts)
                 seen += float(loss.detach()) / len(rollouts)
         meta_opt.zero_grad()
         meta_loss.backward()
@@ -157,7 +168,8 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
         for p in params:
             p.requires_grad_(True)
         meta_opt = torch.optim.Adam(params, lr=scfg.lr)
-        best = (evaluate(nets, task, "val", cfg, use_query, cfg.val_problems), 0)
+        metric = "final" if cfg.weighting == "linear" else "mean"
+        best = (evaluate(nets, task, "val", cfg, use_query, cfg.val_problems, metric=metric), 0)
         best_state = copy.deepcopy(nets.state_dict())
         first_epoch = 0
         if resume and resume["stage"] == stage:
@@ -183,7 +195,7 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
                                             seed + 1))
                 losses.append(_train_batch(params, meta_opt, rollouts, horizon, unroll, cfg))
                 bar(f"meta-loss {losses[-1]:.4f}")
-            val = evaluate(nets, task, "val", cfg, use_query, cfg.val_problems)
+            val = evaluate(nets, task, "val", cfg, use_query, cfg.val_problems, metric=metric)
             if val < best[0]:
                 best, best_state = (val, epoch + 1), copy.deepcopy(nets.state_dict())
             row = {"stage": stage, "epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
