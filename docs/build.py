@@ -34,7 +34,8 @@ def _doc(obj: object) -> str:
 
 
 def _own_methods(cls: type) -> list[tuple[str, object]]:
-    """Public methods defined by ``cls`` itself (inherited torch.optim ones are documented there)."""
+    """Public methods defined by ``cls`` itself (inherited torch.optim ones are documented
+    there)."""
     out = []
     for name, value in vars(cls).items():
         if name.startswith("_") and name != "__init__":

@@ -8,8 +8,8 @@ import torch
 
 from torchzo.learned import LearnedZO
 from torchzo.meta import MetaConfig, Rollout, RolloutConfig, StageConfig, fd_loss, meta_train
-from torchzo.meta.trainer import evaluate
 from torchzo.meta.__main__ import main as meta_main
+from torchzo.meta.trainer import evaluate
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
 
