@@ -102,7 +102,6 @@ def finish(data: dict[str, Any], start: float, name: str, out_dir: str | Path | 
     return data
 
 
-
 def interleaved_times(contenders: dict[str, Callable[[], Any]], reps: int,
                       seed: int = 0, number: int = 1) -> dict[str, list[float]]:
     """Seconds per call of each contender: one warm-up call each, then ``reps`` rounds that
