@@ -40,3 +40,18 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
     assert case["q"] == 20 and case["speedup"]["median"] > 0
     assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths only differ by rounding
     assert "| 20 |" in (tmp_path / "batched.md").read_text()
+
+
+def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
+    from torchzo.benchmarks import lr_scan
+
+    data = lr_scan.main(["--task", "binclass", "--weights", "binclass", "--lr", "0.5", "1.0",
+                         "--adam-lr", "0.0562", "--adam-betas", "0.6", "0.99975",
+                         "--problems", "1", "--out", str(tmp_path)])
+    assert list(data["runs"]) == ["ZO-Adam lr 0.0562, betas (0.6, 0.99975)",
+                                  "ZOLSTM lr 0.5", "ZOLSTM lr 1.0"]
+    adam = data["runs"]["ZO-Adam lr 0.0562, betas (0.6, 0.99975)"]
+    assert adam["reaches_adam_final"] is not None and adam["reaches_adam_final"] <= 500
+    assert data["runs"]["ZOLSTM lr 0.5"]["final"] != data["runs"]["ZOLSTM lr 1.0"]["final"]
+    assert (tmp_path / "lr-scan-binclass.json").is_file()
+    assert "| ZOLSTM lr 0.5 |" in (tmp_path / "lr-scan-binclass.md").read_text()

@@ -142,6 +142,12 @@ def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
                "--dest", str(dest), "--alpha", "0.25", "--task", "elsewhere"])
     info = pretrained.info("moved")
     assert info["task"] == "elsewhere" and info["trained_on"] == "binclass"
+    # Without --command the manifest records the train and ship commands that were run.
+    meta_main(["ship", "--weights", str(out), "--name", "again", "--dest", str(dest)])
+    assert pretrained.info("again")["command"] == (
+        f"python -m torchzo.meta train --task binclass --out {out} --update-epochs 1 "
+        "--query-epochs 1 --problems 1 --val-problems 1 --no-progress && "
+        f"python -m torchzo.meta ship --weights {out} --name again --dest {dest}")
     assert info["alpha"] == 0.25 and info["val_final_loss"] is None
     xa, xb = torch.zeros(5), torch.zeros(5)
     f = lambda x: ((x - 1) ** 2).sum() + x[0].sin()  # noqa: E731

@@ -12,7 +12,9 @@ import hashlib
 import json
 import logging
 import platform
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -68,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     sh = sub.add_parser("ship", help="copy trained weights into pretrained/ and the manifest")
     sh.add_argument("--weights", required=True, type=Path, help="a file written by 'train'")
     sh.add_argument("--name", required=True)
-    sh.add_argument("--command", required=True, help="the command that reproduces the file")
+    sh.add_argument("--command", default=None,
+                    help="the commands that reproduce the file (default: the 'train' command "
+                    "recorded with the weights, then this 'ship' command)")
     sh.add_argument("--dest", type=Path, default=Path("pretrained"))
     sh.add_argument("--default", action="store_true", help="make it ZOLSTM's default")
     sh.add_argument("--alpha", type=float, default=None,
@@ -83,6 +87,12 @@ def ship(args: argparse.Namespace) -> dict:
     """Copy a trained file into ``dest`` and record it in ``dest/manifest.json``."""
     meta = json.loads(Path(f"{args.weights}.json").read_text())
     nets = load_file(args.weights)  # refuse anything that does not load
+    command = args.command
+    if command is None:
+        if "command" not in meta:
+            raise SystemExit(f"{args.weights}.json does not record its train command: pass "
+                             "--command")
+        command = f"{meta['command']} && {args.invocation}"
     target = args.dest / f"{args.name}.pt"
     if args.alpha is None:
         shutil.copyfile(args.weights, target)
@@ -100,7 +110,7 @@ def ship(args: argparse.Namespace) -> dict:
         "name": args.name, "file": target.name,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "task": args.task or meta["task"], "preset": meta["preset"],
-        "arch": meta.get("arch", "paper"), "command": args.command,
+        "arch": meta.get("arch", "paper"), "command": command,
         **({} if args.alpha is None else {"trained_on": meta["task"], "alpha": args.alpha}),
         # A transferred file was validated on its own task, not this one.
         "val_final_loss": meta["val_final_loss"] if args.alpha is None else None,
@@ -161,6 +171,7 @@ def train(args: argparse.Namespace) -> dict:
     use_query = "query" in stages
     meta = {
         "task": args.task, "preset": args.preset, "stages": list(stages), "seed": args.seed,
+        "command": args.invocation,
         "init": str(args.init) if args.init else None, "arch": cfg.arch.kind,
         "config": history["config"], "use_query": use_query,
         "val_final_loss": evaluate(nets, task, "val", cfg, use_query, cfg.val_problems),
@@ -178,7 +189,9 @@ def train(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = build_parser().parse_args(argv)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(raw)
+    args.invocation = "python -m torchzo.meta " + shlex.join(raw)
     if args.action == "train":
         train(args)
     elif args.action == "ship":

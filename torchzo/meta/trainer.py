@@ -86,6 +86,8 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
              limit: int | None = None, seed: int = 10_000, metric: str = "final") -> float:
     """Mean over ``split`` problems of the ``ZOLSTM`` optimizer's final objective
     (``metric="final"``) or of its objective averaged over the steps 1..horizon (``"mean"``)."""
+    if metric not in ("final", "mean"):
+        raise ValueError(f"metric must be 'final' or 'mean', got {metric!r}")
     problems = list(task.problems(split))[:limit]
     scores = []
     for k, problem in enumerate(problems):

@@ -62,7 +62,6 @@ from .estimator import (
     _check_values,
     assemble_batched,
     assemble_closure,
-    chunk_directions,
     chunk_plan,
     chunk_rows,
     query_closure,
@@ -319,7 +318,7 @@ def estimate_batched_sharded(
         flat_guide = None if guide is None else guide.flat()
         for c in range(ranks.rank, len(plan), ranks.size):
             start, n, base = plan[c]
-            u = chunk_directions(layout, seeds[start:start + n], scale, flat_guide)
+            u = layout.sample_rows(seeds[start:start + n], scale, flat_guide)
             X = chunk_rows(x, u, scheme, mu, base)
             values = fn(X)
             _check_values(values, X.shape[0], 1 + start * signs - int(base))

@@ -22,7 +22,7 @@ from .closure import ClosureError, ParameterBackup, call_closure
 from .directions import Guide, Layout
 from .schemes import Scheme
 
-__all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_directions", "chunk_plan",
+__all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_plan",
            "chunk_rows", "estimate_batched", "estimate_closure", "query_closure"]
 
 
@@ -171,12 +171,6 @@ def chunk_plan(directions: int, signs: int, rows_per_call: int) -> list[tuple[in
     return plan
 
 
-def chunk_directions(layout: Layout, seeds: Sequence[int], scale: Tensor | None,
-                     guide: Guide | None) -> Tensor:
-    """The directions of ``seeds`` as rows of one tensor (``layout`` is over a flat vector)."""
-    return layout.sample_rows(seeds, scale, guide)
-
-
 def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float, base: bool) -> Tensor:
     """The query points of one call: ``x`` (if ``base``), then ``x + s mu u`` for each sign."""
     rows = [x + (sign * mu) * u for sign in scheme.signs]
@@ -205,7 +199,7 @@ def assemble_batched(
     g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
     f0: Tensor | None = None
     for c, (start, n, base) in enumerate(plan):
-        u = chunk_directions(layout, seeds[start:start + n], scale, flat_guide)
+        u = layout.sample_rows(seeds[start:start + n], scale, flat_guide)
         v = values(c, u)
         if base:
             f0, v = v[0], v[1:]
