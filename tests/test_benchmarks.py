@@ -36,10 +36,17 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
     from torchzo.benchmarks import batched
 
     data = batched.main(["--quick", "--out", str(tmp_path)])
-    (case,) = data["cases"]
-    assert case["q"] == 20 and case["speedup"]["median"] > 0
-    assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths only differ by rounding
-    assert "| 20 |" in (tmp_path / "batched.md").read_text()
+    default, kept = data["cases"]  # this machine's malloc is glibc's
+    assert (default["malloc"], kept["malloc"]) == ("default", "kept")
+    for case in data["cases"]:
+        assert case["q"] == 20 and case["speedup"]["median"] > 0
+        assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths differ by rounding
+        assert case["malloc_delta_diff"] == 0.0  # the allocator changes no bits
+    loops = {(lp["path"], lp["malloc"]): lp for lp in data["plain_loops"]["loops"]}
+    assert set(loops) == {(p, m) for p in ("sequential", "batched") for m in ("default", "kept")}
+    assert loops["batched", "kept"]["faults_per_step"]["median"] < 5
+    text = (tmp_path / "batched.md").read_text()
+    assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text
 
 
 def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):

@@ -1,7 +1,7 @@
 """Batched vs sequential queries on the MNIST attack: the step time of each path.
 
     python -m torchzo.benchmarks.batched [--reps N] [--number N] [--q Q ...] [--threads N ...]
-                                         [--out DIR] [--quick]
+                                         [--malloc default|kept ...] [--out DIR] [--quick]
 
 One ZOAdam step on the black-box attack of one 28 x 28 image against the paper's MNIST CNN
 (conv 20 - conv 50 - fc 500, channels-last as the attack task loads it; timing does not
@@ -12,10 +12,23 @@ queries one forward pass of one image; *batched*: the same objective as a
 batched path with the model in its default memory layout, which measures what channels-last is
 worth. Repetitions alternate in a shuffled order; each is the mean of ``--number`` back-to-back
 steps of one path, as a training loop runs them; medians and interquartile ranges.
+
+*malloc*: glibc's allocator as it comes, or *kept*: after
+:func:`torchzo.cpu.keep_freed_memory`, measured after the default cases in the same process
+(the setting lasts for the rest of the process). *faults*: minor page faults per batched step
+after the timing. Whether glibc hands a step's freed activations back to the system, to fault
+them in again at the next step, depends on what else lives at the top of its heap, so the
+default's faults (and their cost) vary with a process's history; *kept* removes them. The last
+table runs each path alone in fresh processes, built as a user's script builds it.
 """
+
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -23,6 +36,7 @@ from typing import Any
 
 import torch
 
+from ..cpu import keep_freed_memory
 from ..optim import ZOAdam
 from ..oracle import Batched
 from ..tasks.attack import attack_loss
@@ -37,6 +51,9 @@ from ._common import (
     write_results,
 )
 
+PATHS = ("sequential", "batched", "batched NCHW")
+CHECK_STEPS = 20
+
 
 def _one_image(model: torch.nn.Module, image: torch.Tensor, delta: torch.Tensor
                ) -> torch.Tensor:
@@ -47,70 +64,147 @@ def _images(model: torch.nn.Module, image: torch.Tensor, X: torch.Tensor) -> tor
     return attack_loss(model, image, 3, X)
 
 
-def _contenders(q: int) -> tuple[dict[str, Callable[[], Any]], dict[str, torch.Tensor]]:
+def contender(path: str, q: int) -> tuple[Callable[[], Any], torch.Tensor]:
+    """One attack step of ``path`` and the perturbation it moves; every path, built in any
+    process, starts from the same model, image and optimizer seed."""
     torch.manual_seed(0)
     plain = make_model("mnist").eval()
-    model = for_queries(make_model("mnist").eval())
-    model.load_state_dict(plain.state_dict())
+    # "batched NCHW" keeps the model's default layout, to measure what channels-last (as the
+    # attack task loads its targets) is worth.
+    net = plain if path == "batched NCHW" else for_queries(make_model("mnist").eval())
+    net.load_state_dict(plain.state_dict())
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
-    steps: dict[str, Callable[[], Any]] = {}
-    deltas: dict[str, torch.Tensor] = {}
-    # "batched NCHW": the batched path with the model's default layout, to measure what
-    # channels-last (as the attack task loads its targets) is worth.
-    for name, net in (("sequential", model), ("batched", model), ("batched NCHW", plain)):
-        delta = torch.zeros(784)
-        opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
-        steps[name] = partial(opt.step, partial(_one_image, net, image, delta)
-                              if name == "sequential" else Batched(partial(_images, net, image)))
-        deltas[name] = delta
-    return steps, deltas
+    delta = torch.zeros(784)
+    opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+    objective = (partial(_one_image, net, image, delta) if path == "sequential"
+                 else Batched(partial(_images, net, image)))
+    return partial(opt.step, objective), delta
 
 
-CHECK_STEPS = 20
+def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
-def case(q: int, reps: int, threads: int = 1, number: int = 1) -> dict[str, Any]:
+def case(q: int, reps: int, threads: int = 1, number: int = 1, malloc: str = "default"
+         ) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    steps, deltas = _contenders(q)
+    built = {path: contender(path, q) for path in PATHS}
+    steps = {path: step for path, (step, _) in built.items()}
     with torch.no_grad():
         samples = interleaved_times(steps, reps, number=number)
+        faults = {path: _faults_per_call(step) for path, step in steps.items()}
         # The same check on fresh copies after a fixed number of steps: the timed copies took
         # different numbers of steps, and rounding differences grow along an attack.
-        steps, deltas = _contenders(q)
-        for fn in steps.values():
+        deltas = {}
+        for path in PATHS:
+            step, deltas[path] = contender(path, q)
             for _ in range(CHECK_STEPS):
-                fn()
-    ratios = [s / b for s, b in zip(samples["sequential"], samples["batched"])]
-    layout = [n / b for n, b in zip(samples["batched NCHW"], samples["batched"])]
-    return {"q": q, "threads": threads, "reps": reps, "number": number,
+                step()
+    seq, bat, nchw = (samples[p] for p in PATHS)
+    return {"q": q, "threads": threads, "malloc": malloc, "reps": reps, "number": number,
             "step_s": {k: spread(v) for k, v in samples.items()},
-            "speedup": spread(ratios), "channels_last_gain": spread(layout),
+            "faults_per_step": faults,
+            "speedup": spread([s / b for s, b in zip(seq, bat)]),
+            "channels_last_gain": spread([n / b for n, b in zip(nchw, bat)]),
             "max_abs_delta_diff": float((deltas["sequential"] - deltas["batched"]).abs().max()),
-            "layout_delta_diff": float((deltas["batched"] - deltas["batched NCHW"]).abs().max())}
+            "layout_delta_diff": float((deltas["batched"] - deltas["batched NCHW"]).abs().max()),
+            "final_delta": deltas["batched"].tolist()}
+
+
+def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: Any) -> None:
+    """A fresh process running one path the way a user's script would: the model, one
+    optimizer and the objective, then the loop. Reports (seconds per step, faults per step)
+    over ``steps`` steps after as many warm-up steps."""
+    if malloc == "kept":
+        keep_freed_memory()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = for_queries(make_model("mnist").eval())
+    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
+    delta = torch.zeros(784)
+    opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+    objective = (partial(_one_image, model, image, delta) if path == "sequential"
+                 else Batched(partial(_images, model, image)))
+    with torch.no_grad():
+        for _ in range(steps):  # warm-up, and the heap reaches its steady state
+            opt.step(objective)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        blocks = []  # the median of 10 blocks: robust to a moment of load on a shared machine
+        for _ in range(10):
+            t0 = time.perf_counter()
+            for _ in range(steps // 10):
+                opt.step(objective)
+            blocks.append((time.perf_counter() - t0) / (steps // 10))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (steps // 10 * 10)
+    out.put((statistics.median(blocks), faults))
+
+
+LOOPS = (("sequential", 1, "default"), ("sequential", 1, "kept"), ("batched", 2, "default"),
+         ("batched", 2, "kept"))
+
+
+def plain_loops(runs: int, q: int = 20, steps: int = 200) -> dict[str, Any]:
+    """Each of ``LOOPS`` (path, threads, malloc) alone in fresh processes, ``runs`` each, taking
+    turns: the sequential path on the thread count it is fastest on, the batched on torch's
+    default here, with glibc's malloc as it comes and kept. The sequential path runs ``steps``
+    steps, the batched ``5 * steps`` (about as long)."""
+    ctx = mp.get_context("spawn")
+    found: dict[str, list[tuple[float, float]]] = {" ".join(map(str, k)): [] for k in LOOPS}
+    for _ in range(runs):
+        for (path, threads, malloc), got in zip(LOOPS, found.values()):
+            out = ctx.Queue()
+            n = steps if path == "sequential" else 5 * steps
+            proc = ctx.Process(target=_plain_loop, args=(path, malloc, q, threads, n, out))
+            proc.start()
+            got.append(out.get(timeout=600))
+            proc.join()
+    return {"q": q, "steps": steps, "runs": runs,
+            "loops": [{"path": path, "threads": threads, "malloc": malloc,
+                       "step_s": spread([t for t, _ in got]),
+                       "faults_per_step": spread([f for _, f in got])}
+                      for (path, threads, malloc), got in zip(LOOPS, found.values())]}
 
 
 def best_threads(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per q, each path at its own fastest thread count (by median): what a user who tunes
-    threads for the path they use gets. Only for q measured at more than one thread count."""
+    """Per q and malloc setting, each path at its own fastest thread count (by median): what a
+    user who tunes threads for the path they use gets; then per q, each path at its fastest
+    of every setting measured (malloc "any"). Only where more than one case was measured."""
     out = []
     for q in sorted({c["q"] for c in cases}):
-        mine = [c for c in cases if c["q"] == q]
-        if len(mine) < 2:
-            continue
-        seq = min(mine, key=lambda c: c["step_s"]["sequential"]["median"])
-        bat = min(mine, key=lambda c: c["step_s"]["batched"]["median"])
-        s, b = seq["step_s"]["sequential"]["median"], bat["step_s"]["batched"]["median"]
-        out.append({"q": q, "sequential_threads": seq["threads"], "sequential_s": s,
-                    "batched_threads": bat["threads"], "batched_s": b, "speedup": s / b})
+        settings = list(dict.fromkeys(c.get("malloc", "default") for c in cases))
+        for malloc in settings + (["any"] if len(settings) > 1 else []):
+            mine = [c for c in cases if c["q"] == q
+                    and malloc in ("any", c.get("malloc", "default"))]
+            if len(mine) < 2:
+                continue
+            seq = min(mine, key=lambda c: c["step_s"]["sequential"]["median"])
+            bat = min(mine, key=lambda c: c["step_s"]["batched"]["median"])
+            s, b = seq["step_s"]["sequential"]["median"], bat["step_s"]["batched"]["median"]
+            out.append({"q": q, "malloc": malloc,
+                        "sequential_threads": seq["threads"],
+                        "sequential_malloc": seq.get("malloc", "default"), "sequential_s": s,
+                        "batched_threads": bat["threads"],
+                        "batched_malloc": bat.get("malloc", "default"), "batched_s": b,
+                        "speedup": s / b})
     return out
 
 
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
-    best = [[b["q"], f"{fmt_time(b['sequential_s'])} ({b['sequential_threads']})",
-             f"{fmt_time(b['batched_s'])} ({b['batched_threads']})", f"{b['speedup']:.2f}"]
+    kept = [c["malloc_delta_diff"] for c in data["cases"]
+            if c["malloc"] == "kept" and c.get("malloc_delta_diff") is not None]
+    best = [[b["q"], b["malloc"],
+             f"{fmt_time(b['sequential_s'])} ({b['sequential_threads']}, "
+             f"{b['sequential_malloc']})",
+             f"{fmt_time(b['batched_s'])} ({b['batched_threads']}, {b['batched_malloc']})",
+             f"{b['speedup']:.2f}"]
             for b in best_threads(data["cases"])]
-    rows = [[c["q"], c.get("threads", 1), fmt_spread(c["step_s"]["sequential"], fmt_time),
+    rows = [[c["q"], c.get("threads", 1), c.get("malloc", "default"),
+             f"{c['faults_per_step']['batched']:.0f}" if "faults_per_step" in c else "-",
+             fmt_spread(c["step_s"]["sequential"], fmt_time),
              fmt_spread(c["step_s"]["batched"], fmt_time),
              fmt_spread(c["speedup"], lambda x: f"{x:.2f}"),
              fmt_spread(c["channels_last_gain"], lambda x: f"{x:.2f}"),
@@ -118,14 +212,15 @@ def render(data: dict[str, Any]) -> str:
             for c in data["cases"]]
     return "\n".join([
         "# Batched vs sequential queries: MNIST attack", "",
-        (__doc__ or "").split("\n\n", 2)[2].strip().replace("\n", " "), "",
+        *[para.replace("\n", " ") + "\n"
+          for para in (__doc__ or "").split("\n\n", 2)[2].strip().split("\n\n")],
         "Written by `python -m torchzo.benchmarks.batched`"
         + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
         f"torch {m['torch']}, {m.get('logical_cpus', '?')} logical CPUs, load average "
         f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}; *threads*: torch intra-op threads "
         f"for every path; each sample is the mean of {data['cases'][0].get('number', 1)} "
         "back-to-back steps.", "",
-        md_table(["q", "threads", "sequential step (IQR)", "batched step (IQR)",
+        md_table(["q", "threads", "malloc", "faults", "sequential step (IQR)", "batched step (IQR)",
                   "speed-up: sequential / batched (IQR)",
                   "batched, NCHW / channels-last model (IQR)",
                   f"max |delta| difference after {CHECK_STEPS} steps"], rows), "",
@@ -133,12 +228,34 @@ def render(data: dict[str, Any]) -> str:
         f"a batch of images and single images carried through {CHECK_STEPS} of Adam's steps "
         "(fresh copies, not the timed ones). The two layouts "
         "end at the same delta up to "
-        f"{max(c.get('layout_delta_diff', 0.0) for c in data['cases']):.1e}.", "",
-        *(["Each path at its own fastest thread count (medians; threads in brackets). One "
-           "image is too little work to share between threads, so the sequential path is "
-           "fastest on one:", "",
-           md_table(["q", "sequential step", "batched step",
-                     "speed-up: sequential / batched"], best), ""] if best else [])])
+        f"{max(c.get('layout_delta_diff', 0.0) for c in data['cases']):.1e}"
+        + ("" if not kept else ", and each path ends at the same delta under both malloc "
+           f"settings up to {max(kept):.1e}") + ".", "",
+        *(["Each path at its own fastest thread count (medians; threads and malloc in "
+           "brackets); *any*: at its fastest of every setting measured. One image is too little "
+           "work to share between threads, so the sequential path is fastest on one:", "",
+           md_table(["q", "malloc", "sequential step", "batched step",
+                     "speed-up: sequential / batched"], best), ""] if best else []),
+        *_render_loops(data.get("plain_loops"))])
+
+
+def _render_loops(loops: dict[str, Any] | None) -> list[str]:
+    if not loops:
+        return []
+    seq = loops["loops"][0]["step_s"]["median"]
+    rows = [[lp["path"], lp["threads"], lp["malloc"], fmt_spread(lp["step_s"], fmt_time),
+             fmt_spread(lp["faults_per_step"], lambda x: f"{x:.0f}"),
+             f"{seq / lp['step_s']['median']:.2f}"]
+            for lp in loops["loops"]]
+    return [
+        "Each path alone, as a user's script runs it (model, optimizer, objective, then the "
+        f"loop; q = {loops['q']}; {loops['steps']} sequential or {5 * loops['steps']} batched "
+        "steps timed in 10 blocks after as many warm-up steps, the median block per process): "
+        f"{loops['runs']} fresh processes each, taking turns; medians over the processes "
+        "(IQR). Unlike the interleaved cases above, these compare numbers from different "
+        "processes, so they carry the machine's process-to-process spread:", "",
+        md_table(["path", "threads", "malloc", "step", "faults per step",
+                  "speed-up over the sequential path"], rows), ""]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -149,17 +266,39 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--number", type=int, default=10, help="back-to-back steps per repetition")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                     help="torch threads; a batch of images can use more than one core")
+    ap.add_argument("--malloc", nargs="+", choices=["default", "kept"],
+                    default=["default", "kept"],
+                    help="glibc malloc as is, then after torchzo.cpu.keep_freed_memory()")
+    ap.add_argument("--loops", type=int, default=8,
+                    help="fresh processes per path for the plain-loop table (0: none)")
     ap.add_argument("--quick", action="store_true", help="q = 20 only, 3 repetitions")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = ap.parse_args(argv)
     qs, reps, threads, number = (([20], 3, [1], 1) if args.quick
                                  else (args.q, args.reps, args.threads, args.number))
-    data = {"benchmark": "batched", "quick": args.quick, "machine": machine(),
-            "cases": [case(q, reps, n, number) for n in threads for q in qs]}
+    cases = []
+    # "kept" last: the setting lasts for the rest of the process.
+    for malloc in sorted(set(args.malloc), key=["default", "kept"].index):
+        if malloc == "kept" and not keep_freed_memory():
+            print("malloc is not glibc's: no 'kept' cases")
+            continue
+        cases += [case(q, reps, n, number, malloc) for n in threads for q in qs]
+    for c in cases:  # malloc changes no bits: the same q and threads end at the same delta
+        same = [o for o in cases if (o["q"], o["threads"]) == (c["q"], c["threads"])]
+        c["malloc_delta_diff"] = max(
+            float((torch.tensor(c["final_delta"]) - torch.tensor(o["final_delta"])).abs().max())
+            for o in same)
+    for c in cases:
+        del c["final_delta"]
+    data = {"benchmark": "batched", "quick": args.quick, "machine": machine(), "cases": cases}
+    if args.loops:
+        data["plain_loops"] = (plain_loops(1, steps=10) if args.quick
+                               else plain_loops(args.loops))
     data["best_threads"] = best_threads(data["cases"])
     write_results(args.out, "batched", data, render(data))
     for c in data["cases"]:
-        print(f"q={c['q']} threads={c['threads']}: speed-up {c['speedup']['median']:.2f}")
+        print(f"q={c['q']} threads={c['threads']} malloc={c['malloc']}: "
+              f"speed-up {c['speedup']['median']:.2f}")
     return data
 
 
