@@ -12,6 +12,13 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     assert data["machine"] and result
     text = (tmp_path / "overhead.md").read_text()
     assert "ZOAdam" in text and "| d |" in text
+    (split,) = data["split"]
+    for parts in split["optimizers"].values():  # the parts add up to about the whole step
+        total = (split["closure_s"]["median"] + parts["oracle_s"]["median"]
+                 + parts["update_s"]["median"])
+        assert parts["oracle_s"]["median"] > 0 and parts["update_s"]["median"] > 0
+        assert abs(total - parts["step_s"]["median"]) < 0.5 * parts["step_s"]["median"]
+    assert "## Step time split" in text
 
 
 def test_binclass_quick_writes_tables_and_plots(tmp_path):

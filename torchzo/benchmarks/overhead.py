@@ -1,7 +1,7 @@
 """Per-step overhead and memory of torchzo's optimizers, next to ``torch.optim.Adam``.
 
     python -m torchzo.benchmarks.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
-                                          [--out docs/benchmarks] [--quick]
+                                          [--split-dims D ...] [--out docs/benchmarks] [--quick]
 
 Time: the closure returns a precomputed 0-dim tensor, and the time of ``q + 1`` bare closure
 calls, measured in the same repetition, is subtracted, so what is left is the optimizer's own
@@ -10,7 +10,8 @@ ratio to ``torch.optim.Adam.step()`` (``.grad`` pre-filled, default ``foreach``)
 shapes. Every contender is timed once per repetition, in a shuffled order, so slow phases of a
 shared machine hit all of them alike; medians and interquartile ranges over the repetitions
 are reported. The oracle's parts are timed the same way, through the library's own objects, to
-show where the overhead goes.
+show where the overhead goes, and every ZO step is split into oracle, update and closure time
+for d up to 1e7.
 
 Memory: allocator events recorded by ``torch.profiler`` (``profile_memory=True``) give the peak
 of bytes allocated during a step beyond what existed before it; the optimizer state's tensors
@@ -126,8 +127,9 @@ def _timed(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
-    fns = _contenders(shapes, q)
+def _interleaved(fns: dict[str, Callable[[], Any]], reps: int, min_sample_s: float
+                 ) -> tuple[dict[str, list[float]], dict[str, int]]:
+    """Seconds per call of each contender, ``reps`` shuffled rounds; and the calls per sample."""
     for fn in fns.values():  # first steps allocate optimizer state and warm caches
         fn()
         fn()
@@ -146,6 +148,12 @@ def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[st
                 samples[k].append(_timed(fns[k], inner[k]))
         finally:
             gc.enable()
+    return samples, inner
+
+
+def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
+    fns = _contenders(shapes, q)
+    samples, inner = _interleaved(fns, reps, min_sample_s)
 
     # Per-repetition differences and ratios pair numbers taken moments apart.
     closure, adam = samples["closure"], samples["Adam"]
@@ -169,6 +177,45 @@ def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[st
                                                             overhead["ZOAdam"])]),
         "zosgd_breakdown_s": parts,
     }
+
+
+def split_reps(d: int, reps: int) -> int:
+    """Fewer repetitions at large d, where one ZOLSTM step takes seconds."""
+    return max(5, min(reps, int(2e7 // d)))
+
+
+def split_case(d: int, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
+    """One flat tensor of ``d``: each ZO optimizer's step split into closure calls, update
+    and oracle (the rest: seeds, directions, perturb/restore, accumulation)."""
+    zero = torch.tensor(0.0)
+
+    def closure_calls() -> None:
+        for _ in range(q + 1):
+            (lambda: zero)()
+
+    fns: dict[str, Callable[[], Any]] = {"closure": closure_calls}
+    for name in ZO:
+        step, opt = make_step(name, [(d,)], q)
+        group = opt.param_groups[0]
+        estimate = [torch.randn(d, generator=torch.Generator().manual_seed(2))]
+
+        def update(opt: Any = opt, group: dict = group, estimate: list = estimate) -> None:
+            # What ZOOptimizer.step runs after its estimate, ZOLSTM's next QueryRNN included.
+            with torch.no_grad():
+                opt._update_group(group, group["params"], estimate)
+                opt._after_update()
+
+        fns[f"step:{name}"], fns[f"update:{name}"] = step, update
+    samples, _ = _interleaved(fns, reps, min_sample_s)
+    closure = samples["closure"]
+    out: dict[str, Any] = {"d": d, "reps": reps, "closure_s": spread(closure), "optimizers": {}}
+    for name in ZO:
+        steps, updates = samples[f"step:{name}"], samples[f"update:{name}"]
+        oracle = [s - c - u for s, c, u in zip(steps, closure, updates)]
+        out["optimizers"][name] = {
+            "step_s": spread(steps), "update_s": spread(updates), "oracle_s": spread(oracle),
+            "oracle_share": spread([o / s for o, s in zip(oracle, steps)])}
+    return out
 
 
 def allocations(fn: Callable[[], Any]) -> tuple[int, int]:
@@ -307,6 +354,30 @@ def render(data: dict[str, Any]) -> str:
             for k in [*PARTS, "other"]])
     out.append(md_table([*KEY, "overhead", *PART_NAMES.values(), "other"], rows))
 
+    if data.get("split"):
+        out.append(
+            "## Step time split: oracle, update, closure (one flat tensor)\n\n"
+            f"A whole `step()` of each optimizer; *closure*: the {q + 1} calls of the free "
+            "closure; *update*: the optimizer's update of the parameters from an estimate "
+            "(`_update_group`, and for ZOLSTM the QueryRNN run for the next step's query "
+            "scales), timed on its own; *oracle*: the rest (seeds, direction sampling, "
+            "perturb and restore, accumulation, Python glue). Interleaved repetitions as above "
+            "(fewer at large d: "
+            + ", ".join(f"{c['reps']} at d={c['d']}" for c in data["split"]) + "); medians, "
+            "IQR in parentheses for the step; fast contenders looped within a sample as above. "
+            "A real closure adds its own cost times q + 1 to "
+            "the step.\n")
+        rows = []
+        for c in data["split"]:
+            for name, o in c["optimizers"].items():
+                rows.append([c["d"], name, fmt_spread(o["step_s"], fmt_time),
+                             fmt_time(c["closure_s"]["median"]),
+                             fmt_time(o["oracle_s"]["median"]),
+                             fmt_time(o["update_s"]["median"]),
+                             f"{100 * o['oracle_share']['median']:.0f}%"])
+        out.append(md_table(["d", "optimizer", "step (IQR)", "closure", "oracle", "update",
+                             "oracle share of the step"], rows))
+
     out.append(
         "## Memory per parameter (float32, one flat tensor)\n\n"
         "*Peak extra*: the highest number of bytes allocated during a step beyond what existed "
@@ -363,6 +434,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--reps", type=int, default=80, help="timing repetitions per case")
     ap.add_argument("--min-sample-ms", type=float, default=10.0,
                     help="fast contenders are looped within a sample to last at least this")
+    ap.add_argument("--split-dims", type=int, nargs="*",
+                    default=[1000, 10_000, 100_000, 1_000_000, 10_000_000],
+                    help="sizes of the oracle / update / closure split (one thread)")
     ap.add_argument("--rss-d", type=int, default=10_000_000,
                     help="d of the RSS cross-check of the memory method (0: skip)")
     ap.add_argument("--threads", type=int, nargs="+", default=None,
@@ -374,6 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.quick:
         args.dims, args.model_dims, args.q, args.reps = [1000], [1000], 4, 3
+        args.split_dims = [1000]
         args.min_sample_ms, args.rss_d = 1.0, 0
     elif args.out is None:
         args.out = "docs/benchmarks"
@@ -393,7 +468,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "machine": machine(),
         "config": {"dims": args.dims, "model_dims": args.model_dims, "q": args.q,
                    "estimator": "forward", "reps": args.reps,
-                   "min_sample_ms": args.min_sample_ms, "rss_d": args.rss_d},
+                   "min_sample_ms": args.min_sample_ms, "rss_d": args.rss_d,
+                   "split_dims": args.split_dims},
         "timing": [],
     }
     default_threads = torch.get_num_threads()
@@ -409,6 +485,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             torch.set_num_threads(t)
             case = time_case(shapes, args.q, args.reps, args.min_sample_ms / 1000)
             data["timing"].append({"layout": layout, "threads": t, **case})
+    torch.set_num_threads(1)
+    data["split"] = []
+    for d in args.split_dims:
+        print(f"split d={d} ...", file=sys.stderr, flush=True)
+        data["split"].append(split_case(d, args.q, split_reps(d, args.reps),
+                                        args.min_sample_ms / 1000))
     torch.set_num_threads(default_threads)
     mem_dims = sorted(set(args.dims) | ({args.rss_d} if args.rss_d else set()))
     print(f"memory d={mem_dims} ...", file=sys.stderr, flush=True)
