@@ -116,7 +116,7 @@ class CoordLSTM(nn.Module):
         sigmoids. Here one sigmoid covers all four gates (``tanh z = 2 sigmoid(2z) - 1``, with
         the cell-gate weights doubled once) and another gives ``tanh c``; equal to
         ``nn.LSTMCell`` up to float32 rounding (tested). With the states written in place,
-        ZOLSTM's step overhead at d = 1e6 is 2.5x ZOAdam's (docs/benchmarks/overhead.md).
+        ZOLSTM's step overhead at d = 1e6 is 2.6x ZOAdam's (docs/benchmarks/overhead.md).
         """
         k = self.hidden
         w_ih, w_hh = self.cell.weight_ih.detach().clone(), self.cell.weight_hh.detach().clone()
