@@ -44,6 +44,15 @@ def machine() -> dict[str, Any]:
     }
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def spread(xs: Sequence[float]) -> dict[str, float]:
     """Median and interquartile range: robust to the outliers a shared machine produces."""
     xs = sorted(xs)

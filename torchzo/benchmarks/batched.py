@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from ._common import (
     interleaved_times,
     machine,
     md_table,
+    minor_faults,
     spread,
     write_results,
 )
@@ -82,17 +82,16 @@ def contender(path: str, q: int) -> tuple[Callable[[], Any], torch.Tensor]:
 
 
 def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    before = minor_faults()
     for _ in range(calls):
         fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+    return (minor_faults() - before) / calls
 
 
 def case(q: int, reps: int, threads: int = 1, number: int = 1, malloc: str = "default"
          ) -> dict[str, Any]:
     torch.set_num_threads(threads)
-    built = {path: contender(path, q) for path in PATHS}
-    steps = {path: step for path, (step, _) in built.items()}
+    steps = {path: contender(path, q)[0] for path in PATHS}
     with torch.no_grad():
         samples = interleaved_times(steps, reps, number=number)
         faults = {path: _faults_per_call(step) for path, step in steps.items()}
@@ -122,6 +121,8 @@ def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: A
         keep_freed_memory()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    # Not contender(): its second (NCHW) model changes the heap's history, and with it whether
+    # glibc trims; this is the script a user writes.
     model = for_queries(make_model("mnist").eval())
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
     delta = torch.zeros(784)
@@ -131,14 +132,14 @@ def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: A
     with torch.no_grad():
         for _ in range(steps):  # warm-up, and the heap reaches its steady state
             opt.step(objective)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        before = minor_faults()
         blocks = []  # the median of 10 blocks: robust to a moment of load on a shared machine
         for _ in range(10):
             t0 = time.perf_counter()
             for _ in range(steps // 10):
                 opt.step(objective)
             blocks.append((time.perf_counter() - t0) / (steps // 10))
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / (steps // 10 * 10)
+    faults = (minor_faults() - before) / (steps // 10 * 10)
     out.put((statistics.median(blocks), faults))
 
 
