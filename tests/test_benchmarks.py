@@ -51,7 +51,7 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
         assert case["malloc_delta_diff"] == 0.0  # the allocator changes no bits
     loops = {(lp["path"], lp["malloc"]): lp for lp in data["plain_loops"]["loops"]}
     assert set(loops) == {(p, m) for p in ("sequential", "batched") for m in ("default", "kept")}
-    assert loops["batched", "kept"]["faults_per_step"]["median"] < 5
+    assert loops["batched", "kept"]["faults_per_step"]["median"] < 25  # ~400 by default
     text = (tmp_path / "batched.md").read_text()
     assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text
 
