@@ -234,7 +234,8 @@ def render(data: dict[str, Any]) -> str:
            f"settings up to {max(kept):.1e}") + ".", "",
         *(["Each path at its own fastest thread count (medians; threads and malloc in "
            "brackets); *any*: at its fastest of every setting measured. One image is too little "
-           "work to share between threads, so the sequential path is fastest on one:", "",
+           "work to share between threads: the sequential path gains nothing from a second "
+           "one, so it is fastest on one or within noise of it:", "",
            md_table(["q", "malloc", "sequential step", "batched step",
                      "speed-up: sequential / batched"], best), ""] if best else []),
         *_render_loops(data.get("plain_loops"))])
