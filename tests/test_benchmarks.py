@@ -49,8 +49,10 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
         assert case["q"] == 20 and case["speedup"]["median"] > 0
         assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths differ by rounding
         assert case["malloc_delta_diff"] == 0.0  # the allocator changes no bits
+        assert case["native_delta_diff"] < 1e-3  # nor, beyond rounding, the convolution backend
     loops = {(lp["path"], lp["malloc"]): lp for lp in data["plain_loops"]["loops"]}
-    assert set(loops) == {(p, m) for p in ("sequential", "batched") for m in ("default", "kept")}
+    assert set(loops) == {(p, m) for p in ("sequential", "batched") for m in ("default", "kept")
+                          } | {("sequential, oneDNN off", "default")}
     assert loops["batched", "kept"]["faults_per_step"]["median"] < 25  # ~400 by default
     text = (tmp_path / "batched.md").read_text()
     assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text

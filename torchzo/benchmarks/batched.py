@@ -10,8 +10,10 @@ depend on its weights, so an untrained copy is used and no data or cached target
 queries one forward pass of one image; *batched*: the same objective as a
 :class:`torchzo.Batched` function, all q + 1 images in one forward pass; *batched NCHW*: the
 batched path with the model in its default memory layout, which measures what channels-last is
-worth. Repetitions alternate in a shuffled order; each is the mean of ``--number`` back-to-back
-steps of one path, as a training loop runs them; medians and interquartile ranges.
+worth; *sequential, oneDNN off*: the closure path with oneDNN switched off and the default
+layout, its fastest backend for one image. Repetitions alternate in a shuffled order; each is
+the mean of ``--number`` back-to-back steps of one path, as a training loop runs them; medians
+and interquartile ranges.
 
 *malloc*: glibc's allocator as it comes, or *kept*: after
 :func:`torchzo.cpu.keep_freed_memory`, measured after the default cases in the same process
@@ -28,6 +30,7 @@ import argparse
 import multiprocessing as mp
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -51,7 +54,10 @@ from ._common import (
     write_results,
 )
 
-PATHS = ("sequential", "batched", "batched NCHW")
+# Switching oneDNN off warns (once) about TF32 on Intel GPUs, which has nothing to do with it.
+warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+
+PATHS = ("sequential", "batched", "batched NCHW", "sequential, oneDNN off")
 CHECK_STEPS = 20
 
 
@@ -71,14 +77,25 @@ def contender(path: str, q: int) -> tuple[Callable[[], Any], torch.Tensor]:
     plain = make_model("mnist").eval()
     # "batched NCHW" keeps the model's default layout, to measure what channels-last (as the
     # attack task loads its targets) is worth.
-    net = plain if path == "batched NCHW" else for_queries(make_model("mnist").eval())
+    # "sequential, oneDNN off" too: torch's own convolution, which beats oneDNN's on one
+    # image, is fastest with the default layout.
+    net = (plain if path in ("batched NCHW", "sequential, oneDNN off")
+           else for_queries(make_model("mnist").eval()))
     net.load_state_dict(plain.state_dict())
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
     delta = torch.zeros(784)
     opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
-    objective = (partial(_one_image, net, image, delta) if path == "sequential"
-                 else Batched(partial(_images, net, image)))
-    return partial(opt.step, objective), delta
+    if path.startswith("sequential"):
+        closure = partial(_one_image, net, image, delta)
+        if path == "sequential":
+            return partial(opt.step, closure), delta
+
+        def native_step() -> Any:
+            with torch.backends.mkldnn.flags(enabled=False):
+                return opt.step(closure)
+
+        return native_step, delta
+    return partial(opt.step, Batched(partial(_images, net, image))), delta
 
 
 def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
@@ -102,12 +119,15 @@ def case(q: int, reps: int, threads: int = 1, number: int = 1, malloc: str = "de
             step, deltas[path] = contender(path, q)
             for _ in range(CHECK_STEPS):
                 step()
-    seq, bat, nchw = (samples[p] for p in PATHS)
+    seq, bat, nchw, native = (samples[p] for p in PATHS)
     return {"q": q, "threads": threads, "malloc": malloc, "reps": reps, "number": number,
             "step_s": {k: spread(v) for k, v in samples.items()},
             "faults_per_step": faults,
             "speedup": spread([s / b for s, b in zip(seq, bat)]),
             "channels_last_gain": spread([n / b for n, b in zip(nchw, bat)]),
+            "speedup_over_native": spread([n / b for n, b in zip(native, bat)]),
+            "native_delta_diff": float(
+                (deltas["sequential"] - deltas["sequential, oneDNN off"]).abs().max()),
             "max_abs_delta_diff": float((deltas["sequential"] - deltas["batched"]).abs().max()),
             "layout_delta_diff": float((deltas["batched"] - deltas["batched NCHW"]).abs().max()),
             "final_delta": deltas["batched"].tolist()}
@@ -123,13 +143,14 @@ def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: A
     torch.manual_seed(0)
     # Not contender(): its second (NCHW) model changes the heap's history, and with it whether
     # glibc trims; this is the script a user writes.
-    model = for_queries(make_model("mnist").eval())
+    native = path == "sequential, oneDNN off"
+    model = make_model("mnist").eval() if native else for_queries(make_model("mnist").eval())
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
     delta = torch.zeros(784)
     opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
-    objective = (partial(_one_image, model, image, delta) if path == "sequential"
+    objective = (partial(_one_image, model, image, delta) if path.startswith("sequential")
                  else Batched(partial(_images, model, image)))
-    with torch.no_grad():
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=not native):
         for _ in range(steps):  # warm-up, and the heap reaches its steady state
             opt.step(objective)
         before = minor_faults()
@@ -143,7 +164,8 @@ def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: A
     out.put((statistics.median(blocks), faults))
 
 
-LOOPS = (("sequential", 1, "default"), ("sequential", 1, "kept"), ("batched", 2, "default"),
+LOOPS = (("sequential", 1, "default"), ("sequential", 1, "kept"),
+         ("sequential, oneDNN off", 1, "default"), ("batched", 2, "default"),
          ("batched", 2, "kept"))
 
 
@@ -157,7 +179,7 @@ def plain_loops(runs: int, q: int = 20, steps: int = 200) -> dict[str, Any]:
     for _ in range(runs):
         for (path, threads, malloc), got in zip(LOOPS, found.values()):
             out = ctx.Queue()
-            n = steps if path == "sequential" else 5 * steps
+            n = steps if path.startswith("sequential") else 5 * steps
             proc = ctx.Process(target=_plain_loop, args=(path, malloc, q, threads, n, out))
             proc.start()
             got.append(out.get(timeout=600))
@@ -190,6 +212,11 @@ def best_threads(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "batched_threads": bat["threads"],
                         "batched_malloc": bat.get("malloc", "default"), "batched_s": b,
                         "speedup": s / b})
+            if all("sequential, oneDNN off" in c["step_s"] for c in mine):
+                nat = min(mine, key=lambda c: c["step_s"]["sequential, oneDNN off"]["median"])
+                n = nat["step_s"]["sequential, oneDNN off"]["median"]
+                out[-1].update(native_threads=nat["threads"], native_malloc=nat["malloc"],
+                               native_s=n, speedup_over_native=n / b)
     return out
 
 
@@ -201,7 +228,10 @@ def render(data: dict[str, Any]) -> str:
              f"{fmt_time(b['sequential_s'])} ({b['sequential_threads']}, "
              f"{b['sequential_malloc']})",
              f"{fmt_time(b['batched_s'])} ({b['batched_threads']}, {b['batched_malloc']})",
-             f"{b['speedup']:.2f}"]
+             f"{b['speedup']:.2f}",
+             f"{fmt_time(b['native_s'])} ({b['native_threads']}, {b['native_malloc']})"
+             if "native_s" in b else "-",
+             f"{b['speedup_over_native']:.2f}" if "native_s" in b else "-"]
             for b in best_threads(data["cases"])]
     rows = [[c["q"], c.get("threads", 1), c.get("malloc", "default"),
              f"{c['faults_per_step']['batched']:.0f}" if "faults_per_step" in c else "-",
@@ -211,6 +241,12 @@ def render(data: dict[str, Any]) -> str:
              fmt_spread(c["channels_last_gain"], lambda x: f"{x:.2f}"),
              f"{c['max_abs_delta_diff']:.1e}"]
             for c in data["cases"]]
+    native = [[c["q"], c["threads"], c["malloc"],
+               fmt_spread(c["step_s"]["sequential"], fmt_time),
+               fmt_spread(c["step_s"]["sequential, oneDNN off"], fmt_time),
+               fmt_spread(c["speedup_over_native"], lambda x: f"{x:.2f}"),
+               f"{c['native_delta_diff']:.1e}"]
+              for c in data["cases"] if "speedup_over_native" in c]
     return "\n".join([
         "# Batched vs sequential queries: MNIST attack", "",
         *[para.replace("\n", " ") + "\n"
@@ -232,22 +268,36 @@ def render(data: dict[str, Any]) -> str:
         f"{max(c.get('layout_delta_diff', 0.0) for c in data['cases']):.1e}"
         + ("" if not kept else ", and each path ends at the same delta under both malloc "
            f"settings up to {max(kept):.1e}") + ".", "",
+        *(["The closure path with oneDNN switched off (`torch.backends.mkldnn.flags("
+           "enabled=False)` around the step) and the model in its default layout: torch's own "
+           "convolution is faster on one image, so this is the closure path at its fastest "
+           "backend; the batched path keeps oneDNN and channels-last, its fastest. The last "
+           f"column: the two closure paths' delta after {CHECK_STEPS} steps.", "",
+           md_table(["q", "threads", "malloc", "sequential step (IQR)",
+                     "sequential, oneDNN off (IQR)",
+                     "speed-up: sequential, oneDNN off / batched (IQR)",
+                     "max |delta| difference"], native), ""] if native else []),
         *(["Each path at its own fastest thread count (medians; threads and malloc in "
            "brackets); *any*: at its fastest of every setting measured. One image is too little "
            "work to share between threads: the sequential path gains nothing from a second "
            "one, so it is fastest on one or within noise of it:", "",
            md_table(["q", "malloc", "sequential step", "batched step",
-                     "speed-up: sequential / batched"], best), ""] if best else []),
+                     "speed-up: sequential / batched", "sequential, oneDNN off",
+                     "speed-up: sequential, oneDNN off / batched"], best), ""]
+          if best else []),
         *_render_loops(data.get("plain_loops"))])
 
 
 def _render_loops(loops: dict[str, Any] | None) -> list[str]:
     if not loops:
         return []
-    seq = loops["loops"][0]["step_s"]["median"]
+    by_path = {(lp["path"], lp["malloc"]): lp["step_s"]["median"] for lp in loops["loops"]}
+    seq = by_path["sequential", "default"]
+    native = by_path.get(("sequential, oneDNN off", "default"))
     rows = [[lp["path"], lp["threads"], lp["malloc"], fmt_spread(lp["step_s"], fmt_time),
              fmt_spread(lp["faults_per_step"], lambda x: f"{x:.0f}"),
-             f"{seq / lp['step_s']['median']:.2f}"]
+             f"{seq / lp['step_s']['median']:.2f}",
+             "-" if native is None else f"{native / lp['step_s']['median']:.2f}"]
             for lp in loops["loops"]]
     return [
         "Each path alone, as a user's script runs it (model, optimizer, objective, then the "
@@ -257,7 +307,8 @@ def _render_loops(loops: dict[str, Any] | None) -> list[str]:
         "(IQR). Unlike the interleaved cases above, these compare numbers from different "
         "processes, so they carry the machine's process-to-process spread:", "",
         md_table(["path", "threads", "malloc", "step", "faults per step",
-                  "speed-up over the sequential path"], rows), ""]
+                  "speed-up over the sequential path",
+                  "speed-up over the sequential path, oneDNN off"], rows), ""]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
