@@ -105,12 +105,26 @@ def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
     return (minor_faults() - before) / calls
 
 
+def _parts(q: int) -> dict[str, Callable[[], Any]]:
+    """The batched step in two parts: one call of its objective on q + 1 images, and the
+    step with an objective that costs nothing (directions, rows, checks, estimate, update)."""
+    torch.manual_seed(0)
+    net = for_queries(make_model("mnist").eval())
+    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
+    X = torch.zeros(q + 1, 784)
+    delta = torch.zeros(784)
+    opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+    free = Batched(lambda X: X[:, 0])
+    return {"objective only": partial(_images, net, image, X),
+            "step, free objective": partial(opt.step, free)}
+
+
 def case(q: int, reps: int, threads: int = 1, number: int = 1, malloc: str = "default"
          ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     steps = {path: contender(path, q)[0] for path in PATHS}
     with torch.no_grad():
-        samples = interleaved_times(steps, reps, number=number)
+        samples = interleaved_times({**steps, **_parts(q)}, reps, number=number)
         faults = {path: _faults_per_call(step) for path, step in steps.items()}
         # The same check on fresh copies after a fixed number of steps: the timed copies took
         # different numbers of steps, and rounding differences grow along an attack.
@@ -241,6 +255,13 @@ def render(data: dict[str, Any]) -> str:
              fmt_spread(c["channels_last_gain"], lambda x: f"{x:.2f}"),
              f"{c['max_abs_delta_diff']:.1e}"]
             for c in data["cases"]]
+    parts = []
+    for c in data["cases"]:
+        med = {k: v["median"] for k, v in c["step_s"].items()}
+        if "objective only" in med:
+            parts.append([c["q"], c["threads"], c["malloc"], fmt_time(med["batched"]),
+                          fmt_time(med["objective only"]), fmt_time(med["step, free objective"]),
+                          f"{100 * med['objective only'] / med['batched']:.0f}%"])
     native = [[c["q"], c["threads"], c["malloc"],
                fmt_spread(c["step_s"]["sequential"], fmt_time),
                fmt_spread(c["step_s"]["sequential, oneDNN off"], fmt_time),
@@ -268,6 +289,13 @@ def render(data: dict[str, Any]) -> str:
         f"{max(c.get('layout_delta_diff', 0.0) for c in data['cases']):.1e}"
         + ("" if not kept else ", and each path ends at the same delta under both malloc "
            f"settings up to {max(kept):.1e}") + ".", "",
+        *(["Where the batched step's time goes: one call of its objective (the forward "
+           "pass of q + 1 images and the attack loss) and the same step with an objective "
+           "that costs nothing (seeds, directions, query rows, checks, the estimate, Adam's "
+           "update), each timed on its own in the same repetitions (medians):", "",
+           md_table(["q", "threads", "malloc", "batched step", "objective only",
+                     "step, free objective", "objective share"], parts), ""]
+          if parts else []),
         *(["The closure path with oneDNN switched off (`torch.backends.mkldnn.flags("
            "enabled=False)` around the step) and the model in its default layout: torch's own "
            "convolution is faster on one image, so this is the closure path at its fastest "
