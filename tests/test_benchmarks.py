@@ -50,6 +50,8 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
         assert case["max_abs_delta_diff"] < 1e-3  # same seeds: the paths differ by rounding
         assert case["malloc_delta_diff"] == 0.0  # the allocator changes no bits
         assert case["native_delta_diff"] < 1e-3  # nor, beyond rounding, the convolution backend
+        parts = {k: case["step_s"][k]["median"] for k in ("objective only", "step, free objective")}
+        assert all(0 < v < case["step_s"]["batched"]["median"] * 2 for v in parts.values())
     loops = {(lp["path"], lp["malloc"]): lp for lp in data["plain_loops"]["loops"]}
     assert set(loops) == {(p, m) for p in ("sequential", "batched") for m in ("default", "kept")
                           } | {("sequential, oneDNN off", "default")}
