@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,32 @@ def test_zolstm_defaults_to_the_shipped_default():
         assert torch.equal(a, b)
     by_name = ZOLSTM([torch.zeros(4)], pretrained="binclass", seed=0)
     assert isinstance(by_name.nets, LearnedZO)
+
+
+def test_cifar_attack_is_the_measured_transfer_of_mnist_attack():
+    """docs/benchmarks/attack-cifar10.md measured mnist-attack at the tuned output scale;
+    the shipped cifar-attack must be that optimizer with the scale baked in."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+    bench = json.loads((docs / "attack-cifar10.json").read_text())
+    scale = bench["transfer"]["mnist"]["alpha"]
+    assert bench["weights"]["mnist"]["sha256"] == pretrained.info("mnist-attack")["sha256"]
+    src = pretrained.load("mnist-attack").state_dict()
+    dst = pretrained.load("cifar-attack").state_dict()
+    assert src.keys() == dst.keys()
+    for key in src:
+        want = src[key] * scale if key == "update.head.weight" else src[key]
+        # The manifest's alpha is rounded to six digits: 0.132816 for 0.42 x 0.316228.
+        torch.testing.assert_close(dst[key], want, rtol=1e-5, atol=0)
+    # And so it steps as the measured transfer did, up to float rounding.
+    target = torch.linspace(-1, 1, 50)
+    xs = [torch.zeros(50), torch.zeros(50)]
+    opts = [ZOLSTM([xs[0]], pretrained="cifar-attack", seed=0),
+            ZOLSTM([xs[1]], pretrained="mnist-attack", lr=scale, seed=0)]
+    for _ in range(30):
+        for x, opt in zip(xs, opts):
+            opt.step(lambda x=x: ((x - target) ** 2).sum())
+    assert (xs[0] - torch.zeros(50)).abs().max() > 1e-3  # it moved
+    torch.testing.assert_close(xs[0], xs[1], rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture
