@@ -105,17 +105,24 @@ def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
     return (minor_faults() - before) / calls
 
 
+def _attack(q: int, channels_last: bool = True
+            ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, ZOAdam]:
+    """The attack as a user's script sets it up: one model, the image, the perturbation and
+    its optimizer."""
+    torch.manual_seed(0)
+    model = make_model("mnist").eval()
+    model = for_queries(model) if channels_last else model
+    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
+    delta = torch.zeros(784)
+    return model, image, delta, ZOAdam([delta], lr=0.01, q=q, seed=0)
+
+
 def _parts(q: int) -> dict[str, Callable[[], Any]]:
     """The batched step in two parts: one call of its objective on q + 1 images, and the
     step with an objective that costs nothing (directions, rows, checks, estimate, update)."""
-    torch.manual_seed(0)
-    net = for_queries(make_model("mnist").eval())
-    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
-    X = torch.zeros(q + 1, 784)
-    delta = torch.zeros(784)
-    opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+    net, image, _, opt = _attack(q)
     free = Batched(lambda X: X[:, 0])
-    return {"objective only": partial(_images, net, image, X),
+    return {"objective only": partial(_images, net, image, torch.zeros(q + 1, 784)),
             "step, free objective": partial(opt.step, free)}
 
 
@@ -154,14 +161,10 @@ def _plain_loop(path: str, malloc: str, q: int, threads: int, steps: int, out: A
     if malloc == "kept":
         keep_freed_memory()
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
     # Not contender(): its second (NCHW) model changes the heap's history, and with it whether
     # glibc trims; this is the script a user writes.
     native = path == "sequential, oneDNN off"
-    model = make_model("mnist").eval() if native else for_queries(make_model("mnist").eval())
-    image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1))
-    delta = torch.zeros(784)
-    opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
+    model, image, delta, opt = _attack(q, channels_last=not native)
     objective = (partial(_one_image, model, image, delta) if path.startswith("sequential")
                  else Batched(partial(_images, model, image)))
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=not native):

@@ -95,7 +95,8 @@ def make_step(name: str, shapes: Shapes, q: int) -> tuple[Callable[[], Any], Any
     return (lambda: opt.step(lambda: zero)), opt
 
 
-def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
+def _closure_calls(q: int) -> tuple[Callable[[], torch.Tensor], Callable[[], None]]:
+    """The free closure, and its q + 1 bare calls (what a step's closure calls cost alone)."""
     zero = torch.tensor(0.0)
 
     def closure() -> torch.Tensor:
@@ -105,6 +106,11 @@ def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
         for _ in range(q + 1):
             closure()
 
+    return closure, closure_calls
+
+
+def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
+    closure, closure_calls = _closure_calls(q)
     fns: dict[str, Callable[[], Any]] = {"closure": closure_calls}
     fns.update({name: make_step(name, shapes, q)[0] for name in ALL})
 
@@ -187,25 +193,13 @@ def split_reps(d: int, reps: int) -> int:
 def split_case(d: int, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
     """One flat tensor of ``d``: each ZO optimizer's step split into closure calls, update
     and oracle (the rest: seeds, directions, perturb/restore, accumulation)."""
-    zero = torch.tensor(0.0)
-
-    def closure_calls() -> None:
-        for _ in range(q + 1):
-            (lambda: zero)()
-
-    fns: dict[str, Callable[[], Any]] = {"closure": closure_calls}
+    fns: dict[str, Callable[[], Any]] = {"closure": _closure_calls(q)[1]}
     for name in ZO:
         step, opt = make_step(name, [(d,)], q)
-        group = opt.param_groups[0]
-        estimate = [torch.randn(d, generator=torch.Generator().manual_seed(2))]
-
-        def update(opt: Any = opt, group: dict = group, estimate: list = estimate) -> None:
-            # What ZOOptimizer.step runs after its estimate, ZOLSTM's next QueryRNN included.
-            with torch.no_grad():
-                opt._update_group(group, group["params"], estimate)
-                opt._after_update()
-
-        fns[f"step:{name}"], fns[f"update:{name}"] = step, update
+        (x,) = opt.param_groups[0]["params"]
+        estimate = {x: torch.randn(d, generator=torch.Generator().manual_seed(2))}
+        # What a step runs after its estimate (ZOLSTM's next QueryRNN included).
+        fns[f"step:{name}"], fns[f"update:{name}"] = step, functools.partial(opt._apply, estimate)
     samples, _ = _interleaved(fns, reps, min_sample_s)
     closure = samples["closure"]
     out: dict[str, Any] = {"d": d, "reps": reps, "closure_s": spread(closure), "optimizers": {}}

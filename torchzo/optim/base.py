@@ -328,18 +328,21 @@ class ZOOptimizer(Optimizer):
         except BaseException:
             self._generator.set_state(rng)
             raise
-        with torch.no_grad():
-            for group in self.param_groups:
-                params = group["params"]
-                if not params:
-                    continue
-                grads = [estimates[p].to(p.dtype) for p in params]
-                self._update_group(group, params, grads)
-            self._after_update()
+        self._apply(estimates)
         self._counters["steps"] += 1
         self._counters["queries"] += queries
         self.last_loss = float(loss)
         return loss
+
+    @torch.no_grad()
+    def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
+        """The update of every group from the step's estimates, then the work for the next."""
+        for group in self.param_groups:
+            params = group["params"]
+            if not params:
+                continue
+            self._update_group(group, params, [estimates[p].to(p.dtype) for p in params])
+        self._after_update()
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
