@@ -8,9 +8,6 @@ is bounded, so a hang fails the tests instead of blocking them.
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +23,7 @@ from zo_testing import Objective, all_same_bits, deep_equal, snapshot  # noqa: E
 
 import torchzo  # noqa: E402
 from torchzo import Batched, ClosureError  # noqa: E402
+from torchzo.benchmarks._common import launch_ranks  # noqa: E402
 from torchzo.learned import LearnedZO  # noqa: E402
 from torchzo.oracle import RankFailedError  # noqa: E402
 
@@ -198,40 +196,10 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _loopback_interface() -> str | None:
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except (OSError, AttributeError):
-        return None
-    return next((n for n in names if n.startswith("lo")), None)
-
-
-def launch(args: list[str], world: int, timeout: float) -> list[subprocess.CompletedProcess]:
-    """Run ``python <args> <rank> <world>`` for each rank, gloo on loopback; bounded."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = _loopback_interface()
-    if lo is not None:
-        env["GLOO_SOCKET_IFNAME"] = lo
-    procs = [subprocess.Popen([sys.executable, *args, str(r), str(world)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    done = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, out))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return done
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("distributed")
-    done = launch([__file__, "worker", str(out)], WORLD, timeout=120)
+    done = launch_ranks([__file__, "worker", str(out)], WORLD, timeout=120)
     for r, p in enumerate(done):
         assert p.returncode == 0, f"rank {r} failed:\n{p.stdout[-4000:]}"
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]

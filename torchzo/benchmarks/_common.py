@@ -5,7 +5,9 @@ import json
 import logging
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +16,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["fmt_spread", "fmt_time", "machine", "md_table", "sig3", "spread", "write_results"]
+__all__ = ["fmt_spread", "fmt_time", "launch_ranks", "machine", "md_table", "sig3", "spread",
+           "write_results"]
 
 
 def _cpu_model() -> str:
@@ -174,3 +177,38 @@ def save_figure(fig: Any, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     return path.name
+
+
+def _loopback_interface() -> str | None:
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except (OSError, AttributeError):
+        return None
+    return next((n for n in names if n.startswith("lo")), None)
+
+
+def launch_ranks(args: Sequence[str], world: int, timeout: float
+                 ) -> list[subprocess.CompletedProcess]:
+    """Run ``python <args> <rank> <world>`` for each rank, gloo on loopback; bounded.
+
+    Every wait has ``timeout``, so a hung rank fails its caller instead of blocking it; the
+    processes left running are killed.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    lo = _loopback_interface()
+    if lo is not None:
+        env["GLOO_SOCKET_IFNAME"] = lo
+    procs = [subprocess.Popen([sys.executable, *args, str(r), str(world)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    done = []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(p.args, p.returncode, out))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return done

@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +44,7 @@ from ._common import (
     fmt_spread,
     fmt_time,
     interleaved_times,
+    launch_ranks,
     machine,
     md_table,
     sig3,
@@ -137,33 +135,12 @@ def _worker(out: str, cfg: dict[str, Any], rank: int, world: int) -> None:
             dist.destroy_process_group()
 
 
-def _loopback_interface() -> str | None:
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except (OSError, AttributeError):
-        return None
-    return next((n for n in names if n.startswith("lo")), None)
-
-
 def launch(out: str, cfg: dict[str, Any], world: int, timeout: float) -> list[dict[str, Any]]:
     """Run the cases with ``world`` processes (gloo on loopback); each rank's results."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = _loopback_interface()
-    if lo is not None:
-        env["GLOO_SOCKET_IFNAME"] = lo
-    cmd = [sys.executable, "-m", MODULE, "--worker", out, json.dumps(cfg)]
-    procs = [subprocess.Popen([*cmd, str(r), str(world)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for r in range(world)]
-    try:
-        for r, p in enumerate(procs):
-            log, _ = p.communicate(timeout=timeout)
-            if p.returncode != 0:
-                raise RuntimeError(f"rank {r} of {world} failed:\n{log[-4000:]}")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+    done = launch_ranks(["-m", MODULE, "--worker", out, json.dumps(cfg)], world, timeout)
+    for r, p in enumerate(done):
+        if p.returncode != 0:
+            raise RuntimeError(f"rank {r} of {world} failed:\n{p.stdout[-4000:]}")
     return [torch.load(Path(out) / f"world{world}-rank{r}.pt", weights_only=False)
             for r in range(world)]
 
