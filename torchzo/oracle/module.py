@@ -38,6 +38,10 @@ def module_objective(
     The module runs under ``vmap``: put it in ``eval()`` mode if it has layers that update
     buffers (batch norm) or draw random numbers (dropout) in training mode.
 
+    Each step allocates the activations of all its rows and frees them again; on a CPU with
+    glibc, call :func:`torchzo.cpu.keep_freed_memory` once so that the next step reuses that
+    memory instead of faulting it in page by page.
+
     Example::
 
         opt = torchzo.ZOAdam(model.parameters(), lr=1e-3, q=20)
