@@ -60,6 +60,23 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
     assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text
 
 
+def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
+    from torchzo.benchmarks import batched_mlp
+
+    data = batched_mlp.main(["--quick", "--out", str(tmp_path)])
+    assert [c["malloc"] for c in data["cases"]] == ["default", "kept"]  # glibc here
+    for case in data["cases"]:
+        assert set(case["step_s"]) == {"closure", "batched", "batched-8"}
+        assert case["mlp"]["d"] == 32 * 64 + 64 + 64 * 10 + 10
+        diff = case["max_abs_param_diff_vs_closure"]
+        # Same directions: the paths differ by float32 rounding, amplified at most by Adam.
+        assert diff["closure"] == 0 and 0 < diff["batched"] <= 2e-3
+        assert case["faults_per_step"]["batched"] >= 0
+    assert (tmp_path / "batched-mlp.json").is_file()
+    text = (tmp_path / "batched-mlp.md").read_text()
+    assert "| 32-64-10, batch 16 | 1 | kept | batched |" in text
+
+
 def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
     from torchzo.benchmarks import lr_scan
 

@@ -44,6 +44,7 @@ from ..oracle import Batched
 from ..tasks.attack import attack_loss
 from ..tasks.targets import for_queries, make_model
 from ._common import (
+    faults_per_call,
     fmt_spread,
     fmt_time,
     interleaved_times,
@@ -98,13 +99,6 @@ def contender(path: str, q: int) -> tuple[Callable[[], Any], torch.Tensor]:
     return partial(opt.step, Batched(partial(_images, net, image))), delta
 
 
-def _faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
-    before = minor_faults()
-    for _ in range(calls):
-        fn()
-    return (minor_faults() - before) / calls
-
-
 def _attack(q: int, channels_last: bool = True
             ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, ZOAdam]:
     """The attack as a user's script sets it up: one model, the image, the perturbation and
@@ -132,7 +126,7 @@ def case(q: int, reps: int, threads: int = 1, number: int = 1, malloc: str = "de
     steps = {path: contender(path, q)[0] for path in PATHS}
     with torch.no_grad():
         samples = interleaved_times({**steps, **_parts(q)}, reps, number=number)
-        faults = {path: _faults_per_call(step) for path, step in steps.items()}
+        faults = {path: faults_per_call(step) for path, step in steps.items()}
         # The same check on fresh copies after a fixed number of steps: the timed copies took
         # different numbers of steps, and rounding differences grow along an attack.
         deltas = {}

@@ -1,4 +1,4 @@
-"""Distributed queries (``opt.distributed``) and batched module queries (``module_objective``).
+"""Distributed queries (``opt.distributed``): steps with 1 and 2 gloo processes.
 
     python -m torchzo.benchmarks.distributed [--q 20] [--steps 5] [--sleep-ms 50]
                                              [--out docs/benchmarks] [--quick]
@@ -14,11 +14,6 @@ Each run takes a warm-up step, then ``--steps`` timed steps, each started after 
 median step time of rank 0 is reported. The ideal speed-up with ``W`` ranks is ``(q + 1) / (1 +
 ceil(q / W))`` (every rank queries f(x) itself). After the steps every rank's parameters are
 compared bit for bit with the other rank's and with the single-process run's.
-
-Batched module queries: one process, ZOAdam on a small MLP, the step time of the closure path
-next to ``Batched`` objectives from :func:`torchzo.oracle.module_objective` (one vmapped call
-per step, and calls of 8 rows), timed alternately in shuffled order; medians and interquartile
-ranges over the repetitions.
 """
 from __future__ import annotations
 
@@ -34,22 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ..optim import ZOAdam
-from ..oracle import module_objective
 from ._common import (
+    exit_worker,
     finish,
     fmt_spread,
     fmt_time,
-    interleaved_times,
     launch_ranks,
     machine,
     md_table,
     sig3,
     spread,
 )
+from .batched_mlp import make_mlp
 
 MODULE = "torchzo.benchmarks.distributed"
 
@@ -68,18 +62,8 @@ def _sleep_problem(cfg: dict[str, Any]) -> tuple[list[torch.Tensor], Callable[[]
     return [x], closure
 
 
-def _mlp(cfg: dict[str, Any], seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    batch, inputs, hidden = cfg["mlp"]
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, 10))
-    x = torch.randn(batch, inputs, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
-    return model, x, y
-
-
 def _mlp_problem(cfg: dict[str, Any]) -> tuple[list[torch.Tensor], Callable[[], Any]]:
-    model, x, y = _mlp(cfg)
+    model, x, y = make_mlp(*cfg["mlp"])
     return list(model.parameters()), lambda: F.cross_entropy(model(x), y)
 
 
@@ -104,10 +88,11 @@ def _worker(out: str, cfg: dict[str, Any], rank: int, world: int) -> None:
             opt.distributed = world > 1
             opt.step(closure)  # warm-up: allocates the optimizer state, warms caches
             query_s = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                closure()
-                query_s.append(time.perf_counter() - t0)
+            with torch.no_grad():  # as the step calls it: no graph to build
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    closure()
+                    query_s.append(time.perf_counter() - t0)
             times = []
             for _ in range(cfg["steps"]):
                 if world > 1:
@@ -128,7 +113,8 @@ def _worker(out: str, cfg: dict[str, Any], rank: int, world: int) -> None:
         torch.save(results, Path(out) / f"world{world}-rank{rank}.pt")
         if world > 1:
             # Tear gloo down together: a rank that leaves while the other still has traffic
-            # in flight can abort at exit ("terminate called without an active exception").
+            # in flight can abort at exit ("terminate called without an active exception");
+            # exit_worker skips the exit code where the rest of those aborts happen.
             dist.barrier()
     finally:
         if world > 1:
@@ -186,48 +172,13 @@ def sharded_cases(cfg: dict[str, Any], worlds: list[int], timeout: float) -> lis
     return rows
 
 
-# -- batched module queries vs the closure path ---------------------------------------------------
-
-def _module_step(cfg: dict[str, Any], size: list[int], chunk: int | None | str
-                 ) -> tuple[Callable[[], Any], list[torch.Tensor]]:
-    """One ZOAdam step on a fresh copy of an MLP: closure path or module_objective."""
-    model, x, y = _mlp({**cfg, "mlp": size})
-    opt = ZOAdam(model.parameters(), lr=1e-3, q=cfg["q"], seed=0)
-    if chunk == "closure":
-        return (lambda: opt.step(lambda: F.cross_entropy(model(x), y))), list(model.parameters())
-    objective = module_objective(model, F.cross_entropy, x, target=y,
-                                 chunk_size=None if chunk is None else int(chunk))
-    return (lambda: opt.step(objective)), list(model.parameters())
-
-
-def batched_case(cfg: dict[str, Any], size: list[int], reps: int) -> dict[str, Any]:
-    contenders: dict[str, Callable[[], Any]] = {}
-    params_of: dict[str, list[torch.Tensor]] = {}
-    for name, chunk in (("closure", "closure"), ("batched", None), ("batched-8", 8)):
-        contenders[name], params_of[name] = _module_step(cfg, size, chunk)
-    samples = interleaved_times(contenders, reps)
-    ref = params_of["closure"]
-    diff = {k: max(float((a - b).detach().abs().max()) for a, b in zip(ref, v))
-            for k, v in params_of.items()}
-    batch, inputs, hidden = size
-    return {
-        "mlp": {"batch": batch, "inputs": inputs, "hidden": hidden, "outputs": 10,
-                "d": sum(p.numel() for p in ref)},
-        "q": cfg["q"], "reps": reps,
-        "step_s": {k: spread(v) for k, v in samples.items()},
-        "speedup_vs_closure": {k: spread([c / s for c, s in zip(samples["closure"], v)])
-                               for k, v in samples.items()},
-        "max_abs_param_diff_vs_closure": diff,
-    }
-
-
 # -- report ---------------------------------------------------------------------------------------
 
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
     cfg = data["config"]
     lines = [
-        "# Distributed and batched queries",
+        "# Distributed queries",
         "",
         f"`{data['command']}` on {m['cpu']} ({m['cpus_usable']} usable CPUs, shared with other "
         f"jobs: load average {m['loadavg'][0]:.2f} at the start, "
@@ -271,34 +222,9 @@ def render(data: dict[str, Any]) -> str:
         "(compare the *query* column), the machine had no idle core to give it, and the "
         "speed-up measures that rather than the sharding.",
         "",
-        f"## Batched module queries vs the closure path (ZOAdam, q={q}, one process)",
-        "",
-        "`module_objective(model, F.cross_entropy, x, target=y)` on an MLP; *batched*: all "
-        f"{q + 1} queries of a step in one vmapped call; *batched-8*: calls of 8 rows "
-        f"(`chunk_size=8`). {data['batched'][0]['reps']} repetitions in shuffled order. The "
-        "last column is the largest parameter difference from the closure path after all the "
-        "steps: float32 rounding differs between the paths, and Adam's normalised step turns "
-        "it into up to 2 lr = 0.002 on coordinates whose estimate is near zero.",
+        f"Total time {data['elapsed_s']:.0f} s.",
         "",
     ]
-    rows = []
-    for b in data["batched"]:
-        mlp = b["mlp"]
-        size = f"{mlp['inputs']}-{mlp['hidden']}-{mlp['outputs']}, batch {mlp['batch']}"
-        rows += [[size, mlp["d"], k, fmt_spread(b["step_s"][k], fmt_time),
-                  fmt_spread(b["speedup_vs_closure"][k], lambda x: f"{x:.2f}"),
-                  f"{b['max_abs_param_diff_vs_closure'][k]:.2g}"] for k in b["step_s"]]
-    lines.append(md_table(["MLP", "d", "objective", "step (IQR)", "speed-up vs closure",
-                           "max |param diff| vs closure"], rows))
-    lines += [
-        "Batching saves the per-query Python and dispatch work of the closure path; on one CPU "
-        "thread the vmapped forward pass itself costs about what the separate ones do, so the "
-        "gain is largest for small per-query work, and calls of a few rows pay vmap's "
-        "per-call overhead more often. (An accelerator, where one wide call keeps the device "
-        "busy, is where batching matters most; not measured here.)",
-        "",
-    ]
-    lines += ["", f"Total time {data['elapsed_s']:.0f} s.", ""]
     return "\n".join(lines)
 
 
@@ -307,7 +233,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--q", type=int, default=20)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--sleep-ms", type=float, default=50.0)
-    ap.add_argument("--reps", type=int, default=30, help="repetitions of the batched comparison")
     ap.add_argument("--out", default="docs/benchmarks", help="'' to write nothing")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per launch")
     ap.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
@@ -321,31 +246,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.worker:
         out, config, rank, world = args.worker
         _worker(out, json.loads(config), int(rank), int(world))
+        exit_worker()
         return None
     argv = sys.argv[1:] if argv is None else argv
     start = time.perf_counter()
     cfg: dict[str, Any] = {
         "q": args.q, "steps": args.steps, "sleep_ms": args.sleep_ms, "sleep_d": 1000,
         "cases": ["sleep", "mlp"],
-        # (batch, inputs, hidden): about 50 ms per forward pass on one core of the machine
-        # these numbers were taken on.
-        "mlp": [8192, 512, 768], "small_mlps": [[16, 32, 64], [256, 32, 64]],
+        # (batch, inputs, hidden): 50 ms (Intel Xeon) to 90 ms (AMD EPYC) per forward pass on
+        # one core of the machines these numbers were taken on.
+        "mlp": [8192, 512, 768],
     }
-    reps = args.reps
     if args.quick:
-        cfg.update(q=4, steps=2, sleep_ms=5.0, mlp=[256, 32, 64], small_mlps=[[16, 32, 64]])
-        reps = 3
+        cfg.update(q=4, steps=2, sleep_ms=5.0, mlp=[256, 32, 64])
     torch.set_num_threads(1)
     data: dict[str, Any] = {
         "benchmark": "distributed",
         "command": " ".join([f"python -m {MODULE}", *argv]),
         "machine": machine(),
         "config": cfg,
-        "mlp_d": sum(p.numel() for p in _mlp(cfg)[0].parameters()),
+        "mlp_d": sum(p.numel() for p in make_mlp(*cfg["mlp"])[0].parameters()),
     }
     data["sharded"] = sharded_cases(cfg, [1, 2], args.timeout)
-    print("batched module queries ...", file=sys.stderr, flush=True)
-    data["batched"] = [batched_case(cfg, size, reps) for size in cfg["small_mlps"]]
     return finish(data, start, "distributed", args.out, render)
 
 
