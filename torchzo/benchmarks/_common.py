@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["exit_worker", "faults_per_call", "fmt_spread", "fmt_time", "launch_ranks", "machine",
-           "md_table", "minor_faults", "sig3", "spread", "write_results"]
+__all__ = ["exit_worker", "faults_per_call", "fmt_spread", "fmt_time", "launch_ranks",
+           "loopback_interface", "machine", "md_table", "minor_faults", "sig3", "spread",
+           "write_results"]
 
 
 def _cpu_model() -> str:
@@ -187,7 +188,8 @@ def save_figure(fig: Any, path: Path) -> str:
     return path.name
 
 
-def _loopback_interface() -> str | None:
+def loopback_interface() -> str | None:
+    """This machine's loopback network interface (for ``GLOO_SOCKET_IFNAME``), if it has one."""
     try:
         names = [name for _, name in socket.if_nameindex()]
     except (OSError, AttributeError):
@@ -216,7 +218,7 @@ def launch_ranks(args: Sequence[str], world: int, timeout: float
     processes left running are killed.
     """
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = _loopback_interface()
+    lo = loopback_interface()
     if lo is not None:
         env["GLOO_SOCKET_IFNAME"] = lo
     procs = [subprocess.Popen([sys.executable, *args, str(r), str(world)], env=env,

@@ -114,10 +114,11 @@ class ZOOptimizer(Optimizer):
 
         Example (``torchrun --nproc-per-node 4 train.py``)::
 
-            dist.init_process_group("gloo")
             torch.manual_seed(0)
             model = make_model()  # the same on every rank
             opt = torchzo.ZOAdam(model.parameters(), q=64, seed=0)
+            # After the optimizer: see docs/getting-started.md, "Several processes".
+            dist.init_process_group("gloo")
             opt.distributed = True
             for x, y in batches:  # the same batches on every rank
                 opt.step(lambda: loss_fn(model(x), y))

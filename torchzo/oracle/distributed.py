@@ -38,10 +38,11 @@ A ``torchrun`` script (``torchrun --nproc-per-node 4 train.py``)::
     import torch.distributed as dist
     import torchzo
 
-    dist.init_process_group("gloo")   # "nccl" with one GPU per rank (torch.cuda.set_device)
     torch.manual_seed(0)              # the same initial model on every rank
     model = make_model()
     opt = torchzo.ZOAdam(model.parameters(), lr=1e-3, q=64, seed=0)  # the same seed everywhere
+    # The group after the first optimizer (docs/getting-started.md, "Several processes").
+    dist.init_process_group("gloo")   # "nccl" with one GPU per rank (torch.cuda.set_device)
     opt.distributed = True            # or a ProcessGroup; False/None turns it off
     for x, y in batches:              # the same batch on every rank
         loss = opt.step(lambda: loss_fn(model(x), y))
