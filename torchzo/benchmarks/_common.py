@@ -200,10 +200,11 @@ def loopback_interface() -> str | None:
 def exit_worker() -> None:
     """End a rank's process now that its results are saved and its process group destroyed.
 
-    gloo's threads can still be winding down when the interpreter's exit runs the C++ static
-    destructors, which then abort the process ("terminate called without an active
-    exception", in about one exit in ten here) after its work is done; ``os._exit`` skips
-    them.
+    A process group that outlives ``destroy_process_group()`` (see docs/getting-started.md,
+    "Several processes") keeps gloo threads that may still be releasing the last collective's
+    tensors when the interpreter shuts down; one that then needs the interpreter aborts the
+    process ("terminate called without an active exception") after its work is done.
+    ``os._exit`` ends the process without that shutdown.
     """
     sys.stdout.flush()
     sys.stderr.flush()
