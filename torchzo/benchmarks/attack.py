@@ -40,19 +40,19 @@ from ..oracle.schemes import Scheme
 from ..tasks.attack import AttackProblem, AttackTask
 from ._common import band as _band
 from ._common import machine, md_table, pyplot, save_figure, write_results
-from .binclass import (
+from ._protocol import (
     BASELINES,
     FULL,
     Config,
     Runner,
     Spec,
-    _fmt,
-    _jsonable,
-    _paired,
     compare,
     curve_steps,
+    fmt_mean_std,
+    jsonable,
     load_weights,
     method_specs,
+    paired_verdict,
     summarize,
     transfer_specs,
     tune,
@@ -159,8 +159,9 @@ def markdown(data: dict[str, Any]) -> str:
         wins = "best" if label == best else f"{r['wins']}/{n}"
         reach = r["iters_to_best_baseline"]
         dist = o["distortion_mean"]
-        rows.append([label, data["hyper"].get(label, ""), _fmt(r["final_mean"], r["final_std"]),
-                     f"{r['ratio']:.3f}", wins, "never" if reach is None else reach,
+        rows.append([label, data["hyper"].get(label, ""),
+                     fmt_mean_std(r["final_mean"], r["final_std"]), f"{r['ratio']:.3f}", wins,
+                     "never" if reach is None else reach,
                      f"{100 * o['success_rate']:.0f}%", "-" if dist is None else f"{dist:.2f}"])
     lines += [md_table(["method", "hyperparameters", "final loss (mean ± std over images)",
                         f"ratio to {best}", f"lower than {best}", "iters to its final loss",
@@ -183,8 +184,8 @@ def notes(data: dict[str, Any]) -> list[str]:
     cmp_, n = data["comparison"], data["sizes"]["test_images"]
     best, rows = cmp_["best_baseline"], cmp_["rows"]
     out = [f"The best tuned baseline on the test images is {best} "
-           f"({_fmt(rows[best]['final_mean'], rows[best]['final_std'])})."]
-    out += [f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n, 'images')}."
+           f"({fmt_mean_std(rows[best]['final_mean'], rows[best]['final_std'])})."]
+    out += [f"{name} vs {best}: {paired_verdict(r['ratio'], r['wins'], n, 'images')}."
             for name, r in rows.items() if name != best]
     ratios = [r["ratio"] for r in data["cosine"] if r["ratio"] is not None]
     if ratios:
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[label] = summarize(raw[label])
         outcomes[label] = runner.outcomes(spec, test, q, sizes.trials)
         log.info("test %-30s %s  success %.0f%%", label,
-                 _fmt(results[label]["final_mean"], results[label]["final_std"]),
+                 fmt_mean_std(results[label]["final_mean"], results[label]["final_std"]),
                  100 * outcomes[label]["success_rate"])
     hyper = {BASELINES[k]: f"lr {hp['lr']:.3g}" + (f", betas {tuple(hp['betas'])}"
                                                    if k == "zoadam" else "")
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0
-    js, md = write_results(args.out, f"attack-{args.data}", _jsonable(data), markdown(data))
+    js, md = write_results(args.out, f"attack-{args.data}", jsonable(data), markdown(data))
     log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
     return data
 

@@ -31,376 +31,50 @@ seconds.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
-from .. import pretrained
 from ..learned.nets import LearnedZO
-from ..optim import ZOSGD, ZOAdam, ZOSignSGD
 from ..optim.zolstm import ZOLSTM
 from ..oracle import Batched
 from ..tasks.base import Problem
 from ..tasks.binclass import BinaryClassification
-from ..tasks.run import run_optimizer
 from ._common import band as _band
 from ._common import machine, md_table, pyplot, save_figure, write_results
+from ._protocol import (
+    ABLATIONS,
+    BASELINES,
+    FULL,
+    Runner,
+    Spec,
+    compare,
+    curve_steps,
+    fmt_mean_std,
+    jsonable,
+    load_weights,
+    method_specs,
+    paired_verdict,
+    summarize,
+    transfer_specs,
+    tune,
+    tune_alpha,
+)
 
 log = logging.getLogger("torchzo.benchmarks.binclass")
 
-BASELINES = {"zosgd": "ZO-SGD", "zosignsgd": "ZO-signSGD", "zoadam": "ZO-Adam"}
-ABLATIONS = {  # label suffix -> ZOLSTM settings; no-update steps with the tuned ZO-SGD lr
-    "": dict(directions="learned", use_update=True, query_prob=0.5),
-    " no-query": dict(directions="gaussian", use_update=True, query_prob=0.5),
-    " no-update": dict(directions="learned", use_update=False, query_prob=0.5),
-    " GuidedES": dict(directions="guided_es", use_update=True, query_prob=0.5),
-    " p=1": dict(directions="learned", use_update=True, query_prob=1.0),
-}
-UNTRAINED = "untrained"
-
-Spec = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Config:
-    steps: int = 500
-    q: int = 20
-    dim: int = 100
-    batch: int = 64
-    tune_datasets: int = 10
-    test_datasets: int = 10
-    trials: int = 3
-    coarse: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-    fine_per_decade: int = 4
-    beta1: tuple[float, ...] = (0.9, 0.99)
-    beta2: tuple[float, ...] = (0.99, 0.996, 0.999)
-    max_extend: int = 4
-    adam_rounds: int = 3
-    sweep_q: tuple[int, ...] = (5, 10, 20, 40)
-    sweep_batch: tuple[int, ...] = (16, 32, 64, 128)
-    sweep_dim: tuple[int, ...] = (50, 100, 150)
-    sweep_trials: int = 3
-    mu: float | None = None  # None: every optimizer's default for the dtype
-
-
-FULL = Config()
 QUICK = replace(FULL, steps=30, tune_datasets=2, test_datasets=2, trials=1,
                 coarse=(1.0, 10.0, 100.0), fine_per_decade=2, beta2=(0.99, 0.999), max_extend=2,
                 adam_rounds=1, sweep_q=(5, 20), sweep_batch=(16, 64), sweep_dim=(50, 100),
                 sweep_trials=1)
 
 
-def _canon(x: float) -> float:
-    """Grid values reached by different products (10 * 10**0.25 ...) must hit the same cache."""
-    return float(f"{x:.6g}")
-
-
-def _finite_or_inf(x: float) -> float:
-    return x if math.isfinite(x) else math.inf
-
-
-def _seeds(problem: Problem, trial: int) -> tuple[int, int]:
-    """(data seed, optimizer seed): shared by every method, so comparisons are paired."""
-    seed = problem.seed  # type: ignore[attr-defined]
-    return seed, 10_000 * (trial + 1) + seed
-
-
-class Runner:
-    """Runs a method spec on problems; memoised, so the sweeps reuse the default setting."""
-
-    def __init__(self, cfg: Config, nets: dict[str, LearnedZO]) -> None:
-        self.cfg, self.nets = cfg, nets
-        self._memo: dict[tuple, Tensor] = {}
-        self.measures: dict[tuple, dict[str, Any]] = {}
-        self.runs, self.seconds = 0, 0.0
-
-    def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
-        kind, mu = spec["kind"], self.cfg.mu
-        if kind == "zolstm":
-            nets = self.nets[spec["weights"]]
-            lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
-            return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q, mu=mu,
-                                     query_prob=spec["query_prob"], directions=spec["directions"],
-                                     use_update=spec["use_update"], seed=seed)
-        lr = spec["delta"] / dim
-        if kind == "zosgd":
-            return lambda ps: ZOSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
-        if kind == "zosignsgd":
-            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
-        if kind == "zoadam":
-            return lambda ps: ZOAdam(ps, lr=lr, q=q, mu=mu, betas=tuple(spec["betas"]),
-                                     seed=seed)
-        raise ValueError(f"unknown method kind {kind!r}")
-
-    def key(self, spec: Spec, problem: Problem, q: int, trial: int) -> tuple:
-        return (json.dumps(spec, sort_keys=True), q, problem.dim,
-                problem.batch_size, _seeds(problem, trial)[0], trial,  # type: ignore[attr-defined]
-                self.cfg.steps, self.cfg.mu)
-
-    def curve(self, spec: Spec, problem: Problem, q: int, trial: int) -> Tensor:
-        data_seed, opt_seed = _seeds(problem, trial)
-        key = self.key(spec, problem, q, trial)
-        if key not in self._memo:
-            t0 = time.perf_counter()
-
-            def measure(x: Tensor) -> None:
-                self.measures[key] = self.measure(problem, x)
-
-            self._memo[key] = run_optimizer(problem, self._make(spec, q, problem.dim, opt_seed),
-                                            self.cfg.steps, data_seed=data_seed,
-                                            on_finish=measure)
-            self.seconds += time.perf_counter() - t0
-            self.runs += 1
-        return self._memo[key]
-
-    def measure(self, problem: Problem, x: Tensor) -> dict[str, Any]:
-        """Task-specific facts about a run's final point (see the attack benchmark)."""
-        return {}
-
-    def curves(self, spec: Spec, problems: Sequence[Problem], q: int, trials: int) -> Tensor:
-        """Loss curves, shape (datasets, trials, steps + 1)."""
-        return torch.stack([torch.stack([self.curve(spec, p, q, r) for r in range(trials)])
-                            for p in problems])
-
-
-# -- tuning ------------------------------------------------------------------------------------
-
-
-class Tuner:
-    """Scores candidates (mean final loss over the tuning datasets) and records every one."""
-
-    def __init__(self, runner: Runner, problems: Sequence[Problem]) -> None:
-        self.runner, self.problems = runner, problems
-        self.records: dict[str, list[dict[str, Any]]] = {k: [] for k in BASELINES}
-        self._scores: dict[str, float] = {}
-        self.stage = ""
-
-    def score(self, kind: str, delta: float, betas: tuple[float, float] | None = None) -> float:
-        spec: Spec = {"kind": kind, "delta": _canon(delta)}
-        if betas is not None:
-            spec["betas"] = [_canon(b) for b in betas]
-        key = json.dumps(spec, sort_keys=True)
-        if key not in self._scores:
-            finals = self.runner.curves(spec, self.problems, self.runner.cfg.q, 1)[:, 0, -1]
-            s = _finite_or_inf(float(finals.mean()))
-            self._scores[key] = s
-            self.records[kind].append({**spec, "lr": spec["delta"] / self.problems[0].dim,
-                                       "score": s, "stage": self.stage})
-            log.info("tune %-10s delta=%-9.4g%s  score %.5f", BASELINES[kind], spec["delta"],
-                     "" if betas is None else f" betas={tuple(spec['betas'])}", s)
-        return self._scores[key]
-
-
-def _line_search(score: Callable[[float], float], values: Sequence[float], factor: float,
-                 max_extend: int, upper: float = math.inf) -> tuple[float, bool]:
-    """Best of ``values``; while it sits on an edge, add the next value beyond that edge.
-
-    Returns the best value and whether it is still on an edge (extensions exhausted or bound).
-    """
-    vals = sorted({_canon(v) for v in values})
-    for extension in range(max_extend + 1):
-        scores = [score(v) for v in vals]
-        i = min(range(len(vals)), key=scores.__getitem__)
-        if 0 < i < len(vals) - 1:
-            return vals[i], False
-        beyond = _canon(vals[0] / factor) if i == 0 else _canon(vals[-1] * factor)
-        if extension == max_extend or beyond > upper:
-            log.warning("best value %.4g is still on the edge of %s", vals[i], vals)
-            return vals[i], True
-        vals = sorted([*vals, beyond])
-    raise AssertionError("unreachable")
-
-
-def _fine_grid(center: float, per_decade: int) -> list[float]:
-    """Log-spaced points between the decade neighbours of ``center`` (both included)."""
-    return [center * 10 ** (k / per_decade) for k in range(-per_decade, per_decade + 1)]
-
-
-def _tune_delta(tuner: Tuner, kind: str, cfg: Config) -> tuple[float, list[str]]:
-    edges = []
-    score = lambda d: tuner.score(kind, d)  # noqa: E731
-    tuner.stage = "coarse"
-    delta, stuck = _line_search(score, cfg.coarse, 10.0, cfg.max_extend)
-    if stuck:
-        edges.append(f"{BASELINES[kind]} coarse delta")
-    tuner.stage = "fine"
-    delta, stuck = _line_search(score, _fine_grid(delta, cfg.fine_per_decade),
-                                10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-    if stuck:
-        edges.append(f"{BASELINES[kind]} fine delta")
-    return delta, edges
-
-
-def _tune_adam(tuner: Tuner, cfg: Config) -> tuple[float, tuple[float, float], list[str]]:
-    """Joint coarse grid, then coordinate descent (delta, beta1, beta2) until it settles."""
-    tuner.stage = "coarse"
-    coarse = {(d, b1, b2): tuner.score("zoadam", d, (b1, b2))
-              for d in cfg.coarse for b1 in cfg.beta1 for b2 in cfg.beta2}
-    delta, b1, b2 = min(coarse, key=coarse.__getitem__)
-    edges: list[str] = []
-    for rnd in range(1, cfg.adam_rounds + 1):
-        before = (delta, b1, b2)
-        by_delta = lambda d, b=(b1, b2): tuner.score("zoadam", d, b)  # noqa: E731
-        tuner.stage = f"round {rnd}: delta"
-        if rnd == 1:  # the coarse decade grid may itself need extending
-            delta, stuck = _line_search(by_delta, cfg.coarse, 10.0, cfg.max_extend)
-            if stuck:
-                edges.append("ZO-Adam coarse delta")
-        delta, stuck = _line_search(by_delta, _fine_grid(delta, cfg.fine_per_decade),
-                                    10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-        if stuck:
-            edges.append(f"ZO-Adam fine delta (round {rnd})")
-        # Betas are searched in 1 - beta, which is what sets Adam's averaging horizon.
-        tuner.stage = f"round {rnd}: beta1"
-        gap, stuck = _line_search(lambda g, d=delta, b=b2: tuner.score(  # type: ignore[misc]
-                                      "zoadam", d, (1 - g, b)),
-                                  [1 - b for b in (*cfg.beta1, b1)], 2.0, cfg.max_extend, 1.0)
-        b1 = _canon(1 - gap)
-        if stuck:
-            edges.append(f"ZO-Adam beta1 (round {rnd})")
-        tuner.stage = f"round {rnd}: beta2"
-        gap, stuck = _line_search(lambda g, d=delta, b=b1: tuner.score(  # type: ignore[misc]
-                                      "zoadam", d, (b, 1 - g)),
-                                  [1 - b for b in (*cfg.beta2, b2)], 2.0, cfg.max_extend, 1.0)
-        b2 = _canon(1 - gap)
-        if stuck:
-            edges.append(f"ZO-Adam beta2 (round {rnd})")
-        if (delta, b1, b2) == before:
-            break
-    return delta, (b1, b2), edges
-
-
-def tune(runner: Runner, problems: Sequence[Problem]) -> dict[str, Any]:
-    cfg = runner.cfg
-    tuner = Tuner(runner, problems)
-    t0 = time.perf_counter()
-    sgd, sgd_edges = _tune_delta(tuner, "zosgd", cfg)
-    sign, sign_edges = _tune_delta(tuner, "zosignsgd", cfg)
-    adam, betas, adam_edges = _tune_adam(tuner, cfg)
-    best: dict[str, dict[str, Any]] = {"zosgd": {"delta": sgd}, "zosignsgd": {"delta": sign},
-            "zoadam": {"delta": adam, "betas": list(betas)}}
-    for kind, hp in best.items():
-        hp["lr"] = hp["delta"] / problems[0].dim
-        hp["score"] = tuner.score(kind, hp["delta"], betas if kind == "zoadam" else None)
-        hp["candidates"] = len(tuner.records[kind])
-    return {"datasets": [p.seed for p in problems], "best": best,  # type: ignore[attr-defined]
-            "candidates": tuner.records, "unresolved_edges": sgd_edges + sign_edges + adam_edges,
-            "seconds": time.perf_counter() - t0}
-
-
-def tune_alpha(runner: Runner, problems: Sequence[Problem], weights: str) -> dict[str, Any]:
-    """The output scale alpha for a ZO-LSTM trained on another task (the paper's transfer).
-
-    Same protocol as the baselines' lr: decades, then a fine grid, edges extended; the score is
-    the mean final loss on the tuning problems, learned queries mixed in with p = 0.5.
-    """
-    cfg = runner.cfg
-    records: list[dict[str, float]] = []
-
-    def score(alpha: float) -> float:
-        spec: Spec = {"kind": "zolstm", "weights": weights, "alpha": _canon(alpha),
-                      "directions": "learned", "use_update": True, "query_prob": 0.5}
-        s = _finite_or_inf(float(runner.curves(spec, problems, cfg.q, 1)[:, 0, -1].mean()))
-        if all(r["alpha"] != spec["alpha"] for r in records):
-            records.append({"alpha": spec["alpha"], "score": s})
-            log.info("tune alpha of %s: %.4g  score %.5f", weights, spec["alpha"], s)
-        return s
-
-    alpha, stuck = _line_search(score, (0.1, 1.0, 10.0), 10.0, cfg.max_extend)
-    alpha, stuck_fine = _line_search(score, _fine_grid(alpha, cfg.fine_per_decade),
-                                     10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-    return {"alpha": alpha, "score": score(alpha), "candidates": records,
-            "on_edge": stuck or stuck_fine}
-
-
-def transfer_specs(tuned: dict[str, dict[str, Any]]) -> dict[str, Spec]:
-    """Methods for transferred weights, each with its tuned alpha."""
-    return {f"ZO-LSTM transfer ({w}, alpha {t['alpha']:.3g})": {
-        "kind": "zolstm", "weights": w, "alpha": _canon(t["alpha"]), "directions": "learned",
-        "use_update": True, "query_prob": 0.5} for w, t in tuned.items()}
-
-
-# -- evaluation --------------------------------------------------------------------------------
-
-
-def _mean_std(x: Tensor) -> tuple[float, float]:
-    return float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
-
-
-def _jsonable(x: Any) -> Any:
-    """Strict JSON: a diverged run's infinite score becomes null."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def _round(xs: Tensor | Sequence[float], digits: int = 5) -> list[float | None]:
-    return [float(f"{float(x):.{digits}g}") if math.isfinite(float(x)) else None for x in xs]
-
-
-def curve_steps(steps: int) -> list[int]:
-    """The iterations at which curves are stored: about 100 points keep the JSON small."""
-    stride = max(1, steps // 100)
-    return sorted({*range(0, steps + 1, stride), steps})
-
-
-def summarize(curves: Tensor) -> dict[str, Any]:
-    """Final loss over datasets (each averaged over trials), and mean/std curves over all runs."""
-    per_dataset = curves[:, :, -1].mean(1)
-    mean, std = _mean_std(per_dataset)
-    runs = curves.flatten(0, 1)[:, curve_steps(curves.shape[-1] - 1)]
-    return {"final_mean": mean, "final_std": std, "per_dataset_final": _round(per_dataset, 6),
-            "finals": [_round(row, 6) for row in curves[:, :, -1]],
-            "curve_mean": _round(runs.mean(0), 4),
-            "curve_std": _round(runs.std(0) if runs.shape[0] > 1 else torch.zeros(runs.shape[1]),
-                                3)}
-
-
-def compare(curves: dict[str, Tensor], baselines: Sequence[str]) -> dict[str, Any]:
-    """Ratio, paired wins and iterations-to-reach against the best baseline on the test set."""
-    finals = {name: c[:, :, -1].mean(1) for name, c in curves.items()}
-    best = min(baselines, key=lambda m: float(finals[m].mean()))
-    target = float(finals[best].mean())
-    rows = {}
-    for name, c in curves.items():
-        mean_curve = c.flatten(0, 1).mean(0)
-        reached = (mean_curve <= target * (1 + 1e-9)).nonzero()
-        mean, std = _mean_std(finals[name])
-        # How much of the mean is optimizer-seed noise: the trial variance within datasets.
-        seed_var = c[:, :, -1].var(1).mean() if c.shape[1] > 1 else torch.tensor(math.nan)
-        rows[name] = {"final_mean": mean, "final_std": std, "ratio": mean / target,
-                      "seed_se": float((seed_var / c[:, :, -1].numel()).sqrt()),
-                      "wins": None if name == best else int((finals[name] < finals[best]).sum()),
-                      "iters_to_best_baseline": int(reached[0]) if len(reached) else None}
-    return {"best_baseline": best, "target": target, "rows": rows}
-
-
-def method_specs(tuned: dict[str, Any], weights: Sequence[str]) -> dict[str, Spec]:
-    specs: dict[str, Spec] = {}
-    for kind, label in BASELINES.items():
-        spec: Spec = {"kind": kind, "delta": _canon(tuned[kind]["delta"])}
-        if kind == "zoadam":
-            spec["betas"] = [_canon(b) for b in tuned[kind]["betas"]]
-        specs[label] = spec
-    for name in weights:
-        for suffix, flags in ABLATIONS.items():
-            specs[f"ZO-LSTM{suffix} ({name})"] = {
-                "kind": "zolstm", "weights": name, "alpha": 1.0,
-                "delta": _canon(tuned["zosgd"]["delta"]), **flags}
-    return specs
+# -- Fig. 3b-d sweeps, and how far the learned query covariance moves ----------------------
 
 
 def sweeps(runner: Runner, specs: dict[str, Spec]) -> dict[str, Any]:
@@ -449,48 +123,7 @@ def query_spread(nets: LearnedZO, problem: Problem, steps: int, q: int) -> dict[
             "max_abs_dev": max(devs), "mean_std": sum(spreads) / len(spreads)}
 
 
-# -- weights -----------------------------------------------------------------------------------
-
-
-def load_weights(pairs: Sequence[str], quick: bool) -> tuple[dict[str, LearnedZO], dict]:
-    """``NAME=PATH`` (a file, a shipped name, or ``untrained``) -> nets and their provenance."""
-    nets: dict[str, LearnedZO] = {}
-    info: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, where = pair.partition("=")
-        if not sep or not name or not where:
-            raise SystemExit(f"--weights wants NAME=PATH, got {pair!r}")
-        if where == UNTRAINED:
-            torch.manual_seed(0)
-            nets[name], info[name] = LearnedZO(), {"source": "untrained (torch.manual_seed(0))"}
-        elif Path(where).is_file():
-            nets[name] = pretrained.load_file(Path(where))
-            digest = hashlib.sha256(Path(where).read_bytes()).hexdigest()
-            info[name] = {"source": where, "sha256": digest}
-        else:
-            nets[name] = pretrained.load(where)
-            info[name] = {"source": f"shipped:{where}", **pretrained.info(where)}
-    if pairs:
-        return nets, info
-    try:
-        default = pretrained.default_name()
-        shipped = default in pretrained.available()
-    except pretrained.PretrainedError:
-        shipped = False
-    if shipped:
-        return load_weights([f"{default}={default}"], quick)
-    if quick:  # a smoke run should still exercise the ZO-LSTM paths
-        log.warning("no weights given and none shipped: --quick uses untrained weights")
-        return load_weights([f"{UNTRAINED}={UNTRAINED}"], quick)
-    log.warning("no weights given and none shipped: only the baselines run")
-    return nets, info
-
-
 # -- output ------------------------------------------------------------------------------------
-
-
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -553,8 +186,8 @@ def markdown(data: dict[str, Any]) -> str:
         wins = "—" if r["wins"] is None else f"{r['wins']}/{n}"
         reach = "never" if r["iters_to_best_baseline"] is None else r["iters_to_best_baseline"]
         se = "—" if math.isnan(r["seed_se"]) else f"{r['seed_se']:.4f}"
-        rows.append([name, _fmt(r["final_mean"], r["final_std"]), se, f"{r['ratio']:.2f}", wins,
-                     reach])
+        rows.append([name, fmt_mean_std(r["final_mean"], r["final_std"]), se,
+                     f"{r['ratio']:.2f}", wins, reach])
     lines.append(md_table(["method", "final loss", "seed s.e.", "ratio to best baseline",
                            f"wins vs {best}", "iterations to reach it"], rows))
     lines.append("Seed s.e.: the standard error of the mean final loss that comes from the "
@@ -586,7 +219,7 @@ def markdown(data: dict[str, Any]) -> str:
             rows = []
             for row in data["sweeps"][axis]:
                 cells = [row["setting"][axis]] + [
-                    _fmt(row["methods"][lb]["final_mean"], row["methods"][lb]["final_std"])
+                    fmt_mean_std(row["methods"][lb]["final_mean"], row["methods"][lb]["final_std"])
                     for lb in labels]
                 if "second_wins" in row:
                     cells.append(f"{row['second_wins']}/{n}")
@@ -599,32 +232,15 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _sign_test(wins: int, n: int) -> float:
-    """Two-sided exact sign test of ``wins`` out of ``n`` paired comparisons (ties as losses)."""
-    tail = sum(math.comb(n, k) for k in range(min(wins, n - wins) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
-def _paired(ratio: float, wins: int, n: int, unit: str = "datasets") -> str:
-    # The verdict is the paired one; a heavy tail can put the mean ratio on the other side.
-    p = _sign_test(wins, n)
-    if p < 0.05:
-        verdict = f"lower on most {unit}" if 2 * wins > n else f"higher on most {unit}"
-    else:
-        verdict = "no significant difference"
-    return (f"{verdict} (lower on {wins}/{n} {unit}, two-sided sign test p = {p:.2g}; "
-            f"mean final loss ratio {ratio:.2f})")
-
-
 def notes(data: dict[str, Any]) -> list[str]:
     """Plain statements read off the numbers, including where a baseline wins."""
     cmp_ = data["comparison"]
     best, rows, n = cmp_["best_baseline"], cmp_["rows"], data["config"]["test_datasets"]
     out = [f"The best tuned baseline on the test datasets is {best} "
-           f"({_fmt(rows[best]['final_mean'], rows[best]['final_std'])})."]
+           f"({fmt_mean_std(rows[best]['final_mean'], rows[best]['final_std'])})."]
     for name, r in rows.items():
         if name != best:
-            out.append(f"{name} vs {best}: {_paired(r['ratio'], r['wins'], n)}.")
+            out.append(f"{name} vs {best}: {paired_verdict(r['ratio'], r['wins'], n)}.")
     curves = data["curves"]
     for w in data["weights"]:
         full = f"ZO-LSTM ({w})"
@@ -633,7 +249,7 @@ def notes(data: dict[str, Any]) -> list[str]:
             if full in curves and abl in curves:
                 a, b = (torch.tensor(curves[k]["per_dataset_final"]) for k in (abl, full))
                 out.append(f"Ablation{suffix} vs ZO-LSTM ({w}): "
-                           f"{_paired(float(a.mean() / b.mean()), int((a < b).sum()), n)}.")
+                           f"{paired_verdict(float(a.mean() / b.mean()), int((a < b).sum()), n)}.")
     for w, q in data["query_spread"].items():
         line = (f"QueryRNN of `{w}` ({q['steps']}-step run, query_prob 1, test dataset "
                 f"{q['dataset']}): the learned per-coordinate query std stays within "
@@ -769,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raw[label] = runner.curves(spec, test, cfg.q, cfg.trials)
         results[label] = summarize(raw[label])
         log.info("test %-32s %s", label,
-                 _fmt(results[label]["final_mean"], results[label]["final_std"]))
+                 fmt_mean_std(results[label]["final_mean"], results[label]["final_std"]))
     comparison = compare(raw, list(BASELINES.values()))
     test_seconds = time.perf_counter() - t1
 
@@ -795,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0
-    js, md = write_results(args.out, "binclass", _jsonable(data), markdown(data))
+    js, md = write_results(args.out, "binclass", jsonable(data), markdown(data))
     log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
     return data
 
