@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from torchzo.benchmarks._common import loopback_interface
+from torchzo.benchmarks._common import local_gloo_env
 from torchzo.datasets import data_root
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -55,13 +54,9 @@ def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypat
 
 def test_distributed_example_under_torchrun_takes_the_single_process_steps():
     args = [str(EXAMPLES / "distributed.py"), "--steps", "4", "--delay-ms", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = loopback_interface()
-    if lo is not None:
-        env["GLOO_SOCKET_IFNAME"] = lo
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", "2", *args], env=env, capture_output=True,
-                         text=True, timeout=300)
+                          "--nproc-per-node", "2", *args], env=local_gloo_env(),
+                         capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     one = _load("distributed").main(args[1:])
     assert f"2 process(es): loss {one['first']:.4f} -> {one['last']:.4f}" in two.stdout

@@ -10,15 +10,15 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 __all__ = ["exit_worker", "faults_per_call", "fmt_spread", "fmt_time", "launch_ranks",
-           "loopback_interface", "machine", "md_table", "minor_faults", "sig3", "spread",
-           "write_results"]
+           "local_gloo_env", "loopback_interface", "machine", "malloc_settings", "md_table",
+           "minor_faults", "sig3", "spread", "write_results"]
 
 
 def _cpu_model() -> str:
@@ -63,6 +63,21 @@ def faults_per_call(fn: Callable[[], Any], calls: int = 10) -> float:
     for _ in range(calls):
         fn()
     return (minor_faults() - before) / calls
+
+
+def malloc_settings(requested: Sequence[str]) -> Iterator[str]:
+    """The malloc settings of ``requested`` ("default", "kept") in the order they can be run.
+
+    "kept" comes last and is entered by calling :func:`torchzo.cpu.keep_freed_memory`, which
+    lasts for the rest of the process; it is skipped where malloc is not glibc's.
+    """
+    from ..cpu import keep_freed_memory
+
+    for malloc in sorted(set(requested), key=["default", "kept"].index):
+        if malloc == "kept" and not keep_freed_memory():
+            print("malloc is not glibc's: no 'kept' cases", file=sys.stderr)
+            continue
+        yield malloc
 
 
 def spread(xs: Sequence[float]) -> dict[str, float]:
@@ -197,6 +212,15 @@ def loopback_interface() -> str | None:
     return next((n for n in names if n.startswith("lo")), None)
 
 
+def local_gloo_env() -> dict[str, str]:
+    """The environment for gloo ranks on this machine: one torch thread each, loopback only."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    lo = loopback_interface()
+    if lo is not None:
+        env["GLOO_SOCKET_IFNAME"] = lo
+    return env
+
+
 def exit_worker() -> None:
     """End a rank's process now that its results are saved and its process group destroyed.
 
@@ -218,10 +242,7 @@ def launch_ranks(args: Sequence[str], world: int, timeout: float
     Every wait has ``timeout``, so a hung rank fails its caller instead of blocking it; the
     processes left running are killed.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = loopback_interface()
-    if lo is not None:
-        env["GLOO_SOCKET_IFNAME"] = lo
+    env = local_gloo_env()
     procs = [subprocess.Popen([sys.executable, *args, str(r), str(world)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world)]

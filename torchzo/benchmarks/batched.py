@@ -49,6 +49,7 @@ from ._common import (
     fmt_time,
     interleaved_times,
     machine,
+    malloc_settings,
     md_table,
     minor_faults,
     spread,
@@ -355,11 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     qs, reps, threads, number = (([20], 3, [1], 1) if args.quick
                                  else (args.q, args.reps, args.threads, args.number))
     cases = []
-    # "kept" last: the setting lasts for the rest of the process.
-    for malloc in sorted(set(args.malloc), key=["default", "kept"].index):
-        if malloc == "kept" and not keep_freed_memory():
-            print("malloc is not glibc's: no 'kept' cases")
-            continue
+    for malloc in malloc_settings(args.malloc):
         cases += [case(q, reps, n, number, malloc) for n in threads for q in qs]
     for c in cases:  # malloc changes no bits: the same q and threads end at the same delta
         same = [o for o in cases if (o["q"], o["threads"]) == (c["q"], c["threads"])]

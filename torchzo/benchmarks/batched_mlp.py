@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cpu import keep_freed_memory
 from ..optim import ZOAdam
 from ..oracle import module_objective
 from ._common import (
@@ -38,6 +37,7 @@ from ._common import (
     fmt_time,
     interleaved_times,
     machine,
+    malloc_settings,
     md_table,
     spread,
 )
@@ -145,11 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python -m torchzo.benchmarks.batched_mlp",
                              *(sys.argv[1:] if argv is None else argv)]),
         "cases": []}
-    # "kept" last: the setting lasts for the rest of the process.
-    for malloc in sorted(set(args.malloc), key=["default", "kept"].index):
-        if malloc == "kept" and not keep_freed_memory():
-            print("malloc is not glibc's: no 'kept' cases", file=sys.stderr)
-            continue
+    for malloc in malloc_settings(args.malloc):
         data["cases"] += [case(size, args.q, reps, n, number, malloc)
                           for n in threads for size in sizes]
     return finish(data, start, "batched-mlp", args.out, render)
