@@ -17,7 +17,7 @@ import torch
 import torchzo
 from torchzo.meta import MetaConfig, StageConfig, meta_train
 from torchzo.tasks import Problem, Task
-from torchzo.tasks.run import run_optimizer
+from torchzo.meta import run_optimizer
 
 
 class RobustRegression(Problem):

@@ -62,6 +62,17 @@ def test_invalid_hyperparameters_raise_value_error(cls, kw):
         cls(p(), **kw)
 
 
+@pytest.mark.parametrize("cls, kw, message", [
+    (torchzo.ZOAdam, {"betas": (1.0, 0.999)}, r"betas\[0\] must be in \[0, 1\), got 1.0"),
+    (torchzo.ZOAdam, {"betas": (0.9, -1)}, r"betas\[1\] must be in \[0, 1\), got -1"),
+    (torchzo.ZOSGD, {"momentum": True}, "momentum must be a finite number >= 0, got True"),
+    (torchzo.ZOSignSGD, {"mu": 0.0}, "mu must be a finite number > 0, got 0.0"),
+])
+def test_invalid_hyperparameters_name_their_range(cls, kw, message):
+    with pytest.raises(ValueError, match=message):
+        cls(p(), **kw)
+
+
 @pytest.mark.parametrize("cls", ALL)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_integer_parameters_are_rejected(cls, dtype):

@@ -5,7 +5,8 @@ weights; ``python -m torchzo.meta train --task NAME --out FILE`` does the same f
 """
 from .fdgrad import fd_loss
 from .rollout import Rollout, RolloutConfig
+from .run import run_optimizer
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
 
 __all__ = ["MetaConfig", "Rollout", "RolloutConfig", "StageConfig", "evaluate", "fd_loss",
-           "meta_train"]
+           "meta_train", "run_optimizer"]

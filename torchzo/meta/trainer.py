@@ -24,8 +24,8 @@ import torch
 from ..learned.nets import Arch, LearnedZO
 from ..optim.zolstm import ZOLSTM
 from ..tasks import Task
-from ..tasks.run import run_optimizer
 from .rollout import Rollout, RolloutConfig
+from .run import run_optimizer
 
 __all__ = ["MetaConfig", "StageConfig", "evaluate", "meta_train"]
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import ParamsT, ZOOptimizer, _check_positive
-from .zosgd import _default_foreach
+from ._validation import check_number, default_foreach
+from .base import ParamsT, ZOOptimizer
 
 __all__ = ["ZOAdam", "zo_adam"]
 
@@ -47,11 +47,9 @@ class ZOAdam(ZOOptimizer):
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
             raise ValueError(f"betas must be a pair of numbers in [0, 1), got {betas!r}")
         for i, b in enumerate(betas):
-            _check_positive(f"betas[{i}]", b, allow_zero=True)
-            if b >= 1:
-                raise ValueError(f"betas[{i}] must be in [0, 1), got {b!r}")
-        _check_positive("eps", group["eps"], allow_zero=True)
-        _check_positive("weight_decay", group["weight_decay"], allow_zero=True)
+            check_number(f"betas[{i}]", b, allow_zero=True, upper=1, allow_upper=False)
+        check_number("eps", group["eps"], allow_zero=True)
+        check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
@@ -75,23 +73,18 @@ def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor
             betas: tuple[float, float], eps: float, weight_decay: float = 0.0,
             maximize: bool = False, foreach: bool | None = None) -> None:
     """Functional ZO-Adam update; ``steps`` are the counts after this step (1 on the first)."""
-    if not params:
-        return
-    beta1, beta2 = betas
-    if _default_foreach(params, foreach) and len(set(steps)) == 1:
-        grads = torch._foreach_neg(estimates) if maximize else list(estimates)
-        if weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-        step = steps[0]
-        bc1, bc2 = 1 - beta1**step, 1 - beta2**step
-        denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(bc2))
-        torch._foreach_add_(denoms, eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr / bc1)
-        return
+    # The multi-tensor kernel applies one bias correction to every tensor, so it serves only
+    # tensors at one step count.
+    multi = default_foreach(params, foreach) and len(set(steps)) == 1
+    kernel = _multi_tensor_adam if multi else _single_tensor_adam
+    kernel(params, estimates, exp_avgs, exp_avg_sqs, steps, lr=lr, beta1=betas[0],
+           beta2=betas[1], eps=eps, weight_decay=weight_decay, maximize=maximize)
+
+
+def _single_tensor_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor],
+                        exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float,
+                        beta1: float, beta2: float, eps: float, weight_decay: float,
+                        maximize: bool) -> None:
     for p, g, m, v, step in zip(params, estimates, exp_avgs, exp_avg_sqs, steps):
         if maximize:
             g = -g
@@ -102,3 +95,23 @@ def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor
         bc1, bc2 = 1 - beta1**step, 1 - beta2**step
         denom = v.sqrt().div_(math.sqrt(bc2)).add_(eps)
         p.addcdiv_(m, denom, value=-lr / bc1)
+
+
+def _multi_tensor_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor],
+                       exp_avg_sqs: list[Tensor], steps: list[int], *, lr: float,
+                       beta1: float, beta2: float, eps: float, weight_decay: float,
+                       maximize: bool) -> None:
+    if not params:
+        return
+    grads = torch._foreach_neg(estimates) if maximize else list(estimates)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    step = steps[0]
+    bc1, bc2 = 1 - beta1**step, 1 - beta2**step
+    denoms = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denoms, math.sqrt(bc2))
+    torch._foreach_add_(denoms, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denoms, -lr / bc1)

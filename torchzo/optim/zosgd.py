@@ -6,7 +6,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import ParamsT, ZOOptimizer, _check_positive
+from ._validation import check_number, default_foreach
+from .base import ParamsT, ZOOptimizer
 
 __all__ = ["ZOSGD", "zo_sgd"]
 
@@ -48,8 +49,8 @@ class ZOSGD(ZOOptimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
-        _check_positive("momentum", group["momentum"], allow_zero=True)
-        _check_positive("weight_decay", group["weight_decay"], allow_zero=True)
+        check_number("momentum", group["momentum"], allow_zero=True)
+        check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
@@ -62,26 +63,17 @@ class ZOSGD(ZOOptimizer):
                 self.state[p]["momentum_buffer"] = b
 
 
-def _default_foreach(params: list[Tensor], foreach: bool | None) -> bool:
-    if foreach is None:
-        return bool(params) and all(p.is_cuda for p in params)
-    return foreach
-
-
 def zo_sgd(params: list[Tensor], estimates: list[Tensor], momentum_buffers: list[Tensor | None],
            *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
            maximize: bool = False, foreach: bool | None = None) -> None:
     """Functional ZO-SGD update; fills ``momentum_buffers`` in place of ``None`` entries."""
-    if _default_foreach(params, foreach):
-        _multi_tensor_sgd(params, estimates, momentum_buffers, lr, momentum, weight_decay,
-                          maximize)
-    else:
-        _single_tensor_sgd(params, estimates, momentum_buffers, lr, momentum, weight_decay,
-                           maximize)
+    kernel = _multi_tensor_sgd if default_foreach(params, foreach) else _single_tensor_sgd
+    kernel(params, estimates, momentum_buffers, lr=lr, momentum=momentum,
+           weight_decay=weight_decay, maximize=maximize)
 
 
 def _single_tensor_sgd(params: list[Tensor], estimates: list[Tensor],
-                       bufs: list[Tensor | None], lr: float, momentum: float,
+                       bufs: list[Tensor | None], *, lr: float, momentum: float,
                        weight_decay: float, maximize: bool) -> None:
     for i, (p, g) in enumerate(zip(params, estimates)):
         if maximize:
@@ -99,7 +91,7 @@ def _single_tensor_sgd(params: list[Tensor], estimates: list[Tensor],
 
 
 def _multi_tensor_sgd(params: list[Tensor], estimates: list[Tensor],
-                      bufs: list[Tensor | None], lr: float, momentum: float,
+                      bufs: list[Tensor | None], *, lr: float, momentum: float,
                       weight_decay: float, maximize: bool) -> None:
     if not params:
         return

@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import ParamsT, ZOOptimizer, _check_positive
-from .zosgd import _default_foreach
+from ._validation import check_number, default_foreach
+from .base import ParamsT, ZOOptimizer
 
 __all__ = ["ZOSignSGD", "zo_signsgd"]
 
@@ -35,7 +35,7 @@ class ZOSignSGD(ZOOptimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
-        _check_positive("weight_decay", group["weight_decay"], allow_zero=True)
+        check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
@@ -47,17 +47,25 @@ def zo_signsgd(params: list[Tensor], estimates: list[Tensor], *, lr: float,
                weight_decay: float = 0.0, maximize: bool = False,
                foreach: bool | None = None) -> None:
     """Functional ZO-signSGD update."""
-    if not params:
-        return
-    if _default_foreach(params, foreach):
-        grads = torch._foreach_neg(estimates) if maximize else list(estimates)
-        if weight_decay != 0:
-            grads = torch._foreach_add(grads, params, alpha=weight_decay)
-        torch._foreach_add_(params, torch._foreach_sign(grads), alpha=-lr)
-        return
+    kernel = _multi_tensor_signsgd if default_foreach(params, foreach) else _single_tensor_signsgd
+    kernel(params, estimates, lr=lr, weight_decay=weight_decay, maximize=maximize)
+
+
+def _single_tensor_signsgd(params: list[Tensor], estimates: list[Tensor], *, lr: float,
+                           weight_decay: float, maximize: bool) -> None:
     for p, g in zip(params, estimates):
         if maximize:
             g = -g
         if weight_decay != 0:
             g = g.add(p, alpha=weight_decay)
         p.add_(g.sign(), alpha=-lr)
+
+
+def _multi_tensor_signsgd(params: list[Tensor], estimates: list[Tensor], *, lr: float,
+                          weight_decay: float, maximize: bool) -> None:
+    if not params:
+        return
+    grads = torch._foreach_neg(estimates) if maximize else list(estimates)
+    if weight_decay != 0:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_add_(params, torch._foreach_sign(grads), alpha=-lr)

@@ -22,7 +22,8 @@ _REGISTRY: dict[str, Callable[..., Task]] = {
 def get_task(name: str, **kwargs: object) -> Task:
     """A registered task by name: ``binclass``, ``mnist-attack``, ``cifar-attack``.
 
-    The attack tasks need their trained target model (see :mod:`torchzo.tasks.targets`).
+    The attack tasks need their trained target model (see :mod:`torchzo.tasks.targets`) and
+    their data set, both loaded on first use.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; available: {sorted(_REGISTRY)}")

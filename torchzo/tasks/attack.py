@@ -12,12 +12,13 @@ floor once the image is misclassified and then only trades distortion. ``delta``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .base import Problem, Task
+from .base import SPLITS, Problem, Task
 
 # The start |delta| ~ 1e-4 is below float32's default mu = 1e-3, where the l1 term has a kink:
 # each query's difference then carries ~ c * mu * sum_i |u_i| from it, which at d = 3072
@@ -43,13 +44,17 @@ def attack_loss(model: Model, image: Tensor, label: int, delta: Tensor, c: float
     return margin + c * size
 
 
+def _check_norm(norm: str) -> None:
+    if norm not in ("l1", "l2"):
+        raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+
+
 class AttackProblem(Problem):
     """Attacking one correctly classified image; ``seed`` draws the starting perturbation."""
 
     def __init__(self, model: Model, image: Tensor, label: int, seed: int = 0, c: float = 0.1,
                  kappa: float = 0.0, norm: str = "l1") -> None:
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
+        _check_norm(norm)
         self.model, self.image, self.label, self.seed = model, image, int(label), seed
         self.batch_size = None  # deterministic: every query sees the same image
         self.c, self.kappa, self.norm = c, kappa, norm
@@ -79,33 +84,62 @@ class AttackTask(Task):
     """Attacks on images the target classifies correctly, in disjoint splits of the test set.
 
     The first ``sizes["train"]`` correctly classified test images are for meta-training, the
-    next ``sizes["val"]`` for validation, the next ``sizes["test"]`` for testing.
+    next ``sizes["val"]`` for validation, the next ``sizes["test"]`` for testing. Building the
+    task only checks the arguments: the target (``model``, default the trained one of
+    :mod:`torchzo.tasks.targets`) and the test set under ``root`` (see
+    :func:`torchzo.datasets.data_root`) are loaded on first use, so that a registry or a
+    command line can make the task before the data is needed.
     """
 
     def __init__(self, data: str = "mnist", model: nn.Module | None = None,
                  root: str | Path | None = None, sizes: dict[str, int] | None = None,
                  q: int | None = None, horizon: int = 200, unroll: int = 20, c: float = 0.1,
                  norm: str = "l1", mu: float | None = None) -> None:
+        if data not in DEFAULT_MU:
+            raise ValueError(f"data must be one of {sorted(DEFAULT_MU)}, got {data!r}")
+        _check_norm(norm)
+        sizes = sizes or {"train": 100, "val": 50, "test": 100}
+        if set(sizes) != set(SPLITS) or any(
+                isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sizes.values()):
+            raise ValueError(f"sizes must map each of {SPLITS} to an int >= 0, got {sizes!r}")
         super().__init__(f"{data}-attack", q or (20 if data == "mnist" else 50), horizon, unroll,
                          mu if mu is not None else DEFAULT_MU[data])
-        from ..datasets import load_cifar10_subset, load_mnist
+        self.data, self.root, self._given_model = data, root, model
+        self.sizes, self.c, self.norm = sizes, c, norm
+
+    @cached_property
+    def model(self) -> nn.Module:
+        """The target classifier, frozen; loaded on first access when none was given."""
         from .targets import load_target
 
-        self.model = model if model is not None else load_target(data)
-        for p in self.model.parameters():
+        model = self._given_model if self._given_model is not None else load_target(self.data)
+        for p in model.parameters():
             p.requires_grad_(False)
-        x, y = (load_mnist if data == "mnist" else load_cifar10_subset)("test", root)
+        return model
+
+    @cached_property
+    def _correct(self) -> tuple[Tensor, Tensor]:
+        from ..datasets import load_cifar10_subset, load_mnist
+
+        x, y = (load_mnist if self.data == "mnist" else load_cifar10_subset)("test", self.root)
         with torch.no_grad():
             right = torch.cat([self.model(x[i:i + 1000]).argmax(-1) == y[i:i + 1000]
                                for i in range(0, len(x), 1000)])
-        self.images, self.labels = x[right], y[right]
-        self.sizes = sizes or {"train": 100, "val": 50, "test": 100}
-        self.c, self.norm = c, norm
+        return x[right], y[right]
+
+    @property
+    def images(self) -> Tensor:
+        """The correctly classified test images, in test-set order."""
+        return self._correct[0]
+
+    @property
+    def labels(self) -> Tensor:
+        """The labels of :attr:`images`."""
+        return self._correct[1]
 
     def problems(self, split: str) -> Sequence[AttackProblem]:
         self._check_split(split)
-        order = ["train", "val", "test"]
-        start = sum(self.sizes[s] for s in order[:order.index(split)])
+        start = sum(self.sizes[s] for s in SPLITS[:SPLITS.index(split)])
         stop = start + self.sizes[split]
         if stop > len(self.images):
             raise ValueError(f"only {len(self.images)} correctly classified images")

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from ..optim import ZOOptimizer
 from ..oracle import Batched
-from .base import Problem
+from ..tasks import Problem
 
 __all__ = ["run_optimizer"]
 
