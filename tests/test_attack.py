@@ -101,13 +101,15 @@ def test_targets_cli_caches_weights_and_accuracy(tmp_path, monkeypatch):
 
 def test_attack_tasks_are_registered_and_name_the_missing_target(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))
+    task = torchzo.tasks.get_task("mnist-attack")  # the target is loaded on first use
+    assert task.name == "mnist-attack"
     with pytest.raises(FileNotFoundError, match="no trained mnist target"):
-        torchzo.tasks.get_task("mnist-attack")
+        _ = task.model
 
 
 @needs_data
 def test_attack_benchmark_quick_reports_every_method(tmp_path):
-    from torchzo.benchmarks import attack
+    from benchmarks import attack
 
     torch.manual_seed(0)
     target = tmp_path / "target.pt"

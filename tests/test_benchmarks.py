@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from torchzo.benchmarks import overhead
+from benchmarks import overhead
 
 
 def test_overhead_quick_writes_json_and_markdown(tmp_path):
@@ -22,7 +22,7 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
 
 
 def test_binclass_quick_writes_tables_and_plots(tmp_path):
-    from torchzo.benchmarks import binclass
+    from benchmarks import binclass
 
     binclass.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "binclass.json").read_text())
@@ -32,7 +32,7 @@ def test_binclass_quick_writes_tables_and_plots(tmp_path):
 
 
 def test_schedules_quick_runs_every_schedule(tmp_path):
-    from torchzo.benchmarks import schedules
+    from benchmarks import schedules
 
     data = schedules.main(["--quick", "--out", str(tmp_path)])
     assert len(data["runs"]) == 11
@@ -40,7 +40,7 @@ def test_schedules_quick_runs_every_schedule(tmp_path):
 
 
 def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
-    from torchzo.benchmarks import batched
+    from benchmarks import batched
 
     data = batched.main(["--quick", "--out", str(tmp_path)])
     default, kept = data["cases"]  # this machine's malloc is glibc's
@@ -61,7 +61,7 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
 
 
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
-    from torchzo.benchmarks import batched_mlp
+    from benchmarks import batched_mlp
 
     data = batched_mlp.main(["--quick", "--out", str(tmp_path)])
     assert [c["malloc"] for c in data["cases"]] == ["default", "kept"]  # glibc here
@@ -78,7 +78,7 @@ def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path)
 
 
 def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
-    from torchzo.benchmarks import lr_scan
+    from benchmarks import lr_scan
 
     data = lr_scan.main(["--task", "binclass", "--weights", "binclass", "--lr", "0.5", "1.0",
                          "--adam-lr", "0.0562", "--adam-betas", "0.6", "0.99975",

@@ -22,8 +22,8 @@ if __name__ == "__main__":  # a worker: this file's directory holds the shared t
 from zo_testing import Objective, all_same_bits, deep_equal, snapshot  # noqa: E402
 
 import torchzo  # noqa: E402
+from tools.launch import exit_worker, launch_ranks  # noqa: E402
 from torchzo import Batched, ClosureError  # noqa: E402
-from torchzo.benchmarks._common import exit_worker, launch_ranks  # noqa: E402
 from torchzo.learned import LearnedZO  # noqa: E402
 from torchzo.oracle import RankFailedError  # noqa: E402
 
@@ -314,7 +314,7 @@ def test_option_is_validated_and_needs_an_initialised_group():
 
 
 def test_benchmark_quick_writes_json_and_markdown(tmp_path):
-    from torchzo.benchmarks import distributed as bench
+    from benchmarks import distributed as bench
 
     data = bench.main(["--quick", "--out", str(tmp_path)])
     assert data is not None and data["machine"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from torchzo.benchmarks._common import local_gloo_env
+from tools.launch import local_gloo_env
 from torchzo.datasets import data_root
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -1,26 +1,71 @@
 """The wheel's contents, the README's commands and the demo stay in step with the code."""
 from __future__ import annotations
 
+import ast
 import configparser
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 import torchzo
 from torchzo.__main__ import main as demo_main
 
 ROOT = Path(__file__).resolve().parent.parent
+# Repository-level packages for maintainers, run from a checkout: never in the wheel.
+CHECKOUT_ONLY = ("benchmarks", "tools")
+
+
+def _listed_packages() -> set[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return set(cfg["options"]["packages"].split())
 
 
 def test_every_subpackage_is_listed_in_setup_cfg():
-    cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
-    listed = set(cfg["options"]["packages"].split())
+    listed = _listed_packages()
     found = {".".join(p.parent.relative_to(ROOT).parts)
              for p in (ROOT / "torchzo").rglob("__init__.py")}
     assert found <= listed, f"add to setup.cfg [options] packages: {sorted(found - listed)}"
     assert "torchzo._weights" in listed
+
+
+def test_the_package_neither_lists_nor_imports_the_checkout_only_packages():
+    assert all(p == "torchzo" or p.startswith("torchzo.") for p in _listed_packages())
+    for path in (ROOT / "torchzo").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in CHECKOUT_ONLY, f"{path} imports {name}"
+
+
+def test_the_built_wheel_holds_the_package_and_weights_only(tmp_path):
+    # Built offline, by this environment's setuptools: one that can build wheels by itself.
+    pytest.importorskip("setuptools.command.bdist_wheel")
+    src = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("torchzo", "pretrained", *CHECKOUT_ONLY):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
+                            "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"torchzo", wheel.name.split("-py")[0] + ".dist-info"}, tops
+    assert {"torchzo/_weights/manifest.json", "torchzo/meta/__main__.py"} <= names
 
 
 def test_ci_runs_the_readme_setup_commands_verbatim():

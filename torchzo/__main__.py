@@ -2,7 +2,8 @@
 
 The default problem is the first test dataset of the binary-classification task (the task
 the shipped ZO-LSTM was trained on), with the baselines' step sizes tuned by
-``python -m torchzo.benchmarks.binclass``. ``--problem quadratic`` runs a convex quadratic.
+the repository's binary-classification benchmark (``python -m benchmarks.binclass`` in a
+checkout). ``--problem quadratic`` runs a convex quadratic.
 """
 from __future__ import annotations
 

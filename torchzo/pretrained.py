@@ -17,7 +17,7 @@ import torch
 from .learned.nets import Arch, LearnedZO
 
 __all__ = ["PretrainedError", "available", "default_name", "from_state_dict", "info", "load",
-           "load_file", "manifest", "save", "weights_dir"]
+           "load_file", "manifest", "save", "sha256", "weights_dir"]
 
 
 class PretrainedError(RuntimeError):
@@ -66,11 +66,16 @@ def load(name: str | None = None) -> LearnedZO:
     path = weights_dir() / entry["file"]
     if not path.is_file():
         raise PretrainedError(f"shipped weights {entry['name']!r} missing: expected {path}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256(path)
     if digest != entry["sha256"]:
         raise PretrainedError(f"{path} does not match its manifest (sha256 {digest}, expected "
                               f"{entry['sha256']}): the file was altered or truncated")
     return load_file(path)
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file, as ``manifest.json`` and the training metadata record it."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def load_file(path: Path) -> LearnedZO:

@@ -2,18 +2,17 @@
 
 Writes ``FILE`` (the weights and their metadata, loadable with ``weights_only=True`` and by
 ``torchzo.ZOLSTM(pretrained=FILE)``) and ``FILE.json`` (the metadata, the training history and
-the sha256 of ``FILE``).
+the sha256 of ``FILE``). Adding such a file to the repository's ``pretrained/`` is a maintainer
+tool of the checkout, not of the package: ``python -m tools.ship``.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import platform
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ..learned.nets import Arch
-from ..pretrained import load_file, save
+from ..pretrained import load_file, save, sha256
 from ..tasks import get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
 
@@ -67,62 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for the small coordinatewise LSTMs)")
     tr.add_argument("--no-progress", action="store_true")
-    sh = sub.add_parser("ship", help="copy trained weights into pretrained/ and the manifest")
-    sh.add_argument("--weights", required=True, type=Path, help="a file written by 'train'")
-    sh.add_argument("--name", required=True)
-    sh.add_argument("--command", default=None,
-                    help="the commands that reproduce the file (default: the 'train' command "
-                    "recorded with the weights, then this 'ship' command)")
-    sh.add_argument("--dest", type=Path, default=Path("pretrained"))
-    sh.add_argument("--default", action="store_true", help="make it ZOLSTM's default")
-    sh.add_argument("--alpha", type=float, default=None,
-                    help="bake in a tuned output scale: the shipped file at lr=1 steps as the "
-                    "given file at lr=ALPHA (a transferred optimizer; paper architecture)")
-    sh.add_argument("--task", default=None, help="the task it is shipped for (default: the "
-                    "one it was trained on)")
     return ap
-
-
-def ship(args: argparse.Namespace) -> dict:
-    """Copy a trained file into ``dest`` and record it in ``dest/manifest.json``."""
-    meta = json.loads(Path(f"{args.weights}.json").read_text())
-    nets = load_file(args.weights)  # refuse anything that does not load
-    command = args.command
-    if command is None:
-        if "command" not in meta:
-            raise SystemExit(f"{args.weights}.json does not record its train command: pass "
-                             "--command")
-        command = f"{meta['command']} && {args.invocation}"
-    target = args.dest / f"{args.name}.pt"
-    if args.alpha is None:
-        shutil.copyfile(args.weights, target)
-    else:
-        # The paper's step is lr * head(h): scaling the read-out is the same step at lr = 1.
-        if nets.arch.kind != "paper":
-            raise SystemExit("--alpha needs the paper architecture (its step is lr * output)")
-        with torch.no_grad():
-            nets.update.head.weight.mul_(args.alpha)
-        save(nets, target, {**meta, "alpha": args.alpha, "transferred_from": str(args.weights)})
-    manifest_path = args.dest / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
-        "default": args.name, "weights": []}
-    entry = {
-        "name": args.name, "file": target.name,
-        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "task": args.task or meta["task"], "preset": meta["preset"],
-        "arch": meta.get("arch", "paper"), "command": command,
-        **({} if args.alpha is None else {"trained_on": meta["task"], "alpha": args.alpha}),
-        # A transferred file was validated on its own task, not this one.
-        "val_final_loss": meta["val_final_loss"] if args.alpha is None else None,
-        "train_seconds": meta["train_seconds"], "torch": meta["torch"],
-        "machine": meta["machine"],
-    }
-    manifest["weights"] = [w for w in manifest["weights"] if w["name"] != args.name] + [entry]
-    if args.default:
-        manifest["default"] = args.name
-    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    print(json.dumps(entry))
-    return entry
 
 
 def config_from_args(args: argparse.Namespace) -> MetaConfig:
@@ -180,7 +124,7 @@ def train(args: argparse.Namespace) -> dict:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save(nets, args.out, meta)
-    meta["sha256"] = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    meta["sha256"] = sha256(args.out)
     meta["history"] = history["epochs"]
     Path(f"{args.out}.json").write_text(json.dumps(meta, indent=1))
     print(json.dumps({k: meta[k] for k in ("task", "val_final_loss", "train_seconds", "sha256")}))
@@ -194,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
     args.invocation = "python -m torchzo.meta " + shlex.join(raw)
     if args.action == "train":
         train(args)
-    elif args.action == "ship":
-        ship(args)
 
 
 if __name__ == "__main__":

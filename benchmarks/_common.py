@@ -5,9 +5,7 @@ import json
 import logging
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,9 +14,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["exit_worker", "faults_per_call", "fmt_spread", "fmt_time", "launch_ranks",
-           "local_gloo_env", "loopback_interface", "machine", "malloc_settings", "md_table",
-           "minor_faults", "sig3", "spread", "write_results"]
+from tools import ROOT
+
+__all__ = ["OUT", "faults_per_call", "fmt_spread", "fmt_time", "machine", "malloc_settings",
+           "md_table", "minor_faults", "sig3", "spread", "write_results"]
+
+# Where the benchmarks write by default: the repository's docs, whatever the working directory.
+OUT = ROOT / "docs" / "benchmarks"
 
 
 def _cpu_model() -> str:
@@ -71,7 +73,7 @@ def malloc_settings(requested: Sequence[str]) -> Iterator[str]:
     "kept" comes last and is entered by calling :func:`torchzo.cpu.keep_freed_memory`, which
     lasts for the rest of the process; it is skipped where malloc is not glibc's.
     """
-    from ..cpu import keep_freed_memory
+    from torchzo.cpu import keep_freed_memory
 
     for malloc in sorted(set(requested), key=["default", "kept"].index):
         if malloc == "kept" and not keep_freed_memory():
@@ -176,7 +178,7 @@ def pyplot() -> Any:
         logging.getLogger("matplotlib").setLevel(logging.WARNING)
         import matplotlib.pyplot as plt
     except ImportError:
-        logging.getLogger("torchzo.benchmarks").warning(
+        logging.getLogger("benchmarks").warning(
             "matplotlib is not installed (pip install torchzo[plot]): no plots")
         return None
     return plt
@@ -201,59 +203,3 @@ def save_figure(fig: Any, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     return path.name
-
-
-def loopback_interface() -> str | None:
-    """This machine's loopback network interface (for ``GLOO_SOCKET_IFNAME``), if it has one."""
-    try:
-        names = [name for _, name in socket.if_nameindex()]
-    except (OSError, AttributeError):
-        return None
-    return next((n for n in names if n.startswith("lo")), None)
-
-
-def local_gloo_env() -> dict[str, str]:
-    """The environment for gloo ranks on this machine: one torch thread each, loopback only."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    lo = loopback_interface()
-    if lo is not None:
-        env["GLOO_SOCKET_IFNAME"] = lo
-    return env
-
-
-def exit_worker() -> None:
-    """End a rank's process now that its results are saved and its process group destroyed.
-
-    A process group that outlives ``destroy_process_group()`` (see docs/getting-started.md,
-    "Several processes") keeps gloo threads that may still be releasing the last collective's
-    tensors when the interpreter shuts down; one that then needs the interpreter aborts the
-    process ("terminate called without an active exception") after its work is done.
-    ``os._exit`` ends the process without that shutdown.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def launch_ranks(args: Sequence[str], world: int, timeout: float
-                 ) -> list[subprocess.CompletedProcess]:
-    """Run ``python <args> <rank> <world>`` for each rank, gloo on loopback; bounded.
-
-    Every wait has ``timeout``, so a hung rank fails its caller instead of blocking it; the
-    processes left running are killed.
-    """
-    env = local_gloo_env()
-    procs = [subprocess.Popen([sys.executable, *args, str(r), str(world)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    done = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=timeout)
-            done.append(subprocess.CompletedProcess(p.args, p.returncode, out))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return done

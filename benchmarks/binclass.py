@@ -1,8 +1,8 @@
 """Binary classification: tuned ZO baselines against ZO-LSTM (paper Fig. 3a, 3b-d and 4c).
 
-    python -m torchzo.benchmarks.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
-                                          [--quick] [--trials N] [--sweep-trials N]
-                                          [--no-sweeps] [--no-plots]
+    python -m benchmarks.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
+                                  [--quick] [--trials N] [--sweep-trials N]
+                                  [--no-sweeps] [--no-plots]
 
 The task is :class:`torchzo.tasks.BinaryClassification` (d = 100, b = 64, q = 20, 500 steps,
 non-convex least squares on a sigmoid).
@@ -40,13 +40,14 @@ from typing import Any
 
 import torch
 
-from ..learned.nets import LearnedZO
-from ..optim.zolstm import ZOLSTM
-from ..oracle import Batched
-from ..tasks.base import Problem
-from ..tasks.binclass import BinaryClassification
+from torchzo.learned.nets import LearnedZO
+from torchzo.optim.zolstm import ZOLSTM
+from torchzo.oracle import Batched
+from torchzo.tasks.base import Problem
+from torchzo.tasks.binclass import BinaryClassification
+
+from ._common import OUT, machine, md_table, pyplot, save_figure, write_results
 from ._common import band as _band
-from ._common import machine, md_table, pyplot, save_figure, write_results
 from ._protocol import (
     ABLATIONS,
     BASELINES,
@@ -66,7 +67,7 @@ from ._protocol import (
     tune_alpha,
 )
 
-log = logging.getLogger("torchzo.benchmarks.binclass")
+log = logging.getLogger("benchmarks.binclass")
 
 QUICK = replace(FULL, steps=30, tune_datasets=2, test_datasets=2, trials=1,
                 coarse=(1.0, 10.0, 100.0), fine_per_decade=2, beta2=(0.99, 0.999), max_extend=2,
@@ -135,7 +136,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Reproduces Fig. 3a, 3b-d and the binary-classification ablation of Fig. 4c of Ruan et "
         "al., *Learning to Learn by Zeroth-Order Oracle* (ICLR 2020), with "
-        "`python -m torchzo.benchmarks.binclass`"
+        "`python -m benchmarks.binclass`"
         + (" (**--quick smoke run: tiny grids, not results**)" if data["quick"] else "") + ".",
         "",
         f"Task: non-convex least squares `mean (y - sigmoid(theta.x))^2`, d = {cfg['dim']}, "
@@ -330,14 +331,14 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.binclass",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.binclass",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                     help="a ZO-LSTM weights file (or shipped name, or 'untrained'); repeatable. "
                          "Default: the shipped default, if any.")
     ap.add_argument("--transfer", action="append", default=[], metavar="NAME=PATH",
                     help="weights trained on another task: alpha is tuned, then tested")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny grids, 2+2 datasets, 30 steps, 1 trial")
     ap.add_argument("--trials", type=int, default=None, help="trials per test dataset")

@@ -1,7 +1,7 @@
 """Batched module queries vs the closure path on small MLPs: the step time of each path.
 
-    python -m torchzo.benchmarks.batched_mlp [--reps N] [--number N] [--threads N ...]
-                                             [--malloc default|kept ...] [--out DIR] [--quick]
+    python -m benchmarks.batched_mlp [--reps N] [--number N] [--threads N ...]
+                                     [--malloc default|kept ...] [--out DIR] [--quick]
 
 One ZOAdam step (q = 20) on the cross-entropy of an MLP (32 inputs, 64 tanh units, 10 classes;
 d = 2762) on a fixed batch of 16 or 256 samples. *closure*: ``opt.step(lambda:
@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..optim import ZOAdam
-from ..oracle import module_objective
+from torchzo.optim import ZOAdam
+from torchzo.oracle import module_objective
+
 from ._common import (
+    OUT,
     faults_per_call,
     finish,
     fmt_spread,
@@ -125,7 +127,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.batched_mlp",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.batched_mlp",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--q", type=int, default=20)
     ap.add_argument("--reps", type=int, default=30)
@@ -135,14 +137,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     default=["default", "kept"],
                     help="glibc malloc as is, then after torchzo.cpu.keep_freed_memory()")
     ap.add_argument("--quick", action="store_true", help="one size, one thread, 3 repetitions")
-    ap.add_argument("--out", default="docs/benchmarks", help="'' to write nothing")
+    ap.add_argument("--out", default=OUT, help="'' to write nothing")
     args = ap.parse_args(argv)
     start = time.perf_counter()
     sizes, reps, threads, number = ((SIZES[:1], 3, [1], 2) if args.quick
                                     else (SIZES, args.reps, args.threads, args.number))
     data: dict[str, Any] = {
         "benchmark": "batched_mlp", "quick": args.quick, "machine": machine(),
-        "command": " ".join(["python -m torchzo.benchmarks.batched_mlp",
+        "command": " ".join(["python -m benchmarks.batched_mlp",
                              *(sys.argv[1:] if argv is None else argv)]),
         "cases": []}
     for malloc in malloc_settings(args.malloc):

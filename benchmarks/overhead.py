@@ -1,7 +1,7 @@
 """Per-step overhead and memory of torchzo's optimizers, next to ``torch.optim.Adam``.
 
-    python -m torchzo.benchmarks.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
-                                          [--split-dims D ...] [--out docs/benchmarks] [--quick]
+    python -m benchmarks.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
+                                  [--split-dims D ...] [--out docs/benchmarks] [--quick]
 
 Time: the closure returns a precomputed 0-dim tensor, and the time of ``q + 1`` bare closure
 calls, measured in the same repetition, is subtracted, so what is left is the optimizer's own
@@ -25,22 +25,22 @@ import functools
 import gc
 import json
 import math
-import os
 import random
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ..learned import LearnedZO
-from ..optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
-from ..oracle import Layout, ParameterBackup, call_closure
-from ._common import finish, fmt_spread, fmt_time, machine, md_table, spread
+from tools.launch import checkout_env
+from torchzo.learned import LearnedZO
+from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
+from torchzo.oracle import Layout, ParameterBackup, call_closure
+
+from ._common import OUT, finish, fmt_spread, fmt_time, machine, md_table, spread
 
 # ZOLSTM with untrained paper-size networks: its cost does not depend on the weights.
 ZO: dict[str, Callable[..., Any]] = {
@@ -275,12 +275,10 @@ def rss_probe(name: str, d: int, q: int) -> dict[str, Any]:
 
 
 def rss_check(d: int, q: int) -> list[dict[str, Any]]:
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = checkout_env()
     rows = []
     for name in ALL:
-        cmd = [sys.executable, "-m", "torchzo.benchmarks.overhead", "--rss-probe", name,
+        cmd = [sys.executable, "-m", "benchmarks.overhead", "--rss-probe", name,
                "--q", str(q), "--rss-d", str(d)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         try:
@@ -419,7 +417,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.overhead",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
     ap.add_argument("--model-dims", type=int, nargs="*", default=[100_000],
@@ -445,7 +443,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.split_dims = [1000]
         args.min_sample_ms, args.rss_d = 1.0, 0
     elif args.out is None:
-        args.out = "docs/benchmarks"
+        args.out = OUT
     return args
 
 
@@ -458,7 +456,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     start = time.perf_counter()
     data: dict[str, Any] = {
         "benchmark": "overhead",
-        "command": " ".join(["python -m torchzo.benchmarks.overhead", *argv]),
+        "command": " ".join(["python -m benchmarks.overhead", *argv]),
         "machine": machine(),
         "config": {"dims": args.dims, "model_dims": args.model_dims, "q": args.q,
                    "estimator": "forward", "reps": args.reps,

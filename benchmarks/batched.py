@@ -1,7 +1,7 @@
 """Batched vs sequential queries on the MNIST attack: the step time of each path.
 
-    python -m torchzo.benchmarks.batched [--reps N] [--number N] [--q Q ...] [--threads N ...]
-                                         [--malloc default|kept ...] [--out DIR] [--quick]
+    python -m benchmarks.batched [--reps N] [--number N] [--q Q ...] [--threads N ...]
+                                 [--malloc default|kept ...] [--out DIR] [--quick]
 
 One ZOAdam step on the black-box attack of one 28 x 28 image against the paper's MNIST CNN
 (conv 20 - conv 50 - fc 500, channels-last as the attack task loads it; timing does not
@@ -38,12 +38,14 @@ from typing import Any
 
 import torch
 
-from ..cpu import keep_freed_memory
-from ..optim import ZOAdam
-from ..oracle import Batched
-from ..tasks.attack import attack_loss
-from ..tasks.targets import for_queries, make_model
+from torchzo.cpu import keep_freed_memory
+from torchzo.optim import ZOAdam
+from torchzo.oracle import Batched
+from torchzo.tasks.attack import attack_loss
+from torchzo.tasks.targets import for_queries, make_model
+
 from ._common import (
+    OUT,
     faults_per_call,
     fmt_spread,
     fmt_time,
@@ -270,7 +272,7 @@ def render(data: dict[str, Any]) -> str:
         "# Batched vs sequential queries: MNIST attack", "",
         *[para.replace("\n", " ") + "\n"
           for para in (__doc__ or "").split("\n\n", 2)[2].strip().split("\n\n")],
-        "Written by `python -m torchzo.benchmarks.batched`"
+        "Written by `python -m benchmarks.batched`"
         + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
         f"torch {m['torch']}, {m.get('logical_cpus', '?')} logical CPUs, load average "
         f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}; *threads*: torch intra-op threads "
@@ -338,7 +340,7 @@ def _render_loops(loops: dict[str, Any] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.batched",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.batched",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--q", type=int, nargs="+", default=[5, 20, 50])
     ap.add_argument("--reps", type=int, default=50)
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--loops", type=int, default=8,
                     help="fresh processes per path for the plain-loop table (0: none)")
     ap.add_argument("--quick", action="store_true", help="q = 20 only, 3 repetitions")
-    ap.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     qs, reps, threads, number = (([20], 3, [1], 1) if args.quick
                                  else (args.q, args.reps, args.threads, args.number))

@@ -6,7 +6,7 @@ the tuned betas (0.6, 0.999) and lr 0.056 (``docs/benchmarks/binclass.md``), on 
 datasets, with constant, cosine, linear-decay and linear-ramp schedules; ZO-SGD with and
 without momentum for reference. Mean full-data loss at steps 250 and 500.
 
-    python -m torchzo.benchmarks.schedules --out docs/benchmarks
+    python -m benchmarks.schedules --out docs/benchmarks
 """
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-from ..optim import ZOSGD, ZOAdam, ZOOptimizer
-from ..oracle import Batched
-from ..tasks import BinaryClassification
+from torchzo.optim import ZOSGD, ZOAdam, ZOOptimizer
+from torchzo.oracle import Batched
+from torchzo.tasks import BinaryClassification
+
 from ._common import finish, machine, md_table
 
 Schedule = Callable[[int], float]
@@ -86,7 +87,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m torchzo.benchmarks.schedules")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.schedules")
     ap.add_argument("--datasets", type=int, default=6)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", default=None)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     problems = list(BinaryClassification().problems("train"))[: args.datasets]
     data: dict[str, Any] = {"machine": machine(), "datasets": args.datasets,
                             "steps": args.steps, "runs": {},
-                            "command": "python -m torchzo.benchmarks.schedules"
+                            "command": "python -m benchmarks.schedules"
                                        + (" --quick" if args.quick else "")}
     for name, (make, schedule) in _runs(args.steps).items():
         curve = run(make, schedule, problems, args.steps)

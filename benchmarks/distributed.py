@@ -1,7 +1,7 @@
 """Distributed queries (``opt.distributed``): steps with 1 and 2 gloo processes.
 
-    python -m torchzo.benchmarks.distributed [--q 20] [--steps 5] [--sleep-ms 50]
-                                             [--out docs/benchmarks] [--quick]
+    python -m benchmarks.distributed [--q 20] [--steps 5] [--sleep-ms 50]
+                                     [--out docs/benchmarks] [--quick]
 
 Sharded steps: ZOAdam steps with 1 process and with 2 gloo processes on this machine (loopback
 rendezvous, one torch thread each), on two objectives whose query costs about 50 ms:
@@ -31,13 +31,14 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ..optim import ZOAdam
+from tools.launch import exit_worker, launch_ranks
+from torchzo.optim import ZOAdam
+
 from ._common import (
-    exit_worker,
+    OUT,
     finish,
     fmt_spread,
     fmt_time,
-    launch_ranks,
     machine,
     md_table,
     sig3,
@@ -45,7 +46,7 @@ from ._common import (
 )
 from .batched_mlp import make_mlp
 
-MODULE = "torchzo.benchmarks.distributed"
+MODULE = "benchmarks.distributed"
 
 
 # -- the objectives -------------------------------------------------------------------------------
@@ -233,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--q", type=int, default=20)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--sleep-ms", type=float, default=50.0)
-    ap.add_argument("--out", default="docs/benchmarks", help="'' to write nothing")
+    ap.add_argument("--out", default=OUT, help="'' to write nothing")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per launch")
     ap.add_argument("--quick", action="store_true", help="a tiny run (smoke test)")
     ap.add_argument("--worker", nargs=4, metavar=("OUT", "CONFIG", "RANK", "WORLD"),

@@ -23,14 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import pretrained
-from ..learned.nets import LearnedZO
-from ..optim import ZOSGD, ZOAdam, ZOSignSGD
-from ..optim.zolstm import ZOLSTM
-from ..tasks.base import Problem
-from ..tasks.run import run_optimizer
+from torchzo import pretrained
+from torchzo.learned.nets import LearnedZO
+from torchzo.meta import run_optimizer
+from torchzo.optim import ZOSGD, ZOAdam, ZOSignSGD
+from torchzo.optim.zolstm import ZOLSTM
+from torchzo.tasks.base import Problem
 
-log = logging.getLogger("torchzo.benchmarks")
+log = logging.getLogger("benchmarks")
 
 BASELINES = {"zosgd": "ZO-SGD", "zosignsgd": "ZO-signSGD", "zoadam": "ZO-Adam"}
 ABLATIONS = {  # label suffix -> ZOLSTM settings; no-update steps with the tuned ZO-SGD lr
