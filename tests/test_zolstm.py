@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zo_testing import deep_equal
+from zo_testing import random_nets as _nets
 
 import torchzo
 from torchzo import Batched, ClosureError
@@ -17,18 +18,6 @@ from torchzo.learned.nets import _CHUNK, CoordLSTM
 from torchzo.meta import Rollout, RolloutConfig
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
-
-
-def _nets(seed: int = 1, gain: float = 5.0, kind: str = "paper") -> LearnedZO:
-    """Random nets whose outputs are large enough that a wrong step would show."""
-    torch.manual_seed(seed)
-    nets = LearnedZO(arch=Arch(kind=kind))
-    with torch.no_grad():
-        for p in nets.parameters():
-            if p.dim() and not p.any():  # the adam arch's zero-initialised read-outs
-                p.normal_(0, 0.05)
-            p.mul_(gain if p.dim() else 1.0)
-    return nets
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +39,7 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
     for _ in range(15):
         if use_query:  # what the optimizer says it will use is what the rollout uses
             with torch.no_grad():
-                expected = core.query_scale(nets, [rollout.state])[0][0]
+                expected = core.query_scale(nets.weights(), nets.arch, [rollout.state])[0][0]
             before = copy.deepcopy(opt.state_dict())
             assert torch.equal(opt.next_query_scales()[0], expected)
             assert deep_equal(opt.state_dict(), before)
@@ -63,7 +52,7 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
     expected = dict(rollout.state)
     if use_query:  # the optimizer has already run the QueryRNN the rollout runs next
         with torch.no_grad():
-            outs, new = core.query_outputs(nets, [rollout.state])
+            outs, new = core.query_outputs(nets.weights(), nets.arch, [rollout.state])
         expected.update(new[0], query_out=outs[0])
     assert set(expected) == set(opt.state[x])
     for key in expected:
@@ -85,8 +74,8 @@ def test_closure_path_matches_batched_path(problem):
 def test_query_scale_is_normalised_and_starts_isotropic():
     nets = _nets(gain=1.0)
     params = [torch.randn(7), torch.randn(3, 4)]
-    states = [core.init_state(p, nets) for p in params]
-    scales, outs, _ = core.query_scale(nets, states)
+    states = [core.init_state(p, nets.arch) for p in params]
+    scales, outs, _ = core.query_scale(nets.weights(), nets.arch, states)
     d = sum(p.numel() for p in params)
     total = sum((s**2).sum() for s in scales)
     torch.testing.assert_close(total, torch.tensor(float(d)))

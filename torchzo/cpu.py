@@ -3,9 +3,9 @@
 A batched step runs the forward pass of q + 1 inputs at once, and its activations (megabytes)
 are freed at the end of every step. glibc's ``malloc`` may hand freed memory at the top of its
 heap back to the operating system (whether it does depends on what else lives on the heap);
-then the next step maps it again and takes a page fault on every 4 KiB page it touches. In a
-plain MNIST-attack loop at q = 20 that is ~350 faults and a quarter of the step
-(docs/benchmarks/batched.md). :func:`keep_freed_memory` tells ``malloc`` to keep it.
+then the next step maps it again and takes a page fault on every 4 KiB page it touches
+(measured in a plain MNIST-attack loop: docs/benchmarks/batched.md). :func:`keep_freed_memory`
+tells ``malloc`` to keep it.
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""The learned networks of ZO-LSTM and the functional step shared by ZOLSTM and meta-training."""
+"""The learned networks of ZO-LSTM and the one learned step that ZOLSTM and meta-training run."""
 from . import core
 from .nets import ARCH_KINDS, Arch, CoordLSTM, LearnedZO
+from .step import DIRECTIONS, Group, StepResult, step
 
-__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO", "core"]
+__all__ = ["ARCH_KINDS", "DIRECTIONS", "Arch", "CoordLSTM", "Group", "LearnedZO", "StepResult",
+           "core", "step"]

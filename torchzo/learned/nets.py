@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO"]
+__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO", "coord_lstm"]
 
 ARCH_KINDS = ("paper", "adam")
 _CHUNK = 16384  # coordinates per LSTM block when running without autograd
@@ -90,61 +90,83 @@ class CoordLSTM(nn.Module):
                 out: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``inputs`` (n, input_size), states (n, hidden) -> (outputs (n, k), h, c).
 
-        The cell computes in its weights' dtype; the new states keep the dtype of ``h`` and
-        ``c`` (a lower-precision store, see ``ZOLSTM(state_dtype=...)``). ``out``: tensors to
-        write the new ``(h, c)`` into, which may be ``(h, c)`` themselves (no autograd).
+        See :func:`coord_lstm`, which this runs with the module's weights.
         """
-        weight = self.cell.weight_ih.dtype
-        inputs = inputs.to(weight)
-        n = inputs.shape[0]
-        if n <= _CHUNK or torch.is_grad_enabled():
-            h_new, c_new = self.cell(inputs, (h.to(weight), c.to(weight)))
-            y = self.head(h_new)
-            if out is None:
-                return y, h_new.to(h.dtype), c_new.to(c.dtype)
-            out[0].copy_(h_new)
-            out[1].copy_(c_new)
-            return y, out[0], out[1]
-        return self._blocks(inputs, h, c, out)
+        return coord_lstm(self.cell.weight_ih, self.cell.weight_hh, self.head.weight, inputs,
+                          h, c, out)
 
-    def _blocks(self, inputs: Tensor, h: Tensor, c: Tensor, out: tuple[Tensor, Tensor] | None
-                ) -> tuple[Tensor, Tensor, Tensor]:
-        """The cell in row blocks that stay in cache, with every transcendental contiguous.
 
-        ``nn.LSTMCell`` over millions of rows is memory-bound, and its gate views are strided,
-        so its sigmoid and tanh run unvectorised; and torch's float32 tanh costs about six
-        sigmoids. Here one sigmoid covers all four gates (``tanh z = 2 sigmoid(2z) - 1``, with
-        the cell-gate weights doubled once) and another gives ``tanh c``; equal to
-        ``nn.LSTMCell`` up to float32 rounding (tested). With the states written in place,
-        ZOLSTM's step overhead at d = 1e6 is 2.6x ZOAdam's (docs/benchmarks/overhead.md).
-        """
-        k = self.hidden
-        w_ih, w_hh = self.cell.weight_ih.detach().clone(), self.cell.weight_hh.detach().clone()
-        w_ih[2 * k:3 * k] *= 2
-        w_hh[2 * k:3 * k] *= 2
-        w_ih, w_hh = w_ih.T.contiguous(), w_hh.T.contiguous()
-        head = self.head.weight.detach().T.contiguous()
-        weight = w_ih.dtype
-        n = inputs.shape[0]
-        y = inputs.new_empty(n, head.shape[1])
-        # Writing into the old states saves the page faults of fresh multi-megabyte buffers;
-        # each block reads its rows of h and c before it overwrites them.
-        h_new, c_new = out if out is not None else (torch.empty_like(h), torch.empty_like(c))
-        # A low-precision state is converted a block at a time, never copied whole.
-        native = h_new.dtype == weight and c_new.dtype == weight
-        for s in range(0, n, _CHUNK):
-            rows = slice(s, s + _CHUNK)
-            hb, cb = h[rows].to(weight), c[rows].to(weight)
-            gates = torch.mm(inputs[rows], w_ih).addmm_(hb, w_hh).sigmoid_()
-            i, f, g, o = gates[:, :k], gates[:, k:2 * k], gates[:, 2 * k:3 * k], gates[:, 3 * k:]
-            c_out = c_new[rows] if native else torch.empty_like(cb)
-            torch.mul(f, cb, out=c_out).addcmul_(i, g, value=2).sub_(i)  # + i * (2 g - 1)
-            h_out = h_new[rows] if native else torch.empty_like(hb)
-            torch.mul(c_out, 2, out=h_out).sigmoid_().mul_(2).sub_(1).mul_(o)
-            torch.mm(h_out, head, out=y[rows])
-            if not native:
-                c_new[rows], h_new[rows] = c_out, h_out
-        return y, h_new, c_new
+def coord_lstm(w_ih: Tensor, w_hh: Tensor, w_head: Tensor, inputs: Tensor, h: Tensor,
+               c: Tensor, out: tuple[Tensor, Tensor] | None = None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """:class:`CoordLSTM` as a function of its weights, for one weight set or a population.
+
+    ``inputs`` (..., n, input_size) and states (..., n, hidden) -> (outputs (..., n, k), h, c),
+    where ``...`` is empty for one weight set (weights as in ``nn.LSTMCell``) or the population
+    dimensions that the weights carry in front. The cell computes in its weights' dtype; the
+    new states keep the dtype of ``h`` and ``c`` (a lower-precision store, see
+    ``ZOLSTM(state_dtype=...)``). ``out``: tensors to write the new ``(h, c)`` into, which may
+    be ``(h, c)`` themselves (no autograd). One weight set gives the bits of ``nn.LSTMCell`` and
+    ``nn.Linear``, and a population of one the same bits; in a larger population a member's
+    outputs can differ in the last bit from its own run, since a batched matmul with few
+    output columns rounds in another order (all tested).
+    """
+    weight = w_ih.dtype
+    inputs = inputs.to(weight)
+    n = inputs.shape[-2]
+    if w_ih.dim() == 2 and n > _CHUNK and not torch.is_grad_enabled():
+        return _blocks(w_ih, w_hh, w_head, inputs, h, c, out)
+    # nn.LSTMCell's CPU formula, op for op, so that one weight set reproduces its bits.
+    gates = torch.matmul(h.to(weight), w_hh.mT) + torch.matmul(inputs, w_ih.mT)
+    i, f, g, o = gates.chunk(4, -1)
+    c_new = f.sigmoid() * c.to(weight) + i.sigmoid() * g.tanh()
+    h_new = o.sigmoid() * c_new.tanh()
+    y = torch.matmul(h_new, w_head.mT)
+    if out is None:
+        return y, h_new.to(h.dtype), c_new.to(c.dtype)
+    out[0].copy_(h_new)
+    out[1].copy_(c_new)
+    return y, out[0], out[1]
+
+
+def _blocks(w_ih: Tensor, w_hh: Tensor, w_head: Tensor, inputs: Tensor, h: Tensor, c: Tensor,
+            out: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The cell in row blocks that stay in cache, with every transcendental contiguous.
+
+    ``nn.LSTMCell`` over millions of rows is memory-bound, and its gate views are strided,
+    so its sigmoid and tanh run unvectorised; and torch's float32 tanh costs about six
+    sigmoids. Here one sigmoid covers all four gates (``tanh z = 2 sigmoid(2z) - 1``, with
+    the cell-gate weights doubled once) and another gives ``tanh c``; equal to
+    ``nn.LSTMCell`` up to float32 rounding (tested). What it saves in ZOLSTM's step time is
+    measured in docs/benchmarks/overhead.md.
+    """
+    k = w_hh.shape[1]
+    w_ih, w_hh = w_ih.detach().clone(), w_hh.detach().clone()
+    w_ih[2 * k:3 * k] *= 2
+    w_hh[2 * k:3 * k] *= 2
+    w_ih, w_hh = w_ih.T.contiguous(), w_hh.T.contiguous()
+    head = w_head.detach().T.contiguous()
+    weight = w_ih.dtype
+    n = inputs.shape[0]
+    y = inputs.new_empty(n, head.shape[1])
+    # Writing into the old states saves the page faults of fresh multi-megabyte buffers;
+    # each block reads its rows of h and c before it overwrites them.
+    h_new, c_new = out if out is not None else (torch.empty_like(h), torch.empty_like(c))
+    # A low-precision state is converted a block at a time, never copied whole.
+    native = h_new.dtype == weight and c_new.dtype == weight
+    for s in range(0, n, _CHUNK):
+        rows = slice(s, s + _CHUNK)
+        hb, cb = h[rows].to(weight), c[rows].to(weight)
+        gates = torch.mm(inputs[rows], w_ih).addmm_(hb, w_hh).sigmoid_()
+        i, f, g, o = gates[:, :k], gates[:, k:2 * k], gates[:, 2 * k:3 * k], gates[:, 3 * k:]
+        c_out = c_new[rows] if native else torch.empty_like(cb)
+        torch.mul(f, cb, out=c_out).addcmul_(i, g, value=2).sub_(i)  # + i * (2 g - 1)
+        h_out = h_new[rows] if native else torch.empty_like(hb)
+        torch.mul(c_out, 2, out=h_out).sigmoid_().mul_(2).sub_(1).mul_(o)
+        torch.mm(h_out, head, out=y[rows])
+        if not native:
+            c_new[rows], h_new[rows] = c_out, h_out
+    return y, h_new, c_new
 
 
 class LearnedZO(nn.Module):
@@ -173,3 +195,7 @@ class LearnedZO(nn.Module):
     @property
     def hidden(self) -> tuple[int, int]:
         return self.update.hidden, self.query.hidden
+
+    def weights(self) -> dict[str, Tensor]:
+        """The weights by name, as :mod:`torchzo.learned.core` takes them (no copies)."""
+        return dict(self.named_parameters())

@@ -1,8 +1,8 @@
 """One optimizee run under meta-training: ZO-LSTM unrolled with autograd, truncated BPTT.
 
-Every step runs the same functions as :class:`torchzo.ZOLSTM` (``torchzo.learned.core`` and the
-oracle's batched estimator) and draws its randomness in the same order from a generator seeded
-like the optimizer's, so a rollout and an optimizer run with the same seeds take the same steps.
+Every step is :func:`torchzo.learned.step` over the oracle's entry point, as in
+:class:`torchzo.ZOLSTM`, with a generator seeded like the optimizer's, so a rollout and an
+optimizer run with the same seeds take the same steps.
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import core
+from ..learned import Group, core, step
 from ..learned.nets import LearnedZO
-from ..oracle import Scheme, default_mu, draw_seeds, estimate_batched
+from ..oracle import Batched, Distribution, Part, Scheme, default_mu, estimate_gradient
 from ..tasks import Problem
 from .fdgrad import fd_loss
 
@@ -56,10 +56,11 @@ class Rollout:
     def __init__(self, problem: Problem, nets: LearnedZO, cfg: RolloutConfig, seed: int,
                  data_seed: int) -> None:
         self.problem, self.nets, self.cfg = problem, nets, cfg
-        self.scheme = Scheme(cfg.estimator, cfg.q)
         self.x = problem.x0.clone().float()
-        self.mu = cfg.mu if cfg.mu is not None else default_mu(self.x.dtype)
-        self.state = core.init_state(self.x, nets)
+        mu = cfg.mu if cfg.mu is not None else default_mu(self.x.dtype)
+        self.part = Part((0,), Scheme(cfg.estimator, cfg.q), mu)
+        self.weights = nets.weights()
+        self.state = core.init_state(self.x, nets.arch)
         self.generator = torch.Generator().manual_seed(seed)
         self.data = torch.Generator().manual_seed(data_seed)
         self.t = 0
@@ -82,16 +83,18 @@ class Rollout:
                     return batch_loss(X)
             return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
 
-        seeds = draw_seeds(self.generator, self.scheme.directions)
-        scale, reg, fresh = None, self.x.new_zeros(()), {}
-        if cfg.use_query:
-            scales, outs, new = core.query_scale(self.nets, [self.state])
-            core.mix_draw(self.generator, 1.0)  # keeps the stream aligned with ZOLSTM
-            scale, fresh, reg = scales[0], new[0], cfg.reg * (outs[0] ** 2).sum()
-        _, g = estimate_batched(queried, self.x.detach(), seeds, self.scheme, self.mu, scale)
-        updates, new_u = core.learned_update(self.nets, [g], [self.state], cfg.lr)
-        self.x = self.x + updates[0]
-        self.state = {**self.state, **fresh, **new_u[0]}
+        def estimate(distribution: Distribution) -> tuple[None, list[Tensor]]:
+            found = estimate_gradient(Batched(queried), [self.x], [self.part], self.generator,
+                                      distribution)
+            return None, found.grads
+
+        directions = "learned" if cfg.use_query else "gaussian"
+        result = step(self.weights, self.nets.arch, [self.x], [self.state],
+                      [Group((0,), cfg.lr, directions=directions, query_prob=1.0)], estimate,
+                      self.generator)
+        (self.x,), (self.state,) = result.params, result.states
+        out = result.query_outputs[0]
+        reg = self.x.new_zeros(()) if out is None else cfg.reg * (out ** 2).sum()
         self.t += 1
         return self._objective(self.x.unsqueeze(0))[0], reg
 

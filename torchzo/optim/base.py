@@ -1,16 +1,16 @@
 """``ZOOptimizer``: the torch.optim plumbing every torchzo optimizer shares.
 
-A step is: draw query seeds, estimate the gradient with the oracle (all parameters restored
-exactly afterwards, or on any error), then hand each param group's estimate to the subclass's
-update rule. Param groups with the same ``(estimator, q, mu)`` are perturbed together and share
-one estimate; groups that differ are estimated separately. ``f(x)`` is queried once per step.
+A step is: the oracle's estimate (:func:`torchzo.oracle.estimate_gradient`, which restores
+every parameter exactly afterwards, or on any error), then each param group's estimate to the
+subclass's update rule. Param groups with the same ``(estimator, q, mu)`` are perturbed
+together and share one estimate; groups that differ are estimated separately. This class keeps
+the torch.optim plumbing: groups, validation, state, RNG and counters, restore on error.
 
 With the ``distributed`` option, the queries of a step are shared among the ranks of a
 ``torch.distributed`` process group (see :mod:`torchzo.oracle.distributed`).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -18,26 +18,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..oracle import (
-    Batched,
-    Guide,
-    Layout,
-    ParameterBackup,
-    Scheme,
-    call_closure,
-    default_mu,
-    draw_seeds,
-    estimate_batched,
-    estimate_closure,
-)
-from ..oracle.distributed import (
-    ClosureEstimate,
-    Ranks,
-    check_distributed,
-    estimate_batched_sharded,
-    estimate_closure_sharded,
-    ranks_for,
-)
+from ..oracle import Batched, Distribution, Estimate, Part, Scheme, default_mu, estimate_gradient
+from ..oracle.distributed import check_distributed
+from ._validation import check_number
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -45,13 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["ZOOptimizer"]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 class ZOOptimizer(Optimizer):
@@ -143,10 +119,10 @@ class ZOOptimizer(Optimizer):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ``ValueError`` for a bad hyperparameter; subclasses extend it."""
-        _check_positive("lr", group["lr"], allow_zero=True)
+        check_number("lr", group["lr"], allow_zero=True)
         Scheme(group["estimator"], group["q"])
         if group["mu"] is not None:
-            _check_positive("mu", group["mu"])
+            check_number("mu", group["mu"])
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
         for p in group["params"]:
@@ -186,123 +162,44 @@ class ZOOptimizer(Optimizer):
                              "saved by a torchzo optimizer")
         zo = state_dict["zo"]
         rest = {k: v for k, v in state_dict.items() if k != "zo"}
+        if len(rest.get("param_groups", ())) == len(self.param_groups):
+            # A file from before a hyperparameter existed keeps this optimizer's value of it.
+            rest["param_groups"] = [{**{k: v for k, v in now.items() if k != "params"}, **saved}
+                                    for now, saved in zip(self.param_groups,
+                                                          rest["param_groups"])]
         super().load_state_dict(rest)
         self._generator.set_state(zo["generator"].clone())
         self._counters = {"steps": int(zo["steps"]), "queries": int(zo["queries"])}
 
     # -- the step -----------------------------------------------------------------------------
 
+    def _partition_key(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        """What groups must share, beyond ``(estimator, q, mu)``, to share one estimate."""
+        return ()
+
     def _partitions(self) -> list[tuple[Scheme, float, list[dict[str, Any]]]]:
-        parts: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
+        parts: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
         for group in self.param_groups:
             if not group["params"]:  # an empty group (allowed by torch.optim) costs no queries
                 continue
-            key = (group["estimator"], group["q"], self.resolved_mu(group))
+            key = (group["estimator"], group["q"], self.resolved_mu(group),
+                   *self._partition_key(group))
             parts.setdefault(key, []).append(group)
-        return [(Scheme(name, q), mu, groups) for (name, q, mu), groups in parts.items()]
+        return [(Scheme(name, q), mu, groups) for (name, q, mu, *_), groups in parts.items()]
 
-    def _query_distribution(self, params: list[Tensor]
-                            ) -> tuple[list[Tensor] | None, Guide | None]:
-        """How this step's directions deviate from N(0, I) for ``params``.
+    def _params(self) -> list[Tensor]:
+        """Every parameter, in param-group order: the positions the oracle's parts index."""
+        return [p for g in self.param_groups for p in g["params"]]
 
-        Returns per-coordinate standard deviations (``None``: all ones) and a GuidedES
-        subspace (``None``: none). Called once per estimate, after the seeds are drawn.
-        """
-        return None, None
-
-    def _estimate(self, closure: Callable[[], Any] | Batched
-                  ) -> tuple[Any, dict[Tensor, Tensor], int]:
-        """The loss at x, an estimate per parameter, and the queries spent."""
-        params = [p for g in self.param_groups for p in g["params"]]
-        ranks = ranks_for(getattr(self, "_distributed", None))
-        if isinstance(closure, Batched):
-            return self._estimate_batched(closure, params, ranks)
-        if ranks is not None:
-            return self._estimate_closure_sharded(closure, params, ranks)
-        return self._estimate_closure(closure, params)
-
-    def _estimate_batched(self, objective: Batched, params: list[Tensor],
-                          ranks: Ranks | None = None) -> tuple[Any, dict[Tensor, Tensor], int]:
-        parts = self._partitions()
-        if len(parts) != 1:
-            raise ValueError("a Batched objective needs every param group to share "
-                             "estimator, q and mu")
-        if objective.params is not None and (
-                len(objective.params) != len(params)
-                or any(a is not b for a, b in zip(objective.params, params))):
-            raise ValueError("the Batched objective's columns stand for other tensors, or the "
-                             "same in another order, than the optimizer's parameters (in "
-                             "param-group order)")
-        scheme, mu, _ = parts[0]
-        layout = Layout(params)
-        if len(layout.blocks) != 1:
-            raise ValueError("a Batched objective needs all parameters on one device")
-        dtype = layout.blocks[0].dtype
-        with torch.no_grad():
-            x = torch.cat([p.detach().reshape(-1).to(dtype) for p in params])
-            # Seeds first, then the query distribution: the order every path (and
-            # meta-training) uses.
-            seeds = draw_seeds(self._generator, scheme.directions)
-            scale, guide = self._query_distribution(params)
-            flat_scale = None if scale is None else torch.cat(
-                [s.reshape(-1).to(dtype) for s in scale])
-            if ranks is None:
-                f0, g = estimate_batched(objective.fn, x, seeds, scheme, mu, flat_scale,
-                                         objective.chunk_size, guide)
-            else:
-                f0, g = estimate_batched_sharded(ranks, objective.fn, x, seeds, scheme, mu,
-                                                 flat_scale, objective.chunk_size, guide)
-        pieces = g.split([p.numel() for p in params])
-        return f0, {p: gp.view_as(p) for p, gp in zip(params, pieces)}, scheme.queries
-
-    def _estimate_closure(self, closure: Callable[[], Any], params: list[Tensor]
-                          ) -> tuple[Any, dict[Tensor, Tensor], int]:
-        position = {p: i for i, p in enumerate(params)}
-        estimates: dict[Tensor, Tensor] = {}
-        backup = ParameterBackup(params)
-        try:
-            loss, f0 = call_closure(closure, params, "f(x)")
-            queries = 1
-            parts = self._partitions()
-            for k, (scheme, mu, groups) in enumerate(parts):
-                part = [p for g in groups for p in g["params"]]
-                index = [position[p] for p in part]
-                seeds = draw_seeds(self._generator, scheme.directions)
-                scale, guide = self._query_distribution(part)
-                g = estimate_closure(closure, backup, index, Layout(part), seeds, scheme, mu, f0,
-                                     scale, guide)
-                estimates.update(zip(part, g))
-                queries += scheme.queries - 1
-                if k + 1 < len(parts):  # the next estimate queries around x, not around here
-                    backup.restore(index)
-        finally:
-            backup.restore()
-        return loss, estimates, queries
-
-    def _estimate_closure_sharded(self, closure: Callable[[], Any], params: list[Tensor],
-                                  ranks: Ranks) -> tuple[Any, dict[Tensor, Tensor], int]:
-        """:meth:`_estimate_closure` with the queries shared among ``ranks``; the same bits."""
-        position = {p: i for i, p in enumerate(params)}
-        parts = self._partitions()
-        parted = [[p for g in groups for p in g["params"]] for _, _, groups in parts]
-
-        def plan() -> list[ClosureEstimate]:
-            out = []
-            for (scheme, mu, _), part in zip(parts, parted):
-                seeds = draw_seeds(self._generator, scheme.directions)
-                scale, guide = self._query_distribution(part)
-                out.append(ClosureEstimate([position[p] for p in part], Layout(part), seeds,
-                                           scheme, mu, scale, guide))
-            return out
-
-        backup = ParameterBackup(params)
-        try:
-            loss, found = estimate_closure_sharded(
-                ranks, closure, backup, sum(s.queries - 1 for s, _, _ in parts), plan)
-        finally:
-            backup.restore()
-        estimates = {p: g for part, gs in zip(parted, found) for p, g in zip(part, gs)}
-        return loss, estimates, 1 + sum(s.queries - 1 for s, _, _ in parts)
+    @torch.no_grad()
+    def _estimate(self, objective: Callable[[], Any] | Batched,
+                  distribution: Distribution | None = None) -> Estimate:
+        """The oracle's estimate for every parameter (:func:`torchzo.oracle.estimate_gradient`)."""
+        position = {p: i for i, p in enumerate(self._params())}
+        parts = [Part(tuple(position[p] for g in groups for p in g["params"]), scheme, mu)
+                 for scheme, mu, groups in self._partitions()]
+        return estimate_gradient(objective, self._params(), parts, self._generator,
+                                 distribution, getattr(self, "_distributed", None))
 
     def step(  # type: ignore[override]
             self, closure: Callable[[], Any] | Batched | None = None) -> Any:
@@ -325,29 +222,29 @@ class ZOOptimizer(Optimizer):
                              "loss: opt.step(lambda: loss_fn(model(x), y))")
         rng = self._generator.get_state()
         try:
-            loss, estimates, queries = self._estimate(closure)
+            estimate = self._step(closure)
         except BaseException:
             self._generator.set_state(rng)
             raise
-        self._apply(estimates)
         self._counters["steps"] += 1
-        self._counters["queries"] += queries
-        self.last_loss = float(loss)
-        return loss
+        self._counters["queries"] += estimate.queries
+        self.last_loss = float(estimate.loss)
+        return estimate.loss
+
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+        """Estimate, then update; nothing may change before the estimate is complete."""
+        estimate = self._estimate(objective)
+        self._apply(dict(zip(self._params(), estimate.grads)))
+        return estimate
 
     @torch.no_grad()
     def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
-        """The update of every group from the step's estimates, then the work for the next."""
+        """Every group's update from the step's estimates (what the overhead benchmark times)."""
         for group in self.param_groups:
             params = group["params"]
-            if not params:
-                continue
-            self._update_group(group, params, [estimates[p].to(p.dtype) for p in params])
-        self._after_update()
+            if params:
+                self._update_group(group, params, [estimates[p].to(p.dtype) for p in params])
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
         raise NotImplementedError
-
-    def _after_update(self) -> None:
-        """Work for the next step that needs only this step's results (all groups updated)."""

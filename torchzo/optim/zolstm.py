@@ -1,21 +1,22 @@
 """ZOLSTM: the learned zeroth-order optimizer (Ruan et al., ICLR 2020) as a torch optimizer."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import learned
 from ..learned import core
 from ..learned.nets import LearnedZO
-from ..oracle import Guide
-from .base import ParamsT, ZOOptimizer, _check_positive
-from .zosgd import zo_sgd
+from ..learned.step import DIRECTIONS, EstimateFn
+from ..oracle import Batched, Distribution, Estimate
+from ._validation import check_number
+from .base import ParamsT, ZOOptimizer
 
 __all__ = ["DIRECTIONS", "ZOLSTM"]
-
-DIRECTIONS = ("learned", "gaussian", "guided_es")
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # The per-coordinate LSTM states: 40 of the 43 numbers ZO-LSTM keeps per coordinate.
 _LSTM_KEYS = ("update_h", "update_c", "query_h", "query_c")
@@ -30,9 +31,12 @@ class ZOLSTM(ZOOptimizer):
     of the paper). The UpdateRNN maps the estimate to the update, which is added to the
     parameters after scaling by ``lr`` (the paper's output scale alpha; schedulers work on it).
 
-    The networks are the ones that ``torchzo.meta`` trains: both run the functions of
-    :mod:`torchzo.learned.core`. All coordinates of the parameters in a step share one
-    normalisation of the QueryRNN's output.
+    The step is :func:`torchzo.learned.step`, the function that ``torchzo.meta`` trains. All
+    coordinates of the parameters that share an estimate share one normalisation of the
+    QueryRNN's output. Every argument but ``pretrained``, ``seed``, ``generator`` and
+    ``distributed`` is a per-group hyperparameter: in ``param_groups`` (schedulers see them)
+    and in ``state_dict()``; groups that differ in ``directions``, ``query_prob`` or
+    ``guide_alpha`` are estimated separately.
 
     Args:
         params: parameters or param groups.
@@ -52,8 +56,8 @@ class ZOLSTM(ZOOptimizer):
         seed, generator: the source of query directions and of the mix draws.
         state_dtype: storage dtype of the per-coordinate LSTM states (``torch.float32``,
             ``torch.bfloat16`` or ``torch.float16``). They are computed in float32 either way;
-            bfloat16 storage takes the optimizer state from 172 to 92 bytes per parameter
-            (docs/benchmarks/overhead.md), at the cost of rounding the states between steps
+            bfloat16 storage about halves the optimizer state (measured in
+            docs/benchmarks/overhead.md), at the cost of rounding the states between steps
             (the shipped weights were trained in float32).
     """
 
@@ -63,71 +67,71 @@ class ZOLSTM(ZOOptimizer):
                  guide_alpha: float = 0.5, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: Any = None, state_dtype: torch.dtype = torch.float32) -> None:
-        if state_dtype not in STATE_DTYPES:
-            raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, got {state_dtype!r}")
-        self.state_dtype = state_dtype
         self.nets = _load_nets(pretrained)
-        if directions not in DIRECTIONS:
-            raise ValueError(f"directions must be one of {DIRECTIONS}, got {directions!r}")
-        if not isinstance(use_update, bool):
-            raise ValueError(f"use_update must be a bool, got {use_update!r}")
-        for name, value in (("query_prob", query_prob), ("guide_alpha", guide_alpha)):
-            _check_positive(name, value, allow_zero=True)
-            if value > 1:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        self.directions, self.use_update = directions, use_update
-        self.query_prob, self.guide_alpha = query_prob, guide_alpha
-        self._pending: dict[Tensor, core.State] = {}
-        defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize)
+        defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize,
+                        query_prob=query_prob, directions=directions, use_update=use_update,
+                        guide_alpha=guide_alpha, state_dtype=state_dtype)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed)
 
-    def _states(self, params: list[Tensor]) -> list[core.State]:
-        return [self.state[p] if p in self.state else self._store(core.init_state(p, self.nets))
-                for p in params]
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        super()._validate_group(group)
+        if group["state_dtype"] not in STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, "
+                             f"got {group['state_dtype']!r}")
+        if group["directions"] not in DIRECTIONS:
+            raise ValueError(f"directions must be one of {DIRECTIONS}, "
+                             f"got {group['directions']!r}")
+        if not isinstance(group["use_update"], bool):
+            raise ValueError(f"use_update must be a bool, got {group['use_update']!r}")
+        for name in ("query_prob", "guide_alpha"):
+            check_number(name, group[name], allow_zero=True, upper=1)
 
-    def _store(self, st: core.State) -> core.State:
-        if self.state_dtype == torch.float32:
-            return st
-        return {k: v.to(self.state_dtype) if k in _LSTM_KEYS else v for k, v in st.items()}
+    def _partition_key(self, group: dict[str, Any]) -> tuple[Any, ...]:
+        # Tensors that share an estimate share its query distribution.
+        return group["directions"], group["query_prob"], group["guide_alpha"]
+
+    def _state_of(self, p: Tensor, group: dict[str, Any]) -> core.State:
+        if p in self.state and self.state[p]:
+            return self.state[p]
+        return _stored(core.init_state(p, self.nets.arch), group["state_dtype"])
+
+    def _learned_step(self, estimate: EstimateFn) -> Any:
+        """:func:`torchzo.learned.step` over every group; stores the new states."""
+        active = [g for g in self.param_groups if g["params"]]
+        params = [p for g in active for p in g["params"]]
+        states = [self._state_of(p, g) for g in active for p in g["params"]]
+        groups, start = [], 0
+        for g in active:
+            index = tuple(range(start, start + len(g["params"])))
+            start += len(index)
+            groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
+                                        g["directions"], g["query_prob"], g["guide_alpha"]))
+        result = learned.step(self.nets.weights(), self.nets.arch, params, states, groups,
+                              estimate, self._generator, in_place=True)
+        dtypes = [g["state_dtype"] for g in active for _ in g["params"]]
+        for p, st, dtype in zip(params, result.states, dtypes):
+            self.state[p] = _stored(st, dtype)
+        return result.estimate
 
     @torch.no_grad()
-    def _query_distribution(self, params: list[Tensor]
-                            ) -> tuple[list[Tensor] | None, Guide | None]:
-        if self.directions == "gaussian":
-            return None, None
-        states = self._states(params)
-        if self.directions == "guided_es":
-            history = [[st["prev_estimate"] for st in states], [st["prev_update"] for st in states]]
-            return None, Guide.orthonormal(history, self.guide_alpha)
-        scales, new = self._scales(states)
-        self._pending.update(zip(params, new))
-        use_learned = core.mix_draw(self._generator, self.query_prob)
-        return ([s.view_as(p) for s, p in zip(scales, params)] if use_learned else None), None
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+        def estimate(distribution: Distribution) -> tuple[Estimate, list[Tensor]]:
+            found = self._estimate(objective, distribution)
+            return found, [g.to(p.dtype) for g, p in zip(found.grads, self._params())]
+        return self._learned_step(estimate)  # type: ignore[no-any-return]
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor],
-                      estimates: list[Tensor]) -> None:
-        if group["maximize"]:
-            estimates = [-g for g in estimates]
-        states = self._states(params)
-        if self.use_update:
-            updates, new = core.learned_update(self.nets, estimates, states, group["lr"],
-                                               in_place=True)
-            for p, step in zip(params, updates):
-                p.add_(step.view_as(p).to(p.dtype))
-        else:
-            zo_sgd(params, estimates, [None] * len(params), lr=group["lr"])
-            new = [{"prev_estimate": g.reshape(-1).float(),
-                    "prev_update": (-group["lr"] * g).reshape(-1).float()} for g in estimates]
-        for p, st, fresh in zip(params, states, new):
-            self.state[p] = self._store({**st, **self._pending.pop(p, {}), **fresh})
+    @torch.no_grad()
+    def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
+        """The learned step from given estimates (the overhead benchmark's "update")."""
+        params = self._params()
+        position = {p: i for i, p in enumerate(params)}
 
-    def _scales(self, states: list[core.State]) -> tuple[list[Tensor], list[core.State]]:
-        """The learned query scales for the next step, and QueryRNN states not yet stored."""
-        if all("query_out" in st for st in states):
-            return core.scales_from_outputs(self.nets, [st["query_out"] for st in states]), []
-        outs, new = core.query_outputs(self.nets, states)  # a first step: nothing computed ahead
-        return core.scales_from_outputs(self.nets, outs), new
+        def given(distribution: Distribution) -> tuple[None, list[Tensor]]:
+            for _, _, groups in self._partitions():  # registers the parts, as the oracle does
+                distribution([position[p] for g in groups for p in g["params"]])
+            return None, [estimates[p].to(p.dtype) for p in params]
+        self._learned_step(given)
 
     @torch.no_grad()
     def next_query_scales(self, params: list[Tensor] | None = None) -> list[Tensor]:
@@ -138,24 +142,15 @@ class ZOLSTM(ZOOptimizer):
         Changes nothing.
         """
         if params is None:
-            params = [p for g in self.param_groups for p in g["params"]]
-        scales, _ = self._scales(self._states(params))
+            params = self._params()
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
+        states = [self._state_of(p, group_of[p]) for p in params]
+        if all("query_out" in st for st in states):
+            outs = [st["query_out"] for st in states]
+        else:  # a first step: nothing computed ahead
+            outs, _ = core.query_outputs(self.nets.weights(), self.nets.arch, states)
+        scales = core.scales_from_outputs(self.nets.arch, outs)
         return [s.view_as(p) for s, p in zip(scales, params)]
-
-    @torch.no_grad()
-    def _after_update(self) -> None:
-        # The QueryRNN's next outputs depend only on this step's results, so they are computed
-        # now, over the same sets of tensors that share directions, writing its new states over
-        # the old ones: the next step can then fail at any query and leave the state as it is,
-        # with no fresh (n, hidden) buffers. Same values as running it at the next step's start.
-        if self.directions != "learned":
-            return
-        for _, _, groups in self._partitions():
-            params = [p for g in groups for p in g["params"]]
-            states = [self.state[p] for p in params]
-            outs, _ = core.query_outputs(self.nets, states, in_place=True)
-            for st, o in zip(states, outs):
-                st["query_out"] = o
 
     def state_dict(self) -> dict[str, Any]:
         """The base state dict plus the network weights; LSTM states live in ``state``."""
@@ -164,19 +159,29 @@ class ZOLSTM(ZOOptimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore weights, per-coordinate LSTM states and the RNG: resumes bit-exactly."""
+        """Restore weights, per-coordinate LSTM states and the RNG: resumes bit-exactly.
+
+        A file saved before the ZO-LSTM settings were hyperparameters keeps this optimizer's.
+        """
         super().load_state_dict(state_dict)
         if "nets" in state_dict["zo"]:
             self.nets.load_state_dict(state_dict["zo"]["nets"])
         # torch.optim casts loaded state to the parameter dtype; ZO-LSTM state keeps its own.
-        params = [p for g in self.param_groups for p in g["params"]]
         saved = state_dict["state"]
-        for i, p in enumerate(params):
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        for i, (p, g) in enumerate(params):
             if i in saved:
                 for k in (*core.STATE_KEYS, "query_out"):
                     if k in saved[i]:
-                        dtype = self.state_dtype if k in _LSTM_KEYS else torch.float32
+                        dtype = g["state_dtype"] if k in _LSTM_KEYS else torch.float32
                         self.state[p][k] = saved[i][k].to(p.device, dtype)
+
+
+def _stored(st: core.State, dtype: torch.dtype) -> core.State:
+    """The state as kept between steps: LSTM states in ``dtype``, the rest in float32."""
+    if dtype == torch.float32:
+        return st
+    return {k: v.to(dtype) if k in _LSTM_KEYS else v for k, v in st.items()}
 
 
 def _load_nets(pretrained: Any) -> LearnedZO:

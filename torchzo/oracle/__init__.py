@@ -3,11 +3,13 @@ from .closure import ClosureError, ParameterBackup, call_closure, loss_value
 from .directions import Guide, Layout, default_mu, draw_seeds, generation_dtype
 from .distributed import RankFailedError
 from .estimator import Batched, estimate_batched, estimate_closure
+from .gradient import Distribution, Estimate, Part, estimate_gradient  # noqa: F401
 from .module import module_objective
 from .schemes import SCHEMES, Scheme
 
 __all__ = [
-    "SCHEMES", "Batched", "ClosureError", "Guide", "Layout", "ParameterBackup", "RankFailedError",
-    "Scheme", "call_closure", "default_mu", "draw_seeds", "estimate_batched", "estimate_closure",
+    "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
+    "ParameterBackup", "Part", "RankFailedError", "Scheme", "call_closure", "default_mu",
+    "draw_seeds", "estimate_batched", "estimate_closure", "estimate_gradient",
     "generation_dtype", "loss_value", "module_objective",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ClosureError", "ParameterBackup", "call_closure"]
+__all__ = ["ClosureError", "ParameterBackup", "call_closure", "check_losses", "loss_value"]
 
 Closure = Callable[[], Any]
 
@@ -66,6 +66,19 @@ def loss_value(result: Any, where: str) -> float:
     if not math.isfinite(value):
         raise ClosureError(f"the closure returned a non-finite loss ({value}) at {where}")
     return value
+
+
+def check_losses(values: Tensor, rows: int, first_query: int) -> None:
+    """A ClosureError unless a batched objective's ``values`` are ``rows`` finite losses;
+    ``first_query`` numbers the first row in the message."""
+    if not isinstance(values, Tensor) or values.shape != (rows,):
+        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+        raise ClosureError(f"the batched objective must return shape ({rows},), got {shape}")
+    bad = ~torch.isfinite(values.detach())
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise ClosureError(
+            f"the batched objective returned a non-finite loss at query {first_query + row}")
 
 
 class ParameterBackup:

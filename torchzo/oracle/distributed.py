@@ -57,10 +57,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ClosureError, ParameterBackup, call_closure
+from .closure import ClosureError, ParameterBackup, call_closure, check_losses
 from .directions import Guide, Layout
 from .estimator import (
-    _check_values,
     assemble_batched,
     assemble_closure,
     chunk_plan,
@@ -322,7 +321,7 @@ def estimate_batched_sharded(
             u = layout.sample_rows(seeds[start:start + n], scale, flat_guide)
             X = chunk_rows(x, u, scheme, mu, base)
             values = fn(X)
-            _check_values(values, X.shape[0], 1 + start * signs - int(base))
+            check_losses(values, X.shape[0], 1 + start * signs - int(base))
             if values.dtype not in _LOSS_DTYPES:
                 raise ClosureError(f"the batched objective must return floating-point losses "
                                    f"for a distributed step, got {values.dtype}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ClosureError, ParameterBackup, call_closure
+from .closure import ParameterBackup, call_closure, check_losses
 from .directions import Guide, Layout
 from .schemes import Scheme
 
@@ -109,17 +109,6 @@ def assemble_closure(
     return g
 
 
-def _check_values(values: Tensor, rows: int, first_query: int) -> None:
-    if not isinstance(values, Tensor) or values.shape != (rows,):
-        shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
-        raise ClosureError(f"the batched objective must return shape ({rows},), got {shape}")
-    bad = ~torch.isfinite(values.detach())
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ClosureError(
-            f"the batched objective returned a non-finite loss at query {first_query + row}")
-
-
 def estimate_batched(
     fn: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -144,13 +133,13 @@ def estimate_batched(
         start, _, base = plan[c]
         X = chunk_rows(x, u, scheme, mu, base)
         values = fn(X)
-        _check_values(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
+        check_losses(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
         return values
 
     f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide)
     if f0 is None:
         f0 = fn(x.unsqueeze(0))
-        _check_values(f0, 1, 0)
+        check_losses(f0, 1, 0)
         f0 = f0[0]
     return f0, g
 
