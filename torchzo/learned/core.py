@@ -26,8 +26,8 @@ from torch import Tensor
 
 from .nets import Arch, coord_lstm
 
-__all__ = ["STATE_KEYS", "Weights", "init_state", "learned_update", "mix_draw", "query_outputs",
-           "query_scale", "scales_from_outputs"]
+__all__ = ["STATE_KEYS", "Weights", "init_state", "learned_update", "mix_draw",
+           "next_query_outputs", "query_outputs", "query_scale", "scales_from_outputs"]
 
 # Every per-coordinate state entry; all float32 whatever the parameter dtype.
 STATE_KEYS = ("update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update",
@@ -118,6 +118,15 @@ def query_outputs(weights: Weights, arch: Arch, states: Sequence[State], in_plac
         outs.append(o[..., 0])
         new.append({"query_h": h, "query_c": c})
     return outs, new
+
+
+def next_query_outputs(weights: Weights, arch: Arch, states: Sequence[State]
+                       ) -> tuple[list[Tensor], list[State]]:
+    """The QueryRNN outputs a step uses: those computed ahead (``query_out``) if every state
+    has them, else :func:`query_outputs` now (a first step, or meta-training)."""
+    if all("query_out" in st for st in states):
+        return [st["query_out"] for st in states], []
+    return query_outputs(weights, arch, states)
 
 
 def scales_from_outputs(arch: Arch, outs: Sequence[Tensor]) -> list[Tensor]:

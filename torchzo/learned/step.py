@@ -90,11 +90,8 @@ def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
         if g.directions == "guided_es":
             history = [[st["prev_estimate"] for st in sts], [st["prev_update"] for st in sts]]
             return None, Guide.orthonormal(history, g.guide_alpha)
-        if all("query_out" in st for st in sts):
-            found = [st["query_out"] for st in sts]
-        else:  # a first step, or meta-training: nothing computed ahead
-            found, new = core.query_outputs(weights, arch, sts)
-            query_states.update(zip(index, new))
+        found, new = core.next_query_outputs(weights, arch, sts)
+        query_states.update(zip(index, new))
         for i, o in zip(index, found):
             outs[i] = o
         scales = core.scales_from_outputs(arch, found)

@@ -191,14 +191,17 @@ class ZOOptimizer(Optimizer):
         """Every parameter, in param-group order: the positions the oracle's parts index."""
         return [p for g in self.param_groups for p in g["params"]]
 
+    def _parts(self) -> list[Part]:
+        """:meth:`_partitions` as the oracle's parts, indexing :meth:`_params`."""
+        position = {p: i for i, p in enumerate(self._params())}
+        return [Part(tuple(position[p] for g in groups for p in g["params"]), scheme, mu)
+                for scheme, mu, groups in self._partitions()]
+
     @torch.no_grad()
     def _estimate(self, objective: Callable[[], Any] | Batched,
                   distribution: Distribution | None = None) -> Estimate:
         """The oracle's estimate for every parameter (:func:`torchzo.oracle.estimate_gradient`)."""
-        position = {p: i for i, p in enumerate(self._params())}
-        parts = [Part(tuple(position[p] for g in groups for p in g["params"]), scheme, mu)
-                 for scheme, mu, groups in self._partitions()]
-        return estimate_gradient(objective, self._params(), parts, self._generator,
+        return estimate_gradient(objective, self._params(), self._parts(), self._generator,
                                  distribution, getattr(self, "_distributed", None))
 
     def step(  # type: ignore[override]

@@ -125,11 +125,10 @@ class ZOLSTM(ZOOptimizer):
     def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
         """The learned step from given estimates (the overhead benchmark's "update")."""
         params = self._params()
-        position = {p: i for i, p in enumerate(params)}
 
         def given(distribution: Distribution) -> tuple[None, list[Tensor]]:
-            for _, _, groups in self._partitions():  # registers the parts, as the oracle does
-                distribution([position[p] for g in groups for p in g["params"]])
+            for part in self._parts():  # asks for each part's distribution, as the oracle does
+                distribution(part.index)
             return None, [estimates[p].to(p.dtype) for p in params]
         self._learned_step(given)
 
@@ -145,10 +144,7 @@ class ZOLSTM(ZOOptimizer):
             params = self._params()
         group_of = {p: g for g in self.param_groups for p in g["params"]}
         states = [self._state_of(p, group_of[p]) for p in params]
-        if all("query_out" in st for st in states):
-            outs = [st["query_out"] for st in states]
-        else:  # a first step: nothing computed ahead
-            outs, _ = core.query_outputs(self.nets.weights(), self.nets.arch, states)
+        outs, _ = core.next_query_outputs(self.nets.weights(), self.nets.arch, states)
         scales = core.scales_from_outputs(self.nets.arch, outs)
         return [s.view_as(p) for s, p in zip(scales, params)]
 
