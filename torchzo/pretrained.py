@@ -4,24 +4,48 @@ The weights live in the repository's top-level ``pretrained/`` folder, which the
 as the package ``torchzo._weights``. ``manifest.json`` there names each file with its sha256, the
 task it was trained on and the command that reproduces it; a file whose hash does not match is
 refused. Files load with ``torch.load(weights_only=True)``.
+
+Every way in (a shipped name, a path, a state dict, a module) is checked before the networks
+are built: the tensors must be exactly those of the declared architecture (names and shapes,
+compared on the ``meta`` device, so a file that declares a huge network allocates nothing),
+finite, and of a sane magnitude (at most :data:`MAX_ABS_WEIGHT`). A file must be a
+``torch.save`` archive of at most :data:`MAX_FILE_BYTES` with uncompressed entries, so reading
+it never takes more memory than its size. Anything else raises :class:`PretrainedError` saying
+what is wrong.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import math
+import os
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .learned.nets import Arch, LearnedZO
 
-__all__ = ["PretrainedError", "available", "default_name", "from_state_dict", "info", "load",
-           "load_file", "manifest", "save", "sha256", "weights_dir"]
+__all__ = ["MAX_ABS_WEIGHT", "MAX_FILE_BYTES", "PretrainedError", "available", "check_nets",
+           "check_weights", "default_name", "from_state_dict", "info", "load", "load_file",
+           "manifest", "save", "sha256", "weights_dir"]
+
+#: The largest magnitude a weight may have (trained ZO-LSTM weights are of order 1; a huge one
+#: would turn every step into an overflow).
+MAX_ABS_WEIGHT = 1e6
+#: The largest weights file read (the shipped ones are kilobytes).
+MAX_FILE_BYTES = 256 * 2**20
+_MAX_HIDDEN = 2**16
+
+PathLike = str | os.PathLike[str]
 
 
 class PretrainedError(RuntimeError):
-    """A shipped weights file is missing, altered, or not a ZO-LSTM state dict."""
+    """A weights file, state dict or manifest is missing, altered, or not ZO-LSTM weights."""
 
 
 def weights_dir() -> Path:
@@ -39,7 +63,28 @@ def manifest() -> dict[str, Any]:
     path = weights_dir() / "manifest.json"
     if not path.is_file():
         raise PretrainedError(f"no manifest of shipped weights at {path}")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PretrainedError(f"{path} is not valid JSON: {err}") from err
+    problem = _manifest_problem(data)
+    if problem:
+        raise PretrainedError(f"{path} is malformed: {problem}")
+    return data  # type: ignore[no-any-return]
+
+
+def _manifest_problem(data: Any) -> str | None:
+    if not isinstance(data, dict) or not isinstance(data.get("weights"), list):
+        return "expected an object with a 'weights' list"
+    for i, entry in enumerate(data["weights"]):
+        if not isinstance(entry, dict):
+            return f"weights[{i}] is not an object"
+        for key in ("name", "file", "sha256"):
+            if not isinstance(entry.get(key), str):
+                return f"weights[{i}] has no string {key!r}"
+    if not isinstance(data.get("default"), str):
+        return "no string 'default'"
+    return None
 
 
 def available() -> list[str]:
@@ -66,24 +111,40 @@ def load(name: str | None = None) -> LearnedZO:
     path = weights_dir() / entry["file"]
     if not path.is_file():
         raise PretrainedError(f"shipped weights {entry['name']!r} missing: expected {path}")
-    digest = sha256(path)
-    if digest != entry["sha256"]:
-        raise PretrainedError(f"{path} does not match its manifest (sha256 {digest}, expected "
-                              f"{entry['sha256']}): the file was altered or truncated")
-    return load_file(path)
+    return _load(path, entry["sha256"], "its manifest")
 
 
-def sha256(path: Path) -> str:
+def sha256(path: PathLike) -> str:
     """The hex sha256 of a file, as ``manifest.json`` and the training metadata record it."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load_file(path: Path) -> LearnedZO:
-    """Weights from a file written by ``torchzo.meta`` (or ``torch.save(nets.state_dict())``)."""
-    if not Path(path).is_file():
+def load_file(path: PathLike, sha256: str | None = None) -> LearnedZO:
+    """Weights from a file written by :func:`save` (or ``torch.save(nets.state_dict())``).
+
+    ``sha256``: the file's expected hex digest; a file with another one is refused.
+    """
+    return _load(Path(path), sha256, "the given sha256")
+
+
+def _load(path: Path, expected: str | None, against: str) -> LearnedZO:
+    if not path.is_file():
         raise PretrainedError(f"no weights file at {path}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise PretrainedError(f"{path} has {size} bytes, more than ZO-LSTM weights take "
+                              f"(at most {MAX_FILE_BYTES})")
+    data = path.read_bytes()  # hashed and loaded from the same bytes
+    if expected is not None:
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != expected.lower():
+            raise PretrainedError(f"{path} does not match {against} (sha256 {digest}, expected "
+                                  f"{expected}): the file was altered, truncated or replaced")
+    problem = _archive_problem(data)
+    if problem:
+        raise PretrainedError(f"{path} is not a loadable weights file: {problem}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file
         raise PretrainedError(f"{path} is not a loadable weights file: {err}") from err
     if isinstance(blob, dict) and "weights" in blob:
@@ -91,21 +152,119 @@ def load_file(path: Path) -> LearnedZO:
     return from_state_dict(blob, source=str(path))
 
 
+def _archive_problem(data: bytes) -> str | None:
+    """Why ``data`` is not an archive that ``torch.load`` reads in memory bounded by its size."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return "not a torch.save archive (a zip file)"
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries):
+        return "it has compressed entries, which torch.save never writes"
+    return None
+
+
 def from_state_dict(weights: Any, arch: dict[str, Any] | Arch | None = None,
                     source: str = "state dict") -> LearnedZO:
-    """A :class:`LearnedZO` of architecture ``arch`` (default: the paper's) holding ``weights``."""
+    """A :class:`LearnedZO` of architecture ``arch`` (default: the paper's) holding ``weights``.
+
+    Without ``arch`` the hidden size is read from the UpdateRNN's read-out (files from before
+    the architecture was saved). The weights are checked against the architecture before
+    anything is allocated.
+    """
+    if not isinstance(weights, Mapping):
+        raise PretrainedError(f"{source} does not hold ZO-LSTM weights: it holds a "
+                              f"{type(weights).__name__}, not a state dict (name -> tensor)")
+    declared = arch is not None
     try:
-        if not isinstance(arch, Arch):
-            arch = Arch.from_dict(arch)
-        hidden = weights["update.head.weight"].shape[1]
-        nets = LearnedZO(hidden, arch)
-        nets.load_state_dict(weights)
-    except (KeyError, TypeError, RuntimeError, AttributeError, ValueError) as err:
-        raise PretrainedError(f"{source} does not hold ZO-LSTM weights: {err}") from err
+        arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise PretrainedError(f"{source} declares an invalid architecture: {err}") from err
+    hidden = arch.hidden
+    head = weights.get("update.head.weight")
+    if not declared and isinstance(head, Tensor) and head.dim() == 2:
+        hidden = int(head.shape[1])
+    problem = _arch_problem(arch, hidden)
+    if problem:
+        raise PretrainedError(f"{source} declares an invalid architecture: {problem}")
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in LearnedZO(hidden, arch).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise PretrainedError(f"{source} declares an invalid architecture: {err}") from err
+    _check_tensors(weights, expected, f"{source} does not hold ZO-LSTM weights of its "
+                   f"architecture ({arch.kind}, hidden {hidden})")
+    nets = LearnedZO(hidden, arch)
+    with torch.no_grad():
+        nets.load_state_dict(dict(weights))
     return nets
 
 
-def save(nets: LearnedZO, path: Path, meta: dict[str, Any] | None = None) -> None:
+def _arch_problem(arch: Arch, hidden: Any) -> str | None:
+    """What is out of range in ``arch`` (with hidden size ``hidden``), if anything."""
+    def integer(v: Any, low: int, high: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    def real(v: Any, low: float, high: float, closed: bool = True) -> bool:
+        return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and low <= v and (v <= high if closed else v < high))
+
+    checks = {"hidden": integer(hidden, 1, _MAX_HIDDEN),
+              "coord_hidden": integer(arch.coord_hidden, 1, _MAX_HIDDEN),
+              "horizon": integer(arch.horizon, 1, 2**62), "base": integer(arch.base, 0, 2**10),
+              "momenta": all(real(m, 0, 1, closed=False) for m in arch.momenta),
+              "beta2": real(arch.beta2, 0, 1, closed=False), "eps": real(arch.eps, 0, 1),
+              "init_lr": real(arch.init_lr, 1e-30, 1e30), "floor": real(arch.floor, 1e-30, 1e30),
+              "gain": real(arch.gain, -1e30, 1e30)}
+    bad = [k for k, ok in checks.items() if not ok]
+    if not bad:
+        return None
+    values = {k: hidden if k == "hidden" else getattr(arch, k) for k in bad}
+    return "out of range or of the wrong type: " + ", ".join(f"{k}={v!r}"
+                                                             for k, v in values.items())
+
+
+def check_nets(nets: LearnedZO, source: str = "the networks") -> None:
+    """A :class:`PretrainedError` unless every weight of ``nets`` is finite and of sane size."""
+    state = nets.state_dict()
+    _check_tensors(state, {k: tuple(v.shape) for k, v in state.items()}, source)
+
+
+def check_weights(weights: Any, like: LearnedZO, source: str) -> None:
+    """A :class:`PretrainedError` unless ``weights`` would load into ``like`` unchanged in shape:
+    the same names and shapes, finite, of sane size (what ``ZOLSTM.load_state_dict`` checks)."""
+    if not isinstance(weights, Mapping):
+        raise PretrainedError(f"{source} is a {type(weights).__name__}, not a state dict")
+    expected = {k: tuple(v.shape) for k, v in like.state_dict().items()}
+    _check_tensors(weights, expected, f"{source} does not fit these networks "
+                   f"({like.arch.kind}, hidden {like.arch.hidden})")
+
+
+def _check_tensors(weights: Mapping[Any, Any], expected: Mapping[str, tuple[int, ...]],
+                   what: str) -> None:
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    if missing or unexpected:
+        raise PretrainedError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, shape in expected.items():
+        value = weights[key]
+        if not isinstance(value, Tensor) or value.layout != torch.strided \
+                or not value.is_floating_point() or value.device.type == "meta":
+            kind = (f"a {value.layout} {value.dtype} tensor" if isinstance(value, Tensor)
+                    else f"a {type(value).__name__}")
+            raise PretrainedError(f"{what}: {key} is {kind}, not a dense floating tensor")
+        if tuple(value.shape) != shape:
+            raise PretrainedError(f"{what}: {key} has shape {tuple(value.shape)}, expected "
+                                  f"{shape}")
+        largest = float(value.detach().abs().max()) if value.numel() else 0.0
+        if not math.isfinite(largest):
+            raise PretrainedError(f"{what}: {key} holds non-finite values")
+        if largest > MAX_ABS_WEIGHT:
+            raise PretrainedError(f"{what}: {key} holds a weight of magnitude {largest:.3g}, "
+                                  f"more than {MAX_ABS_WEIGHT:g} (trained weights are of order 1)")
+
+
+def save(nets: LearnedZO, path: PathLike, meta: dict[str, Any] | None = None) -> None:
     """Write ``nets`` (weights, architecture and ``meta``) in the format :func:`load_file` reads."""
     torch.save({"weights": nets.state_dict(), "arch": nets.arch.to_dict(), "meta": meta or {}},
                path)

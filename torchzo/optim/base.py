@@ -19,8 +19,11 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..oracle import Batched, Distribution, Estimate, Part, Scheme, default_mu, estimate_gradient
+from ..oracle.closure import guard_batched
 from ..oracle.distributed import check_distributed
-from ._validation import check_number
+from ._checkpoint import check_entry, check_state_dict
+from ._guard import NonFiniteUpdateError, StepGuard, check_estimate, check_hyperparameters
+from ._validation import check_number, check_params
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -61,7 +64,12 @@ class ZOOptimizer(Optimizer):
         self._counters = {"steps": 0, "queries": 0}
         self.last_loss: float | None = None  # f(x) before the latest completed step
         self.distributed = distributed
+        self._guard: StepGuard | None = None  # the undo record of the step under way
+        self._zero_signal_warned = False
         super().__init__(params, defaults)
+        if not any(g["params"] for g in self.param_groups):
+            raise ValueError(f"{type(self).__name__} got only empty param groups: there is "
+                             "nothing to optimize")
 
     @property
     def distributed(self) -> bool | ProcessGroup | None:
@@ -109,11 +117,20 @@ class ZOOptimizer(Optimizer):
     # -- configuration ------------------------------------------------------------------------
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group; its hyperparameters are validated like the constructor's."""
+        """Add a group; its hyperparameters and tensors are validated like the constructor's.
+
+        Raises ``ValueError`` for a bad hyperparameter, and ``TypeError``/``ValueError`` for
+        tensors that cannot be perturbed and updated in place: sparse, on the ``meta`` device,
+        not floating point or 8-bit floats, inference tensors, tensors whose elements share
+        memory (``zeros(1).expand(4)``) or that share memory with another parameter.
+        """
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        others = [p for g in self.param_groups[:-1] for p in g["params"]]
         try:
-            self._validate_group(self.param_groups[-1])
-        except ValueError:
+            check_params(group["params"], others)
+            self._validate_group(group)
+        except (TypeError, ValueError):
             self.param_groups.pop()
             raise
 
@@ -125,10 +142,6 @@ class ZOOptimizer(Optimizer):
             check_number("mu", group["mu"])
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
-        for p in group["params"]:
-            if not p.is_floating_point():
-                raise ValueError(f"zeroth-order optimizers need floating-point parameters, "
-                                 f"got {p.dtype}")
 
     @staticmethod
     def resolved_mu(group: dict[str, Any]) -> float:
@@ -156,20 +169,40 @@ class ZOOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the run resumes bit-exactly (RNG included)."""
-        if "zo" not in state_dict:
-            raise ValueError("state_dict has no 'zo' entry (RNG and query counters): it was not "
-                             "saved by a torchzo optimizer")
-        zo = state_dict["zo"]
-        rest = {k: v for k, v in state_dict.items() if k != "zo"}
-        if len(rest.get("param_groups", ())) == len(self.param_groups):
-            # A file from before a hyperparameter existed keeps this optimizer's value of it.
-            rest["param_groups"] = [{**{k: v for k, v in now.items() if k != "params"}, **saved}
-                                    for now, saved in zip(self.param_groups,
-                                                          rest["param_groups"])]
-        super().load_state_dict(rest)
-        self._generator.set_state(zo["generator"].clone())
-        self._counters = {"steps": int(zo["steps"]), "queries": int(zo["queries"])}
+        """Restore a :meth:`state_dict`; the run resumes bit-exactly (RNG included).
+
+        Everything is checked before anything changes: the ``"zo"`` entry, the param groups
+        (their number and sizes, and the hyperparameters by the constructor's rules) and each
+        parameter's state (finite tensors shaped for it). A state dict that fails raises
+        ``ValueError`` and leaves the optimizer exactly as it was.
+        """
+        zo, rest = check_state_dict(self, state_dict)
+        before = (self.state, self.param_groups, self._generator.get_state(),
+                  dict(self._counters))
+        try:
+            super().load_state_dict(rest)
+            self._generator.set_state(zo["generator"].clone())
+            self._counters = {"steps": zo["steps"], "queries": zo["queries"]}
+            self._commit_loaded(state_dict, rest)
+        except BaseException:
+            self.state, self.param_groups = before[0], before[1]
+            self._generator.set_state(before[2])
+            self._counters = before[3]
+            raise
+
+    def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
+                           where: str) -> None:
+        """A ``ValueError`` unless ``entry`` can be ``p``'s state (floating tensors finite, and
+        shaped like ``p`` unless scalars; numbers finite); subclasses refine it."""
+        check_entry(p, entry, where)
+
+    def _check_loaded(self, state_dict: dict[str, Any]) -> None:
+        """Subclasses: raise ``ValueError`` for what else in ``state_dict`` (with a checked
+        ``"zo"`` entry) is wrong, before the state entries are checked and anything loaded."""
+
+    def _commit_loaded(self, state_dict: dict[str, Any], rest: dict[str, Any]) -> None:
+        """Subclasses: load what else ``state_dict`` holds (already checked); an exception
+        here undoes the whole load."""
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -200,35 +233,77 @@ class ZOOptimizer(Optimizer):
     @torch.no_grad()
     def _estimate(self, objective: Callable[[], Any] | Batched,
                   distribution: Distribution | None = None) -> Estimate:
-        """The oracle's estimate for every parameter (:func:`torchzo.oracle.estimate_gradient`)."""
-        return estimate_gradient(objective, self._params(), self._parts(), self._generator,
-                                 distribution, getattr(self, "_distributed", None))
+        """The oracle's estimate for every parameter (:func:`torchzo.oracle.estimate_gradient`).
+
+        Inside a step, also what makes the update undoable: a batched objective is watched for
+        writes to the parameters (which are copied before its calls), a closure's parameters
+        are copied once the oracle has put them back; and the estimate must be finite.
+        """
+        params, parts, guard = self._params(), self._parts(), self._guard
+        if isinstance(objective, Batched) and guard is not None:
+            guard.save_params()
+            objective = Batched(guard_batched(objective.fn, params), objective.chunk_size,
+                                objective.params)
+        found = estimate_gradient(objective, params, parts, self._generator, distribution,
+                                  getattr(self, "_distributed", None))
+        if check_estimate(found.grads, parts, self.param_groups, not self._zero_signal_warned):
+            self._zero_signal_warned = True
+        if guard is not None:
+            guard.save_params()
+        return found
 
     def step(  # type: ignore[override]
             self, closure: Callable[[], Any] | Batched | None = None) -> Any:
         """Estimate the gradient from loss queries and update the parameters.
 
         Args:
-            closure: returns the loss at the current parameters, without calling ``backward()``;
-                or a :class:`torchzo.oracle.Batched` objective. Required.
+            closure: returns the loss at the current parameters, without calling ``backward()``
+                and without writing the parameters; or a :class:`torchzo.oracle.Batched`
+                objective. Required.
 
         Returns:
             The loss at the parameters before the step (what the closure returned).
 
-        If the closure raises, returns a non-scalar or non-finite loss, or calls ``backward()``,
-        every parameter, the optimizer state and the RNG are left exactly as before the step.
+        A step completes or changes nothing. If the closure raises, returns a non-scalar or
+        non-finite loss, calls ``backward()``, writes a parameter gradient or writes a
+        parameter in place, the step raises (a :class:`~torchzo.oracle.ClosureError` for all
+        but the closure's own exceptions) and the parameters (bit for bit), their ``.grad``,
+        the optimizer state, the RNG and the counters are as before. The closure sees
+        ``p.grad`` as ``None``; the gradients are put back when the step ends.
+
+        The step also refuses a non-finite update: a NaN or infinite hyperparameter in a param
+        group raises ``ValueError`` before anything runs, and a non-finite estimate, or an
+        update that leaves a parameter (or the state of ZOSGD, ZOSignSGD, ZOAdam) non-finite,
+        raises :class:`NonFiniteUpdateError` with everything restored, except that
+        :class:`ZOLSTM`'s per-coordinate LSTM states are not copied (that would double its
+        memory): after a non-finite learned update they have advanced.
+
         With :attr:`distributed` on, this holds on every rank, and a failure on some ranks
         raises on all of them (a :class:`~torchzo.oracle.RankFailedError` on the others).
         """
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step() needs a closure that returns the "
                              "loss: opt.step(lambda: loss_fn(model(x), y))")
+        check_hyperparameters(self.param_groups)
         rng = self._generator.get_state()
+        self._guard = guard = StepGuard(self, self._params())
         try:
             estimate = self._step(closure)
+            bad = guard.nonfinite_after_update()
+            if bad is not None:
+                kept = "" if guard.state is not None else (
+                    " (except the per-coordinate state, which is not copied: it has advanced)")
+                raise NonFiniteUpdateError(
+                    f"the update made {bad} non-finite; the step was undone: parameters, "
+                    f"optimizer state{kept}, RNG and counters are as before. Check the "
+                    "hyperparameters (a smaller lr?) and the parameters' dtype range")
         except BaseException:
+            guard.restore()
             self._generator.set_state(rng)
             raise
+        finally:
+            guard.release()
+            self._guard = None
         self._counters["steps"] += 1
         self._counters["queries"] += estimate.queries
         self.last_loss = float(estimate.loss)
@@ -237,6 +312,8 @@ class ZOOptimizer(Optimizer):
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
         """Estimate, then update; nothing may change before the estimate is complete."""
         estimate = self._estimate(objective)
+        if self._guard is not None:
+            self._guard.save_state()
         self._apply(dict(zip(self._params(), estimate.grads)))
         return estimate
 

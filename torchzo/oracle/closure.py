@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ClosureError", "ParameterBackup", "call_closure", "check_losses", "loss_value"]
+__all__ = ["ClosureError", "ParameterBackup", "call_batched", "call_closure", "check_losses",
+           "guard_batched", "loss_value"]
 
 Closure = Callable[[], Any]
 
@@ -21,28 +22,81 @@ def _grad_marks(params: Sequence[Tensor]) -> list[tuple[int, int] | None]:
     return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
 
 
+def _versions(params: Sequence[Tensor]) -> list[int]:
+    """The tensors' version counters, which every in-place write advances (cheap to read)."""
+    return [p._version for p in params]
+
+
+def _backward_error(err: RuntimeError, who: str, where: str) -> ClosureError | None:
+    """The ClosureError for torch's error when ``who`` called ``backward()`` without a graph."""
+    if isinstance(err, ClosureError) or "does not require grad" not in str(err):
+        return None
+    return ClosureError(f"{who} called backward() at {where}; a zeroth-order objective only "
+                        "returns the loss (remove zero_grad()/backward() from it)")
+
+
+def _check_untouched(params: Sequence[Tensor], versions: list[int],
+                     marks: list[tuple[int, int] | None], who: str, where: str) -> None:
+    """A ClosureError if ``who`` wrote a parameter or a parameter gradient during the call."""
+    for i, (p, v) in enumerate(zip(params, versions)):
+        if p._version != v:
+            raise ClosureError(
+                f"{who} wrote parameter {i} in place at {where}; a zeroth-order objective only "
+                "reads the parameters (the optimizer perturbs and updates them)")
+    if _grad_marks(params) != marks:
+        raise ClosureError(
+            f"{who} wrote parameter gradients at {where} (backward() under enable_grad?); "
+            "a zeroth-order objective only returns the loss")
+
+
 def call_closure(closure: Closure, params: Sequence[Tensor], where: str) -> tuple[Any, float]:
     """Run ``closure`` without autograd; return its raw result and the loss as a Python float.
 
-    ``where`` names the query in error messages ("f(x)", "query 3 (+mu)", ...).
+    ``where`` names the query in error messages ("f(x)", "query 3 (+mu)", ...). A closure that
+    calls ``backward()``, writes a parameter's gradient or writes a parameter in place (seen by
+    its version counter, so not through ``.data`` or other untracked aliases) raises a
+    :class:`ClosureError`.
     """
-    before = _grad_marks(params)
+    before, versions = _grad_marks(params), _versions(params)
     try:
         with torch.no_grad():
             result = closure()
     except RuntimeError as err:
-        if "does not require grad" in str(err):
-            raise ClosureError(
-                f"the closure called backward() at {where}; a zeroth-order closure only returns "
-                "the loss (remove zero_grad()/backward() from it)"
-            ) from err
+        converted = _backward_error(err, "the closure", where)
+        if converted is not None:
+            raise converted from err
         raise
-    if _grad_marks(params) != before:
-        raise ClosureError(
-            f"the closure wrote parameter gradients at {where} (backward() under enable_grad?); "
-            "a zeroth-order closure only returns the loss"
-        )
+    _check_untouched(params, versions, before, "the closure", where)
     return result, loss_value(result, where)
+
+
+def call_batched(fn: Callable[[Tensor], Tensor], X: Tensor, where: str) -> Tensor:
+    """``fn(X)`` for a batched objective, with a ClosureError if it called ``backward()``."""
+    try:
+        return fn(X)
+    except RuntimeError as err:
+        converted = _backward_error(err, "the batched objective", where)
+        if converted is not None:
+            raise converted from err
+        raise
+
+
+def guard_batched(fn: Callable[[Tensor], Tensor], params: Sequence[Tensor]
+                  ) -> Callable[[Tensor], Tensor]:
+    """``fn`` raising a ClosureError if a call writes ``params`` or their gradients in place,
+    or calls ``backward()`` (calls are numbered from 1 in the messages)."""
+    params = list(params)
+    calls = [0]
+
+    def guarded(X: Tensor) -> Tensor:
+        calls[0] += 1
+        where = f"call {calls[0]}"
+        before, versions = _grad_marks(params), _versions(params)
+        out = call_batched(fn, X, where)
+        _check_untouched(params, versions, before, "the batched objective", where)
+        return out
+
+    return guarded
 
 
 def loss_value(result: Any, where: str) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ParameterBackup, call_closure, check_losses
+from .closure import ParameterBackup, call_batched, call_closure, check_losses
 from .directions import Guide, Layout
 from .schemes import Scheme
 
@@ -132,13 +132,13 @@ def estimate_batched(
     def query(c: int, u: Tensor) -> Tensor:
         start, _, base = plan[c]
         X = chunk_rows(x, u, scheme, mu, base)
-        values = fn(X)
+        values = call_batched(fn, X, f"call {c + 1}")
         check_losses(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
         return values
 
     f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide)
     if f0 is None:
-        f0 = fn(x.unsqueeze(0))
+        f0 = call_batched(fn, x.unsqueeze(0), "f(x)")
         check_losses(f0, 1, 0)
         f0 = f0[0]
     return f0, g

@@ -1,0 +1,111 @@
+"""Checking a state dict before ``ZOOptimizer.load_state_dict`` changes anything.
+
+The module is private to the package; its names are public to the modules that import it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ._guard import all_finite, non_finite
+
+if TYPE_CHECKING:
+    from .base import ZOOptimizer
+
+__all__ = ["check_entry", "check_state_dict", "saved_positions"]
+
+
+def check_state_dict(opt: ZOOptimizer, state_dict: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(zo, rest)``: the checked ``"zo"`` entry (steps, queries, generator state) and the
+    torch.optim part to load, whose groups carry this optimizer's value of any hyperparameter
+    the file predates. A ``ValueError`` says what is wrong; nothing is changed."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"a state dict is a dict, got {type(state_dict).__name__}")
+    if "zo" not in state_dict:
+        raise ValueError("state_dict has no 'zo' entry (RNG and query counters): it was not "
+                         "saved by a torchzo optimizer")
+    zo = _check_zo(state_dict["zo"], opt._generator)
+    opt._check_loaded(dict(state_dict))
+    groups, state = state_dict.get("param_groups"), state_dict.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, Mapping) for g in groups):
+        raise ValueError("state_dict['param_groups'] must be a list of dicts")
+    if not isinstance(state, Mapping):
+        raise ValueError("state_dict['state'] must be a dict")
+    if len(groups) != len(opt.param_groups):
+        raise ValueError(f"the state dict has {len(groups)} param groups, this optimizer "
+                         f"{len(opt.param_groups)}")
+    merged = []
+    for i, (now, saved) in enumerate(zip(opt.param_groups, groups)):
+        ids = saved.get("params")
+        if not isinstance(ids, list) or len(ids) != len(now["params"]):
+            raise ValueError(f"state_dict['param_groups'][{i}] must list {len(now['params'])} "
+                             f"parameters (as this optimizer's group {i}), got {ids!r}")
+        # A file from before a hyperparameter existed keeps this optimizer's value of it.
+        group = {**{k: v for k, v in now.items() if k != "params"}, **saved}
+        try:
+            opt._validate_group({**group, "params": now["params"]})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"state_dict['param_groups'][{i}]: {err}") from err
+        merged.append(group)
+    positions = saved_positions(merged)
+    params = [(p, g) for g in opt.param_groups for p in g["params"]]
+    for key, entry in state.items():
+        if key not in positions:
+            raise ValueError(f"state_dict['state'] has an entry for parameter {key!r}, which "
+                             "no param group lists")
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"state_dict['state'][{key!r}] must be a dict, got "
+                             f"{type(entry).__name__}")
+        p, group = params[positions[key]]
+        opt._check_saved_state(p, group, dict(entry), f"state_dict['state'][{key!r}]")
+    rest = {k: v for k, v in state_dict.items() if k != "zo"}
+    rest["param_groups"] = merged
+    return zo, rest
+
+
+def check_entry(p: Tensor, entry: Mapping[str, Any], where: str) -> None:
+    """A ``ValueError`` unless ``entry`` can be ``p``'s state in an update rule of tensors
+    shaped like ``p``: floating tensors finite, tensors shaped like ``p`` unless scalars,
+    numbers finite."""
+    for key, value in entry.items():
+        if isinstance(value, Tensor):
+            if value.is_floating_point() and not all_finite([value]):
+                raise ValueError(f"{where}[{key!r}] holds non-finite values")
+            if value.dim() and value.shape != p.shape:
+                raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, the "
+                                 f"parameter {tuple(p.shape)}")
+        elif non_finite(value):
+            raise ValueError(f"{where}[{key!r}] is {value!r}, not finite")
+
+
+def saved_positions(groups: Sequence[Mapping[str, Any]]) -> dict[Any, int]:
+    """Each saved parameter id's position in param-group order (how torch.optim maps them)."""
+    ids = [i for g in groups for i in g["params"]]
+    if len(set(ids)) != len(ids) or any(isinstance(i, (bool, float)) for i in ids):
+        raise ValueError(f"the param groups' parameter ids must be distinct ints, got {ids!r}")
+    return {i: k for k, i in enumerate(ids)}
+
+
+def _check_zo(zo: Any, generator: torch.Generator) -> dict[str, Any]:
+    if not isinstance(zo, Mapping):
+        raise ValueError(f"state_dict['zo'] must be a dict, got {type(zo).__name__}")
+    out: dict[str, Any] = {}
+    for key in ("steps", "queries"):
+        value = zo.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"state_dict['zo'][{key!r}] must be an int >= 0, got {value!r}")
+        out[key] = int(value)
+    state = zo.get("generator")
+    if not isinstance(state, Tensor) or state.dtype != torch.uint8:
+        raise ValueError("state_dict['zo']['generator'] must be a generator state (a uint8 "
+                         f"tensor), got {type(state).__name__}")
+    try:  # a scratch generator of the same kind tells whether the state fits
+        torch.Generator(device=generator.device).set_state(state.clone())
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ValueError(f"state_dict['zo']['generator'] is not a state of this optimizer's "
+                         f"{generator.device} generator: {err}") from err
+    out["generator"] = state
+    return out
