@@ -28,6 +28,7 @@ from torchzo.learned.nets import LearnedZO
 from torchzo.meta import run_optimizer
 from torchzo.optim import ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.optim.zolstm import ZOLSTM
+from torchzo.progress import Progress
 from torchzo.tasks.base import Problem
 
 log = logging.getLogger("benchmarks")
@@ -84,13 +85,21 @@ def _seeds(problem: Problem, trial: int) -> tuple[int, int]:
 
 
 class Runner:
-    """Runs a method spec on problems; memoised, so the sweeps reuse the default setting."""
+    """Runs a method spec on problems; memoised, so the sweeps reuse the default setting.
+
+    Shows the runs done so far on stderr (:mod:`torchzo.progress`; the tuning decides how many
+    there will be); ``close()`` writes the last line.
+    """
 
     def __init__(self, cfg: Config, nets: dict[str, LearnedZO]) -> None:
         self.cfg, self.nets = cfg, nets
         self._memo: dict[tuple, Tensor] = {}
         self.measures: dict[tuple, dict[str, Any]] = {}
         self.runs, self.seconds = 0, 0.0
+        self.progress = Progress(desc="benchmark", unit="run", interval=30.0)
+
+    def close(self) -> None:
+        self.progress.close()
 
     def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
         kind, mu = spec["kind"], self.cfg.mu
@@ -129,6 +138,9 @@ class Runner:
                                             on_finish=measure)
             self.seconds += time.perf_counter() - t0
             self.runs += 1
+            fields: dict[str, Any] = {"last": spec.get("weights", spec["kind"]),
+                                      "s/run": self.seconds / self.runs}
+            self.progress.update(1, **fields)
         return self._memo[key]
 
     def measure(self, problem: Problem, x: Tensor) -> dict[str, Any]:

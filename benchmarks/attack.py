@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "comparison": compare(raw, list(BASELINES.values())),
         "curves": results, "outcomes": outcomes, "cosine": cos, "runs": runner.runs,
     }
+    runner.close()
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0

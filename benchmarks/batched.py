@@ -41,6 +41,7 @@ import torch
 from torchzo.cpu import keep_freed_memory
 from torchzo.optim import ZOAdam
 from torchzo.oracle import Batched
+from torchzo.progress import Progress
 from torchzo.tasks.attack import attack_loss
 from torchzo.tasks.targets import for_queries, make_model
 
@@ -358,8 +359,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     qs, reps, threads, number = (([20], 3, [1], 1) if args.quick
                                  else (args.q, args.reps, args.threads, args.number))
     cases = []
-    for malloc in malloc_settings(args.malloc):
-        cases += [case(q, reps, n, number, malloc) for n in threads for q in qs]
+    # Between cases only: nothing is written while a case is timed.
+    with Progress(desc="batched", unit="case") as progress:
+        for malloc in malloc_settings(args.malloc):
+            for n in threads:
+                for q in qs:
+                    cases.append(case(q, reps, n, number, malloc))
+                    progress.update(last=f"q={q} threads={n} malloc={malloc}")
     for c in cases:  # malloc changes no bits: the same q and threads end at the same delta
         same = [o for o in cases if (o["q"], o["threads"]) == (c["q"], c["threads"])]
         c["malloc_delta_diff"] = max(

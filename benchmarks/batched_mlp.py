@@ -30,6 +30,7 @@ from torch import nn
 
 from torchzo.optim import ZOAdam
 from torchzo.oracle import module_objective
+from torchzo.progress import Progress
 
 from ._common import (
     OUT,
@@ -147,9 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.batched_mlp",
                              *(sys.argv[1:] if argv is None else argv)]),
         "cases": []}
-    for malloc in malloc_settings(args.malloc):
-        data["cases"] += [case(size, args.q, reps, n, number, malloc)
-                          for n in threads for size in sizes]
+    # Between cases only: nothing is written while a case is timed.
+    with Progress(desc="batched_mlp", unit="case") as progress:
+        for malloc in malloc_settings(args.malloc):
+            for n in threads:
+                for size in sizes:
+                    data["cases"].append(case(size, args.q, reps, n, number, malloc))
+                    progress.update(last=f"batch={size} threads={n} malloc={malloc}")
     return finish(data, start, "batched-mlp", args.out, render)
 
 

@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": {"tuning": tuned["seconds"], "test": test_seconds, "sweeps": sweep_seconds,
                     "in_runs": runner.seconds},
     }
+    runner.close()
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0

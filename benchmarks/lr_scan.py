@@ -21,15 +21,21 @@ import torch
 
 from torchzo.meta import run_optimizer
 from torchzo.optim import ZOLSTM, ZOAdam
+from torchzo.progress import Progress
 from torchzo.tasks import get_task
 
 from ._common import finish, machine, md_table
 
 
-def curves(task: Any, problems: list[Any], make: Any) -> torch.Tensor:
+def curves(task: Any, problems: list[Any], make: Any, progress: Progress | None = None,
+           label: str = "") -> torch.Tensor:
     """One run per problem: (problems, horizon + 1) losses."""
-    return torch.stack([run_optimizer(p, make, task.horizon, data_seed=i)
-                        for i, p in enumerate(problems)])
+    out = []
+    for i, p in enumerate(problems):
+        out.append(run_optimizer(p, make, task.horizon, data_seed=i))
+        if progress is not None:
+            progress.update(run=label)
+    return torch.stack(out)
 
 
 def summary(c: torch.Tensor, target: float) -> dict[str, Any]:
@@ -73,14 +79,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     task = get_task(args.task)
     problems = list(task.problems("val"))[: args.problems]
     betas = tuple(args.adam_betas)
+    progress = Progress(total=(1 + len(args.lr)) * len(problems), desc="lr scan", unit="run")
     adam = curves(task, problems, lambda ps: ZOAdam(ps, lr=args.adam_lr, betas=betas,
-                                                    q=task.q, mu=task.mu, seed=1))
+                                                    q=task.q, mu=task.mu, seed=1),
+                  progress, "ZO-Adam")
     target = float(adam[:, -1].mean())
     runs = {f"ZO-Adam lr {args.adam_lr}, betas {betas}": summary(adam, target)}
     for lr in args.lr:
         c = curves(task, problems, lambda ps, lr=lr: ZOLSTM(ps, pretrained=args.weights, lr=lr,
-                                                            q=task.q, mu=task.mu, seed=1))
+                                                            q=task.q, mu=task.mu, seed=1),
+                   progress, f"ZOLSTM lr {lr}")
         runs[f"ZOLSTM lr {lr}"] = summary(c, target)
+    progress.close()
     data: dict[str, Any] = {
         "machine": machine(), "task": args.task, "weights": args.weights,
         "problems": len(problems), "horizon": task.horizon, "q": task.q, "runs": runs,

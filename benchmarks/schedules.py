@@ -20,6 +20,7 @@ import torch
 
 from torchzo.optim import ZOSGD, ZOAdam, ZOOptimizer
 from torchzo.oracle import Batched
+from torchzo.progress import Progress
 from torchzo.tasks import BinaryClassification
 
 from ._common import finish, machine, md_table
@@ -102,9 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "steps": args.steps, "runs": {},
                             "command": "python -m benchmarks.schedules"
                                        + (" --quick" if args.quick else "")}
-    for name, (make, schedule) in _runs(args.steps).items():
-        curve = run(make, schedule, problems, args.steps)
-        data["runs"][name] = {"mid": float(curve[args.steps // 2]), "final": float(curve[-1])}
+    runs = _runs(args.steps)
+    with Progress(total=len(runs), desc="schedules", unit="schedule") as progress:
+        for name, (make, schedule) in runs.items():
+            curve = run(make, schedule, problems, args.steps)
+            data["runs"][name] = {"mid": float(curve[args.steps // 2]),
+                                  "final": float(curve[-1])}
+            progress.update(last=name)
     return finish(data, start, "schedules", args.out, render)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 MODULES = ["torchzo", "torchzo.optim", "torchzo.oracle", "torchzo.learned", "torchzo.meta",
            "torchzo.tasks", "torchzo.pretrained", "torchzo.datasets", "torchzo.attack",
-           "torchzo.recorder", "torchzo.cpu"]
+           "torchzo.recorder", "torchzo.progress", "torchzo.plot", "torchzo.cpu"]
 OUT = Path(__file__).resolve().parent / "api.md"
 
 

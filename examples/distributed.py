@@ -79,9 +79,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         dist.destroy_process_group()
     if rank == 0:
         world = int(os.environ.get("WORLD_SIZE", "1"))
+        who = f"shared by the {world} processes" if world > 1 else "made by this one process"
         print(f"{world} process(es): loss {first:.4f} -> {last:.4f} in {args.steps} steps, "
-              f"{seconds / args.steps * 1000:.0f} ms per step, {opt.queries} queries shared "
-              f"by the processes, parameters {digest}")
+              f"{seconds / args.steps * 1000:.0f} ms per step, {opt.queries} queries {who}, "
+              f"parameters {digest}")
     return {"first": first, "last": last, "checksum": digest, "seconds": seconds}
 
 

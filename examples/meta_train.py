@@ -15,9 +15,8 @@ import argparse
 import torch
 
 import torchzo
-from torchzo.meta import MetaConfig, StageConfig, meta_train
+from torchzo.meta import MetaConfig, StageConfig, meta_train, run_optimizer
 from torchzo.tasks import Problem, Task
-from torchzo.meta import run_optimizer
 
 
 class RobustRegression(Problem):

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from data_marks import needs_mnist as needs_data
 from torch import nn
 
 import torchzo
-from torchzo.datasets import data_root
 from torchzo.tasks.attack import AttackProblem, AttackTask, attack_loss
 from torchzo.tasks.targets import make_model, train_target
-
-needs_data = pytest.mark.skipif(not (data_root() / "mnist").is_dir(),
-                                reason=f"no MNIST at {data_root()}")
 
 
 def _toy_model() -> nn.Module:

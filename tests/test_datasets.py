@@ -7,13 +7,12 @@ import struct
 
 import numpy as np
 import pytest
+from data_marks import needs
 
 from torchzo.datasets import DataError, data_root, load_cifar10_subset, load_mnist, read_idx
 from torchzo.datasets.files import verified
 
-HAVE_DATA = (data_root() / "mnist").is_dir() and (data_root() / "cifar10").is_dir()
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"no data at {data_root()} (../shared/data"
-                                " beside the repository, or TORCHZO_DATA)")
+needs_data = needs("mnist", "cifar10")
 
 
 def _write_idx(path, array, code=0x08):

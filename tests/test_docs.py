@@ -61,3 +61,9 @@ def test_api_reference_is_generated_from_the_current_docstrings():
     for name in torchzo.__all__:
         assert f"torchzo.{name}" in text
     assert "*(no docstring)*" not in text
+
+
+def test_pretrained_page_shows_available_as_it_returns():
+    text = (ROOT / "docs" / "pretrained.md").read_text()
+    shown = re.search(r"print\(torchzo\.pretrained\.available\(\)\)\s+# (\[.*\])", text)
+    assert shown and shown.group(1) == repr(torchzo.pretrained.available())

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_marks import needs_mnist
 
 from tools.launch import local_gloo_env
-from torchzo.datasets import data_root
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -37,12 +37,21 @@ def test_policy_search_improves_the_return():
     assert out["last"] > out["first"]
 
 
+def test_plot_losses_example_records_each_run_and_writes_the_plot(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed; the test extra "
+                        "installs it: pip install -e '.[test]' (or the plot extra)")
+    out = _load("plot_losses").main(["--steps", "6", "--q", "4", "--out",
+                                     str(tmp_path / "p.png")])
+    assert len(out) == 4 and all(len(r.losses) == 6 for r in out.values())
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_meta_train_example_runs_and_compares():
     out = _load("meta_train").main(["--quick"])
     assert len(out) == 2 and all(v > 0 for v in out.values())
 
 
-@pytest.mark.skipif(not (data_root() / "mnist").is_dir(), reason=f"no MNIST at {data_root()}")
+@needs_mnist
 def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))  # no cached target: the example trains one
     out = _load("blackbox_attack").main(["--images", "2", "--steps", "30",

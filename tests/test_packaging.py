@@ -121,5 +121,5 @@ def test_readme_python_blocks_run():
 def test_demo_on_binclass_includes_the_learned_optimizer(capsys):
     demo_main(["--steps", "30"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
-    lstm = next(r for r in rows if r and r[0] == "ZOLSTM")
+    lstm = next(r for r in rows if r and r[0] == "ZOLSTM:binclass")
     assert float(lstm[-1]) < float(lstm[1])
