@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 from benchmarks import overhead
 
@@ -90,3 +93,30 @@ def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
     assert data["runs"]["ZOLSTM lr 0.5"]["final"] != data["runs"]["ZOLSTM lr 1.0"]["final"]
     assert (tmp_path / "lr-scan-binclass.json").is_file()
     assert "| ZOLSTM lr 0.5 |" in (tmp_path / "lr-scan-binclass.md").read_text()
+
+
+def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
+    from benchmarks import generalist
+
+    data = generalist.main(["--quick", "--families", "hinge,matrix-factorization",
+                            "--out", str(tmp_path)])
+    assert set(data["families"]) == {"hinge", "matrix-factorization"}
+    for entry in data["families"].values():
+        summary = entry["summary"]
+        assert summary["ZOAdam tuned"]["geomean_ratio_to_tuned_adam"] == 1.0
+        assert {"ZOLSTM", "ZOLSTM no query net", "untrained (hand rule)",
+                "ZOAdam lr 1e-3", "ZOSGD tuned"} <= set(summary)
+        assert entry["tuned"]["adam"]["lr"] > 0
+    text = (tmp_path / "generalist.md").read_text()
+    assert "| hinge |" in text and "geometric mean" in text
+
+
+def test_generalist_floors_solved_gaps_and_counts_divergence():
+    from benchmarks.generalist import FLOOR, log_progress, summarize
+
+    assert log_progress([10.0, 0.0], 0.0) == pytest.approx(math.log(FLOOR))
+    assert log_progress([10.0, math.inf], 0.0) == math.inf
+    s = summarize({"ZOAdam tuned": [1.0, 0.0], "other": [0.5, 20.0]}, [10.0, 10.0], [0.0, 0.0])
+    assert s["other"]["wins_vs_tuned_adam"] == 1 and s["other"]["ended_above_start"] == 1
+    assert s["other"]["geomean_ratio_to_tuned_adam"] == pytest.approx(
+        math.sqrt(0.5 * (20 / 10) / FLOOR))

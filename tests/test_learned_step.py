@@ -36,7 +36,7 @@ def _estimate_population(x: torch.Tensor, generator: torch.Generator, scheme: Sc
         grads = [estimate_batched(_loss, x[m], seeds, scheme, mu,
                                   None if scale is None else scale[0][m])[1]
                  for m in range(x.shape[0])]
-        return None, [torch.stack(grads)]
+        return None, [torch.stack(grads)], None
     return estimate
 
 
@@ -52,7 +52,7 @@ def _run(weights, arch, x, state, generator, directions, steps, in_place):
             def estimate(distribution, x=x):
                 found = estimate_gradient(torchzo.Batched(_loss), [x], [Part((0,), scheme, 1e-3)],
                                           generator, distribution)
-                return None, found.grads
+                return None, found.grads, found.loss
         else:
             estimate = _estimate_population(x, generator, scheme, 1e-3)
         result = learned.step(weights, arch, [x], [state], [learned.Group((0,), 0.5,

@@ -57,7 +57,7 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         if nets.arch.kind != "paper":
             raise SystemExit("--alpha needs the paper architecture (its step is lr * output)")
         with torch.no_grad():
-            nets.update.head.weight.mul_(args.alpha)
+            nets.update.head.weight.mul_(args.alpha)  # type: ignore[union-attr, operator]
         save(nets, target, {**meta, "alpha": args.alpha, "transferred_from": str(args.weights)})
     manifest_path = args.dest / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {

@@ -24,14 +24,16 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from . import general
 from .nets import Arch, coord_lstm
 
 __all__ = ["STATE_KEYS", "Weights", "init_state", "learned_update", "mix_draw",
            "next_query_outputs", "query_outputs", "query_scale", "scales_from_outputs"]
 
 # Every per-coordinate state entry; all float32 whatever the parameter dtype.
-STATE_KEYS = ("update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update",
-              "momenta", "second", "t")
+STATE_KEYS = tuple(dict.fromkeys((
+    "update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update", "momenta",
+    "second", "t", *general.GROUP_KEYS)))
 
 State = dict[str, Tensor]
 #: The networks' weights by parameter name (``LearnedZO.weights()``); a population carries
@@ -44,6 +46,8 @@ def init_state(p: Tensor, arch: Arch, population: tuple[int, ...] = ()) -> State
 
     ``population``: the leading dimensions of a population of weight sets, one state each.
     """
+    if arch.kind == "general":
+        return general.init_state(p, arch, population)
     n, k = p.numel(), arch.hidden
 
     def zeros(*shape: int) -> Tensor:
@@ -96,6 +100,10 @@ def query_outputs(weights: Weights, arch: Arch, states: Sequence[State], in_plac
 
     ``in_place``: the new states overwrite the old ones (no autograd).
     """
+    if arch.kind == "general":
+        features = general.query_features(arch, [{k: v.detach() for k, v in st.items()}
+                                                 for st in states])
+        return [general.mlp(weights, "query", x)[..., 0] for x in features], [{} for _ in states]
     if arch.kind == "paper":
         inputs = [torch.stack([st["prev_estimate"].detach(), st["prev_update"].detach()], -1)
                   for st in states]
@@ -138,13 +146,22 @@ def scales_from_outputs(arch: Arch, outs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def learned_update(weights: Weights, arch: Arch, estimates: Sequence[Tensor],
-                   states: Sequence[State], lr: float | Tensor = 1.0, in_place: bool = False
-                   ) -> tuple[list[Tensor], list[State]]:
-    """The update for each tensor (flat) from its estimate, and the new states.
+                   states: Sequence[State], lr: float | Tensor = 1.0, in_place: bool = False,
+                   *, params: Sequence[Tensor] | None = None, loss: Tensor | None = None,
+                   q: int = 20) -> tuple[list[Tensor], list[State]]:
+    """The update for each tensor (flat) of one param group from its estimate, new states.
 
     ``in_place``: the new UpdateRNN states overwrite the old ones (no autograd; the
-    optimizer, whose old states are dead once the step is taken).
+    optimizer, whose old states are dead once the step is taken). The ``general``
+    architecture also reads the group's ``params`` (its starting step size is relative to
+    their scale), the ``loss`` the oracle measured at them (or ``None``) and ``q``, the number
+    of directions of the estimate.
     """
+    if arch.kind == "general":
+        if params is None:
+            raise ValueError("the general architecture needs the group's params")
+        flat = [g.reshape(st["prev_estimate"].shape).float() for g, st in zip(estimates, states)]
+        return general.update(weights, arch, flat, states, params, lr, loss, q)
     updates, new = [], []
     for g, st in zip(estimates, states):
         g = g.reshape(st["prev_estimate"].shape).float()

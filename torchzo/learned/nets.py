@@ -14,6 +14,10 @@ each keeps its own ``(h, c)``. Two architectures (:class:`Arch`):
   ``exp(log_lr)``. The QueryRNN reads magnitudes (|normalised estimate|, |normalised momentum|,
   the coordinate's log RMS relative to the mean, the horizon fraction) and predicts
   ``s = exp(o)``.
+- ``general``: scale-free networks for any problem (:mod:`torchzo.learned.general`): a
+  per-coordinate MLP corrects ZO-Adam's normalised direction, a per-group recurrent
+  controller sets the step size from scale-free signals, a per-coordinate MLP shapes the
+  query covariance.
 """
 from __future__ import annotations
 
@@ -24,9 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "LearnedZO", "coord_lstm"]
+__all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "CoordMLP", "LearnedZO", "coord_lstm"]
 
-ARCH_KINDS = ("paper", "adam")
+ARCH_KINDS = ("paper", "adam", "general")
 _CHUNK = 16384  # coordinates per LSTM block when running without autograd
 
 
@@ -42,6 +46,11 @@ class Arch:
     beta2: float = 0.999
     eps: float = 1e-8
     init_lr: float = 0.03
+    #: ``general`` only: hidden units of the per-coordinate MLPs, the absolute floor of the
+    #: starting step size, and the initial gain of the step-size rule.
+    coord_hidden: int = 8
+    floor: float = 1e-3
+    gain: float = 0.15
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
@@ -51,11 +60,13 @@ class Arch:
 
     @property
     def update_inputs(self) -> int:
+        if self.kind == "general":
+            return 1 + len(self.momenta)
         return 1 if self.kind == "paper" else 2 + len(self.momenta)
 
     @property
     def query_inputs(self) -> int:
-        return 2 if self.kind == "paper" else 4
+        return {"paper": 2, "adam": 4, "general": 3}[self.kind]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, as stored next to weights."""
@@ -169,8 +180,23 @@ def _blocks(w_ih: Tensor, w_hh: Tensor, w_head: Tensor, inputs: Tensor, h: Tenso
     return y, h_new, c_new
 
 
+class CoordMLP(nn.Module):
+    """A two-layer MLP applied to each coordinate, its read-out starting at zero."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, outputs, bias=False)
+        with torch.no_grad():
+            self.fc2.weight.zero_()
+
+
 class LearnedZO(nn.Module):
-    """The learned part of ZO-LSTM: one UpdateRNN and one QueryRNN of architecture ``arch``."""
+    """The learned part of ZO-LSTM: one UpdateRNN and one QueryRNN of architecture ``arch``
+    (for ``general``: the update and query MLPs and the step-size controller)."""
+
+    update: nn.Module
+    query: nn.Module
 
     def __init__(self, hidden: int | None = None, arch: Arch | None = None) -> None:
         super().__init__()
@@ -178,6 +204,9 @@ class LearnedZO(nn.Module):
         if hidden is not None and hidden != arch.hidden:
             arch = Arch(**{**arch.to_dict(), "hidden": hidden, "momenta": arch.momenta})
         self.arch = arch
+        if arch.kind == "general":
+            self._build_general(arch)
+            return
         paper = arch.kind == "paper"
         self.update = CoordLSTM(arch.update_inputs, arch.hidden, 1 if paper else 2,
                                 0.1 if paper else 0.0)
@@ -187,14 +216,28 @@ class LearnedZO(nn.Module):
         else:
             self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
 
+    def _build_general(self, arch: Arch) -> None:
+        from .general import CONTROL_INPUTS
+
+        self.update = CoordMLP(arch.update_inputs, arch.coord_hidden, 2)
+        self.query = CoordMLP(arch.query_inputs, arch.coord_hidden, 1)
+        self.control = CoordLSTM(CONTROL_INPUTS, arch.hidden, 1, 0.0)
+        self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
+        self.log_floor = nn.Parameter(torch.tensor(math.log(arch.floor)))
+        self.gain = nn.Parameter(torch.tensor(float(arch.gain)))
+
     def update_parameters(self) -> list[nn.Parameter]:
         """What meta-training's first stage trains: the UpdateRNN and the step size."""
+        if self.arch.kind == "general":
+            return list(self.parameters())
         extra = [] if self.log_lr is None else [self.log_lr]
         return [*self.update.parameters(), *extra]
 
     @property
     def hidden(self) -> tuple[int, int]:
-        return self.update.hidden, self.query.hidden
+        if self.arch.kind == "general":
+            return self.arch.coord_hidden, self.arch.hidden
+        return self.arch.hidden, self.arch.hidden
 
     def weights(self) -> dict[str, Tensor]:
         """The weights by name, as :mod:`torchzo.learned.core` takes them (no copies)."""

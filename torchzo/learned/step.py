@@ -31,9 +31,10 @@ __all__ = ["DIRECTIONS", "EstimateFn", "Group", "StepResult", "step"]
 DIRECTIONS = ("learned", "gaussian", "guided_es")
 
 #: Runs the oracle with the step's query distribution (see :data:`torchzo.oracle.Distribution`);
-#: returns whatever the caller wants back (:attr:`StepResult.estimate`) and the estimate for
-#: each tensor.
-EstimateFn = Callable[[Distribution], tuple[Any, Sequence[Tensor]]]
+#: returns whatever the caller wants back (:attr:`StepResult.estimate`), the estimate for
+#: each tensor, and the loss the oracle measured at the current point (population-shaped, a
+#: number, or ``None`` when there is none: the ``general`` architecture's loss features).
+EstimateFn = Callable[[Distribution], tuple[Any, Sequence[Tensor], Any]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Group:
     directions: str = "learned"
     query_prob: float = 0.5
     guide_alpha: float = 0.5
+    #: Directions per estimate (the ``general`` architecture's step-size signal needs it).
+    q: int = 20
 
 
 @dataclass
@@ -97,16 +100,21 @@ def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
         scales = core.scales_from_outputs(arch, found)
         if not core.mix_draw(generator, g.query_prob):
             return None, None
-        return [s.view(*s.shape[:-1], *params[i].shape[s.dim() - 1:])
+        return [s.view((*s.shape[:-1], *params[i].shape[s.dim() - 1:]))
                 for s, i in zip(scales, index)], None
 
-    result, estimates = estimate(distribution)
+    result, estimates, loss = estimate(distribution)
+    if loss is not None:
+        loss = torch.as_tensor(loss).detach().float()
     new_params, new_states = list(params), [dict(st) for st in states]
     for g in groups:
         ests = [-estimates[i] if g.maximize else estimates[i] for i in g.index]
         sts = [states[i] for i in g.index]
         if g.use_update:
-            updates, fresh = core.learned_update(weights, arch, ests, sts, g.lr, in_place)
+            signed = None if loss is None else (-loss if g.maximize else loss)
+            updates, fresh = core.learned_update(weights, arch, ests, sts, g.lr, in_place,
+                                                 params=[params[i] for i in g.index],
+                                                 loss=signed, q=g.q)
             alpha = 1.0
         else:  # the no-update ablation: ZO-SGD along the estimate
             updates, alpha = ests, -g.lr

@@ -1,5 +1,9 @@
 """``python -m torchzo.meta train --task NAME --out FILE``: meta-train a ZO-LSTM.
 
+``python -m torchzo.meta es --out DIR``: meta-train the generalist with evolution strategies
+(:mod:`torchzo.meta.es`) on the training families; resumes from ``DIR``; ``--export FILE``
+writes the best weights so far as a weights file.
+
 Writes ``FILE`` (the weights and their metadata, loadable with ``weights_only=True`` and by
 ``torchzo.ZOLSTM(pretrained=FILE)``) and ``FILE.json`` (the metadata, the training history and
 the sha256 of ``FILE``). Adding such a file to the repository's ``pretrained/`` is a maintainer
@@ -16,6 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,7 +71,43 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest for the small coordinatewise LSTMs)")
     tr.add_argument("--no-progress", action="store_true")
+    es = sub.add_parser("es", help="meta-train the generalist with evolution strategies")
+    es.add_argument("--out", required=True, type=Path, help="run folder (checkpoints; resumes)")
+    es.add_argument("--hours", type=float, help="stop (with a checkpoint) after this long")
+    es.add_argument("--export", type=Path, help="write the best weights to this file and exit")
+    for name, kind in (("pairs", int), ("sigma", float), ("lr", float), ("instances", int),
+                       ("seed", int), ("iterations", int), ("val_every", int),
+                       ("checkpoint_s", float), ("init", str)):
+        es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    es.add_argument("--threads", type=int, default=2)
     return ap
+
+
+def run_es(args: argparse.Namespace) -> None:
+    from .es import ESConfig, train_es, weights_of
+
+    torch.set_num_threads(args.threads)
+    if args.export:
+        config = json.loads((args.out / "config.json").read_text())
+        best = torch.load(args.out / "best.pt", weights_only=True)
+        nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
+        save(nets, args.export, {"task": "generalist", "command": args.invocation,
+                                 "es_iteration": int(best["iteration"]), "config": config,
+                                 "val_final_log_progress": best["val"].tolist()})
+        print(f"wrote {args.export} (iteration {int(best['iteration'])})")
+        return
+    cfg = ESConfig()
+    saved = args.out / "config.json"
+    if saved.exists():  # a resumed run keeps its configuration
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) and k != "arch" else v
+                                  for k, v in json.loads(saved.read_text()).items()}
+        cfg = ESConfig(**values)
+    for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
+                 "checkpoint_s", "init"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    deadline = time.time() + 3600 * args.hours if args.hours else None
+    train_es(cfg, args.out, log=lambda line: print(line, flush=True), deadline=deadline)
 
 
 def config_from_args(args: argparse.Namespace) -> MetaConfig:
@@ -138,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     args.invocation = "python -m torchzo.meta " + shlex.join(raw)
     if args.action == "train":
         train(args)
+    elif args.action == "es":
+        run_es(args)
 
 
 if __name__ == "__main__":

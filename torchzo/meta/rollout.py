@@ -83,14 +83,15 @@ class Rollout:
                     return batch_loss(X)
             return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
 
-        def estimate(distribution: Distribution) -> tuple[None, list[Tensor]]:
+        def estimate(distribution: Distribution) -> tuple[None, list[Tensor], Tensor]:
             found = estimate_gradient(Batched(queried), [self.x], [self.part], self.generator,
                                       distribution)
-            return None, found.grads
+            return None, found.grads, found.loss
 
         directions = "learned" if cfg.use_query else "gaussian"
         result = step(self.weights, self.nets.arch, [self.x], [self.state],
-                      [Group((0,), cfg.lr, directions=directions, query_prob=1.0)], estimate,
+                      [Group((0,), cfg.lr, directions=directions, query_prob=1.0,
+                             q=self.part.scheme.directions)], estimate,
                       self.generator)
         (self.x,), (self.state,) = result.params, result.states
         out = result.query_outputs[0]

@@ -1,7 +1,8 @@
 """ZOLSTM: the learned zeroth-order optimizer (Ruan et al., ICLR 2020) as a torch optimizer."""
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,12 @@ import torch
 from torch import Tensor
 
 from .. import learned
-from ..learned import core
+from ..learned import core, general
 from ..learned.nets import LearnedZO
 from ..learned.step import DIRECTIONS, EstimateFn
-from ..oracle import Batched, Distribution, Estimate
+from ..oracle import Batched, Distribution, Estimate, Part, Scheme
+from ._checkpoint import saved_positions
+from ._guard import all_finite
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
 
@@ -91,6 +94,20 @@ class ZOLSTM(ZOOptimizer):
         # Tensors that share an estimate share its query distribution.
         return group["directions"], group["query_prob"], group["guide_alpha"]
 
+    def _parts(self) -> list[Part]:
+        """The base parts, with ``mu`` times the radius factor of the ``general``
+        architecture's state (of the part's first tensor: grown on zero-signal steps)."""
+        parts = super()._parts()
+        if self.nets.arch.kind != "general":
+            return parts
+        params = self._params()
+        out = []
+        for part in parts:
+            st = self.state.get(params[part.index[0]])
+            factor = float(general.radius(st)) if st else 1.0
+            out.append(Part(part.index, part.scheme, part.mu * factor))
+        return out
+
     def _state_of(self, p: Tensor, group: dict[str, Any]) -> core.State:
         if p in self.state and self.state[p]:
             return self.state[p]
@@ -106,7 +123,8 @@ class ZOLSTM(ZOOptimizer):
             index = tuple(range(start, start + len(g["params"])))
             start += len(index)
             groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
-                                        g["directions"], g["query_prob"], g["guide_alpha"]))
+                                        g["directions"], g["query_prob"], g["guide_alpha"],
+                                        Scheme(g["estimator"], g["q"]).directions))
         result = learned.step(self.nets.weights(), self.nets.arch, params, states, groups,
                               estimate, self._generator, in_place=True)
         dtypes = [g["state_dtype"] for g in active for _ in g["params"]]
@@ -116,9 +134,10 @@ class ZOLSTM(ZOOptimizer):
 
     @torch.no_grad()
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
-        def estimate(distribution: Distribution) -> tuple[Estimate, list[Tensor]]:
+        def estimate(distribution: Distribution) -> tuple[Estimate, list[Tensor], float]:
             found = self._estimate(objective, distribution)
-            return found, [g.to(p.dtype) for g, p in zip(found.grads, self._params())]
+            grads = [g.to(p.dtype) for g, p in zip(found.grads, self._params())]
+            return found, grads, float(found.loss)
         return self._learned_step(estimate)  # type: ignore[no-any-return]
 
     @torch.no_grad()
@@ -126,10 +145,10 @@ class ZOLSTM(ZOOptimizer):
         """The learned step from given estimates (the overhead benchmark's "update")."""
         params = self._params()
 
-        def given(distribution: Distribution) -> tuple[None, list[Tensor]]:
+        def given(distribution: Distribution) -> tuple[None, list[Tensor], None]:
             for part in self._parts():  # asks for each part's distribution, as the oracle does
                 distribution(part.index)
-            return None, [estimates[p].to(p.dtype) for p in params]
+            return None, [estimates[p].to(p.dtype) for p in params], None
         self._learned_step(given)
 
     @torch.no_grad()
@@ -158,19 +177,64 @@ class ZOLSTM(ZOOptimizer):
         """Restore weights, per-coordinate LSTM states and the RNG: resumes bit-exactly.
 
         A file saved before the ZO-LSTM settings were hyperparameters keeps this optimizer's.
+        As for every torchzo optimizer, everything is checked first (here also the network
+        weights against these networks, and each state's entries and shapes against their
+        architecture), and a state dict that fails changes nothing.
         """
         super().load_state_dict(state_dict)
+
+    def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
+                           where: str) -> None:
+        if not entry:
+            return
+        expected = _state_shapes(p, self.nets.arch)
+        expected.setdefault("query_out", (p.numel(),))
+        unknown = sorted(set(entry) - set(expected), key=str)
+        missing = [k for k in expected if k != "query_out" and k not in entry]
+        if unknown or missing:
+            raise ValueError(f"{where} does not fit {self.nets.arch.kind!r} networks: unknown "
+                             f"entries {unknown}, missing {missing}")
+        for key, value in entry.items():
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise ValueError(f"{where}[{key!r}] must be a floating tensor")
+            if tuple(value.shape) != expected[key]:
+                raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}; these "
+                                 f"networks (hidden {self.nets.arch.hidden}) and the parameter "
+                                 f"need {expected[key]}")
+        if not all_finite(entry.values()):
+            raise ValueError(f"{where} holds non-finite values")
+
+    def _check_loaded(self, state_dict: dict[str, Any]) -> None:
         if "nets" in state_dict["zo"]:
-            self.nets.load_state_dict(state_dict["zo"]["nets"])
+            from ..pretrained import PretrainedError, check_weights
+
+            try:
+                check_weights(state_dict["zo"]["nets"], self.nets, "state_dict['zo']['nets']")
+            except PretrainedError as err:
+                raise ValueError(str(err)) from err
+
+    def _commit_loaded(self, state_dict: dict[str, Any], rest: dict[str, Any]) -> None:
+        if "nets" in state_dict["zo"]:
+            self.nets.load_state_dict(dict(state_dict["zo"]["nets"]))  # checked: cannot fail
         # torch.optim casts loaded state to the parameter dtype; ZO-LSTM state keeps its own.
         saved = state_dict["state"]
+        positions = saved_positions(rest["param_groups"])
         params = [(p, g) for g in self.param_groups for p in g["params"]]
-        for i, (p, g) in enumerate(params):
-            if i in saved:
-                for k in (*core.STATE_KEYS, "query_out"):
-                    if k in saved[i]:
-                        dtype = g["state_dtype"] if k in _LSTM_KEYS else torch.float32
-                        self.state[p][k] = saved[i][k].to(p.device, dtype)
+        for key, entry in saved.items():
+            p, g = params[positions[key]]
+            for k in (*core.STATE_KEYS, "query_out"):
+                if k in entry:
+                    dtype = g["state_dtype"] if k in _LSTM_KEYS else torch.float32
+                    self.state[p][k] = entry[k].to(p.device, dtype)
+
+
+def _state_shapes(p: Tensor, arch: Any) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``p``'s fresh state (computed on the meta device: nothing allocated)."""
+    try:
+        fresh = core.init_state(torch.empty(p.shape, device="meta"), arch)
+    except (NotImplementedError, RuntimeError):
+        fresh = core.init_state(p, arch)
+    return {k: tuple(v.shape) for k, v in fresh.items()}
 
 
 def _stored(st: core.State, dtype: torch.dtype) -> core.State:
@@ -181,15 +245,29 @@ def _stored(st: core.State, dtype: torch.dtype) -> core.State:
 
 
 def _load_nets(pretrained: Any) -> LearnedZO:
-    if isinstance(pretrained, LearnedZO):
-        return pretrained
     from .. import pretrained as shipped
 
-    if pretrained is None or (isinstance(pretrained, str) and pretrained in shipped.available()):
-        return shipped.load(pretrained)
-    if isinstance(pretrained, (str, Path)):
-        return shipped.load_file(Path(pretrained))
-    if isinstance(pretrained, dict):
+    if isinstance(pretrained, LearnedZO):
+        shipped.check_nets(pretrained, "the pretrained LearnedZO")
+        return pretrained
+    if pretrained is None:
+        return shipped.load()
+    if isinstance(pretrained, str):
+        try:
+            names = shipped.available()
+        except shipped.PretrainedError as err:  # no (valid) manifest: a path can still load
+            names, why = [], f"no shipped weights ({err})"
+        else:
+            why = f"available: {names}"
+        if pretrained in names:
+            return shipped.load(pretrained)
+        if not Path(pretrained).is_file():
+            raise shipped.PretrainedError(f"no weights file at {pretrained!r}, and no shipped "
+                                          f"optimizer of that name; {why}")
+        return shipped.load_file(pretrained)
+    if isinstance(pretrained, os.PathLike):
+        return shipped.load_file(pretrained)
+    if isinstance(pretrained, Mapping):
         return shipped.from_state_dict(pretrained)
     raise ValueError(f"pretrained must be a shipped name, a path, a state dict or a LearnedZO, "
                      f"got {type(pretrained).__name__}")

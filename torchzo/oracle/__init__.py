@@ -5,11 +5,13 @@ from .distributed import RankFailedError
 from .estimator import Batched, estimate_batched, estimate_closure
 from .gradient import Distribution, Estimate, Part, estimate_gradient  # noqa: F401
 from .module import module_objective
+from .population import estimate_population
 from .schemes import SCHEMES, Scheme
 
 __all__ = [
     "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
     "ParameterBackup", "Part", "RankFailedError", "Scheme", "call_closure", "default_mu",
     "draw_seeds", "estimate_batched", "estimate_closure", "estimate_gradient",
+    "estimate_population",
     "generation_dtype", "loss_value", "module_objective",
 ]

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeVar
 
+from torch import Tensor
+
 __all__ = ["SCHEMES", "Scheme"]
 
 SCHEMES = ("forward", "central", "antithetic")
@@ -52,7 +54,7 @@ class Scheme:
         """Function evaluations per estimate, f(x) included."""
         return self.directions * len(self.signs) + 1
 
-    def coefficient(self, f0: T, values: tuple[T, ...], mu: float) -> T:
+    def coefficient(self, f0: T, values: tuple[T, ...], mu: float | Tensor) -> T:
         """Weight of a direction in the estimate, from f(x) and its queries along it.
 
         ``values`` holds f(x + s mu u) for each s in ``signs``. Works on floats and tensors alike,

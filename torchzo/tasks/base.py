@@ -24,6 +24,11 @@ class Problem:
     """One optimizee instance. Subclasses set ``x0`` and implement :meth:`loss`."""
 
     x0: Tensor
+    #: A lower bound of the loss (the optimum where known): normalises losses across instances.
+    f_min: float = 0.0
+    #: The smoothing radius this problem needs (piecewise-constant objectives), else ``None``:
+    #: the optimizers' default.
+    mu: float | None = None
 
     @property
     def dim(self) -> int:

@@ -1,0 +1,309 @@
+"""The generalist on problem families it never saw: ZOLSTM at its defaults against tuned ZO-Adam.
+
+    python -m benchmarks.generalist [--weights NAME_OR_PATH] [--instances 20] [--steps 500]
+                                    [--families a,b,...] [--out docs/benchmarks] [--quick]
+
+Families: the ``test`` split of :mod:`torchzo.tasks.families`, none of which the generalist
+was meta-trained on or had its checkpoint chosen on. Each family gets ``--tune-instances``
+tuning instances and ``--instances`` fresh evaluation instances, at their natural scale (not
+augmented). Every method runs on the same instances with the same direction and minibatch
+seeds, at the same query budget (q = 20, ``--steps`` steps), from the instance's start; mu is
+the optimizers' default except on the piecewise-constant families, which give theirs to every
+method.
+
+Methods: ``ZOLSTM`` (``--weights``, default: the shipped default) at lr 1, its no-query-net
+ablation (Gaussian directions) and the untrained architecture (its hand-set step-size rule),
+the paper's ``mnist-attack`` ZOLSTM at lr 1, ZO-Adam at its default lr 1e-3, and ZO-Adam and
+ZO-SGD tuned per family on the tuning instances: lr on a half-decade grid, extended while the
+best is on an edge; ZO-Adam also over beta1 in {0.9, 0.5}. The tuning criterion is the mean
+over tuning instances of ``log((f_T - f_min) / (f_0 - f_min))`` (a run that diverges scores
+infinity).
+
+Scores: per instance, the final full-objective gap ``f_T - f_min`` (``f_min`` a known lower
+bound, the optimum where known) as a fraction of the start gap, floored at ``FLOOR`` (solved),
+divided by tuned ZO-Adam's; per family the geometric mean of that ratio over instances, the
+instances won (strictly lower), and how many runs ended above their start.
+Outputs: ``generalist.json``, ``generalist.md`` and ``generalist.png`` under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import torchzo
+from torchzo.learned import Arch, LearnedZO
+from torchzo.optim import ZOOptimizer
+from torchzo.oracle import ClosureError
+from torchzo.tasks import Problem
+from torchzo.tasks.families import FAMILIES, FAMILY_SPLITS
+
+from ._common import OUT, finish, machine, md_table, pyplot, save_figure
+
+MakeOpt = Callable[[list[Tensor], int, float | None], ZOOptimizer]
+_TUNE_SEED, _TEST_SEED = 3_000_000, 2_000_000
+#: Gaps below this fraction of the start gap count as solved: where one method reaches the
+#: optimum exactly (a balanced pole, a separable dataset), raw gap ratios are meaningless.
+FLOOR = 1e-4
+
+
+def instances(family: str, count: int, base: int) -> list[Problem]:
+    """``count`` instances of ``family`` from seeds that meta-training never used."""
+    k = list(FAMILIES).index(family)
+    out = []
+    for i in range(count):
+        problem = FAMILIES[family].make(torch.Generator().manual_seed(base + 1000 * k + i))
+        problem.mu = FAMILIES[family].mu
+        out.append(problem)
+    return out
+
+
+@torch.no_grad()
+def run(problem: Problem, make: MakeOpt, steps: int, seed: int, every: int
+        ) -> tuple[list[float], bool]:
+    """The full objective every ``every`` steps (start included) and whether it diverged."""
+    x = problem.x0.detach().clone().float()
+    opt = make([x], seed, problem.mu)
+    data = torch.Generator().manual_seed(seed + 1)
+    curve = [float(problem.objective(x))]
+    for t in range(1, steps + 1):
+        batch = problem.sample_batch(data)
+
+        def fn(X: Tensor, b: Any = batch) -> Tensor:
+            return problem.loss(X, b)
+        try:
+            opt.step(torchzo.Batched(fn))
+        except ClosureError:
+            return curve + [math.inf] * (steps // every + 1 - len(curve)), True
+        if t % every == 0:
+            value = float(problem.objective(x))
+            if not math.isfinite(value):
+                return curve + [math.inf] * (steps // every + 1 - len(curve)), True
+            curve.append(value)
+    return curve, False
+
+
+def log_progress(curve: Sequence[float], f_min: float) -> float:
+    """``log`` of the final gap over the start gap, floored at :data:`FLOOR`."""
+    gap0, gap = curve[0] - f_min, curve[-1] - f_min
+    if not math.isfinite(gap):
+        return math.inf
+    return math.log(max(gap / max(gap0, 1e-30), FLOOR))
+
+
+def _tune(problems: Sequence[Problem], grid: Callable[[float], MakeOpt], exponents: list[float],
+          steps: int) -> tuple[float, float, dict[str, float]]:
+    """The best lr exponent: a decade grid, extended while its best is on an edge, then the
+    half-decades either side of the best decade."""
+    tried: dict[float, float] = {}
+
+    def score(e: float) -> float:
+        if e not in tried:
+            runs = [run(p, grid(10 ** e), steps, i, steps)[0] for i, p in enumerate(problems)]
+            tried[e] = sum(log_progress(c, p.f_min) for c, p in zip(runs, problems)) / len(runs)
+        return tried[e]
+
+    def best() -> float:
+        return min(tried, key=lambda e: (tried[e], -e))
+
+    for e in exponents:
+        score(e)
+    while best() in (min(tried), max(tried)) and -12 < best() < 4:
+        edge = best()
+        score(edge - 1 if edge == min(tried) else edge + 1)
+        if best() == edge:
+            break
+    centre = best()
+    score(centre - 0.5)
+    score(centre + 0.5)
+    e = best()
+    return e, tried[e], {f"{e:g}": round(s, 4) for e, s in sorted(tried.items())}
+
+
+def tune_family(problems: Sequence[Problem], steps: int, quick: bool) -> dict[str, Any]:
+    adam_grid = [-4.0, -2.0] if quick else [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
+    sgd_grid = [-5.0, -3.0] if quick else [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
+    out: dict[str, Any] = {}
+    best_adam = None
+    for beta1 in (0.9, 0.5):
+        def adam(lr: float, beta1: float = beta1) -> MakeOpt:
+            return lambda p, s, mu: torchzo.ZOAdam(p, lr=lr, mu=mu, betas=(beta1, 0.999), seed=s)
+        e, sc, tried = _tune(problems, adam, adam_grid, steps)
+        out[f"adam_beta1_{beta1}"] = tried
+        if best_adam is None or sc < best_adam[2]:
+            best_adam = (10 ** e, beta1, sc)
+    assert best_adam is not None
+    out["adam"] = {"lr": best_adam[0], "beta1": best_adam[1], "score": best_adam[2]}
+
+    def sgd(lr: float) -> MakeOpt:
+        return lambda p, s, mu: torchzo.ZOSGD(p, lr=lr, mu=mu, seed=s)
+    e, sc, tried = _tune(problems, sgd, sgd_grid, steps)
+    out["sgd_grid"] = tried
+    out["sgd"] = {"lr": 10 ** e, "score": sc}
+    return out
+
+
+def methods(weights: Any, tuned: dict[str, Any]) -> dict[str, MakeOpt]:
+    untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
+    adam, sgd = tuned["adam"], tuned["sgd"]
+    return {
+        "ZOLSTM": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=weights, mu=mu, seed=s),
+        "ZOLSTM no query net": lambda p, s, mu: torchzo.ZOLSTM(
+            p, pretrained=weights, mu=mu, seed=s, directions="gaussian"),
+        "untrained (hand rule)": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=untrained,
+                                                                 mu=mu, seed=s),
+        "ZOLSTM mnist-attack": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained="mnist-attack",
+                                                               mu=mu, seed=s),
+        "ZOAdam lr 1e-3": lambda p, s, mu: torchzo.ZOAdam(p, mu=mu, seed=s),
+        "ZOAdam tuned": lambda p, s, mu: torchzo.ZOAdam(p, lr=adam["lr"], mu=mu, seed=s,
+                                                        betas=(adam["beta1"], 0.999)),
+        "ZOSGD tuned": lambda p, s, mu: torchzo.ZOSGD(p, lr=sgd["lr"], mu=mu, seed=s),
+    }
+
+
+def summarize(finals: dict[str, list[float]], starts: list[float], f_mins: list[float]
+              ) -> dict[str, Any]:
+    ref = finals["ZOAdam tuned"]
+    out = {}
+    for name, values in finals.items():
+        logs, wins, above = [], 0, 0
+        for v, r, s, lo in zip(values, ref, starts, f_mins):
+            mine, theirs = log_progress([s, v], lo), log_progress([s, r], lo)
+            logs.append(mine - theirs)
+            wins += mine < theirs
+            above += not v <= s
+        out[name] = {"geomean_ratio_to_tuned_adam": math.exp(sum(logs) / len(logs)),
+                     "wins_vs_tuned_adam": wins, "ended_above_start": above,
+                     "instances": len(values)}
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    names = list(next(iter(data["families"].values()))["summary"])
+    lines = ["# The generalist ZOLSTM on held-out families\n",
+             f"`{data['command']}`; weights: `{data['weights']}`. Machine: "
+             f"{data['machine']['cpu']}, one torch thread per family "
+             f"({data['config']['jobs']} in parallel). {data['config']['instances']} "
+             f"instances per family, {data['config']['steps']} steps, q = 20.\n",
+             "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
+             f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
+             "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
+             "above their start (↑).\n"]
+    rows = []
+    for fam, entry in data["families"].items():
+        rows.append([fam] + [
+            f"{s['geomean_ratio_to_tuned_adam']:.3g} ({s['wins_vs_tuned_adam']}/"
+            f"{s['instances']}, {s['ended_above_start']}↑)"
+            for s in (entry["summary"][n] for n in names)])
+    overall = data["overall"]
+    rows.append(["**geometric mean**"] + [f"**{overall[n]:.3g}**" for n in names])
+    lines.append(md_table(["family"] + names, rows))
+    lines.append("\nTuned settings per family (on separate tuning instances):\n")
+    lines.append(md_table(["family", "ZO-Adam lr", "beta1", "ZO-SGD lr"], [
+        [fam, f"{e['tuned']['adam']['lr']:.3g}", e["tuned"]["adam"]["beta1"],
+         f"{e['tuned']['sgd']['lr']:.3g}"] for fam, e in data["families"].items()]))
+    if data.get("figure"):
+        lines.append(f"\n![ratios per family]({data['figure']})\n")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], path: Any) -> str | None:
+    plt = pyplot()
+    if plt is None:
+        return None
+    fams = list(data["families"])
+    names = list(data["families"][fams[0]]["summary"])
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        values = [data["families"][f]["summary"][name]["geomean_ratio_to_tuned_adam"]
+                  for f in fams]
+        ax.bar([i + j * width for i in range(len(fams))], [min(v, 1e6) for v in values],
+               width, label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(fams))], fams, rotation=30,
+                  ha="right")
+    ax.set_ylabel("final gap / tuned ZO-Adam's (geo. mean)")
+    ax.legend(fontsize=7, ncol=4)
+    return save_figure(fig, path)
+
+
+def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Tune the baselines on ``fam``'s tuning instances, then run every method on its
+    evaluation instances."""
+    torch.set_num_threads(1)
+    weights = _weights(args.weights)
+    tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick)
+    problems = instances(fam, args.instances, _TEST_SEED)
+    curves: dict[str, list[list[float]]] = {}
+    for name, make in methods(weights, tuned).items():
+        curves[name] = [run(p, make, args.steps, i, args.every)[0]
+                        for i, p in enumerate(problems)]
+    finals = {n: [c[-1] for c in cs] for n, cs in curves.items()}
+    starts = [c[0] for c in curves["ZOAdam tuned"]]
+    f_mins = [p.f_min for p in problems]
+    summary = summarize(finals, starts, f_mins)
+    print(fam, {n: round(s["geomean_ratio_to_tuned_adam"], 3) for n, s in summary.items()},
+          flush=True)
+    entry = {"tuned": tuned, "f_min": f_mins, "curves": curves, "summary": summary}
+    return entry
+
+
+def _weights(name: str | None) -> Any:
+    """A shipped name, a weights file, or an ES run folder (its best weights so far)."""
+    if name and Path(name).is_dir():
+        from torchzo.meta.es import load_best
+
+        return load_best(Path(name))
+    return name
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=None, help="ZOLSTM pretrained name or path")
+    ap.add_argument("--families", default=",".join(FAMILY_SPLITS["test"]))
+    ap.add_argument("--instances", type=int, default=20)
+    ap.add_argument("--tune-instances", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--every", type=int, default=10)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--name", default="generalist",
+                    help="output file stem (e.g. generalist-val for a run on the val families)")
+    ap.add_argument("--jobs", type=int, default=1, help="families run in parallel processes")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.instances, args.tune_instances, args.steps, args.every = 2, 1, 20, 10
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    data: dict[str, Any] = {"command": "python -m benchmarks.generalist " + " ".join(argv or []),
+                            "weights": args.weights or torchzo.pretrained.default_name(),
+                            "machine": machine(), "config": vars(args), "families": {}}
+    jobs = [(fam, args) for fam in args.families.split(",")]
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            results = pool.starmap(_family, jobs)
+    else:
+        results = [_family(*job) for job in jobs]
+    for fam, entry in zip(args.families.split(","), results):
+        data["families"][fam] = entry
+    names = list(next(iter(data["families"].values()))["summary"])
+    data["overall"] = {n: math.exp(sum(math.log(e["summary"][n]["geomean_ratio_to_tuned_adam"])
+                                       for e in data["families"].values())
+                                   / len(data["families"])) for n in names}
+    if args.out:
+        data["figure"] = plot(data, Path(args.out) / f"{args.name}.png")
+    return finish(data, start, args.name, args.out, render)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""ES meta-training of the generalist: flat weights, the score, the search gradient, resuming,
+and the command line that trains and exports it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from zo_testing import FAST, FEW
+
+import torchzo
+from torchzo.learned import Arch, LearnedZO
+from torchzo.meta import es
+from torchzo.meta.__main__ import main
+from torchzo.meta.es import ESConfig, flatten, score, train_es, unflatten, validate, weights_of
+from torchzo.meta.population import PopulationRun
+
+ARCH = Arch(kind="general", hidden=8)
+
+
+def _like() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: v.detach() for k, v in LearnedZO(arch=ARCH).weights().items()}
+
+
+def _tiny(iterations: int, **kw) -> ESConfig:
+    settings = dict(pairs=2, instances=1, steps=(5, 10), val_every=2, val_instances=1,
+                    val_steps=5)
+    return ESConfig(iterations=iterations, **{**settings, **kw})
+
+
+# -- 1. flat weights ------------------------------------------------------------------------------
+
+@FEW
+@given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=2), seed=st.integers(0, 2**16))
+def test_flatten_unflatten_round_trip_with_and_without_leading_dims(lead, seed):
+    like = _like()
+    n = sum(w.numel() for w in like.values())
+    assert flatten(like).shape == (n,)
+    assert torch.equal(flatten(unflatten(flatten(like), like)), flatten(like))
+    theta = torch.randn((*lead, n), generator=torch.Generator().manual_seed(seed))
+    out = unflatten(theta, like)
+    assert list(out) == list(like)  # the dict's order
+    for name, w in like.items():
+        assert out[name].shape == (*lead, *w.shape)
+    rows = theta.reshape(-1, n)
+    stacked = {k: v.reshape(-1, *like[k].shape) for k, v in out.items()}
+    for i in range(rows.shape[0]):
+        member = {k: v[i] for k, v in stacked.items()}
+        assert torch.equal(flatten(member), rows[i])  # a member's slice is its own vector
+    # The pieces are contiguous runs of theta, in order.
+    start = 0
+    for name, w in like.items():
+        assert torch.equal(out[name].reshape(*lead, -1), theta[..., start:start + w.numel()])
+        start += w.numel()
+    assert start == n
+
+
+def test_weights_of_holds_the_flat_weights():
+    like = _like()
+    theta = torch.randn(sum(w.numel() for w in like.values()),
+                        generator=torch.Generator().manual_seed(1))
+    nets = weights_of(theta, ARCH)
+    assert nets.arch == ARCH
+    assert torch.equal(flatten({k: v.detach() for k, v in nets.weights().items()}), theta)
+
+
+# -- 2. the score ---------------------------------------------------------------------------------
+
+def _curve(gaps: list[float], f_min: float = 0.0) -> torch.Tensor:
+    return torch.tensor([f_min + g for g in gaps], dtype=torch.float64)
+
+
+@FAST
+@given(start=st.floats(1e-3, 1e3), ratios=st.lists(st.floats(1e-5, 1e3), min_size=1, max_size=11),
+       shrink=st.floats(0.01, 0.9), at=st.integers(0, 10), f_min=st.floats(-10, 10))
+def test_score_is_lower_for_a_curve_that_decreases_more(start, ratios, shrink, at, f_min):
+    """Within the clipping range (progress between 1e-8 and 1e4 of the start gap)."""
+    gaps = [start] + [start * r for r in ratios]
+    at = 1 + at % len(ratios)
+    better = list(gaps)
+    better[at] = gaps[at] * shrink  # lower at one step, the same start
+    scores = score(torch.stack([_curve(gaps, f_min), _curve(better, f_min)]), f_min)
+    assert scores.shape == (2,)
+    assert scores[1] < scores[0]
+
+
+def test_score_of_a_diverged_member_is_the_worst():
+    steps = 10
+    good = [1.0 * 0.7 ** t for t in range(steps)]
+    stalled = [1.0] * steps
+    awful = [1.0] + [1e6] * (steps - 1)  # finite but 10^6 times the start
+    diverged = [1.0] + [math.nan] * (steps - 1)
+    overflowed = [1.0] + [math.inf] * (steps - 1)
+    scores = score(torch.stack([_curve(c) for c in (good, stalled, awful, diverged,
+                                                    overflowed)]), 0.0)
+    assert torch.isfinite(scores).all()
+    assert scores[0] < scores[1] < scores[2]
+    assert scores[3] >= scores[:3].max() and scores[4] == scores[3]
+    # A run that diverges late ranks behind the same run that does not.
+    late = good[:-1] + [math.nan]
+    pair = score(torch.stack([_curve(good), _curve(late)]), 0.0)
+    assert pair[1] > pair[0]
+
+
+def test_score_clips_progress_at_the_optimum():
+    exact = score(_curve([1.0, 0.0, 0.0])[None], 0.0)
+    below = score(_curve([1.0, -1.0, -5.0])[None], 0.0)  # under f_min: clipped, not NaN
+    assert torch.isfinite(exact).all() and torch.isfinite(below).all()
+    assert float(exact) == pytest.approx(2 * math.log(1e-8) / 3)
+    assert float(below) == float(exact)
+
+
+@FAST
+@given(a=st.floats(1e-3, 1e3), b=st.floats(-1e3, 1e3), f_min=st.floats(-10, 10),
+       seed=st.integers(0, 2**16))
+def test_score_is_invariant_to_loss_scale_and_offset(a, b, f_min, seed):
+    g = torch.Generator().manual_seed(seed)
+    gaps = torch.rand(4, 9, generator=g, dtype=torch.float64).cumprod(1) * 3 + 1e-3
+    losses = f_min + gaps
+    base = score(losses, f_min)
+    mapped = score(a * losses + b, a * f_min + b)
+    torch.testing.assert_close(mapped, base, rtol=1e-6, atol=1e-6)
+
+
+@FAST
+@given(values=st.lists(st.integers(-10**6, 10**6), min_size=2, max_size=20, unique=True))
+def test_centred_ranks_keep_the_order_and_are_centred(values):
+    x = torch.tensor(values, dtype=torch.float64)
+    ranks = es._centred_ranks(x)
+    assert ranks.min() == -0.5 and ranks.max() == 0.5
+    assert float(ranks.sum()) == pytest.approx(0.0, abs=1e-9)
+    assert torch.equal(ranks.argsort(), x.argsort())
+    # Ranks, not values: an increasing map gives the same ones.
+    assert torch.equal(es._centred_ranks(x ** 3 + 5 * x), ranks)
+
+
+# -- 3. resuming ----------------------------------------------------------------------------------
+
+def _checkpoint(folder: Path) -> dict:
+    return torch.load(folder / "checkpoint.pt", weights_only=True)
+
+
+def _history(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+    for row in rows:
+        row.pop("seconds")
+    return rows
+
+
+def test_train_es_resumes_bit_exactly(tmp_path):
+    quiet = lambda line: None  # noqa: E731
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train_es(_tiny(3), whole, log=quiet)
+    train_es(_tiny(2), split, log=quiet)
+    first = _checkpoint(split)
+    assert first["iteration"] == 2
+    lines = []
+    train_es(_tiny(3), split, log=lines.append)
+    assert any("resumed at iteration 2" in line for line in lines)
+    a, b = _checkpoint(whole), _checkpoint(split)
+    assert a["iteration"] == b["iteration"] == 3
+    for key in ("theta", "m", "v", "rng", "base_val"):
+        assert torch.equal(a[key], b[key]), key
+    assert a["best"] == b["best"]
+    assert not torch.equal(a["theta"], first["theta"])  # the last iteration moved theta
+    assert not torch.equal(a["theta"], flatten(_like()))
+    assert _history(whole) == _history(split)
+    best_a = torch.load(whole / "best.pt", weights_only=True)
+    best_b = torch.load(split / "best.pt", weights_only=True)
+    assert best_a["iteration"] == best_b["iteration"]
+    assert torch.equal(best_a["theta"], best_b["theta"])
+
+
+def test_resume_after_an_interruption_keeps_one_history_row_per_iteration(tmp_path):
+    quiet = lambda line: None  # noqa: E731
+    run = tmp_path / "run"
+    train_es(_tiny(2), run, log=quiet)
+    at_two = (run / "checkpoint.pt").read_bytes()
+    train_es(_tiny(3), run, log=quiet)
+    # Killed after iteration 3 was logged but before its checkpoint was written:
+    (run / "checkpoint.pt").write_bytes(at_two)
+    train_es(_tiny(3), run, log=quiet)
+    assert _checkpoint(run)["iteration"] == 3
+    assert [row["iteration"] for row in _history(run)] == [1, 2, 3]
+
+
+def test_validate_is_deterministic_and_covers_the_val_families():
+    like = _like()
+    cfg = _tiny(1)
+    theta = flatten(like)
+    one, two = validate(theta, like, ARCH, cfg), validate(theta, like, ARCH, cfg)
+    assert torch.equal(one, two)
+    assert one.shape == (len(es.families("val")) * cfg.val_instances,)
+    assert torch.isfinite(one).all() and (one <= math.log(1e4)).all()
+
+
+# -- 4. the search gradient -----------------------------------------------------------------------
+
+def test_es_step_moves_theta_along_the_direction_that_lowers_the_score(tmp_path, monkeypatch):
+    """A toy in place of the rollouts: member m's run goes from gap 1 to gap exp(-c . theta_m)
+    above the problem's f_min, so its score is -c . theta_m / 2 and lowering it means moving
+    along +c. One ES iteration (Adam: a sign step) must have a positive cosine with c."""
+    like = _like()
+    n = sum(w.numel() for w in like.values())
+    c = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def toy(weights, arch, problem, steps, q=20, seed=0, **kw):
+        members = next(iter(weights.values())).shape[0]
+        theta = torch.cat([w.reshape(members, -1) for w in weights.values()], 1)
+        progress = (theta.double() @ c.double()) / math.sqrt(n)
+        gaps = torch.stack([torch.ones_like(progress), torch.exp(-progress)], 1)
+        calls.append(members)
+        return PopulationRun(problem.f_min + gaps, 0)
+
+    monkeypatch.setattr(es, "run_population", toy)
+    cfg = _tiny(1, pairs=64, lr=0.01, val_every=1000)
+    train_es(cfg, tmp_path / "toy", log=lambda line: None)
+    assert 1 + 2 * cfg.pairs in calls  # the centre and the antithetic pairs in one call
+    theta = _checkpoint(tmp_path / "toy")["theta"]
+    delta = theta - flatten(like)
+    assert delta.abs().max() == pytest.approx(cfg.lr, rel=1e-3)  # Adam's first step
+    cos = float(delta @ c / (delta.norm() * c.norm()))
+    assert cos > 0.1, cos
+
+
+# -- 5. the command line --------------------------------------------------------------------------
+
+def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    # A run folder's config.json is the configuration it keeps: a tiny one here.
+    tiny = dataclasses.asdict(_tiny(5, pairs=1))
+    (run / "config.json").write_text(json.dumps(tiny))
+    main(["es", "--out", str(run), "--iterations", "1", "--val-every", "1", "--threads", "1"])
+    assert torch.get_num_threads() == 1
+    assert _checkpoint(run)["iteration"] == 1
+    best = torch.load(run / "best.pt", weights_only=True)
+    # The folder's configuration was kept: one validation instance per family, not eight.
+    assert best["val"].shape == (len(es.families("val")),)
+    assert len(_history(run)) == 1 and "val" in _history(run)[0]
+    exported = tmp_path / "generalist.pt"
+    main(["es", "--out", str(run), "--export", str(exported), "--threads", "1"])
+    assert "wrote" in capsys.readouterr().out
+    assert exported.is_file()
+
+    x = torch.randn(6, generator=torch.Generator().manual_seed(0))
+    x0 = x.clone()
+    opt = torchzo.ZOLSTM([x], pretrained=exported, q=4, seed=0)
+    assert opt.nets.arch == ARCH
+    got = flatten({k: v.detach() for k, v in opt.nets.weights().items()})
+    assert torch.equal(got, best["theta"])
+    for _ in range(3):
+        opt.step(lambda: ((x - 1) ** 2).sum())
+    assert torch.isfinite(x).all() and not torch.equal(x, x0)
+    assert "log_radius" in opt.state[x]

@@ -1,0 +1,229 @@
+"""Antithetic evolution strategies over a learned optimizer's weights, resumable.
+
+Truncated backprop through rollouts lost to short-horizon bias here (docs/research-log.md), so
+the generalist is meta-trained with ES over whole runs: each iteration draws instances of the
+training families (augmented, see :mod:`torchzo.tasks.families`), a random horizon and q, and
+runs the current weights and ``pairs`` antithetic perturbations of them in one
+:func:`~torchzo.meta.population.run_population` call per instance. A member's score on an
+instance is the mean over the run of ``log((f_t - f_min) / (f_0 - f_min))`` (scale- and
+offset-free, no horizon singled out); scores become centred ranks within the instance, and the
+antithetic rank differences give the search gradient, applied with Adam. Checkpoints are
+written atomically every ``checkpoint_s`` seconds and at the end; a run resumes from its
+folder's checkpoint with the same random streams, so an interrupted run continues the same
+trajectory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..learned.nets import Arch, LearnedZO
+from ..tasks.families import augment, families, sample_instance
+from .population import run_population
+
+__all__ = ["ESConfig", "flatten", "load_best", "score", "train_es", "unflatten", "validate",
+           "weights_of"]
+
+_WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the start loss
+_BEST = math.log(1e-8)   # progress below 1e-8 of the start counts no more
+
+
+@dataclass
+class ESConfig:
+    """An ES meta-training run (saved in its checkpoint)."""
+
+    arch: dict[str, Any] = field(default_factory=lambda: Arch(kind="general", hidden=8).to_dict())
+    pairs: int = 16
+    sigma: float = 0.02
+    lr: float = 0.01
+    instances: int = 4
+    steps: tuple[int, int] = (50, 500)
+    qs: tuple[int, ...] = (10, 20)
+    seed: int = 0
+    val_every: int = 25
+    val_instances: int = 8
+    val_steps: int = 300
+    checkpoint_s: float = 300.0
+    iterations: int = 100_000
+    #: Start from the best weights of another run (its folder), not from the untrained nets.
+    init: str | None = None
+
+
+def flatten(weights: dict[str, Tensor]) -> Tensor:
+    """The weights as one vector, in the order of the dict."""
+    return torch.cat([w.detach().reshape(-1) for w in weights.values()])
+
+
+def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Vectors ``theta`` (..., n) as weights shaped like ``like`` with the leading dims."""
+    out, start = {}, 0
+    lead = theta.shape[:-1]
+    for name, w in like.items():
+        out[name] = theta[..., start:start + w.numel()].reshape((*lead, *w.shape))
+        start += w.numel()
+    return out
+
+
+def score(losses: Tensor, f_min: float) -> Tensor:
+    """Each member's mean over the run of the clipped log progress (lower is better)."""
+    gap = losses.double() - f_min
+    ratio = gap / gap[:, :1].clamp(min=1e-30)
+    logs = ratio.clamp(min=1e-30).log().clamp(_BEST, _WORST)
+    logs = torch.where(torch.isfinite(losses), logs, torch.full_like(logs, _WORST))
+    return logs.mean(1)
+
+
+def _centred_ranks(x: Tensor) -> Tensor:
+    ranks = torch.empty_like(x)
+    ranks[x.argsort()] = torch.arange(x.numel(), dtype=x.dtype)
+    return ranks / max(x.numel() - 1, 1) - 0.5
+
+
+def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
+             split: str = "val") -> Tensor:
+    """Final-loss log progress of one weight vector on fixed instances of ``split``:
+    ``val_instances`` per family, seeded apart from training's."""
+    weights = unflatten(theta[None], like)
+    out = []
+    for k, family in enumerate(families(split)):
+        for i in range(cfg.val_instances):
+            g = torch.Generator().manual_seed(10**6 + 1000 * k + i)
+            problem = family.make(g)
+            if family.mu is not None:
+                problem.mu = family.mu
+            problem = augment(problem, g, family.mu)
+            run = run_population(weights, arch, problem, cfg.val_steps, 20, seed=i)
+            gap = run.losses[0].double() - problem.f_min
+            final = (gap[-1] / gap[0].clamp(min=1e-30)).clamp(min=1e-30).log()
+            out.append(final.clamp(_BEST, _WORST) if torch.isfinite(final) else
+                       torch.tensor(_WORST, dtype=torch.float64))
+    return torch.stack(out)
+
+
+def _truncate_history(path: Path, iteration: int) -> None:
+    """Drop the rows of iterations after ``iteration`` (run again after a resume)."""
+    if path.exists():
+        rows = [r for r in path.read_text().splitlines()
+                if r and json.loads(r)["iteration"] <= iteration]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
+             deadline: float | None = None) -> LearnedZO:
+    """Run (or resume) ES in folder ``out``; returns the best-on-validation weights.
+
+    ``out`` holds ``checkpoint.pt`` (everything to resume), ``best.pt`` (the best weights so
+    far, with their validation scores) and ``history.jsonl`` (one line per iteration).
+    ``deadline``: a ``time.time()`` at which to checkpoint and stop.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    arch = Arch.from_dict(cfg.arch)
+    torch.manual_seed(cfg.seed)
+    nets = LearnedZO(arch=arch)
+    like = {k: v.detach() for k, v in nets.weights().items()}
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        st = torch.load(ckpt, weights_only=True)
+        theta, m, v, it = st["theta"], st["m"], st["v"], int(st["iteration"])
+        rng = torch.Generator()
+        rng.set_state(st["rng"])
+        best, base_val = float(st["best"]), st["base_val"]
+        _truncate_history(out / "history.jsonl", it)
+        log(f"resumed at iteration {it} from {ckpt}")
+    else:
+        theta = flatten(like)
+        if cfg.init:
+            theta = torch.load(Path(cfg.init) / "best.pt", weights_only=True)["theta"]
+        m, v, it = torch.zeros_like(theta), torch.zeros_like(theta), 0
+        rng = torch.Generator().manual_seed(cfg.seed)
+        base_val = validate(theta, like, arch, cfg)
+        best = 0.0
+        _save(out / "best.pt", {"theta": theta, "iteration": 0, "val": base_val})
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        log(f"start: validation mean final log-progress {float(base_val.mean()):.3f}")
+    last_save = time.time()
+
+    def checkpoint() -> None:
+        _save(ckpt, {"theta": theta, "m": m, "v": v, "iteration": it, "rng": rng.get_state(),
+                     "best": best, "base_val": base_val})
+
+    with (out / "history.jsonl").open("a") as history:
+        while it < cfg.iterations and (deadline is None or time.time() < deadline):
+            started = time.time()
+            eps = torch.randn(cfg.pairs, theta.numel(), generator=rng)
+            population = torch.cat([theta[None], theta + cfg.sigma * eps,
+                                    theta - cfg.sigma * eps])
+            weights = unflatten(population, like)
+            grad = torch.zeros_like(theta)
+            centre_scores, names = [], []
+            for _ in range(cfg.instances):
+                family, problem = sample_instance("train", rng)
+                lo, hi = cfg.steps
+                steps = int(math.exp(math.log(lo) + float(torch.rand((), generator=rng))
+                                     * (math.log(hi) - math.log(lo))))
+                q = cfg.qs[int(torch.randint(len(cfg.qs), (), generator=rng))]
+                seed = int(torch.randint(0, 2**31 - 1, (), generator=rng))
+                run = run_population(weights, arch, problem, steps, q, seed)
+                s = score(run.losses, problem.f_min)
+                ranks = _centred_ranks(s[1:])
+                plus, minus = ranks[:cfg.pairs], ranks[cfg.pairs:]
+                grad += ((plus - minus).float()[:, None] * eps).sum(0) / (
+                    2 * cfg.pairs * cfg.sigma * cfg.instances)
+                centre_scores.append(float(s[0]))
+                names.append(family.name)
+            it += 1
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad * grad
+            theta = theta - cfg.lr * (m / (1 - 0.9 ** it)) / (
+                (v / (1 - 0.999 ** it)).sqrt() + 1e-8)
+            record: dict[str, Any] = {"iteration": it, "families": names,
+                                      "scores": [round(x, 4) for x in centre_scores],
+                                      "seconds": round(time.time() - started, 2)}
+            if it % cfg.val_every == 0:
+                val = validate(theta, like, arch, cfg)
+                gain = float((val - base_val).mean())
+                record["val"] = round(float(val.mean()), 4)
+                record["val_by_family"] = [round(float(x), 3) for x in
+                                           val.view(-1, cfg.val_instances).mean(1)]
+                record["val_vs_start"] = round(gain, 4)
+                if gain < best:
+                    best = gain
+                    _save(out / "best.pt", {"theta": theta, "iteration": it, "val": val})
+                log(f"iteration {it}: validation {float(val.mean()):.3f} "
+                    f"({gain:+.3f} against the start; best {best:+.3f})")
+            history.write(json.dumps(record) + "\n")
+            history.flush()
+            if time.time() - last_save > cfg.checkpoint_s:
+                checkpoint()
+                last_save = time.time()
+    checkpoint()
+    return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
+
+
+def load_best(out: Path) -> LearnedZO:
+    """The best-on-validation weights of the ES run in folder ``out``."""
+    config = json.loads((out / "config.json").read_text())
+    best = torch.load(out / "best.pt", weights_only=True)
+    return weights_of(best["theta"], Arch.from_dict(config["arch"]))
+
+
+def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
+    """A :class:`LearnedZO` of ``arch`` holding the flat weights ``theta``."""
+    nets = LearnedZO(arch=arch)
+    like = {k: v.detach() for k, v in nets.weights().items()}
+    nets.load_state_dict(unflatten(theta, like), strict=True)
+    return nets

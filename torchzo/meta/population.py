@@ -1,0 +1,75 @@
+"""A population of learned optimizers run on one problem in lockstep, for ES meta-training.
+
+Every member's step is :func:`torchzo.learned.step` over weights with a leading population
+dimension, and the oracle's :func:`~torchzo.oracle.estimate_population` queries all members
+in one call; all members share the step's seeds and minibatch (common random numbers), so
+they differ only by their weights. The random streams are seeded as ``ZOLSTM(seed=seed)``'s,
+so a population of one takes the optimizer's steps on the same batched objective (tested).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..learned import Group, core, general, step
+from ..learned.nets import Arch
+from ..oracle import Distribution, Scheme, default_mu, draw_seeds, estimate_population
+from ..tasks import Problem
+
+__all__ = ["PopulationRun", "run_population"]
+
+
+@dataclass
+class PopulationRun:
+    """What a population run gives: the full objective after each step (P, steps + 1), the
+    start included, and how many members ended non-finite."""
+
+    losses: Tensor
+    diverged: int
+
+
+@torch.no_grad()
+def run_population(weights: core.Weights, arch: Arch, problem: Problem, steps: int, q: int = 20,
+                   seed: int = 0, lr: float = 1.0, estimator: str = "forward",
+                   directions: str = "learned", query_prob: float = 0.5,
+                   mu: float | None = None) -> PopulationRun:
+    """Run every member of ``weights`` (leading dimension P) for ``steps`` on ``problem``.
+
+    ``mu``: the radius (default: the problem's, else float32's default). A member whose
+    point or loss stops being finite is frozen at non-finite losses (counted in
+    ``diverged``), never an error: scoring it is the trainer's job.
+    """
+    if directions not in ("learned", "gaussian"):
+        raise ValueError(f"a population runs 'learned' or 'gaussian' directions, got "
+                         f"{directions!r}")
+    members = next(iter(weights.values())).shape[0]
+    x = problem.x0.detach().float().expand(members, -1).clone()
+    state = core.init_state(problem.x0, arch, (members,))
+    generator = torch.Generator().manual_seed(seed)
+    data = torch.Generator().manual_seed(seed + 1)
+    scheme = Scheme(estimator, q)
+    base_mu = mu if mu is not None else (problem.mu if problem.mu is not None
+                                         else default_mu(torch.float32))
+    group = Group((0,), lr, directions=directions, query_prob=query_prob, q=scheme.directions)
+    curve = [problem.loss(x)]
+    for _ in range(steps):
+        batch = problem.sample_batch(data)
+        radius = base_mu * general.radius(state) if arch.kind == "general" else base_mu
+
+        def estimate(distribution: Distribution, batch: object = batch, x: Tensor = x,
+                     radius: float | Tensor = radius) -> tuple[None, list[Tensor], Tensor]:
+            seeds = draw_seeds(generator, scheme.directions)
+            scale, _ = distribution((0,))
+            f0, g = estimate_population(lambda X: problem.loss(X, batch), x, seeds, scheme,
+                                        radius, None if scale is None else scale[0],
+                                        finite=False)
+            return None, [g], f0
+
+        result = step(weights, arch, [x], [state], [group], estimate, generator)
+        (x,), (state,) = result.params, result.states
+        curve.append(problem.loss(x))
+    losses = torch.stack(curve, 1)
+    bad = ~torch.isfinite(losses).all(1)
+    return PopulationRun(losses, int(bad.sum()))
