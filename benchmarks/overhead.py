@@ -7,9 +7,12 @@ Time: the closure returns a precomputed 0-dim tensor, and the time of ``q + 1`` 
 calls, measured in the same repetition, is subtracted, so what is left is the optimizer's own
 work (seeds, direction sampling, perturb/restore, accumulation, the update). It is reported as a
 ratio to ``torch.optim.Adam.step()`` (``.grad`` pre-filled, default ``foreach``) on the same
-shapes. Every contender is timed once per repetition, in a shuffled order, so slow phases of a
-shared machine hit all of them alike; medians and interquartile ranges over the repetitions
-are reported. The oracle's parts are timed the same way, through the library's own objects, to
+shapes, and as a multiple of the memory floor: ``q + 1`` add passes over the d floats (one add
+pass and one copy are contenders of the same repetitions). ZOSGD is timed with its default
+Gaussian directions and, as ``ZOSGD (Rademacher)``, with ``directions_kind="rademacher"``.
+Every contender is timed once per repetition, in a shuffled order, so slow phases of a shared
+machine hit all of them alike; medians and interquartile ranges over the repetitions are
+reported. The oracle's parts are timed the same way, through the library's own objects, to
 show where the overhead goes, and every ZO step is split into oracle, update and closure time
 for d up to 1e7.
 
@@ -40,11 +43,15 @@ from torchzo.learned import LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure
 
-from ._common import OUT, finish, fmt_spread, fmt_time, machine, md_table, spread
+from ._common import OUT, finish, machine, spread
+from ._overhead_report import KEY, PARTS, RADEMACHER, render
+
+__all__ = ["KEY", "PARTS", "main", "render"]
 
 # ZOLSTM with untrained paper-size networks: its cost does not depend on the weights.
 ZO: dict[str, Callable[..., Any]] = {
-    "ZOSGD": ZOSGD, "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
+    "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
+    "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
     "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
 }
 ALL = ["Adam", *ZO]
@@ -52,16 +59,6 @@ ALL = ["Adam", *ZO]
 MEMORY_ONLY: dict[str, Callable[..., Any]] = {
     "ZOLSTM (bf16 state)": functools.partial(ZOLSTM, pretrained=LearnedZO(),
                                              state_dtype=torch.bfloat16)}
-PARTS = ["wrapper", "directions", "perturb", "accumulate"]
-PART_NAMES = {
-    "wrapper": "call_closure wrapper",
-    "directions": "direction sampling",
-    "perturb": "perturb",
-    "accumulate": "accumulate",
-}
-
-KEY = ["d", "layout", "threads"]
-
 Shapes = list[tuple[int, ...]]
 
 
@@ -123,6 +120,13 @@ def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
     fns["directions"] = lambda: [layout.sample(s) for s in seeds]
     fns["perturb"] = lambda: [backup.perturb(index, u, 1e-3) for _ in seeds]
     fns["accumulate"] = lambda: [torch._foreach_add_(g, u, alpha=0.5) for _ in seeds]
+    signs = Layout(params, "rademacher")
+    fns["directions_rademacher"] = lambda: [signs.sample(s) for s in seeds]
+    # The memory floor: one add pass over the d floats (the accumulate of one direction), and
+    # one copy, on the case's tensors.
+    acc, v, dst = layout.zeros(), [t.clone() for t in u], [t.clone() for t in u]
+    fns["floor:add"] = lambda: torch._foreach_add_(acc, v, alpha=0.5)
+    fns["floor:copy"] = lambda: torch._foreach_copy_(dst, v)
     return fns
 
 
@@ -168,6 +172,8 @@ def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[st
     parts = {"wrapper": spread(wrapper), **{k: spread(samples[k]) for k in PARTS[1:]}}
     zosgd = spread(overhead["ZOSGD"])["median"]
     parts["other"] = {"median": zosgd - sum(p["median"] for p in parts.values())}
+    parts["directions_rademacher"] = spread(samples["directions_rademacher"])
+    floor = [(q + 1) * a for a in samples["floor:add"]]
     return {
         "d": sum(math.prod(s) for s in shapes),
         "shapes": [list(s) for s in shapes],
@@ -178,6 +184,10 @@ def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[st
         "ratio_to_adam": {n: spread([o / a for o, a in zip(v, adam)])
                           for n, v in overhead.items()},
         "per_query_s": {n: spread([o / (q + 1) for o in v]) for n, v in overhead.items()},
+        # The floor of a step: q + 1 add passes over the d floats, from the same repetitions.
+        "floor_s": {"add": spread(samples["floor:add"]), "copy": spread(samples["floor:copy"]),
+                    "step": spread(floor)},
+        "over_floor": {n: spread([o / f for o, f in zip(v, floor)]) for n, v in overhead.items()},
         # The learned optimizer's price over the hand-designed one it competes with.
         "zolstm_over_zoadam": spread([a / b for a, b in zip(overhead["ZOLSTM"],
                                                             overhead["ZOAdam"])]),
@@ -286,134 +296,6 @@ def rss_check(d: int, q: int) -> list[dict[str, Any]]:
         except (IndexError, ValueError):
             rows.append({"optimizer": name, "d": d, "error": res.stderr.strip()[-500:]})
     return rows
-
-
-# -- report -----------------------------------------------------------------------------------
-
-def _us(s: dict[str, float]) -> str:
-    return fmt_spread({k: v * 1e6 for k, v in s.items() if k in ("median", "p25", "p75")})
-
-
-def render(data: dict[str, Any]) -> str:
-    cfg, m = data["config"], data["machine"]
-    q = cfg["q"]
-    out = [
-        "# Optimizer overhead: torchzo vs torch.optim.Adam\n",
-        "What one `step()` costs the optimizer itself, with a closure that costs nothing "
-        f"(it returns a precomputed 0-dim tensor). ZO optimizers use q={q} and the "
-        f"`{cfg['estimator']}` estimator, so a step makes q+1={q + 1} closure calls; the time of "
-        f"{q + 1} bare closure calls, measured in the same repetition, is subtracted. "
-        "`torch.optim.Adam` (`.grad` pre-filled; `foreach` default, i.e. the single-tensor path "
-        "on CPU, as for the ZO optimizers) runs on the same shapes in the same run. Each "
-        "repetition times every contender once, in shuffled order; cells are the median over "
-        f"{cfg['reps']} repetitions with the interquartile range in parentheses. Ratios and "
-        "differences are taken per repetition, then summarized.\n",
-        "Layouts: `flat` is one tensor of d elements; `model` is d split MLP-like into 5 "
-        "(weight matrix, bias) pairs.\n",
-        f"Intra-op threads: {cfg['threads']} (`--threads`). One by default because torch's CPU "
-        "Gaussian generator, the oracle's main cost, is serial anyway, and because on a machine "
-        "shared with other jobs, multi-threaded timings measure OpenMP barrier stalls (a thread "
-        "of the team waiting for a core) more than work.\n",
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['cpus_usable']} usable, "
-        f"shared with other jobs during the run: load average {m['loadavg'][0]:.2f} at start, "
-        f"{data['loadavg_end'][0]:.2f} at end), torch {m['torch']} (default: {m['torch_threads']} "
-        f"intra-op threads), Python {m['python']}, {m['platform']}.\n",
-        f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n",
-        "## Step overhead as a multiple of Adam's step\n",
-    ]
-    rows = [[t["d"], t["layout"], t["threads"], _us(t["time_s"]["Adam"])]
-            + [fmt_spread(t["ratio_to_adam"][n]) for n in ZO]
-            + [fmt_spread(t["zolstm_over_zoadam"])] for t in data["timing"]]
-    out.append(md_table([*KEY, "Adam step (µs)", *(f"{n} / Adam" for n in ZO),
-                         "ZOLSTM / ZOAdam"], rows))
-    out.append(f"## Overhead per query (step overhead / {q + 1}), µs\n")
-    rows = [[t["d"], t["layout"], t["threads"]] + [_us(t["per_query_s"][n]) for n in ZO]
-            for t in data["timing"]]
-    out.append(md_table([*KEY, *ZO], rows))
-    out.append(
-        "## Where the overhead goes (ZOSGD)\n\n"
-        "Each part is the library's own code (`call_closure`, `Layout.sample`, "
-        f"`ParameterBackup.perturb`, `torch._foreach_add_`) run as many times as one step runs it "
-        f"({q + 1}, {q}, {q}, {q}), timed in the same repetitions; the wrapper is `call_closure` "
-        "minus the bare closure. *Other* is the rest of the step's overhead: seeds, backup "
-        "clone and restore, the zero accumulator, Python glue between calls, and the update. "
-        "Medians; percentages of the ZOSGD step overhead.\n")
-    rows = []
-    for t in data["timing"]:
-        b, total = t["zosgd_breakdown_s"], t["overhead_s"]["ZOSGD"]["median"]
-        rows.append([t["d"], t["layout"], t["threads"], fmt_time(total)] + [
-            f"{fmt_time(b[k]['median'])} ({100 * b[k]['median'] / total:.0f}%)"
-            for k in [*PARTS, "other"]])
-    out.append(md_table([*KEY, "overhead", *PART_NAMES.values(), "other"], rows))
-
-    if data.get("split"):
-        out.append(
-            "## Step time split: oracle, update, closure (one flat tensor)\n\n"
-            f"A whole `step()` of each optimizer; *closure*: the {q + 1} calls of the free "
-            "closure; *update*: the optimizer's update of the parameters from an estimate "
-            "(`_update_group`, and for ZOLSTM the QueryRNN run for the next step's query "
-            "scales), timed on its own; *oracle*: the rest (seeds, direction sampling, "
-            "perturb and restore, accumulation, Python glue). Interleaved repetitions as above "
-            "(fewer at large d: "
-            + ", ".join(f"{c['reps']} at d={c['d']}" for c in data["split"]) + "); medians, "
-            "IQR in parentheses for the step; fast contenders looped within a sample as above. "
-            "A real closure adds its own cost times q + 1 to "
-            "the step.\n")
-        rows = []
-        for c in data["split"]:
-            for name, o in c["optimizers"].items():
-                rows.append([c["d"], name, fmt_spread(o["step_s"], fmt_time),
-                             fmt_time(c["closure_s"]["median"]),
-                             fmt_time(o["oracle_s"]["median"]),
-                             fmt_time(o["update_s"]["median"]),
-                             f"{100 * o['oracle_share']['median']:.0f}%"])
-        out.append(md_table(["d", "optimizer", "step (IQR)", "closure", "oracle", "update",
-                             "oracle share of the step"], rows))
-
-    out.append(
-        "## Memory per parameter (float32, one flat tensor)\n\n"
-        "*Peak extra*: the highest number of bytes allocated during a step beyond what existed "
-        "before it (parameters, Adam's `.grad`, optimizer state), divided by d, from the "
-        "allocator events `torch.profiler` records with `profile_memory=True`. The first step "
-        "also allocates the optimizer state; *steady* is a later step. *State*: bytes of the "
-        "optimizer state's tensors after the step, divided by d. Adam's `.grad` (4 bytes/param, "
-        "which the ZO optimizers do not need) is not counted.\n")
-    mem = data["memory"]
-    dims = sorted({r["d"] for r in mem})
-
-    def two(x: float) -> str:
-        return f"{x:.2f}"
-
-    rows = []
-    for name in dict.fromkeys(r["optimizer"] for r in mem):
-        by_d = {r["d"]: r for r in mem if r["optimizer"] == name}
-        rows.append([name]
-                    + [two(by_d[d]["steady_step"]["peak_extra_bytes_per_param"]) for d in dims]
-                    + [two(by_d[dims[-1]]["first_step"]["peak_extra_bytes_per_param"]),
-                       two(by_d[dims[-1]]["state_bytes_per_param"])])
-    out.append(md_table(["optimizer", *(f"peak extra, steady, d={d}" for d in dims),
-                         f"peak extra, first step, d={dims[-1]}", f"state, d={dims[-1]}"], rows))
-    if data["rss_check"]:
-        d = data["rss_check"][0]["d"]
-        by_name = {r["optimizer"]: r for r in mem if r["d"] == d}
-        out.append(
-            f"Check of the method: the same steps at d={d} in a fresh process each, measuring "
-            "the resident-set high-water mark (`VmHWM`, reset through `/proc/self/clear_refs` "
-            "before each step) above the resident set before the step. Buffers of "
-            f"{4 * d / 2**20:.0f} MiB are mapped and unmapped by the allocator, so RSS follows "
-            "allocation closely.\n")
-        rows = []
-        for r in data["rss_check"]:
-            p = by_name.get(r["optimizer"])
-            if "error" in r or p is None:
-                rows.append([r["optimizer"], "failed", "", "", ""])
-                continue
-            rows.append([r["optimizer"]] + [
-                two(src[ph]["peak_extra_bytes_per_param"])
-                for ph in ("first_step", "steady_step") for src in (p, r)])
-        out.append(md_table(["optimizer", "first step: profiler", "first step: RSS",
-                             "steady: profiler", "steady: RSS"], rows))
-    return "\n".join(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,6 +22,17 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
         assert parts["oracle_s"]["median"] > 0 and parts["update_s"]["median"] > 0
         assert abs(total - parts["step_s"]["median"]) < 0.5 * parts["step_s"]["median"]
     assert "## Step time split" in text
+    # The memory floor, measured in the same repetitions, and each optimizer over it.
+    assert "## Overhead as a multiple of the memory floor" in text
+    assert "| add pass (µs) | copy (µs) | floor: 5 adds (µs) |" in text
+    assert "ZOSGD (Rademacher) / floor" in text and "ZOSGD (Rademacher) / Adam" in text
+    for case in data["timing"]:
+        floor = case["floor_s"]
+        assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
+        assert floor["step"]["median"] == pytest.approx(5 * floor["add"]["median"])
+        assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSignSGD", "ZOAdam",
+                                           "ZOLSTM"}
+        assert all(r["median"] > 0 for r in case["over_floor"].values())
 
 
 def test_binclass_quick_writes_tables_and_plots(tmp_path):

@@ -55,6 +55,12 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torchzo.ZOOptimizer:
         return torchzo.ZOSGD([{"params": params[:2]},
                               {"params": params[2:], "q": 3, "estimator": "central"}],
                              lr=0.01, momentum=0.9, q=4, seed=7)
+    if name == "adam-rademacher":
+        return torchzo.ZOAdam(params, lr=0.05, q=5, seed=10, directions_kind="rademacher")
+    if name == "sgd-two-kinds":
+        return torchzo.ZOSGD([{"params": params[:2], "directions_kind": "rademacher"},
+                              {"params": params[2:]}], lr=0.01, q=3, estimator="central",
+                             seed=11)
     if name == "zolstm":
         return torchzo.ZOLSTM(params, pretrained=_nets(), q=4, query_prob=0.5, seed=8)
     if name == "zolstm-guided":
@@ -76,6 +82,11 @@ SCENARIOS: dict[str, tuple[str, Any, Any]] = {
     "adam-batched-chunks": ("adam-central", torch.float32, 2),
     "adam-batched-whole": ("adam-forward", torch.float32, None),
     "zolstm-batched": ("zolstm", torch.float32, None),
+    "adam-rademacher": ("adam-rademacher", torch.float32, "closure"),
+    "sgd-two-kinds": ("sgd-two-kinds", [torch.float64, torch.float32, torch.float32],
+                      "closure"),
+    "adam-rademacher-batched-chunks": ("adam-rademacher", torch.float32, 2),
+    "adam-rademacher-batched-whole": ("adam-rademacher", torch.float32, None),
 }
 
 

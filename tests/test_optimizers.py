@@ -16,6 +16,7 @@ from zo_testing import (
 )
 
 import torchzo
+from torchzo.oracle import KINDS
 from torchzo.tasks import Quadratic
 
 SHAPES = [(2, 3), (), (4,), (2, 2, 2)]
@@ -134,8 +135,9 @@ def test_maximize_negated_objective_equals_minimize(cls, extra):
 
 
 @pytest.mark.parametrize("cls", ALL)
-def test_same_seed_same_trajectory_different_seed_different(cls):
-    a, b, c = run(cls, seed=7), run(cls, seed=7), run(cls, seed=8)
+@pytest.mark.parametrize("kind", KINDS)
+def test_same_seed_same_trajectory_different_seed_different(cls, kind):
+    a, b, c = (run(cls, seed=s, directions_kind=kind) for s in (7, 7, 8))
     assert same_trajectory(a, b)
     assert not all_same_bits(a[0], c[0])
 
@@ -377,8 +379,9 @@ def test_step_returns_the_loss_before_the_step(cls):
 @pytest.mark.parametrize("cls", ALL)
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("chunk", [None, 2])
-def test_batched_objective_matches_the_closure_path(cls, estimator, chunk):
-    kw = {"estimator": estimator, "q": q_for(estimator, 3)}
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_objective_matches_the_closure_path(cls, estimator, chunk, kind):
+    kw = {"estimator": estimator, "q": q_for(estimator, 3), "directions_kind": kind}
     if cls is torchzo.ZOSGD:
         kw["momentum"] = 0.5
     closure_run = run(cls, steps=4, seed=3, **kw)

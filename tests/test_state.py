@@ -27,6 +27,12 @@ CONFIGS = {
                          {"lr": 0.05, "q": 4, "momentum": 0.5, "estimator": "antithetic"}),
     "ZOSignSGD-two-groups": (torchzo.ZOSignSGD, [{"q": 2}, {"lr": 0.01}],
                              {"lr": 0.02, "q": 3}),
+    "ZOAdam-rademacher": (torchzo.ZOAdam, [{}], {"lr": 0.05, "q": 3,
+                                                 "directions_kind": "rademacher"}),
+    "ZOSGD-momentum-rademacher": (torchzo.ZOSGD, [{}], {"lr": 0.05, "q": 3, "momentum": 0.9,
+                                                        "directions_kind": "rademacher"}),
+    "ZOSignSGD-two-kinds": (torchzo.ZOSignSGD, [{}, {"directions_kind": "rademacher"}],
+                            {"lr": 0.02, "q": 3}),
 }
 
 

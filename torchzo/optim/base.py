@@ -2,9 +2,10 @@
 
 A step is: the oracle's estimate (:func:`torchzo.oracle.estimate_gradient`, which restores
 every parameter exactly afterwards, or on any error), then each param group's estimate to the
-subclass's update rule. Param groups with the same ``(estimator, q, mu)`` are perturbed
-together and share one estimate; groups that differ are estimated separately. This class keeps
-the torch.optim plumbing: groups, validation, state, RNG and counters, restore on error.
+subclass's update rule. Param groups with the same ``(estimator, q, mu, directions_kind)`` are
+perturbed together and share one estimate; groups that differ are estimated separately. This
+class keeps the torch.optim plumbing: groups, validation, state, RNG and counters, restore on
+error.
 
 With the ``distributed`` option, the queries of a step are shared among the ranks of a
 ``torch.distributed`` process group (see :mod:`torchzo.oracle.distributed`).
@@ -20,6 +21,7 @@ from torch.optim import Optimizer
 
 from ..oracle import Batched, Distribution, Estimate, Part, Scheme, default_mu, estimate_gradient
 from ..oracle.closure import guard_batched
+from ..oracle.directions import check_kind
 from ..oracle.distributed import check_distributed
 from ._checkpoint import check_entry, check_state_dict
 from ._guard import NonFiniteUpdateError, StepGuard, check_estimate, check_hyperparameters
@@ -38,7 +40,8 @@ class ZOOptimizer(Optimizer):
 
     Args:
         params: parameters or param groups, as for any ``torch.optim`` optimizer.
-        defaults: per-group defaults; must hold ``lr``, ``q``, ``mu``, ``estimator``, ``maximize``.
+        defaults: per-group defaults; must hold ``lr``, ``q``, ``mu``, ``estimator``, ``maximize``
+            (``directions_kind``, the kind of query directions, defaults to ``"gaussian"``).
         seed: seeds the optimizer's own generator (query directions never touch the global RNG).
         generator: a ``torch.Generator`` to draw query seeds from instead of ``seed``.
             With neither, the seed is drawn from the global RNG, so ``torch.manual_seed``
@@ -66,7 +69,7 @@ class ZOOptimizer(Optimizer):
         self.distributed = distributed
         self._guard: StepGuard | None = None  # the undo record of the step under way
         self._zero_signal_warned = False
-        super().__init__(params, defaults)
+        super().__init__(params, {"directions_kind": "gaussian", **defaults})
         if not any(g["params"] for g in self.param_groups):
             raise ValueError(f"{type(self).__name__} got only empty param groups: there is "
                              "nothing to optimize")
@@ -142,6 +145,7 @@ class ZOOptimizer(Optimizer):
             check_number("mu", group["mu"])
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
+        check_kind(group["directions_kind"], "directions_kind")
 
     @staticmethod
     def resolved_mu(group: dict[str, Any]) -> float:
@@ -207,7 +211,8 @@ class ZOOptimizer(Optimizer):
     # -- the step -----------------------------------------------------------------------------
 
     def _partition_key(self, group: dict[str, Any]) -> tuple[Any, ...]:
-        """What groups must share, beyond ``(estimator, q, mu)``, to share one estimate."""
+        """What groups must share, beyond ``(estimator, q, mu, directions_kind)``, to share one
+        estimate."""
         return ()
 
     def _partitions(self) -> list[tuple[Scheme, float, list[dict[str, Any]]]]:
@@ -216,7 +221,7 @@ class ZOOptimizer(Optimizer):
             if not group["params"]:  # an empty group (allowed by torch.optim) costs no queries
                 continue
             key = (group["estimator"], group["q"], self.resolved_mu(group),
-                   *self._partition_key(group))
+                   group["directions_kind"], *self._partition_key(group))
             parts.setdefault(key, []).append(group)
         return [(Scheme(name, q), mu, groups) for (name, q, mu, *_), groups in parts.items()]
 
@@ -227,8 +232,8 @@ class ZOOptimizer(Optimizer):
     def _parts(self) -> list[Part]:
         """:meth:`_partitions` as the oracle's parts, indexing :meth:`_params`."""
         position = {p: i for i, p in enumerate(self._params())}
-        return [Part(tuple(position[p] for g in groups for p in g["params"]), scheme, mu)
-                for scheme, mu, groups in self._partitions()]
+        return [Part(tuple(position[p] for g in groups for p in g["params"]), scheme, mu,
+                     groups[0]["directions_kind"]) for scheme, mu, groups in self._partitions()]
 
     @torch.no_grad()
     def _estimate(self, objective: Callable[[], Any] | Batched,

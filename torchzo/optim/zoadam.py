@@ -34,10 +34,11 @@ class ZOAdam(ZOOptimizer):
                  estimator: str = "forward", betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
-                 generator: torch.Generator | None = None,
-                 distributed: Any = None) -> None:
+                 generator: torch.Generator | None = None, distributed: Any = None,
+                 directions_kind: str = "gaussian") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, betas=betas, eps=eps,
-                        weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+                        weight_decay=weight_decay, maximize=maximize, foreach=foreach,
+                        directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed)
 

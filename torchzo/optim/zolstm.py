@@ -1,6 +1,7 @@
 """ZOLSTM: the learned zeroth-order optimizer (Ruan et al., ICLR 2020) as a torch optimizer."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,8 +39,8 @@ class ZOLSTM(ZOOptimizer):
     coordinates of the parameters that share an estimate share one normalisation of the
     QueryRNN's output. Every argument but ``pretrained``, ``seed``, ``generator`` and
     ``distributed`` is a per-group hyperparameter: in ``param_groups`` (schedulers see them)
-    and in ``state_dict()``; groups that differ in ``directions``, ``query_prob`` or
-    ``guide_alpha`` are estimated separately.
+    and in ``state_dict()``; groups that differ in ``directions``, ``query_prob``,
+    ``guide_alpha`` or ``directions_kind`` are estimated separately.
 
     Args:
         params: parameters or param groups.
@@ -62,6 +63,10 @@ class ZOLSTM(ZOOptimizer):
             bfloat16 storage about halves the optimizer state (measured in
             docs/benchmarks/overhead.md), at the cost of rounding the states between steps
             (the shipped weights were trained in float32).
+        directions_kind: the distribution of the base draw ``z`` that every setting of
+            ``directions`` scales or guides: ``"gaussian"`` (standard normal, what the shipped
+            weights were trained with) or ``"rademacher"`` (independent signs +-1, the same
+            unit variance). ``directions="gaussian"`` means unscaled ``z`` of this kind.
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
@@ -69,11 +74,13 @@ class ZOLSTM(ZOOptimizer):
                  directions: str = "learned", use_update: bool = True, maximize: bool = False, *,
                  guide_alpha: float = 0.5, seed: int | None = None,
                  generator: torch.Generator | None = None,
-                 distributed: Any = None, state_dtype: torch.dtype = torch.float32) -> None:
+                 distributed: Any = None, state_dtype: torch.dtype = torch.float32,
+                 directions_kind: str = "gaussian") -> None:
         self.nets = _load_nets(pretrained)
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize,
                         query_prob=query_prob, directions=directions, use_update=use_update,
-                        guide_alpha=guide_alpha, state_dtype=state_dtype)
+                        guide_alpha=guide_alpha, state_dtype=state_dtype,
+                        directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed)
 
@@ -105,7 +112,7 @@ class ZOLSTM(ZOOptimizer):
         for part in parts:
             st = self.state.get(params[part.index[0]])
             factor = float(general.radius(st)) if st else 1.0
-            out.append(Part(part.index, part.scheme, part.mu * factor))
+            out.append(dataclasses.replace(part, mu=part.mu * factor))
         return out
 
     def _state_of(self, p: Tensor, group: dict[str, Any]) -> core.State:

@@ -35,15 +35,20 @@ class ZOSGD(ZOOptimizer):
         seed, generator: the source of query directions (see :class:`ZOOptimizer`).
         distributed: share each step's queries among the ranks of a process group (see
             :attr:`ZOOptimizer.distributed`).
+        directions_kind: the query directions' distribution, ``"gaussian"`` (standard normal)
+            or ``"rademacher"`` (independent signs +-1: the same unit variance, so the same
+            ``lr`` and ``mu``, and a lower-variance estimate). A per-group hyperparameter;
+            groups that differ in it are estimated separately.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
                  estimator: str = "forward", momentum: float = 0.0, weight_decay: float = 0.0,
                  maximize: bool = False, foreach: bool | None = None, *, seed: int | None = None,
-                 generator: torch.Generator | None = None,
-                 distributed: Any = None) -> None:
+                 generator: torch.Generator | None = None, distributed: Any = None,
+                 directions_kind: str = "gaussian") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, momentum=momentum,
-                        weight_decay=weight_decay, maximize=maximize, foreach=foreach)
+                        weight_decay=weight_decay, maximize=maximize, foreach=foreach,
+                        directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed)
 

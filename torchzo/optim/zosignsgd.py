@@ -26,10 +26,11 @@ class ZOSignSGD(ZOOptimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
                  estimator: str = "forward", weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
-                 generator: torch.Generator | None = None,
-                 distributed: Any = None) -> None:
+                 generator: torch.Generator | None = None, distributed: Any = None,
+                 directions_kind: str = "gaussian") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, weight_decay=weight_decay,
-                        maximize=maximize, foreach=foreach)
+                        maximize=maximize, foreach=foreach,
+                        directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed)
 

@@ -1,6 +1,6 @@
 """The zeroth-order gradient oracle shared by every torchzo optimizer and by meta-training."""
 from .closure import ClosureError, ParameterBackup, call_closure, loss_value
-from .directions import Guide, Layout, default_mu, draw_seeds, generation_dtype
+from .directions import KINDS, Guide, Layout, default_mu, draw_seeds, generation_dtype
 from .distributed import RankFailedError
 from .estimator import Batched, estimate_batched, estimate_closure
 from .gradient import Distribution, Estimate, Part, estimate_gradient  # noqa: F401
@@ -9,7 +9,7 @@ from .population import estimate_population
 from .schemes import SCHEMES, Scheme
 
 __all__ = [
-    "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
+    "KINDS", "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
     "ParameterBackup", "Part", "RankFailedError", "Scheme", "call_closure", "default_mu",
     "draw_seeds", "estimate_batched", "estimate_closure", "estimate_gradient",
     "estimate_population",

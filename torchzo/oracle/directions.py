@@ -1,13 +1,23 @@
 """Query directions regenerated from per-query seeds.
 
 A list of parameter tensors is treated as one flat vector per device. The direction of one query
-is ``randn(numel)`` drawn from a generator seeded with that query's seed, split back into the
-tensors' shapes, so a direction never has to be stored: anyone holding the seed (a later pass, a
-batched evaluator, another rank) can rebuild it bit for bit. The same seed over a single flat
-tensor gives the same numbers as over the list of tensors it concatenates.
+is drawn from a generator seeded with that query's seed, split back into the tensors' shapes, so
+a direction never has to be stored: anyone holding the seed (a later pass, a batched evaluator,
+another rank) can rebuild it bit for bit. The same seed over a single flat tensor gives the same
+numbers as over the list of tensors it concatenates. Two kinds of direction (:data:`KINDS`):
+
+- ``"gaussian"`` (the default): ``randn(numel)``;
+- ``"rademacher"``: independent signs, +1 or -1 with probability 1/2 each (SPSA's classic
+  choice), from packed random bits: ``ceil(numel / 64)`` 64-bit words drawn with
+  ``random_`` over the full int64 range, whose bytes (in the machine's byte order) give 8
+  entries each, bit ``j`` of byte ``i`` being entry ``8 i + j`` (set: -1, clear: +1).
+
+Both have zero mean and unit variance per coordinate (``E[u u^T] = I``), so the estimator's
+scaling is the same for either; a Rademacher direction's norm is exactly ``sqrt(numel)``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +25,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["Guide", "Layout", "default_mu", "draw_seeds", "generation_dtype"]
+__all__ = ["KINDS", "Guide", "Layout", "check_kind", "default_mu", "draw_seeds",
+           "generation_dtype"]
+
+#: The kinds of query direction: standard Gaussian, or independent random signs.
+KINDS = ("gaussian", "rademacher")
 
 # Decorrelates the streams of two device blocks that share a query seed.
 _BLOCK_STRIDE = 0x9E3779B97F4A7C15
@@ -39,6 +53,35 @@ def generation_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+def check_kind(kind: object, name: str = "kind") -> str:
+    """``kind`` if it is one of :data:`KINDS`, else a ``ValueError`` naming ``name``."""
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"{name} must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+@functools.cache
+def _sign_constants(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The bit shifts that unpack a byte, and -1 and +1 in ``dtype`` (cached per device)."""
+    return (torch.arange(8, dtype=torch.uint8, device=device),
+            torch.full((), -1.0, dtype=dtype, device=device),
+            torch.ones((), dtype=dtype, device=device))
+
+
+def _draw(out: Tensor, kind: str, generator: torch.Generator) -> None:
+    """Fill the flat ``out`` with one direction of ``kind`` from ``generator``."""
+    if kind == "gaussian":
+        torch.randn(out.numel(), generator=generator, out=out)
+        return
+    n = out.numel()
+    words = torch.empty(-(-n // 64), dtype=torch.int64, device=out.device)
+    words.random_(-2**63, None, generator=generator)  # the full 64-bit range: every bit fair
+    shifts, minus, plus = _sign_constants(out.dtype, out.device)
+    bits = torch.bitwise_right_shift(words.view(torch.uint8).unsqueeze(1), shifts)
+    negative = bits.bitwise_and_(1).view(-1)[:n].view(torch.bool)
+    torch.where(negative, minus, plus, out=out)
+
+
 def draw_seeds(generator: torch.Generator, n: int) -> list[int]:
     """``n`` query seeds from ``generator`` (which advances exactly once per call)."""
     if n == 0:
@@ -52,9 +95,10 @@ def draw_seeds(generator: torch.Generator, n: int) -> list[int]:
 class Guide:
     """Guided ES directions (Maheswaranathan et al., 2019) around a few guiding vectors.
 
-    ``u = sqrt(alpha) z + sqrt(1 - alpha) Q z_k``, rescaled to the norm of ``z``, where ``Q``
-    is an orthonormal basis (``basis``: k vectors, each a list of tensors shaped like the
-    layout) and ``z_k ~ N(0, I_k)`` is drawn from the query's seed.
+    ``u = sqrt(alpha) z + sqrt(1 - alpha) Q z_k``, rescaled to the norm of ``z``, where ``z`` is
+    the layout's direction (Gaussian or Rademacher), ``Q`` an orthonormal basis (``basis``: k
+    vectors, each a list of tensors shaped like the layout) and ``z_k ~ N(0, I_k)`` is drawn
+    from the query's seed (Gaussian whatever the layout's kind).
     """
 
     basis: list[list[Tensor]]
@@ -80,7 +124,7 @@ class Guide:
         return Guide([[torch.cat([t.reshape(-1) for t in q])] for q in self.basis], self.alpha)
 
     def apply(self, u: list[Tensor], seed: int) -> None:
-        """Turn the Gaussian ``u`` (flat or shaped pieces) into the guided direction, in place."""
+        """Turn the direction ``u`` (flat or shaped pieces) into the guided direction, in place."""
         zk = torch.randn(len(self.basis), dtype=torch.float64,
                          generator=torch.Generator().manual_seed(seed ^ _GUIDE_SALT))
         # The rescaling is a constant to autograd (GuidedES is an ablation, never meta-trained).
@@ -116,10 +160,12 @@ class Layout:
     """How a list of tensors is seen as one flat vector for sampling directions.
 
     ``sample(seed)`` returns one direction as a list of tensors shaped like the originals (views
-    into a per-device scratch buffer that the next ``sample`` call overwrites).
+    into a per-device scratch buffer that the next ``sample`` call overwrites). ``kind``: the
+    directions' distribution, one of :data:`KINDS`.
     """
 
-    def __init__(self, tensors: Sequence[Tensor]) -> None:
+    def __init__(self, tensors: Sequence[Tensor], kind: str = "gaussian") -> None:
+        self.kind = check_kind(kind)
         self.shapes = [t.shape for t in tensors]
         self.dtypes = [t.dtype for t in tensors]
         by_device: dict[torch.device, list[int]] = {}
@@ -155,12 +201,13 @@ class Layout:
 
     def sample(self, seed: int, scale: Sequence[Tensor] | None = None,
                guide: Guide | None = None) -> list[Tensor]:
-        """The direction for ``seed``: ``z``, ``scale * z``, or ``z`` guided into a subspace."""
+        """The direction for ``seed``: ``z`` (of the layout's kind), ``scale * z``, or ``z`` guided
+        into a subspace."""
         out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
         for k, b in enumerate(self.blocks):
             buf, views = self._views(k)
             b.generator.manual_seed(b.seed_for(seed))
-            torch.randn(b.numel, generator=b.generator, out=buf)
+            _draw(buf, self.kind, b.generator)
             if scale is not None:
                 factors = [scale[i].to(b.dtype) for i in b.index]
                 if torch.is_grad_enabled() and any(f.requires_grad for f in factors):
@@ -189,7 +236,7 @@ class Layout:
         U = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
         for k, seed in enumerate(seeds):
             b.generator.manual_seed(b.seed_for(seed))
-            torch.randn(b.numel, generator=b.generator, out=U[k])
+            _draw(U[k], self.kind, b.generator)
         if scale is not None:
             factor = scale.to(b.dtype)
             U = U * factor if torch.is_grad_enabled() and factor.requires_grad else U.mul_(factor)

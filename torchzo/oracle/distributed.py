@@ -207,7 +207,8 @@ class Ranks:
 
 @dataclass
 class ClosureEstimate:
-    """One estimate of a closure step (params sharing estimator, q and mu): how to rebuild it."""
+    """One estimate of a closure step (params sharing estimator, q, mu and the kind of
+    directions, which its ``layout`` holds): how to rebuild it."""
 
     index: list[int]
     layout: Layout
@@ -291,6 +292,8 @@ def estimate_batched_sharded(
     scale: Tensor | None = None,
     chunk_size: int | None = None,
     guide: Guide | None = None,
+    *,
+    kind: str = "gaussian",
 ) -> tuple[Tensor, Tensor]:
     """:func:`~torchzo.oracle.estimate_batched` with the calls of ``fn`` spread over the ranks.
 
@@ -314,7 +317,7 @@ def estimate_batched_sharded(
     local = torch.zeros(offsets[-1] + 1, dtype=torch.float64)
     failure: Exception | None = None
     try:
-        layout = Layout([x])
+        layout = Layout([x], kind)
         flat_guide = None if guide is None else guide.flat()
         for c in range(ranks.rank, len(plan), ranks.size):
             start, n, base = plan[c]
@@ -338,6 +341,6 @@ def estimate_batched_sharded(
     def lookup(c: int, u: Tensor) -> Tensor:
         return values[offsets[c]:offsets[c + 1]]
 
-    f0, g = assemble_batched(x, seeds, scheme, mu, plan, lookup, scale, guide)
+    f0, g = assemble_batched(x, seeds, scheme, mu, plan, lookup, scale, guide, kind=kind)
     assert f0 is not None
     return f0, g

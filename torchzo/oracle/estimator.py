@@ -70,7 +70,7 @@ def estimate_closure(
 
     The parameters in ``index`` are left perturbed by the last query; the caller restores them
     before anything else is queried (another estimate of the step) and after the step. ``f0``
-    is the loss at the unperturbed point.
+    is the loss at the unperturbed point. The directions are ``layout``'s (of its kind).
     """
     def query(k: int, u: list[Tensor]) -> tuple[float, ...]:
         return tuple(query_closure(closure, backup, index, u, k, sign, mu)
@@ -118,12 +118,16 @@ def estimate_batched(
     scale: Tensor | None = None,
     chunk_size: int | None = None,
     guide: Guide | None = None,
+    *,
+    kind: str = "gaussian",
 ) -> tuple[Tensor, Tensor]:
     """Estimate the gradient of ``fn`` at the flat point ``x`` with batched queries.
 
-    Returns ``(f(x), g)``. Differentiable: with ``x``/``scale`` requiring grad and ``fn``
-    differentiable, autograd flows through the queried values and the directions alike (this is
-    what meta-training backpropagates through).
+    Returns ``(f(x), g)``. ``kind``: the directions' kind (:data:`~torchzo.oracle.KINDS`); the
+    directions are those of ``Layout([x], kind)``, whatever the chunk size. Differentiable:
+    with ``x``/``scale`` requiring grad and ``fn`` differentiable, autograd flows through the
+    queried values and the directions alike (this is what meta-training backpropagates
+    through).
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
@@ -136,7 +140,7 @@ def estimate_batched(
         check_losses(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
         return values
 
-    f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide)
+    f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide, kind=kind)
     if f0 is None:
         f0 = call_batched(fn, x.unsqueeze(0), "f(x)")
         check_losses(f0, 1, 0)
@@ -177,13 +181,15 @@ def assemble_batched(
     values: Callable[[int, Tensor], Tensor],
     scale: Tensor | None = None,
     guide: Guide | None = None,
+    *,
+    kind: str = "gaussian",
 ) -> tuple[Tensor | None, Tensor]:
     """``(f(x), g)`` over the calls of ``plan``; ``values(c, u_c)`` gives call ``c``'s losses.
 
     ``f(x)`` is ``None`` when there are no directions. Every batched estimate, single-process or
     sharded, goes through this loop.
     """
-    layout = Layout([x])
+    layout = Layout([x], kind)
     flat_guide = None if guide is None else guide.flat()
     g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
     f0: Tensor | None = None

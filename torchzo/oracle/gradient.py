@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .closure import ParameterBackup, call_closure
-from .directions import Guide, Layout, draw_seeds
+from .directions import Guide, Layout, check_kind, draw_seeds
 from .distributed import (
     ClosureEstimate,
     Ranks,
@@ -39,11 +39,16 @@ Distribution = Callable[[Sequence[int]], tuple[Sequence[Tensor] | None, Guide | 
 
 @dataclass(frozen=True)
 class Part:
-    """Tensors (positions in the parameter list) perturbed together, with their estimator."""
+    """Tensors (positions in the parameter list) perturbed together, with their estimator and
+    the kind of their directions (one of :data:`~torchzo.oracle.KINDS`)."""
 
     index: tuple[int, ...]
     scheme: Scheme
     mu: float
+    kind: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        check_kind(self.kind)
 
 
 @dataclass(frozen=True)
@@ -85,8 +90,8 @@ def _batched(objective: Batched, params: list[Tensor], parts: Sequence[Part],
              generator: torch.Generator, distribution: Distribution, ranks: Ranks | None
              ) -> Estimate:
     if len(parts) != 1:
-        raise ValueError("a Batched objective needs every param group to share "
-                         "estimator, q and mu")
+        raise ValueError("a Batched objective needs every param group to share one estimate "
+                         "(the same estimator, q, mu and directions_kind)")
     if objective.params is not None and (
             len(objective.params) != len(params)
             or any(a is not b for a, b in zip(objective.params, params))):
@@ -105,10 +110,11 @@ def _batched(objective: Batched, params: list[Tensor], parts: Sequence[Part],
     flat_scale = None if scale is None else torch.cat([s.reshape(-1).to(dtype) for s in scale])
     if ranks is None:
         f0, g = estimate_batched(objective.fn, x, seeds, part.scheme, part.mu, flat_scale,
-                                 objective.chunk_size, guide)
+                                 objective.chunk_size, guide, kind=part.kind)
     else:
         f0, g = estimate_batched_sharded(ranks, objective.fn, x, seeds, part.scheme, part.mu,
-                                         flat_scale, objective.chunk_size, guide)
+                                         flat_scale, objective.chunk_size, guide,
+                                         kind=part.kind)
     pieces = g.split([p.numel() for p in params])
     return Estimate(f0, [gp.view_as(p) for p, gp in zip(params, pieces)], part.scheme.queries)
 
@@ -122,7 +128,7 @@ def _closure(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[P
         for k, part in enumerate(parts):
             seeds = draw_seeds(generator, part.scheme.directions)
             scale, guide = distribution(part.index)
-            layout = Layout([params[i] for i in part.index])
+            layout = Layout([params[i] for i in part.index], part.kind)
             g = estimate_closure(closure, backup, part.index, layout, seeds, part.scheme, part.mu,
                                  f0, scale, guide)
             for i, gi in zip(part.index, g):
@@ -143,8 +149,9 @@ def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Se
         for part in parts:
             seeds = draw_seeds(generator, part.scheme.directions)
             scale, guide = distribution(part.index)
-            out.append(ClosureEstimate(list(part.index), Layout([params[i] for i in part.index]),
-                                       seeds, part.scheme, part.mu, scale, guide))
+            layout = Layout([params[i] for i in part.index], part.kind)
+            out.append(ClosureEstimate(list(part.index), layout, seeds, part.scheme, part.mu,
+                                       scale, guide))
         return out
 
     backup = ParameterBackup(params)

@@ -22,18 +22,20 @@ __all__ = ["estimate_population"]
 
 def estimate_population(fn: Callable[[Tensor], Tensor], X: Tensor, seeds: Sequence[int],
                         scheme: Scheme, mu: float | Tensor, scale: Tensor | None = None,
-                        finite: bool = True) -> tuple[Tensor, Tensor]:
+                        finite: bool = True, *, kind: str = "gaussian"
+                        ) -> tuple[Tensor, Tensor]:
     """``(f(X), g)`` for the rows of ``X`` (P, d): shapes (P,) and (P, d).
 
     ``mu``: one radius, or one per member (P,); ``scale``: per-member direction scales (P, d),
-    or ``None`` for standard Gaussian directions. ``fn`` gets all ``P * queries`` rows at once.
-    ``finite=False`` lets non-finite losses through (a diverged member of a population is the
-    trainer's to score, not an error).
+    or ``None`` for unscaled directions; ``kind``: the directions' kind (one of
+    :data:`~torchzo.oracle.KINDS`: those of ``Layout([X[0]], kind)``). ``fn`` gets all ``P *
+    queries`` rows at once. ``finite=False`` lets non-finite losses through (a diverged member
+    of a population is the trainer's to score, not an error).
     """
     if X.dim() != 2:
         raise ValueError(f"X must be (members, d), got shape {tuple(X.shape)}")
     P, d = X.shape
-    z = Layout([X[0]]).sample_rows(seeds)                       # (n, d)
+    z = Layout([X[0]], kind).sample_rows(seeds)                    # (n, d)
     u = z if scale is None else scale[:, None, :].to(z.dtype) * z  # (n, d) or (P, n, d)
     radius = torch.as_tensor(mu, dtype=X.dtype, device=X.device).reshape(-1, 1, 1)
     rows = [X[:, None, :]] + [X[:, None, :] + (sign * radius) * u for sign in scheme.signs]

@@ -8,8 +8,8 @@ With ``n`` directions ``u_i`` and smoothing ``mu`` (paper eq. 1 and its two-side
   q + 1 queries as ``forward``, with the odd-order error terms cancelled.
 
 ``f(x)`` is always queried once (it is the loss the optimizer step returns); the two-sided
-schemes do not otherwise use it. No factor ``d`` appears: directions are Gaussian, not on the
-unit sphere.
+schemes do not otherwise use it. No factor ``d`` appears: directions have unit variance per
+coordinate (Gaussian or Rademacher, see :mod:`torchzo.oracle.directions`), not unit norm.
 """
 from __future__ import annotations
 
