@@ -249,6 +249,12 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
     main(["es", "--out", str(run), "--export", str(exported), "--threads", "1"])
     assert "wrote" in capsys.readouterr().out
     assert exported.is_file()
+    # The sidecar records what python -m tools.ship needs: both commands, the file's hash.
+    meta = json.loads((tmp_path / "generalist.pt.json").read_text())
+    assert meta["command"].startswith("python -m torchzo.meta es --out")
+    assert "--iterations 1" in meta["command"] and f"--export {exported}" in meta["command"]
+    assert meta["sha256"] == torchzo.pretrained.sha256(exported)
+    assert meta["es_iteration"] == best["iteration"] and meta["train_seconds"] >= 0
 
     x = torch.randn(6, generator=torch.Generator().manual_seed(0))
     x0 = x.clone()
@@ -260,3 +266,12 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
         opt.step(lambda: ((x - 1) ** 2).sum())
     assert torch.isfinite(x).all() and not torch.equal(x, x0)
     assert "log_radius" in opt.state[x]
+
+
+def test_score_tail_averages_the_end_of_the_run():
+    losses = torch.tensor([[8.0, 4.0, 2.0, 1.0], [8.0, 1.0, 1.0, 1.0]])
+    whole, tail = es.score(losses, 0.0), es.score(losses, 0.0, tail=0.25)
+    assert whole[1] < whole[0]  # the second is ahead over the run
+    assert torch.allclose(tail, torch.full((2,), math.log(1 / 8), dtype=torch.float64))
+    stopped = torch.tensor([[8.0, float("nan"), 1.0, 1.0]])  # stays the worst once diverged
+    assert es.score(stopped, 0.0, tail=0.5).item() == pytest.approx(math.log(1e4))

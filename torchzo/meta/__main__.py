@@ -77,24 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--export", type=Path, help="write the best weights to this file and exit")
     for name, kind in (("pairs", int), ("sigma", float), ("lr", float), ("instances", int),
                        ("seed", int), ("iterations", int), ("val_every", int),
-                       ("checkpoint_s", float), ("init", str)):
+                       ("checkpoint_s", float), ("init", str), ("tail", float)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     es.add_argument("--threads", type=int, default=2)
     return ap
 
 
 def run_es(args: argparse.Namespace) -> None:
-    from .es import ESConfig, train_es, weights_of
+    from .es import ESConfig, export, train_es
 
     torch.set_num_threads(args.threads)
     if args.export:
-        config = json.loads((args.out / "config.json").read_text())
-        best = torch.load(args.out / "best.pt", weights_only=True)
-        nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
-        save(nets, args.export, {"task": "generalist", "command": args.invocation,
-                                 "es_iteration": int(best["iteration"]), "config": config,
-                                 "val_final_log_progress": best["val"].tolist()})
-        print(f"wrote {args.export} (iteration {int(best['iteration'])})")
+        meta = export(args.out, args.export, args.invocation)
+        print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
     cfg = ESConfig()
     saved = args.out / "config.json"
@@ -103,10 +98,13 @@ def run_es(args: argparse.Namespace) -> None:
                                   for k, v in json.loads(saved.read_text()).items()}
         cfg = ESConfig(**values)
     for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
-                 "checkpoint_s", "init"):
+                 "checkpoint_s", "init", "tail"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     deadline = time.time() + 3600 * args.hours if args.hours else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "commands.txt").open("a") as f:  # what the export records
+        f.write(args.invocation + "\n")
     train_es(cfg, args.out, log=lambda line: print(line, flush=True), deadline=deadline)
 
 

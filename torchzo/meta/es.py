@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,8 +30,8 @@ from ..learned.nets import Arch, LearnedZO
 from ..tasks.families import augment, families, sample_instance
 from .population import run_population
 
-__all__ = ["ESConfig", "flatten", "load_best", "score", "train_es", "unflatten", "validate",
-           "weights_of"]
+__all__ = ["ESConfig", "export", "flatten", "load_best", "score", "train_es", "unflatten",
+           "validate", "weights_of"]
 
 _WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the start loss
 _BEST = math.log(1e-8)   # progress below 1e-8 of the start counts no more
@@ -55,6 +56,8 @@ class ESConfig:
     iterations: int = 100_000
     #: Start from the best weights of another run (its folder), not from the untrained nets.
     init: str | None = None
+    #: The fraction of each run, at its end, that the score averages (1: the whole run).
+    tail: float = 1.0
 
 
 def flatten(weights: dict[str, Tensor]) -> Tensor:
@@ -72,13 +75,17 @@ def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def score(losses: Tensor, f_min: float) -> Tensor:
-    """Each member's mean over the run of the clipped log progress (lower is better)."""
+def score(losses: Tensor, f_min: float, tail: float = 1.0) -> Tensor:
+    """Each member's mean of the clipped log progress over the last ``tail`` of the run
+    (1: the whole run; lower is better). A member that went non-finite keeps the worst
+    score from then on."""
     gap = losses.double() - f_min
     ratio = gap / gap[:, :1].clamp(min=1e-30)
     logs = ratio.clamp(min=1e-30).log().clamp(_BEST, _WORST)
-    logs = torch.where(torch.isfinite(losses), logs, torch.full_like(logs, _WORST))
-    return logs.mean(1)
+    bad = (~torch.isfinite(losses)).cummax(1).values
+    logs = torch.where(bad, torch.full_like(logs, _WORST), logs)
+    first = min(int(round((1 - tail) * logs.shape[1])), logs.shape[1] - 1)
+    return logs[:, first:].mean(1)
 
 
 def _centred_ranks(x: Tensor) -> Tensor:
@@ -178,7 +185,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
                 q = cfg.qs[int(torch.randint(len(cfg.qs), (), generator=rng))]
                 seed = int(torch.randint(0, 2**31 - 1, (), generator=rng))
                 run = run_population(weights, arch, problem, steps, q, seed)
-                s = score(run.losses, problem.f_min)
+                s = score(run.losses, problem.f_min, cfg.tail)
                 ranks = _centred_ranks(s[1:])
                 plus, minus = ranks[:cfg.pairs], ranks[cfg.pairs:]
                 grad += ((plus - minus).float()[:, None] * eps).sum(0) / (
@@ -212,6 +219,40 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
                 last_save = time.time()
     checkpoint()
     return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
+
+
+def export(out: Path, path: Path, command: str) -> dict[str, Any]:
+    """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
+    (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
+    the seconds of ES iterations up to it, and for a run started from another, that run's)."""
+    from ..pretrained import save, sha256
+
+    config = json.loads((out / "config.json").read_text())
+    best = torch.load(out / "best.pt", weights_only=True)
+    it = int(best["iteration"])
+    commands, seconds = [], 0.0
+    for run in ([Path(config["init"])] if config.get("init") else []) + [out]:
+        listed = run / "commands.txt"
+        commands += listed.read_text().split("\n") if listed.exists() else []
+        history = run / "history.jsonl"
+        rows = [json.loads(r) for r in history.read_text().splitlines() if r] \
+            if history.exists() else []
+        limit = it if run == out else int(torch.load(run / "best.pt",
+                                                     weights_only=True)["iteration"])
+        seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
+    nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
+    meta: dict[str, Any] = {
+        "task": "generalist", "preset": "es", "arch": "general",
+        "command": " && ".join([c for c in commands if c] + [command]),
+        "es_iteration": it, "config": config, "val_final_loss": None,
+        "val_final_log_progress": round(float(best["val"].mean()), 4),
+        "train_seconds": round(seconds, 1), "torch": str(torch.__version__),
+        "machine": f"{platform.machine()}, 1 torch thread",
+    }
+    save(nets, path, meta)
+    meta["sha256"] = sha256(path)
+    Path(f"{path}.json").write_text(json.dumps(meta, indent=1))
+    return meta
 
 
 def load_best(out: Path) -> LearnedZO:
