@@ -161,3 +161,13 @@ def test_uniform_weighting_validates_on_the_curve_mean(task):
     final = evaluate(nets, task, "val", cfg, False, cfg.val_problems, metric="final")
     assert mean != final
     assert hist["update_best_val"] == pytest.approx(mean, rel=1e-12)
+
+
+def test_train_command_refuses_an_unknown_task_with_a_usage_error(capsys):
+    from torchzo.meta.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--task", "nope", "--out", "unused.pt"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "binclass" in err

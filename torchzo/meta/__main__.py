@@ -26,7 +26,7 @@ import torch
 
 from ..learned.nets import Arch
 from ..pretrained import load_file, save, sha256
-from ..tasks import get_task
+from ..tasks import TASK_NAMES, get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
 
 PRESETS = {
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m torchzo.meta", description=__doc__)
     sub = ap.add_subparsers(dest="action", required=True)
     tr = sub.add_parser("train", help="meta-train a ZO-LSTM on a task")
-    tr.add_argument("--task", required=True, help="task name, e.g. binclass")
+    tr.add_argument("--task", required=True, choices=TASK_NAMES, help="the task to train on")
     tr.add_argument("--out", required=True, type=Path, help="weights file to write (.pt)")
     tr.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     tr.add_argument("--seed", type=int, default=0)

@@ -10,13 +10,17 @@ from .binclass import BinaryClassification, BinaryClassificationProblem
 from .quadratic import Quadratic
 
 __all__ = ["SPLITS", "AttackProblem", "AttackTask", "BinaryClassification",
-           "BinaryClassificationProblem", "Problem", "Quadratic", "Task", "get_task"]
+           "BinaryClassificationProblem", "Problem", "Quadratic", "TASK_NAMES", "Task", "get_task"]
 
 _REGISTRY: dict[str, Callable[..., Task]] = {
     "binclass": BinaryClassification,
     "mnist-attack": partial(AttackTask, "mnist"),
     "cifar-attack": partial(AttackTask, "cifar10"),
 }
+
+
+#: The names :func:`get_task` knows.
+TASK_NAMES = tuple(sorted(_REGISTRY))
 
 
 def get_task(name: str, **kwargs: object) -> Task:
