@@ -275,3 +275,20 @@ def test_score_tail_averages_the_end_of_the_run():
     assert torch.allclose(tail, torch.full((2,), math.log(1 / 8), dtype=torch.float64))
     stopped = torch.tensor([[8.0, float("nan"), 1.0, 1.0]])  # stays the worst once diverged
     assert es.score(stopped, 0.0, tail=0.5).item() == pytest.approx(math.log(1e4))
+
+
+def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
+    quiet = lambda line: None  # noqa: E731
+    plain, averaged = tmp_path / "plain", tmp_path / "averaged"
+    train_es(_tiny(2, val_every=1), plain, log=quiet)
+    train_es(_tiny(2, val_every=1, ema=0.5), averaged, log=quiet)
+    a, b = _checkpoint(plain), _checkpoint(averaged)
+    assert torch.equal(a["theta"], b["theta"])  # the search itself is unchanged
+    assert torch.equal(a["average"], a["theta"])  # ema 0: the weights themselves
+    assert not torch.equal(b["average"], b["theta"])
+    rows = [json.loads(r) for r in (averaged / "history.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    cfg = _tiny(2, val_every=1, ema=0.5)
+    like = {k: v.detach() for k, v in LearnedZO(arch=Arch.from_dict(cfg.arch)).weights().items()}
+    val = es.validate(b["average"], like, Arch.from_dict(cfg.arch), cfg)
+    assert rows[-1]["val"] == round(float(val.mean()), 4)  # the average is what was validated

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--export", type=Path, help="write the best weights to this file and exit")
     for name, kind in (("pairs", int), ("sigma", float), ("lr", float), ("instances", int),
                        ("seed", int), ("iterations", int), ("val_every", int),
-                       ("checkpoint_s", float), ("init", str), ("tail", float)):
+                       ("checkpoint_s", float), ("init", str), ("tail", float),
+                       ("ema", float)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     es.add_argument("--threads", type=int, default=2)
     return ap
@@ -98,7 +99,7 @@ def run_es(args: argparse.Namespace) -> None:
                                   for k, v in json.loads(saved.read_text()).items()}
         cfg = ESConfig(**values)
     for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
-                 "checkpoint_s", "init", "tail"):
+                 "checkpoint_s", "init", "tail", "ema"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     deadline = time.time() + 3600 * args.hours if args.hours else None

@@ -58,6 +58,10 @@ class ESConfig:
     init: str | None = None
     #: The fraction of each run, at its end, that the score averages (1: the whole run).
     tail: float = 1.0
+    #: Decay of an exponential moving average of the weights, which is what is validated and
+    #: kept as best (0: the weights themselves): it averages out the random walk of noisy
+    #: search steps.
+    ema: float = 0.0
 
 
 def flatten(weights: dict[str, Tensor]) -> Tensor:
@@ -146,6 +150,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     if ckpt.exists():
         st = torch.load(ckpt, weights_only=True)
         theta, m, v, it = st["theta"], st["m"], st["v"], int(st["iteration"])
+        average = st.get("average", theta.clone())
         rng = torch.Generator()
         rng.set_state(st["rng"])
         best, base_val = float(st["best"]), st["base_val"]
@@ -156,6 +161,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
         if cfg.init:
             theta = torch.load(Path(cfg.init) / "best.pt", weights_only=True)["theta"]
         m, v, it = torch.zeros_like(theta), torch.zeros_like(theta), 0
+        average = theta.clone()
         rng = torch.Generator().manual_seed(cfg.seed)
         base_val = validate(theta, like, arch, cfg)
         best = 0.0
@@ -166,7 +172,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
 
     def checkpoint() -> None:
         _save(ckpt, {"theta": theta, "m": m, "v": v, "iteration": it, "rng": rng.get_state(),
-                     "best": best, "base_val": base_val})
+                     "best": best, "base_val": base_val, "average": average})
 
     with (out / "history.jsonl").open("a") as history:
         while it < cfg.iterations and (deadline is None or time.time() < deadline):
@@ -197,11 +203,12 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
             v = 0.999 * v + 0.001 * grad * grad
             theta = theta - cfg.lr * (m / (1 - 0.9 ** it)) / (
                 (v / (1 - 0.999 ** it)).sqrt() + 1e-8)
+            average = cfg.ema * average + (1 - cfg.ema) * theta
             record: dict[str, Any] = {"iteration": it, "families": names,
                                       "scores": [round(x, 4) for x in centre_scores],
                                       "seconds": round(time.time() - started, 2)}
             if it % cfg.val_every == 0:
-                val = validate(theta, like, arch, cfg)
+                val = validate(average, like, arch, cfg)
                 gain = float((val - base_val).mean())
                 record["val"] = round(float(val.mean()), 4)
                 record["val_by_family"] = [round(float(x), 3) for x in
@@ -209,7 +216,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
                 record["val_vs_start"] = round(gain, 4)
                 if gain < best:
                     best = gain
-                    _save(out / "best.pt", {"theta": theta, "iteration": it, "val": val})
+                    _save(out / "best.pt", {"theta": average, "iteration": it, "val": val})
                 log(f"iteration {it}: validation {float(val.mean()):.3f} "
                     f"({gain:+.3f} against the start; best {best:+.3f})")
             history.write(json.dumps(record) + "\n")
