@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -167,6 +168,18 @@ def methods(weights: Any, tuned: dict[str, Any]) -> dict[str, MakeOpt]:
     }
 
 
+def median_progress(curves: dict[str, list[list[float]]], f_mins: Sequence[float]
+                    ) -> dict[str, list[float]]:
+    """Per method, the median over instances of the gap as a fraction of the start gap at
+    each recorded step (what the JSON keeps instead of every curve)."""
+    out = {}
+    for name, runs in curves.items():
+        ratios = torch.tensor([[(v - lo) / max(c[0] - lo, 1e-30) for v in c]
+                               for c, lo in zip(runs, f_mins)], dtype=torch.float64)
+        out[name] = [float(f"{x:.4g}") for x in ratios.nan_to_num(math.inf).median(0).values]
+    return out
+
+
 def summarize(finals: dict[str, list[float]], starts: list[float], f_mins: list[float]
               ) -> dict[str, Any]:
     ref = finals["ZOAdam tuned"]
@@ -190,7 +203,9 @@ def render(data: dict[str, Any]) -> str:
              f"`{data['command']}`; weights: `{data['weights']}`. Machine: "
              f"{data['machine']['cpu']}, one torch thread per family "
              f"({data['config']['jobs']} in parallel). {data['config']['instances']} "
-             f"instances per family, {data['config']['steps']} steps, q = 20.\n",
+             f"instances per family, {data['config']['steps']} steps, q = 20. Weights digest "
+             f"`{data.get('weights_digest', '?')[:16]}` (`weights_digest`: equal for any file "
+             "holding the same weights).\n",
              "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
              f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
              "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
@@ -252,8 +267,29 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(finals, starts, f_mins)
     print(fam, {n: round(s["geomean_ratio_to_tuned_adam"], 3) for n, s in summary.items()},
           flush=True)
-    entry = {"tuned": tuned, "f_min": f_mins, "curves": curves, "summary": summary}
+    entry = {"tuned": tuned, "f_min": f_mins, "starts": starts, "finals": finals,
+             "median_progress": median_progress(curves, f_mins), "summary": summary}
     return entry
+
+
+def weights_digest(nets: LearnedZO) -> str:
+    """sha256 of the weights' values in name order: the same for any file holding them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, w in sorted(nets.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(w.detach().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _nets(name: str | None) -> LearnedZO:
+    weights = _weights(name)
+    if isinstance(weights, LearnedZO):
+        return weights
+    if weights is None or weights in torchzo.pretrained.available():
+        return torchzo.pretrained.load(weights)
+    return torchzo.pretrained.load_file(weights)
 
 
 def _weights(name: str | None) -> Any:
@@ -283,8 +319,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.instances, args.tune_instances, args.steps, args.every = 2, 1, 20, 10
     start = time.perf_counter()
     torch.set_num_threads(1)
-    data: dict[str, Any] = {"command": "python -m benchmarks.generalist " + " ".join(argv or []),
+    raw = sys.argv[1:] if argv is None else argv
+    data: dict[str, Any] = {"command": "python -m benchmarks.generalist " + " ".join(raw),
                             "weights": args.weights or torchzo.pretrained.default_name(),
+                            "weights_digest": weights_digest(_nets(args.weights)),
                             "machine": machine(), "config": vars(args), "families": {}}
     jobs = [(fam, args) for fam in args.families.split(",")]
     if args.jobs > 1:

@@ -124,3 +124,12 @@ def test_wrong_weights_are_refused(tmp_path):
     torch.save({"weights": {"a": torch.zeros(2)}}, tmp_path / "w.pt")
     with pytest.raises(pretrained.PretrainedError, match="does not hold ZO-LSTM weights"):
         torchzo.ZOLSTM([torch.zeros(2)], pretrained=tmp_path / "w.pt")
+
+
+def test_shipped_generalist_holds_the_weights_its_benchmark_measured():
+    from benchmarks.generalist import weights_digest
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+    bench = json.loads((docs / "generalist.json").read_text())
+    assert weights_digest(pretrained.load("generalist")) == bench["weights_digest"]
+    assert pretrained.load("generalist").arch.kind == "general"

@@ -71,6 +71,8 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         "val_final_loss": meta["val_final_loss"] if args.alpha is None else None,
         "train_seconds": meta["train_seconds"], "torch": meta["torch"],
         "machine": meta["machine"],
+        # An ES run's: which iteration was kept and its validation score.
+        **{k: meta[k] for k in ("es_iteration", "val_final_log_progress") if k in meta},
     }
     manifest["weights"] = [w for w in manifest["weights"] if w["name"] != args.name] + [entry]
     if args.default:
