@@ -39,7 +39,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tools.launch import checkout_env
-from torchzo.learned import LearnedZO
+from torchzo.learned import Arch, LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure
 
@@ -48,11 +48,14 @@ from ._overhead_report import KEY, PARTS, RADEMACHER, render
 
 __all__ = ["KEY", "PARTS", "main", "render"]
 
-# ZOLSTM with untrained paper-size networks: its cost does not depend on the weights.
+# ZOLSTM with untrained paper-size networks: its cost does not depend on the weights. The
+# generalist's architecture likewise (issue 15's bar: at most 3x ZOAdam's overhead).
 ZO: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
     "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
     "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
+    "ZOLSTM (general)": functools.partial(
+        ZOLSTM, pretrained=LearnedZO(arch=Arch(kind="general", hidden=8))),
 }
 ALL = ["Adam", *ZO]
 # Measured for memory only: the timing tables compare the default configurations.
