@@ -292,3 +292,24 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     like = {k: v.detach() for k, v in LearnedZO(arch=Arch.from_dict(cfg.arch)).weights().items()}
     val = es.validate(b["average"], like, Arch.from_dict(cfg.arch), cfg)
     assert rows[-1]["val"] == round(float(val.mean()), 4)  # the average is what was validated
+
+
+def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path):
+    """Padding the controller's new input columns with zeros keeps the old optimizer."""
+    quiet = lambda line: None  # noqa: E731
+    old = tmp_path / "old"
+    train_es(_tiny(1), old, log=quiet)
+    noisy = Arch.from_dict({**_tiny(1).arch, "noise_inputs": True})
+    new = tmp_path / "new"
+    train_es(_tiny(0, arch=noisy.to_dict(), init=str(old)), new, log=quiet)
+    before, after = es.load_best(old), es.load_best(new)
+    assert after.control.cell.weight_ih.shape[1] == before.control.cell.weight_ih.shape[1] + 2
+    with torch.no_grad():  # make the controller matter: a non-zero read-out
+        for nets in (before, after):
+            nets.control.head.weight.fill_(0.3)
+    curves = []
+    for nets in (before, after):
+        x = torch.linspace(-1, 1, 12)
+        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
+        curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-6)  # 0 * x terms: rounding at most

@@ -40,18 +40,23 @@ from torch import Tensor
 
 from .nets import Arch, coord_lstm
 
-__all__ = ["CONTROL_INPUTS", "GROUP_KEYS", "QUERY_INPUTS", "init_state", "mlp",
+__all__ = ["CONTROL_INPUTS", "GROUP_KEYS", "QUERY_INPUTS", "control_inputs", "init_state", "mlp",
            "query_features", "radius", "update"]
 
 #: Entries of a tensor's state that belong to its whole param group.
 GROUP_KEYS = ("ctrl_h", "ctrl_c", "log_sigma", "log_sigma0", "log_radius", "prev_loss",
               "loss_scale", "t")
-CONTROL_INPUTS = 8
+CONTROL_INPUTS = 8  # without the noise inputs (see control_inputs)
 QUERY_INPUTS = 3
 _MAX_LOG_RADIUS = math.log(1e6)
 _TINY = 1e-30
 
 State = dict[str, Tensor]
+
+
+def control_inputs(arch: Arch) -> int:
+    """How many signals the controller reads."""
+    return CONTROL_INPUTS + (2 if arch.noise_inputs else 0)
 
 
 def init_state(p: Tensor, arch: Arch, population: tuple[int, ...] = ()) -> State:
@@ -141,9 +146,10 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     momenta = [betas * st["momenta"] + (1 - betas) * g[..., None]
                for g, st in zip(estimates, states)]
     denoms = _denominators(arch, seconds, t)
-    directions = []
+    directions, steadiness = [], []
     for g, m, denom in zip(estimates, momenta, denoms):
         mh = _unbiased(arch, m, t, denom)
+        steadiness.append(mh[..., [0, arch.base]] ** 2)
         out = mlp(weights, "update", torch.cat([(g / denom)[..., None], mh], -1).clamp(-10, 10))
         directions.append((mh[..., arch.base] + out[..., 0]) * out[..., 1].clamp(-3, 3).exp())
 
@@ -169,9 +175,14 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     start = torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
     log_sigma0 = torch.where(first, start, g0["log_sigma0"])
     log_sigma = torch.where(first, start, g0["log_sigma"])
-    inputs = torch.stack([hyper, agree, scaled, change.sign(), zero,
-                          torch.tanh((log_sigma - log_sigma0) / 5), torch.log1p(t) / 7,
-                          torch.ones_like(t)], -1)
+    signals = [hyper, agree, scaled, change.sign(), zero,
+               torch.tanh((log_sigma - log_sigma0) / 5), torch.log1p(t) / 7, torch.ones_like(t)]
+    if arch.noise_inputs:
+        total = steadiness[0].sum(-2)
+        for s in steadiness[1:]:
+            total = total + s.sum(-2)
+        signals += list((total / d + 1e-8).log().clamp(-20, 1).div(5).unbind(-1))
+    inputs = torch.stack(signals, -1)
     out, h, c = coord_lstm(weights["control.cell.weight_ih"], weights["control.cell.weight_hh"],
                            weights["control.head.weight"], inputs[..., None, :],
                            g0["ctrl_h"][..., None, :], g0["ctrl_c"][..., None, :])

@@ -51,6 +51,10 @@ class Arch:
     coord_hidden: int = 8
     floor: float = 1e-3
     gain: float = 0.15
+    #: ``general`` only: the controller also reads how consistent the estimate is (the mean
+    #: square of the RMS-normalised fast and base momenta: near 1 for a steady gradient,
+    #: near (1 - beta) / (1 + beta) for noise).
+    noise_inputs: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
@@ -217,11 +221,11 @@ class LearnedZO(nn.Module):
             self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
 
     def _build_general(self, arch: Arch) -> None:
-        from .general import CONTROL_INPUTS
+        from .general import control_inputs
 
         self.update = CoordMLP(arch.update_inputs, arch.coord_hidden, 2)
         self.query = CoordMLP(arch.query_inputs, arch.coord_hidden, 1)
-        self.control = CoordLSTM(CONTROL_INPUTS, arch.hidden, 1, 0.0)
+        self.control = CoordLSTM(control_inputs(arch), arch.hidden, 1, 0.0)
         self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
         self.log_floor = nn.Parameter(torch.tensor(math.log(arch.floor)))
         self.gain = nn.Parameter(torch.tensor(float(arch.gain)))

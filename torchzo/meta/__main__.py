@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("checkpoint_s", float), ("init", str), ("tail", float),
                        ("ema", float)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    es.add_argument("--noise-inputs", action="store_true",
+                    help="a new run: the controller also reads the estimate's consistency")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -102,6 +104,8 @@ def run_es(args: argparse.Namespace) -> None:
                  "checkpoint_s", "init", "tail", "ema"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.noise_inputs:
+        cfg.arch = {**cfg.arch, "noise_inputs": True}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records

@@ -119,6 +119,24 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
     return torch.stack(out)
 
 
+def _init_theta(run: Path, like: dict[str, Tensor]) -> Tensor:
+    """The best weights of ``run`` laid out as ``like``. Weights that grew inputs (the
+    controller's, when the noise inputs are added) keep the old columns and start at zero in
+    the new ones, so the new architecture starts as the old optimizer, step for step."""
+    old = load_best(run).weights()
+    out = {}
+    for name, w in like.items():
+        src = old[name].detach()
+        if src.shape == w.shape:
+            out[name] = src
+        elif src.dim() == 2 and src.shape[0] == w.shape[0] and src.shape[1] < w.shape[1]:
+            out[name] = torch.cat([src, src.new_zeros(w.shape[0], w.shape[1] - src.shape[1])], 1)
+        else:
+            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {run}'s "
+                             f"{tuple(src.shape)}")
+    return flatten(out)
+
+
 def _truncate_history(path: Path, iteration: int) -> None:
     """Drop the rows of iterations after ``iteration`` (run again after a resume)."""
     if path.exists():
@@ -159,7 +177,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     else:
         theta = flatten(like)
         if cfg.init:
-            theta = torch.load(Path(cfg.init) / "best.pt", weights_only=True)["theta"]
+            theta = _init_theta(Path(cfg.init), like)
         m, v, it = torch.zeros_like(theta), torch.zeros_like(theta), 0
         average = theta.clone()
         rng = torch.Generator().manual_seed(cfg.seed)
