@@ -460,3 +460,22 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
     assert torch.equal(xa, xb)
     assert deep_equal(full.state_dict()["state"], resumed.state_dict()["state"])
     assert deep_equal(full.state_dict()["zo"], resumed.state_dict()["zo"])
+
+
+def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
+    """Arch(query_net=False) drops the query net's weights, and its default (learned)
+    directions step exactly as the full architecture with directions='gaussian'."""
+    full = LearnedZO(arch=Arch(kind="general", hidden=8))
+    lean = LearnedZO(arch=Arch(kind="general", hidden=8, query_net=False))
+    assert not any(k.startswith("query.") for k in lean.state_dict())
+    with torch.no_grad():
+        for name, w in lean.named_parameters():
+            w.copy_(full.get_parameter(name) + 0.3 * torch.randn_like(w))
+            full.get_parameter(name).copy_(w)
+    curves = []
+    for nets, directions in ((full, "gaussian"), (lean, "learned")):
+        x = torch.linspace(-1, 1, 16)
+        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=5, directions=directions)
+        curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(12)])
+    assert curves[0] == curves[1]
+    assert torch.equal(opt.next_query_scales()[0], torch.ones(16))

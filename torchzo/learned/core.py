@@ -27,7 +27,7 @@ from torch import Tensor
 from . import general
 from .nets import Arch, coord_lstm
 
-__all__ = ["STATE_KEYS", "Weights", "init_state", "learned_update", "mix_draw",
+__all__ = ["STATE_KEYS", "Weights", "has_query", "init_state", "learned_update", "mix_draw",
            "next_query_outputs", "query_outputs", "query_scale", "scales_from_outputs"]
 
 # Every per-coordinate state entry; all float32 whatever the parameter dtype.
@@ -39,6 +39,12 @@ State = dict[str, Tensor]
 #: The networks' weights by parameter name (``LearnedZO.weights()``); a population carries
 #: leading dimensions on every weight, and its states and estimates carry the same ones.
 Weights = Mapping[str, Tensor]
+
+
+def has_query(arch: Arch) -> bool:
+    """Whether ``arch`` has a QueryRNN (or query net); without one, learned directions are
+    standard Gaussian ones."""
+    return arch.kind != "general" or arch.query_net
 
 
 def init_state(p: Tensor, arch: Arch, population: tuple[int, ...] = ()) -> State:

@@ -55,6 +55,9 @@ class Arch:
     #: square of the RMS-normalised fast and base momenta: near 1 for a steady gradient,
     #: near (1 - beta) / (1 + beta) for noise).
     noise_inputs: bool = False
+    #: ``general`` only: ``False`` drops the query net; learned directions are then standard
+    #: Gaussian ones (the query net's ablation measured no gain: docs/generalist.md).
+    query_net: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
@@ -200,7 +203,7 @@ class LearnedZO(nn.Module):
     (for ``general``: the update and query MLPs and the step-size controller)."""
 
     update: nn.Module
-    query: nn.Module
+    query: nn.Module | None
 
     def __init__(self, hidden: int | None = None, arch: Arch | None = None) -> None:
         super().__init__()
@@ -224,7 +227,7 @@ class LearnedZO(nn.Module):
         from .general import control_inputs
 
         self.update = CoordMLP(arch.update_inputs, arch.coord_hidden, 2)
-        self.query = CoordMLP(arch.query_inputs, arch.coord_hidden, 1)
+        self.query = CoordMLP(arch.query_inputs, arch.coord_hidden, 1) if arch.query_net else None
         self.control = CoordLSTM(control_inputs(arch), arch.hidden, 1, 0.0)
         self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
         self.log_floor = nn.Parameter(torch.tensor(math.log(arch.floor)))

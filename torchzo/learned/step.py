@@ -88,7 +88,8 @@ def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
         g = group_of[index[0]]
         shared.append(index)
         sts = [states[i] for i in index]
-        if g.directions == "gaussian":
+        if g.directions == "gaussian" or (g.directions == "learned"
+                                           and not core.has_query(arch)):
             return None, None
         if g.directions == "guided_es":
             history = [[st["prev_estimate"] for st in sts], [st["prev_update"] for st in sts]]
@@ -129,7 +130,7 @@ def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
             new_states[i].pop("query_out", None)
     if in_place:
         for index in shared:
-            if group_of[index[0]].directions != "learned":
+            if group_of[index[0]].directions != "learned" or not core.has_query(arch):
                 continue
             sts = [new_states[i] for i in index]
             ahead, _ = core.query_outputs(weights, arch, sts, in_place=True)

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     es.add_argument("--noise-inputs", action="store_true",
                     help="a new run: the controller also reads the estimate's consistency")
+    es.add_argument("--no-query-net", action="store_true",
+                    help="a new run: the general architecture without its query net")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -106,6 +108,8 @@ def run_es(args: argparse.Namespace) -> None:
             setattr(cfg, name, getattr(args, name))
     if args.noise_inputs:
         cfg.arch = {**cfg.arch, "noise_inputs": True}
+    if args.no_query_net:
+        cfg.arch = {**cfg.arch, "query_net": False}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records

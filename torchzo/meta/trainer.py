@@ -164,7 +164,10 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
     for stage in stages:
         use_query = stage == "query"
         scfg = cfg.query_stage if use_query else cfg.update_stage
-        params = list(nets.query.parameters()) if use_query else nets.update_parameters()
+        if use_query and nets.query is None:
+            raise ValueError("the query stage needs networks with a query net")
+        params = list(nets.query.parameters()) if nets.query is not None and use_query \
+            else nets.update_parameters()
         for p in nets.parameters():
             p.requires_grad_(False)
         for p in params:
