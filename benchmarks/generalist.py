@@ -59,9 +59,7 @@ def instances(family: str, count: int, base: int) -> list[Problem]:
     k = list(FAMILIES).index(family)
     out = []
     for i in range(count):
-        problem = FAMILIES[family].make(torch.Generator().manual_seed(base + 1000 * k + i))
-        problem.mu = FAMILIES[family].mu
-        out.append(problem)
+        out.append(FAMILIES[family].instance(torch.Generator().manual_seed(base + 1000 * k + i)))
     return out
 
 

@@ -170,11 +170,14 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     scaled = torch.where(magnitude > 0, change / magnitude.clamp(min=_TINY),
                          torch.zeros_like(change)).clamp(-5, 5)
 
-    rms_x = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
-             / d).sqrt()
-    start = torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
-    log_sigma0 = torch.where(first, start, g0["log_sigma0"])
-    log_sigma = torch.where(first, start, g0["log_sigma"])
+    if bool(first.any()):  # the start step, relative to the parameters' scale
+        rms_x = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
+                 / d).sqrt()
+        start = torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
+        log_sigma0 = torch.where(first, start, g0["log_sigma0"])
+        log_sigma = torch.where(first, start, g0["log_sigma"])
+    else:
+        log_sigma0, log_sigma = g0["log_sigma0"], g0["log_sigma"]
     signals = [hyper, agree, scaled, change.sign(), zero,
                torch.tanh((log_sigma - log_sigma0) / 5), torch.log1p(t) / 7, torch.ones_like(t)]
     if arch.noise_inputs:

@@ -107,10 +107,7 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
     for k, family in enumerate(families(split)):
         for i in range(cfg.val_instances):
             g = torch.Generator().manual_seed(10**6 + 1000 * k + i)
-            problem = family.make(g)
-            if family.mu is not None:
-                problem.mu = family.mu
-            problem = augment(problem, g, family.mu)
+            problem = augment(family.instance(g), g)
             run = run_population(weights, arch, problem, cfg.val_steps, 20, seed=i)
             gap = run.losses[0].double() - problem.f_min
             final = (gap[-1] / gap[0].clamp(min=1e-30)).clamp(min=1e-30).log()
@@ -161,8 +158,9 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     """
     out.mkdir(parents=True, exist_ok=True)
     arch = Arch.from_dict(cfg.arch)
-    torch.manual_seed(cfg.seed)
-    nets = LearnedZO(arch=arch)
+    with torch.random.fork_rng():  # the initial weights from the run's seed, not the caller's
+        torch.manual_seed(cfg.seed)
+        nets = LearnedZO(arch=arch)
     like = {k: v.detach() for k, v in nets.weights().items()}
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():

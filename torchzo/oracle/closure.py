@@ -122,12 +122,14 @@ def loss_value(result: Any, where: str) -> float:
     return value
 
 
-def check_losses(values: Tensor, rows: int, first_query: int) -> None:
-    """A ClosureError unless a batched objective's ``values`` are ``rows`` finite losses;
-    ``first_query`` numbers the first row in the message."""
+def check_losses(values: Tensor, rows: int, first_query: int, finite: bool = True) -> None:
+    """A ClosureError unless a batched objective's ``values`` are ``rows`` losses, finite
+    unless ``finite=False``; ``first_query`` numbers the first row in the message."""
     if not isinstance(values, Tensor) or values.shape != (rows,):
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ClosureError(f"the batched objective must return shape ({rows},), got {shape}")
+    if not finite:
+        return
     bad = ~torch.isfinite(values.detach())
     if bool(bad.any()):
         row = int(bad.nonzero()[0, 0])

@@ -41,11 +41,7 @@ def estimate_population(fn: Callable[[Tensor], Tensor], X: Tensor, seeds: Sequen
     rows = [X[:, None, :]] + [X[:, None, :] + (sign * radius) * u for sign in scheme.signs]
     queries = torch.cat([r.expand(P, -1, d) for r in rows], 1)  # (P, 1 + S n, d)
     values = fn(queries.reshape(-1, d))
-    count = queries.shape[0] * queries.shape[1]
-    if finite:
-        check_losses(values, count, 0)
-    elif not isinstance(values, Tensor) or values.shape != (count,):
-        check_losses(values, count, 0)  # the shape error
+    check_losses(values, queries.shape[0] * queries.shape[1], 0, finite=finite)
     values = values.reshape(P, -1)
     f0, rest = values[:, 0], values[:, 1:].reshape(P, len(scheme.signs), len(seeds))
     coeff = scheme.coefficient(f0[:, None], tuple(rest.unbind(1)), radius.reshape(-1, 1))

@@ -35,6 +35,12 @@ class Family:
     make: Callable[[torch.Generator], Problem]
     mu: float | None = None
 
+    def instance(self, g: torch.Generator) -> Problem:
+        """One instance drawn from ``g``, carrying the family's ``mu``."""
+        problem = self.make(g)
+        problem.mu = self.mu
+        return problem
+
 
 class _SparseLogistic(learning.Logistic):
     def __init__(self, g: torch.Generator) -> None:
@@ -127,9 +133,7 @@ def sample_instance(split: str, g: torch.Generator, augmented: bool = True
     """A random family of ``split`` and an instance of it (augmented, or as drawn)."""
     options = families(split)
     family = options[int(torch.randint(len(options), (), generator=g))]
-    problem = family.make(g)
-    if family.mu is not None:
-        problem.mu = family.mu
+    problem = family.instance(g)
     if augmented:
-        problem = augment(problem, g, family.mu)
+        problem = augment(problem, g)
     return family, problem
