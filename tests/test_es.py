@@ -268,6 +268,20 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
     assert "log_radius" in opt.state[x]
 
 
+def test_a_run_from_before_the_val_split_grew_resumes_on_its_three_families(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    old = dataclasses.asdict(_tiny(5, pairs=1))
+    del old["val_families"]  # what a run folder of 2026-12-01 holds
+    (run / "config.json").write_text(json.dumps(old))
+    main(["es", "--out", str(run), "--iterations", "1", "--val-every", "1", "--threads", "1"])
+    assert torch.load(run / "best.pt", weights_only=True)["val"].shape == (3,)
+    new = tmp_path / "new"
+    train_es(_tiny(1, val_every=1), new, log=lambda _: None)
+    saved = json.loads((new / "config.json").read_text())["val_families"]
+    assert tuple(saved) == es.FAMILY_SPLITS["val"] and len(saved) > 3
+
+
 def test_score_tail_averages_the_end_of_the_run():
     losses = torch.tensor([[8.0, 4.0, 2.0, 1.0], [8.0, 1.0, 1.0, 1.0]])
     whole, tail = es.score(losses, 0.0), es.score(losses, 0.0, tail=0.25)

@@ -78,8 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("pairs", int), ("sigma", float), ("lr", float), ("instances", int),
                        ("seed", int), ("iterations", int), ("val_every", int),
                        ("checkpoint_s", float), ("init", str), ("tail", float),
-                       ("ema", float)):
+                       ("ema", float), ("val_instances", int), ("val_steps", int)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    es.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"),
+                    help="training horizons, log-uniform between MIN and MAX")
     es.add_argument("--noise-inputs", action="store_true",
                     help="a new run: the controller also reads the estimate's consistency")
     es.add_argument("--no-query-net", action="store_true",
@@ -101,11 +103,15 @@ def run_es(args: argparse.Namespace) -> None:
     if saved.exists():  # a resumed run keeps its configuration
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) and k != "arch" else v
                                   for k, v in json.loads(saved.read_text()).items()}
+        # runs from before the val split grew validated on its first three families
+        values.setdefault("val_families", ("huber", "quartic", "softmax"))
         cfg = ESConfig(**values)
     for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
-                 "checkpoint_s", "init", "tail", "ema"):
+                 "checkpoint_s", "init", "tail", "ema", "val_instances", "val_steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.steps is not None:
+        cfg.steps = tuple(args.steps)
     if args.noise_inputs:
         cfg.arch = {**cfg.arch, "noise_inputs": True}
     if args.no_query_net:

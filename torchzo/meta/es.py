@@ -19,7 +19,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..learned.nets import Arch, LearnedZO
-from ..tasks.families import augment, families, sample_instance
+from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families, sample_instance
 from .population import run_population
 
 __all__ = ["ESConfig", "export", "flatten", "load_best", "score", "train_es", "unflatten",
@@ -62,6 +62,9 @@ class ESConfig:
     #: kept as best (0: the weights themselves): it averages out the random walk of noisy
     #: search steps.
     ema: float = 0.0
+    #: The families validated on (``None``: the val split as it is now). A run records them,
+    #: so that it resumes with the validation it started with when the split grows.
+    val_families: tuple[str, ...] | None = None
 
 
 def flatten(weights: dict[str, Tensor]) -> Tensor:
@@ -104,7 +107,10 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
     ``val_instances`` per family, seeded apart from training's."""
     weights = unflatten(theta[None], like)
     out = []
-    for k, family in enumerate(families(split)):
+    chosen = families(split)
+    if split == "val" and cfg.val_families is not None:
+        chosen = [FAMILIES[name] for name in cfg.val_families]
+    for k, family in enumerate(chosen):
         for i in range(cfg.val_instances):
             g = torch.Generator().manual_seed(10**6 + 1000 * k + i)
             problem = augment(family.instance(g), g)
@@ -157,6 +163,8 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     ``deadline``: a ``time.time()`` at which to checkpoint and stop.
     """
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.val_families is None:
+        cfg = replace(cfg, val_families=FAMILY_SPLITS["val"])
     arch = Arch.from_dict(cfg.arch)
     with torch.random.fork_rng():  # the initial weights from the run's seed, not the caller's
         torch.manual_seed(cfg.seed)
@@ -230,6 +238,11 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
                 record["val_by_family"] = [round(float(x), 3) for x in
                                            val.view(-1, cfg.val_instances).mean(1)]
                 record["val_vs_start"] = round(gain, 4)
+                # every check's weights, so that a checkpoint can be chosen afterwards on
+                # more instances than one check affords (benchmarks.generalist on val)
+                (out / "checks").mkdir(exist_ok=True)
+                _save(out / "checks" / f"{it}.pt", {"theta": average, "iteration": it,
+                                                    "val": val})
                 if gain < best:
                     best = gain
                     _save(out / "best.pt", {"theta": average, "iteration": it, "val": val})

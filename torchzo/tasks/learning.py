@@ -16,7 +16,8 @@ from .base import Problem
 from .synthetic import log_uniform, randint
 
 __all__ = ["Hinge", "Huber", "Lasso", "LeastSquares", "Logistic", "MatrixFactorization",
-           "MLPClassifier", "MLPRegression", "Poisson", "RobustRegression", "Softmax"]
+           "MLPClassifier", "MLPRegression", "Poisson", "RobustRegression", "Softmax",
+           "SquaredHinge", "StudentT"]
 
 
 def _features(g: torch.Generator, n: int, d: int) -> Tensor:
@@ -98,6 +99,19 @@ class Huber(RobustRegression):
         return F.huber_loss(r, torch.zeros_like(r), reduction="none", delta=1.0).mean(-1)
 
 
+class StudentT(RobustRegression):
+    """The Student-t negative log-likelihood ``mean log(1 + r^2 / nu)`` of a linear model:
+    outliers barely pull on it, at the price of a nonconvex loss."""
+
+    def __init__(self, g: torch.Generator) -> None:
+        super().__init__(g)
+        self.nu = log_uniform(g, 1.0, 10.0)
+
+    def loss(self, X: Tensor, batch: Tensor | None = None) -> Tensor:
+        a, y = self._data(batch)
+        return torch.log1p((X @ a.T - y) ** 2 / self.nu).mean(-1)
+
+
 class Logistic(_Data):
     """Logistic regression (labels from a noisy linear rule), optionally l2-regularised."""
 
@@ -127,6 +141,16 @@ class Hinge(Logistic):
         a, y = self._data(batch)
         margin = (X @ a.T) * (2 * y - 1)
         return (1 - margin).clamp(min=0).mean(-1) + 0.5 * self.l2 * (X ** 2).sum(-1)
+
+
+class SquaredHinge(Logistic):
+    """A linear support-vector machine with the squared hinge loss: smooth, unlike the hinge,
+    but its curvature switches off wherever a margin passes 1."""
+
+    def loss(self, X: Tensor, batch: Tensor | None = None) -> Tensor:
+        a, y = self._data(batch)
+        margin = (X @ a.T) * (2 * y - 1)
+        return ((1 - margin).clamp(min=0) ** 2).mean(-1) + 0.5 * self.l2 * (X ** 2).sum(-1)
 
 
 class Poisson(_Data):

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .base import Problem
 
-__all__ = ["NoisyQuadratic", "Quartic", "Rastrigin", "RotatedQuadratic", "Rosenbrock",
-           "SeparableQuadratic", "ZeroOneLinear", "log_uniform", "randint"]
+__all__ = ["Ackley", "NoisyQuadratic", "Quartic", "Rastrigin", "RotatedQuadratic", "Rosenbrock",
+           "SeparableQuadratic", "SharpRidge", "ZeroOneLinear", "log_uniform", "randint"]
 
 
 def log_uniform(g: torch.Generator, low: float, high: float) -> float:
@@ -125,6 +125,46 @@ class Rastrigin(Problem):
 
     def loss(self, X: Tensor, batch: object = None) -> Tensor:
         return (X ** 2 + self.amp * (1 - torch.cos(2 * math.pi * X))).sum(-1)
+
+
+class SharpRidge(Problem):
+    """BBOB's sharp ridge ``z_1^2 + alpha |z_{2..d}|``, ``z = R (x - x*)`` with a random
+    rotation ``R``: a steep cone around one axis, a shallow quadratic along it, and not
+    differentiable on it."""
+
+    f_min = 0.0
+
+    def __init__(self, g: torch.Generator) -> None:
+        d = randint(g, 10, 200)
+        self.alpha = log_uniform(g, 10.0, 100.0)
+        self.R, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+        self.x_star = torch.randn(d, generator=g)
+        self.x0 = torch.randn(d, generator=g)
+
+    def loss(self, X: Tensor, batch: object = None) -> Tensor:
+        z = (X - self.x_star) @ self.R.T
+        # vector_norm, not sqrt of a sum: its gradient on the ridge is 0, not nan.
+        return z[..., 0] ** 2 + self.alpha * torch.linalg.vector_norm(z[..., 1:], dim=-1)
+
+
+class Ackley(Problem):
+    """The Ackley function of ``z = x - x*``: a cone under a grid of cosine ripples, started
+    a fraction of a ripple from its optimum (further out, ZO methods stall in the ripples)."""
+
+    f_min = 0.0
+
+    def __init__(self, g: torch.Generator) -> None:
+        d = randint(g, 10, 200)
+        self.x_star = torch.randn(d, generator=g)
+        self.x0 = self.x_star + log_uniform(g, 0.15, 0.4) * torch.randn(d, generator=g)
+
+    def loss(self, X: Tensor, batch: object = None) -> Tensor:
+        z = X - self.x_star
+        rms = torch.linalg.vector_norm(z, dim=-1) / math.sqrt(z.shape[-1])
+        ripples = torch.cos(2 * math.pi * z).mean(-1)
+        # The usual -20 exp(-0.2 rms) - exp(ripples) + 20 + e cancels to ~1e-6 in float32
+        # (not 0 at the optimum); as two expm1 terms each is >= 0 and accurate near it.
+        return -20 * torch.expm1(-0.2 * rms) - math.e * torch.expm1(ripples - 1)
 
 
 class ZeroOneLinear(Problem):
