@@ -40,6 +40,7 @@ from torch import Tensor
 
 import torchzo
 from torchzo.learned import Arch, LearnedZO
+from torchzo.learned.core import has_query
 from torchzo.optim import ZOOptimizer
 from torchzo.oracle import ClosureError
 from torchzo.tasks import Problem
@@ -148,22 +149,36 @@ def tune_family(problems: Sequence[Problem], steps: int, quick: bool) -> dict[st
     return out
 
 
-def methods(weights: Any, tuned: dict[str, Any]) -> dict[str, MakeOpt]:
-    untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
+def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
+            ) -> dict[str, MakeOpt]:
+    """The compared methods; with ``candidates`` (weights to choose between, e.g. ES
+    checkpoints on the val families), only those and the tuned baselines."""
     adam, sgd = tuned["adam"], tuned["sgd"]
-    return {
-        "ZOLSTM": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=weights, mu=mu, seed=s),
-        "ZOLSTM no query net": lambda p, s, mu: torchzo.ZOLSTM(
-            p, pretrained=weights, mu=mu, seed=s, directions="gaussian"),
+    baselines: dict[str, MakeOpt] = {
+        "ZOAdam tuned": lambda p, s, mu: torchzo.ZOAdam(p, lr=adam["lr"], mu=mu, seed=s,
+                                                        betas=(adam["beta1"], 0.999)),
+        "ZOSGD tuned": lambda p, s, mu: torchzo.ZOSGD(p, lr=sgd["lr"], mu=mu, seed=s),
+    }
+    if candidates:
+        out: dict[str, MakeOpt] = {}
+        for name in candidates:
+            nets = _weights(name)
+            out[name] = lambda p, s, mu, nets=nets: torchzo.ZOLSTM(p, pretrained=nets, mu=mu,
+                                                                  seed=s)
+        return {**out, **baselines}
+    untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
+    out = {"ZOLSTM": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=weights, mu=mu, seed=s)}
+    if has_query(_nets(weights).arch):  # without a query net the ablation is the same run
+        out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
+            p, pretrained=weights, mu=mu, seed=s, directions="gaussian")
+    out.update({
         "untrained (hand rule)": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=untrained,
                                                                  mu=mu, seed=s),
         "ZOLSTM mnist-attack": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained="mnist-attack",
                                                                mu=mu, seed=s),
         "ZOAdam lr 1e-3": lambda p, s, mu: torchzo.ZOAdam(p, mu=mu, seed=s),
-        "ZOAdam tuned": lambda p, s, mu: torchzo.ZOAdam(p, lr=adam["lr"], mu=mu, seed=s,
-                                                        betas=(adam["beta1"], 0.999)),
-        "ZOSGD tuned": lambda p, s, mu: torchzo.ZOSGD(p, lr=sgd["lr"], mu=mu, seed=s),
-    }
+    })
+    return {**out, **baselines}
 
 
 def median_progress(curves: dict[str, list[list[float]]], f_mins: Sequence[float]
@@ -256,7 +271,8 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick)
     problems = instances(fam, args.instances, _TEST_SEED)
     curves: dict[str, list[list[float]]] = {}
-    for name, make in methods(weights, tuned).items():
+    candidates = args.candidates.split(",") if args.candidates else ()
+    for name, make in methods(weights, tuned, candidates).items():
         curves[name] = [run(p, make, args.steps, i, args.every)[0]
                         for i, p in enumerate(problems)]
     finals = {n: [c[-1] for c in cs] for n, cs in curves.items()}
@@ -281,8 +297,8 @@ def weights_digest(nets: LearnedZO) -> str:
     return digest.hexdigest()
 
 
-def _nets(name: str | None) -> LearnedZO:
-    weights = _weights(name)
+def _nets(name: Any) -> LearnedZO:
+    weights = name if isinstance(name, LearnedZO) else _weights(name)
     if isinstance(weights, LearnedZO):
         return weights
     if weights is None or weights in torchzo.pretrained.available():
@@ -291,11 +307,20 @@ def _nets(name: str | None) -> LearnedZO:
 
 
 def _weights(name: str | None) -> Any:
-    """A shipped name, a weights file, or an ES run folder (its best weights so far)."""
+    """A shipped name, a weights file, an ES run folder (its best weights so far) or one of
+    its validation checks (``RUN/checks/ITERATION.pt``)."""
     if name and Path(name).is_dir():
         from torchzo.meta.es import load_best
 
         return load_best(Path(name))
+    if name and Path(name).parent.name == "checks" and Path(name).is_file():
+        import json
+
+        from torchzo.meta.es import weights_of
+
+        run = Path(name).parent.parent
+        arch = Arch.from_dict(json.loads((run / "config.json").read_text())["arch"])
+        return weights_of(torch.load(name, weights_only=True)["theta"], arch)
     return name
 
 
@@ -303,6 +328,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None, help="ZOLSTM pretrained name or path")
     ap.add_argument("--families", default=",".join(FAMILY_SPLITS["test"]))
+    ap.add_argument("--candidates", default=None,
+                    help="comma-separated weights to choose between (run folders, their "
+                         "checks/N.pt, files): runs only these and the tuned baselines")
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--tune-instances", type=int, default=4)
     ap.add_argument("--steps", type=int, default=500)

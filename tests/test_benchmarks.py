@@ -5,7 +5,9 @@ import json
 import math
 
 import pytest
+import torch
 
+import torchzo
 from benchmarks import overhead
 
 
@@ -120,6 +122,26 @@ def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
         assert entry["tuned"]["adam"]["lr"] > 0
     text = (tmp_path / "generalist.md").read_text()
     assert "| hinge |" in text and "geometric mean" in text
+
+
+def test_generalist_candidates_run_the_same_optimizer_as_the_main_row(tmp_path):
+    """An ES check file as a candidate is the very optimizer its weights make: its finals
+    equal the main row's for the same weights given as a file."""
+    from benchmarks import generalist
+    from torchzo.meta.es import flatten
+
+    nets = torchzo.pretrained.load("generalist")
+    run = tmp_path / "run"
+    (run / "checks").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"arch": nets.arch.to_dict()}))
+    torch.save({"theta": flatten(nets.weights()), "iteration": 7}, run / "checks" / "7.pt")
+    check = str(run / "checks" / "7.pt")
+    args = ["--quick", "--families", "hinge", "--out", ""]
+    main = generalist.main([*args, "--weights", "generalist"])["families"]["hinge"]
+    picked = generalist.main([*args, "--candidates", check])["families"]["hinge"]
+    assert list(picked["summary"]) == [check, "ZOAdam tuned", "ZOSGD tuned"]
+    assert picked["finals"][check] == main["finals"]["ZOLSTM"]
+    assert picked["finals"]["ZOAdam tuned"] == main["finals"]["ZOAdam tuned"]
 
 
 def test_generalist_floors_solved_gaps_and_counts_divergence():
