@@ -210,6 +210,12 @@ def summarize(finals: dict[str, list[float]], starts: list[float], f_mins: list[
     return out
 
 
+def _short(digest: str | dict[str, str]) -> str:
+    if isinstance(digest, dict):
+        return ", ".join(f"{name}: {d[:16]}" for name, d in digest.items())
+    return digest[:16]
+
+
 def render(data: dict[str, Any]) -> str:
     names = list(next(iter(data["families"].values()))["summary"])
     lines = ["# The generalist ZOLSTM on held-out families\n",
@@ -217,7 +223,7 @@ def render(data: dict[str, Any]) -> str:
              f"{data['machine']['cpu']}, one torch thread per family "
              f"({data['config']['jobs']} in parallel). {data['config']['instances']} "
              f"instances per family, {data['config']['steps']} steps, q = 20. Weights digest "
-             f"`{data.get('weights_digest', '?')[:16]}` (`weights_digest`: equal for any file "
+             f"`{_short(data.get('weights_digest', '?'))}` (`weights_digest`: equal for any file "
              "holding the same weights).\n",
              "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
              f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
@@ -350,6 +356,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             "weights": args.weights or torchzo.pretrained.default_name(),
                             "weights_digest": weights_digest(_nets(args.weights)),
                             "machine": machine(), "config": vars(args), "families": {}}
+    if args.candidates:  # then the main weights are not run: name what was
+        names = args.candidates.split(",")
+        data["weights"] = ", ".join(names)
+        data["weights_digest"] = {n: weights_digest(_nets(n)) for n in names}
     jobs = [(fam, args) for fam in args.families.split(",")]
     if args.jobs > 1:
         import multiprocessing

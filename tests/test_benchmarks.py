@@ -33,7 +33,8 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
         assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
         assert floor["step"]["median"] == pytest.approx(5 * floor["add"]["median"])
         assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSignSGD", "ZOAdam",
-                                           "ZOLSTM", "ZOLSTM (general)"}
+                                           "ZOLSTM", "ZOLSTM (general)",
+                                           "ZOLSTM (general, no query net)"}
         assert all(r["median"] > 0 for r in case["over_floor"].values())
 
 
@@ -138,8 +139,13 @@ def test_generalist_candidates_run_the_same_optimizer_as_the_main_row(tmp_path):
     check = str(run / "checks" / "7.pt")
     args = ["--quick", "--families", "hinge", "--out", ""]
     main = generalist.main([*args, "--weights", "generalist"])["families"]["hinge"]
-    picked = generalist.main([*args, "--candidates", check])["families"]["hinge"]
+    picked_all = generalist.main([*args[:-1], str(tmp_path), "--candidates", check])
+    picked = picked_all["families"]["hinge"]
+    assert picked_all["weights"] == check
+    assert picked_all["weights_digest"] == {check: generalist.weights_digest(nets)}
     assert list(picked["summary"]) == [check, "ZOAdam tuned", "ZOSGD tuned"]
+    assert f"{check}: {picked_all['weights_digest'][check][:16]}" in (
+        tmp_path / "generalist.md").read_text()
     assert picked["finals"][check] == main["finals"]["ZOLSTM"]
     assert picked["finals"]["ZOAdam tuned"] == main["finals"]["ZOAdam tuned"]
 
