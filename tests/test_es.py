@@ -268,6 +268,26 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
     assert "log_radius" in opt.state[x]
 
 
+def test_export_without_the_query_net_steps_as_the_run_with_gaussian_directions(tmp_path):
+    run = tmp_path / "run"
+    train_es(_tiny(2), run, log=lambda _: None)
+    (run / "commands.txt").write_text("python -m torchzo.meta es --out run\n")
+    full, lean = tmp_path / "full.pt", tmp_path / "lean.pt"
+    main(["es", "--out", str(run), "--export", str(full), "--threads", "1"])
+    main(["es", "--out", str(run), "--export", str(lean), "--no-query-net", "--threads", "1"])
+    meta = json.loads((tmp_path / "lean.pt.json").read_text())
+    assert meta["query_net"] is False and "--no-query-net" in meta["command"]
+    trajectories = []
+    for path, directions in ((full, "gaussian"), (lean, "learned")):
+        x = torch.randn(12, generator=torch.Generator().manual_seed(3))
+        opt = torchzo.ZOLSTM([x], pretrained=path, q=4, seed=1, directions=directions)
+        for _ in range(5):
+            opt.step(lambda x=x: ((x - 1) ** 4).sum())
+        trajectories.append(x.clone())
+    assert torchzo.ZOLSTM([torch.zeros(2)], pretrained=lean).nets.arch.query_net is False
+    assert torch.equal(*trajectories)
+
+
 def test_a_run_from_before_the_val_split_grew_resumes_on_its_three_families(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -276,6 +296,11 @@ def test_a_run_from_before_the_val_split_grew_resumes_on_its_three_families(tmp_
     (run / "config.json").write_text(json.dumps(old))
     main(["es", "--out", str(run), "--iterations", "1", "--val-every", "1", "--threads", "1"])
     assert torch.load(run / "best.pt", weights_only=True)["val"].shape == (3,)
+    chosen = tmp_path / "chosen"
+    main(["es", "--out", str(chosen), "--iterations", "1", "--val-every", "1", "--pairs", "1",
+          "--instances", "1", "--val-instances", "1", "--val-steps", "5", "--steps", "5", "10",
+          "--val-families", "ackley,huber", "--threads", "1"])
+    assert torch.load(chosen / "best.pt", weights_only=True)["val"].shape == (2,)
     new = tmp_path / "new"
     train_es(_tiny(1, val_every=1), new, log=lambda _: None)
     saved = json.loads((new / "config.json").read_text())["val_families"]

@@ -80,12 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("checkpoint_s", float), ("init", str), ("tail", float),
                        ("ema", float), ("val_instances", int), ("val_steps", int)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    es.add_argument("--val-families", type=lambda text: tuple(text.split(",")),
+                    help="comma-separated families to validate on (default: the val split)")
     es.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="training horizons, log-uniform between MIN and MAX")
     es.add_argument("--noise-inputs", action="store_true",
                     help="a new run: the controller also reads the estimate's consistency")
     es.add_argument("--no-query-net", action="store_true",
-                    help="a new run: the general architecture without its query net")
+                    help="a new run: the general architecture without its query net; with "
+                         "--export: the exported weights without it")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -95,7 +98,7 @@ def run_es(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.export:
-        meta = export(args.out, args.export, args.invocation)
+        meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
     cfg = ESConfig()
@@ -107,7 +110,8 @@ def run_es(args: argparse.Namespace) -> None:
         values.setdefault("val_families", ("huber", "quartic", "softmax"))
         cfg = ESConfig(**values)
     for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
-                 "checkpoint_s", "init", "tail", "ema", "val_instances", "val_steps"):
+                 "checkpoint_s", "init", "tail", "ema", "val_instances", "val_steps",
+                 "val_families"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.steps is not None:

@@ -257,10 +257,12 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
 
 
-def export(out: Path, path: Path, command: str) -> dict[str, Any]:
+def export(out: Path, path: Path, command: str, query_net: bool = True) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
-    the seconds of ES iterations up to it, and for a run started from another, that run's)."""
+    the seconds of ES iterations up to it, and for a run started from another, that run's).
+    ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
+    every other weight is the run's)."""
     from ..pretrained import save, sha256
 
     config = json.loads((out / "config.json").read_text())
@@ -277,6 +279,11 @@ def export(out: Path, path: Path, command: str) -> dict[str, Any]:
                                                      weights_only=True)["iteration"])
         seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
     nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
+    if not query_net and nets.arch.query_net:
+        kept = LearnedZO(arch=replace(nets.arch, query_net=False))
+        trained = nets.state_dict()
+        kept.load_state_dict({k: trained[k] for k in kept.state_dict()}, strict=True)
+        nets = kept
     meta: dict[str, Any] = {
         "task": "generalist", "preset": "es", "arch": "general",
         "command": " && ".join([c for c in commands if c] + [command]),
@@ -284,6 +291,7 @@ def export(out: Path, path: Path, command: str) -> dict[str, Any]:
         "val_final_log_progress": round(float(best["val"].mean()), 4),
         "train_seconds": round(seconds, 1), "torch": str(torch.__version__),
         "machine": f"{platform.machine()}, 1 torch thread",
+        "query_net": nets.arch.query_net,
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)
