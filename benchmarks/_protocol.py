@@ -66,6 +66,7 @@ class Config:
     sweep_dim: tuple[int, ...] = (50, 100, 150)
     sweep_trials: int = 3
     mu: float | None = None  # None: every optimizer's default for the dtype
+    directions_kind: str = "gaussian"  # every method's base draw (issue 18: its effect)
 
 
 FULL = Config()
@@ -102,27 +103,28 @@ class Runner:
         self.progress.close()
 
     def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
-        kind, mu = spec["kind"], self.cfg.mu
+        kind, mu, draw = spec["kind"], self.cfg.mu, self.cfg.directions_kind
         if kind == "zolstm":
             nets = self.nets[spec["weights"]]
             lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
             return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q, mu=mu,
                                      query_prob=spec["query_prob"], directions=spec["directions"],
-                                     use_update=spec["use_update"], seed=seed)
+                                     use_update=spec["use_update"], seed=seed,
+                                     directions_kind=draw)
         lr = spec["delta"] / dim
         if kind == "zosgd":
-            return lambda ps: ZOSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
+            return lambda ps: ZOSGD(ps, lr=lr, q=q, mu=mu, seed=seed, directions_kind=draw)
         if kind == "zosignsgd":
-            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, mu=mu, seed=seed)
+            return lambda ps: ZOSignSGD(ps, lr=lr, q=q, mu=mu, seed=seed, directions_kind=draw)
         if kind == "zoadam":
             return lambda ps: ZOAdam(ps, lr=lr, q=q, mu=mu, betas=tuple(spec["betas"]),
-                                     seed=seed)
+                                     seed=seed, directions_kind=draw)
         raise ValueError(f"unknown method kind {kind!r}")
 
     def key(self, spec: Spec, problem: Problem, q: int, trial: int) -> tuple:
         return (json.dumps(spec, sort_keys=True), q, problem.dim,
                 problem.batch_size, _seeds(problem, trial)[0], trial,  # type: ignore[attr-defined]
-                self.cfg.steps, self.cfg.mu)
+                self.cfg.steps, self.cfg.mu, self.cfg.directions_kind)
 
     def curve(self, spec: Spec, problem: Problem, q: int, trial: int) -> Tensor:
         data_seed, opt_seed = _seeds(problem, trial)

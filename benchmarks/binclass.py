@@ -345,6 +345,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sweep-trials", type=int, default=None)
     ap.add_argument("--no-sweeps", action="store_true", help="skip Fig. 3b-d")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--directions-kind", choices=["gaussian", "rademacher"], default="gaussian",
+                    help="every method's query directions (tuning included)")
     return ap.parse_args(argv)
 
 
@@ -360,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = replace(cfg, trials=args.trials)
     if args.sweep_trials is not None:
         cfg = replace(cfg, sweep_trials=args.sweep_trials)
+    cfg = replace(cfg, directions_kind=args.directions_kind)
     t0 = time.perf_counter()
     nets, weights_info = load_weights(args.weights, args.quick)
     runner = Runner(cfg, nets)

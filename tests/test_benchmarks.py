@@ -48,6 +48,19 @@ def test_binclass_quick_writes_tables_and_plots(tmp_path):
     assert "ZO-Adam" in text and "ZO-LSTM" in text
 
 
+def test_binclass_directions_kind_reaches_every_method(tmp_path):
+    from benchmarks import binclass
+
+    runs = {}
+    for kind in ("gaussian", "rademacher"):
+        binclass.main(["--quick", "--no-sweeps", "--no-plots", "--directions-kind", kind,
+                       "--out", str(tmp_path / kind)])
+        runs[kind] = json.loads((tmp_path / kind / "binclass.json").read_text())
+    assert runs["rademacher"]["config"]["directions_kind"] == "rademacher"
+    assert runs["gaussian"]["tuning"]["candidates"] != runs["rademacher"]["tuning"]["candidates"]
+    assert runs["gaussian"]["curves"] != runs["rademacher"]["curves"]
+
+
 def test_schedules_quick_runs_every_schedule(tmp_path):
     from benchmarks import schedules
 
