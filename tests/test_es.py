@@ -301,6 +301,9 @@ def test_a_run_from_before_the_val_split_grew_resumes_on_its_three_families(tmp_
           "--instances", "1", "--val-instances", "1", "--val-steps", "5", "--steps", "5", "10",
           "--val-families", "ackley,huber", "--threads", "1"])
     assert torch.load(chosen / "best.pt", weights_only=True)["val"].shape == (2,)
+    with pytest.raises(ValueError, match="unknown validation families.*nope"):
+        train_es(_tiny(1, val_families=("huber", "nope")), tmp_path / "bad", log=print)
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
     new = tmp_path / "new"
     train_es(_tiny(1, val_every=1), new, log=lambda _: None)
     saved = json.loads((new / "config.json").read_text())["val_families"]

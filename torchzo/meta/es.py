@@ -163,8 +163,12 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     ``deadline``: a ``time.time()`` at which to checkpoint and stop.
     """
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.val_families is None:
-        cfg = replace(cfg, val_families=FAMILY_SPLITS["val"])
+    val_families = FAMILY_SPLITS["val"] if cfg.val_families is None else cfg.val_families
+    cfg = replace(cfg, val_families=val_families)
+    unknown = [name for name in val_families if name not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown validation families {unknown}; the families are "
+                         f"{sorted(FAMILIES)}")
     arch = Arch.from_dict(cfg.arch)
     with torch.random.fork_rng():  # the initial weights from the run's seed, not the caller's
         torch.manual_seed(cfg.seed)
