@@ -149,6 +149,10 @@ def tune_family(problems: Sequence[Problem], steps: int, quick: bool) -> dict[st
     return out
 
 
+def _zolstm(weights: Any) -> MakeOpt:
+    return lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=weights, mu=mu, seed=s)
+
+
 def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
             ) -> dict[str, MakeOpt]:
     """The compared methods; with ``candidates`` (weights to choose between, e.g. ES
@@ -160,14 +164,9 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
         "ZOSGD tuned": lambda p, s, mu: torchzo.ZOSGD(p, lr=sgd["lr"], mu=mu, seed=s),
     }
     if candidates:
-        out: dict[str, MakeOpt] = {}
-        for name in candidates:
-            nets = _weights(name)
-            out[name] = lambda p, s, mu, nets=nets: torchzo.ZOLSTM(p, pretrained=nets, mu=mu,
-                                                                  seed=s)
-        return {**out, **baselines}
+        return {**{name: _zolstm(_weights(name)) for name in candidates}, **baselines}
     untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
-    out = {"ZOLSTM": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=weights, mu=mu, seed=s)}
+    out = {"ZOLSTM": _zolstm(weights)}
     if has_query(_nets(weights).arch):  # without a query net the ablation is the same run
         out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
             p, pretrained=weights, mu=mu, seed=s, directions="gaussian")
