@@ -319,13 +319,9 @@ def _weights(name: str | None) -> Any:
 
         return load_best(Path(name))
     if name and Path(name).parent.name == "checks" and Path(name).is_file():
-        import json
+        from torchzo.meta.es import load_check
 
-        from torchzo.meta.es import weights_of
-
-        run = Path(name).parent.parent
-        arch = Arch.from_dict(json.loads((run / "config.json").read_text())["arch"])
-        return weights_of(torch.load(name, weights_only=True)["theta"], arch)
+        return load_check(Path(name))
     return name
 
 

@@ -30,8 +30,8 @@ from ..learned.nets import Arch, LearnedZO
 from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families, sample_instance
 from .population import run_population
 
-__all__ = ["ESConfig", "export", "flatten", "load_best", "score", "train_es", "unflatten",
-           "validate", "weights_of"]
+__all__ = ["ESConfig", "export", "flatten", "load_best", "load_check", "score", "train_es",
+           "unflatten", "validate", "weights_of"]
 
 _WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the start loss
 _BEST = math.log(1e-8)   # progress below 1e-8 of the start counts no more
@@ -305,9 +305,17 @@ def export(out: Path, path: Path, command: str, query_net: bool = True) -> dict[
 
 def load_best(out: Path) -> LearnedZO:
     """The best-on-validation weights of the ES run in folder ``out``."""
+    return load_check(out / "best.pt", out)
+
+
+def load_check(path: Path, out: Path | None = None) -> LearnedZO:
+    """The weights of a saved check of an ES run (``best.pt``, or ``checks/N.pt``), laid
+    out by the architecture in the run's ``config.json``; ``out``: the run folder (default:
+    the one ``checks/N.pt`` sits in)."""
+    out = Path(path).parent.parent if out is None else out
     config = json.loads((out / "config.json").read_text())
-    best = torch.load(out / "best.pt", weights_only=True)
-    return weights_of(best["theta"], Arch.from_dict(config["arch"]))
+    theta = torch.load(path, weights_only=True)["theta"]
+    return weights_of(theta, Arch.from_dict(config["arch"]))
 
 
 def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
