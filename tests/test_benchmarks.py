@@ -18,11 +18,14 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     text = (tmp_path / "overhead.md").read_text()
     assert "ZOAdam" in text and "| d |" in text
     (split,) = data["split"]
-    for parts in split["optimizers"].values():  # the parts add up to about the whole step
+    # The parts add up to about the whole step. The quick run's steps take about a
+    # millisecond, so on a loaded machine (a meta-training run beside the tests) their
+    # medians can differ by 2x; a wrong unit or a missing part is off by far more.
+    for parts in split["optimizers"].values():
         total = (split["closure_s"]["median"] + parts["oracle_s"]["median"]
                  + parts["update_s"]["median"])
         assert parts["oracle_s"]["median"] > 0 and parts["update_s"]["median"] > 0
-        assert abs(total - parts["step_s"]["median"]) < 0.5 * parts["step_s"]["median"]
+        assert 1 / 3 < total / parts["step_s"]["median"] < 3
     assert "## Step time split" in text
     # The memory floor, measured in the same repetitions, and each optimizer over it.
     assert "## Overhead as a multiple of the memory floor" in text

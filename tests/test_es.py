@@ -355,3 +355,28 @@ def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path
         opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
         curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
     assert curves[0] == pytest.approx(curves[1], rel=1e-6)  # 0 * x terms: rounding at most
+
+
+def test_a_run_with_the_sgd_mix_starts_from_a_saved_check_step_for_step(tmp_path):
+    """--init may name a check file; the controller's new read-out row and the mix weight
+    start at zero, so the new architecture steps as the old weights."""
+    quiet = lambda line: None  # noqa: E731
+    old = tmp_path / "old"
+    train_es(_tiny(2, val_every=1), old, log=quiet)
+    check = old / "checks" / "1.pt"
+    mixed = Arch.from_dict({**_tiny(1).arch, "sgd_mix": True})
+    new = tmp_path / "new"
+    train_es(_tiny(0, arch=mixed.to_dict(), init=str(check)), new, log=quiet)
+    before, after = es.load_check(check), es.load_best(new)
+    assert after.control.head.weight.shape[0] == 2 and float(after.mix.detach()) == 0
+    assert torch.equal(after.control.head.weight[:1], before.control.head.weight)
+    assert not after.control.head.weight[1].any()
+    with torch.no_grad():  # make the step-size read-out matter; the mix's row stays zero
+        before.control.head.weight.fill_(0.3)
+        after.control.head.weight[0].fill_(0.3)
+    curves = []
+    for nets in (before, after):
+        x = torch.linspace(-1, 1, 12)
+        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
+        curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
+    assert curves[0] == pytest.approx(curves[1], rel=1e-6)

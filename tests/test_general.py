@@ -28,11 +28,11 @@ def _untrained() -> LearnedZO:
     return LearnedZO(arch=ARCH)
 
 
-def _nets(seed: int, std: float = 0.3) -> LearnedZO:
+def _nets(seed: int, std: float = 0.3, arch: Arch = ARCH) -> LearnedZO:
     """General nets with every weight (read-outs included) moved by seeded noise of ``std``:
     the update MLP, the query MLP and the controller all act."""
     torch.manual_seed(seed)
-    nets = LearnedZO(arch=ARCH)
+    nets = LearnedZO(arch=arch)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in nets.parameters():
@@ -136,12 +136,13 @@ def _f64(X: torch.Tensor) -> torch.Tensor:
 
 
 def _scaled_run(seed: int, s: float, a: float, b: float, steps: int = 20,
-                floor: float | None = None) -> torch.Tensor:
+                floor: float | None = None, nets: LearnedZO | None = None) -> torch.Tensor:
     """x_t / s for ZOLSTM on a f(x / s) + b from s x0 with radius s mu, float64 parameters.
 
-    ``floor``: set the nets' absolute floor of the start step (default: theirs, inactive).
+    ``floor``: set the nets' absolute floor of the start step (default: theirs, inactive);
+    ``nets``: other nets than ``_nets(seed)``.
     """
-    nets = _nets(seed)
+    nets = _nets(seed) if nets is None else nets
     if floor is not None:
         with torch.no_grad():
             nets.log_floor.fill_(math.log(floor))
@@ -193,6 +194,64 @@ def test_trajectory_ignores_a_loss_offset(b, seed):
     ref = _reference(seed)
     run = _scaled_run(seed, 1.0, 1.0, b)
     assert _relative_to_displacement(run, ref) < 1e-5
+
+
+MIX = Arch(kind="general", hidden=8, sgd_mix=True)
+
+
+def _mixing(seed: int) -> LearnedZO:
+    """Random nets whose SGD mix weight is inside (0, 1) and moves with the controller."""
+    nets = _nets(seed, arch=MIX)
+    with torch.no_grad():
+        nets.mix.fill_(0.5)
+    return nets
+
+
+@pytest.mark.parametrize("k,j,b", [(3, -7, 0.0), (-5, 9, 0.0), (0, 0, 37.5)])
+def test_the_sgd_mix_keeps_the_step_scale_free(k, j, b):
+    """ZO-SGD's direction is normalised by the group's RMS estimate, so mixing it in keeps the
+    trajectory equivariant to parameter and loss scale, and blind to a loss offset."""
+    ref = _scaled_run(2, 1.0, 1.0, 0.0, nets=_mixing(2))
+    run = _scaled_run(2, 2.0 ** k, 2.0 ** j, b, nets=_mixing(2))
+    assert _relative_to_displacement(run, ref) < 1e-5
+    plain = _scaled_run(2, 1.0, 1.0, 0.0, nets=_nets(2, arch=MIX))  # mix weight 0.3 * noise
+    assert _relative_to_displacement(plain, ref) > 1e-3  # the mix changes the trajectory
+
+
+def test_the_sgd_mix_at_weight_zero_is_the_step_without_it():
+    """Zero mix weight and zero read-out row: the nets step as the same weights without it."""
+    base = _nets(4)
+    mixed = LearnedZO(arch=MIX)
+    with torch.no_grad():
+        for name, w in mixed.named_parameters():
+            if name == "control.head.weight":
+                w.zero_()[:1] = base.control.head.weight
+            elif name == "mix":
+                w.zero_()
+            else:
+                w.copy_(dict(base.named_parameters())[name])
+    assert _relative_to_displacement(_scaled_run(4, 1.0, 1.0, 0.0, nets=mixed),
+                                     _scaled_run(4, 1.0, 1.0, 0.0, nets=base)) < 1e-6
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.25])
+def test_the_sgd_mix_moves_along_the_momentum_over_the_group_rms(weight):
+    """Untrained controller, mix weight w: the first step is -sigma0 ((1 - w) g / (|g| + eps
+    mean|g|) + w g / rms(g)), since at t = 1 the bias-corrected momentum and RMS are g's."""
+    torch.manual_seed(0)
+    nets = LearnedZO(arch=MIX)
+    with torch.no_grad():
+        nets.mix.fill_(weight)
+    x0 = 4 * torch.randn(10, generator=torch.Generator().manual_seed(3))
+    x = x0.clone()
+    opt = torchzo.ZOLSTM([x], pretrained=nets, q=5, mu=1e-3, seed=11)
+    opt.step(torchzo.Batched(_quadratic32))
+    g = opt.state[x]["prev_estimate"]
+    adam = g / (g.abs() + ARCH.eps * g.abs().mean())
+    sgd = g / g.pow(2).mean().sqrt()
+    expected = -_sigma0(nets, x0) * ((1 - weight) * adam + weight * sgd)
+    torch.testing.assert_close(opt.state[x]["prev_update"], expected, rtol=1e-5, atol=0)
+    assert not torch.allclose(adam, sgd, rtol=1e-2)  # the two directions differ here
 
 
 def test_scale_equivariance_check_detects_an_absolute_step():

@@ -22,6 +22,9 @@ write carries a scale:
   a plateau of a piecewise-constant objective at this mu) doubles the radius factor, up to
   ``1e6``; a step with signal shrinks it back towards 1 (``mu * radius`` is what the oracle
   uses, see :func:`radius`);
+- with ``Arch(sgd_mix=True)``, the controller also sets a weight in [0, 1] that mixes
+  ZO-SGD's direction (the base momentum over the group's RMS estimate) into the per-coordinate
+  one; both are unit-free, so the mix is too;
 - the QueryRNN's counterpart is a per-coordinate MLP (the query net) over magnitudes (|fast
   momentum|, |base momentum| over RMS, log RMS against the mean) giving the log standard
   deviation of the coordinate's query directions; at zero read-out, isotropic.
@@ -130,6 +133,20 @@ def query_features(arch: Arch, states: Sequence[State]) -> list[Tensor]:
     return out
 
 
+def _mix_sgd(arch: Arch, directions: Sequence[Tensor], momenta: Sequence[Tensor],
+             seconds: Sequence[Tensor], t: Tensor, weight: Tensor) -> list[Tensor]:
+    """``(1 - weight) * directions + weight * ZO-SGD's``: the bias-corrected base momentum
+    over the group's RMS estimate, so that coordinates keep their relative sizes (where
+    per-coordinate normalisation amplifies the noise of the weak ones) and no scale enters."""
+    bias2 = 1 - torch.pow(torch.as_tensor(arch.beta2), t.clamp(min=1))
+    d = sum(v.shape[-1] for v in seconds)
+    rms = (_sum(seconds) / d / bias2).sqrt()
+    bias = 1 - torch.pow(torch.as_tensor(arch.momenta[arch.base]), t.clamp(min=1))
+    scale = (1 / (bias * rms.clamp(min=_TINY)))[..., None]
+    w = weight[..., None]
+    return [u + w * (m[..., arch.base] * scale - u) for u, m in zip(directions, momenta)]
+
+
 def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor],
            states: Sequence[State], params: Sequence[Tensor], lr: float | Tensor,
            loss: Tensor | None, q: int) -> tuple[list[Tensor], list[State]]:
@@ -189,6 +206,9 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     out, h, c = coord_lstm(weights["control.cell.weight_ih"], weights["control.cell.weight_hh"],
                            weights["control.head.weight"], inputs[..., None, :],
                            g0["ctrl_h"][..., None, :], g0["ctrl_c"][..., None, :])
+    if arch.sgd_mix:
+        directions = _mix_sgd(arch, directions, momenta, seconds, t,
+                              (weights["mix"] + out[..., 0, 1]).clamp(0, 1))
     log_sigma = log_sigma + (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
     sigma = lr * log_sigma.exp()
     log_radius = torch.where(zero > 0, (g0["log_radius"] + math.log(2)).clamp(max=_MAX_LOG_RADIUS),

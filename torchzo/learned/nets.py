@@ -58,6 +58,10 @@ class Arch:
     #: ``general`` only: ``False`` drops the query net; learned directions are then standard
     #: Gaussian ones (the query net's ablation measured no gain: docs/generalist.md).
     query_net: bool = True
+    #: ``general`` only: the step also mixes in ZO-SGD's direction (the base momentum over
+    #: the group's RMS, not each coordinate's), by a weight in [0, 1] that the controller
+    #: sets each step; at zero weight (as initialised) the step is the one without it.
+    sgd_mix: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
@@ -228,10 +232,12 @@ class LearnedZO(nn.Module):
 
         self.update = CoordMLP(arch.update_inputs, arch.coord_hidden, 2)
         self.query = CoordMLP(arch.query_inputs, arch.coord_hidden, 1) if arch.query_net else None
-        self.control = CoordLSTM(control_inputs(arch), arch.hidden, 1, 0.0)
+        self.control = CoordLSTM(control_inputs(arch), arch.hidden, 2 if arch.sgd_mix else 1, 0.0)
         self.log_lr = nn.Parameter(torch.tensor(math.log(arch.init_lr)))
         self.log_floor = nn.Parameter(torch.tensor(math.log(arch.floor)))
         self.gain = nn.Parameter(torch.tensor(float(arch.gain)))
+        if arch.sgd_mix:
+            self.mix = nn.Parameter(torch.tensor(0.0))
 
     def update_parameters(self) -> list[nn.Parameter]:
         """What meta-training's first stage trains: the UpdateRNN and the step size."""

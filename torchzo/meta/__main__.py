@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--no-query-net", action="store_true",
                     help="a new run: the general architecture without its query net; with "
                          "--export: the exported weights without it")
+    es.add_argument("--sgd-mix", action="store_true",
+                    help="a new run: the controller also mixes in ZO-SGD's direction")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -120,6 +122,8 @@ def run_es(args: argparse.Namespace) -> None:
         cfg.arch = {**cfg.arch, "noise_inputs": True}
     if args.no_query_net:
         cfg.arch = {**cfg.arch, "query_net": False}
+    if args.sgd_mix:
+        cfg.arch = {**cfg.arch, "sgd_mix": True}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records

@@ -54,7 +54,8 @@ class ESConfig:
     val_steps: int = 300
     checkpoint_s: float = 300.0
     iterations: int = 100_000
-    #: Start from the best weights of another run (its folder), not from the untrained nets.
+    #: Start from the best weights of another run (its folder) or from one of its saved checks
+    #: (``RUN/checks/N.pt``), not from the untrained nets.
     init: str | None = None
     #: The fraction of each run, at its end, that the score averages (1: the whole run).
     tail: float = 1.0
@@ -122,20 +123,26 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
     return torch.stack(out)
 
 
-def _init_theta(run: Path, like: dict[str, Tensor]) -> Tensor:
-    """The best weights of ``run`` laid out as ``like``. Weights that grew inputs (the
-    controller's, when the noise inputs are added) keep the old columns and start at zero in
-    the new ones, so the new architecture starts as the old optimizer, step for step."""
-    old = load_best(run).weights()
+def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
+    """The best weights of run folder ``start`` (or its saved check, ``checks/N.pt``) laid
+    out as ``like``. Weights that grew (the controller's input columns for the noise inputs,
+    its read-out rows for the SGD mix) keep the old entries and start at zero in the new
+    ones, and weights new to the architecture start as ``like``'s (the mix weight: zero), so
+    the new architecture starts as the old optimizer, step for step."""
+    old = (load_check(start) if start.is_file() else load_best(start)).weights()
     out = {}
     for name, w in like.items():
+        if name not in old:
+            out[name] = w
+            continue
         src = old[name].detach()
         if src.shape == w.shape:
             out[name] = src
-        elif src.dim() == 2 and src.shape[0] == w.shape[0] and src.shape[1] < w.shape[1]:
-            out[name] = torch.cat([src, src.new_zeros(w.shape[0], w.shape[1] - src.shape[1])], 1)
+        elif src.dim() == 2 and all(a <= b for a, b in zip(src.shape, w.shape)):
+            out[name] = src.new_zeros(w.shape)
+            out[name][:src.shape[0], :src.shape[1]] = src
         else:
-            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {run}'s "
+            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {start}'s "
                              f"{tuple(src.shape)}")
     return flatten(out)
 
