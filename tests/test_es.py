@@ -380,3 +380,37 @@ def test_a_run_with_the_sgd_mix_starts_from_a_saved_check_step_for_step(tmp_path
         opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
         curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
     assert curves[0] == pytest.approx(curves[1], rel=1e-6)
+
+
+def test_export_with_a_sgd_mix_weight_steps_as_that_mix(tmp_path):
+    """--sgd-mix-weight W exports the run's weights with ZO-SGD's direction mixed in at W:
+    W = 0 steps as the plain export, W > 0 moves elsewhere, and the file records W."""
+    run = tmp_path / "run"
+    train_es(_tiny(2), run, log=lambda _: None)
+    paths = {w: tmp_path / f"mix{w}.pt" for w in ("none", "0", "0.75")}
+    main(["es", "--out", str(run), "--export", str(paths["none"]), "--threads", "1"])
+    for w in ("0", "0.75"):
+        main(["es", "--out", str(run), "--export", str(paths[w]), "--sgd-mix-weight", w,
+              "--threads", "1"])
+    meta = json.loads((tmp_path / "mix0.75.pt.json").read_text())
+    assert meta["sgd_mix"] == 0.75 and "--sgd-mix-weight 0.75" in meta["command"]
+    ends = {}
+    for w, path in paths.items():
+        x = torch.randn(12, generator=torch.Generator().manual_seed(3))
+        opt = torchzo.ZOLSTM([x], pretrained=path, q=4, seed=1)
+        for _ in range(5):
+            opt.step(lambda x=x: ((x - 1) ** 4).sum())
+        ends[w] = x.clone()
+    assert torch.allclose(ends["none"], ends["0"], rtol=1e-6, atol=0)
+    assert not torch.allclose(ends["none"], ends["0.75"], rtol=1e-3)
+    adapted = tmp_path / "adapted.pt"
+    main(["es", "--out", str(run), "--export", str(adapted), "--sgd-mix-weight", "0.5",
+          "--sgd-mix-gain", "0.1", "--threads", "1"])
+    loaded = torchzo.ZOLSTM([torch.zeros(3)], pretrained=adapted).nets
+    assert loaded.arch.mix_gain == 0.1 and float(loaded.mix.detach()) == 0.5
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        es.export(run, tmp_path / "bad.pt", "cmd", sgd_mix=1.5)
+    with pytest.raises(ValueError, match="give sgd_mix"):
+        es.export(run, tmp_path / "bad.pt", "cmd", mix_gain=0.1)
+    with pytest.raises(SystemExit, match="--export"):
+        main(["es", "--out", str(run), "--sgd-mix-weight", "0.5", "--threads", "1"])

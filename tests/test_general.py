@@ -197,25 +197,56 @@ def test_trajectory_ignores_a_loss_offset(b, seed):
 
 
 MIX = Arch(kind="general", hidden=8, sgd_mix=True)
+HYPER_MIX = Arch(kind="general", hidden=8, sgd_mix=True, mix_gain=0.1)
 
 
-def _mixing(seed: int) -> LearnedZO:
+def _mixing(seed: int, arch: Arch = MIX) -> LearnedZO:
     """Random nets whose SGD mix weight is inside (0, 1) and moves with the controller."""
-    nets = _nets(seed, arch=MIX)
+    nets = _nets(seed, arch=arch)
     with torch.no_grad():
         nets.mix.fill_(0.5)
     return nets
 
 
+@pytest.mark.parametrize("arch", [MIX, HYPER_MIX], ids=["learned", "hypergradient"])
 @pytest.mark.parametrize("k,j,b", [(3, -7, 0.0), (-5, 9, 0.0), (0, 0, 37.5)])
-def test_the_sgd_mix_keeps_the_step_scale_free(k, j, b):
-    """ZO-SGD's direction is normalised by the group's RMS estimate, so mixing it in keeps the
-    trajectory equivariant to parameter and loss scale, and blind to a loss offset."""
-    ref = _scaled_run(2, 1.0, 1.0, 0.0, nets=_mixing(2))
-    run = _scaled_run(2, 2.0 ** k, 2.0 ** j, b, nets=_mixing(2))
+def test_the_sgd_mix_keeps_the_step_scale_free(k, j, b, arch):
+    """ZO-SGD's direction is normalised by the group's RMS estimate, and the mix weight's
+    hypergradient rule reads a cosine, so mixing keeps the trajectory equivariant to
+    parameter and loss scale, and blind to a loss offset."""
+    ref = _scaled_run(2, 1.0, 1.0, 0.0, nets=_mixing(2, arch))
+    run = _scaled_run(2, 2.0 ** k, 2.0 ** j, b, nets=_mixing(2, arch))
     assert _relative_to_displacement(run, ref) < 1e-5
-    plain = _scaled_run(2, 1.0, 1.0, 0.0, nets=_nets(2, arch=MIX))  # mix weight 0.3 * noise
+    plain = _scaled_run(2, 1.0, 1.0, 0.0, nets=_nets(2, arch=arch))  # mix weight 0.3 * noise
     assert _relative_to_displacement(plain, ref) > 1e-3  # the mix changes the trajectory
+
+
+def test_the_mix_weight_follows_its_hypergradient_within_zero_and_one():
+    """Untrained controller: each step, shift += gain * clip(cos(g_t, sgd - adam of the last
+    step) * sqrt((d + q + 1) / q), -1, 1), kept so that mix + shift stays in [0, 1]; the
+    step's direction is adam + (mix + shift) * (sgd - adam)."""
+    torch.manual_seed(0)
+    nets = LearnedZO(arch=HYPER_MIX)
+    with torch.no_grad():
+        nets.mix.fill_(0.5)
+    d, q = 10, 4
+    w = torch.linspace(0.5, 8.0, d)
+    x = torch.ones(d)
+    opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, seed=1)
+    fn = torchzo.Batched(lambda X: (w * X ** 2).sum(-1))
+    opt.step(fn)
+    assert float(opt.state[x]["mix_shift"]) == 0  # no last difference yet: cos = 0
+    moved = 0.0
+    for _ in range(12):
+        before = opt.state[x]["mix_shift"].clone(), opt.state[x]["prev_diff"].clone()
+        opt.step(fn)
+        g = opt.state[x]["prev_estimate"]
+        cos = float(g @ before[1] / (g.norm() * before[1].norm()))
+        pull = 0.1 * min(max(cos * math.sqrt((d + q + 1) / q), -1.0), 1.0)
+        expected = min(max(float(before[0]) + pull, -0.5), 0.5)
+        assert float(opt.state[x]["mix_shift"]) == pytest.approx(expected, abs=1e-6)
+        moved = max(moved, abs(expected))
+    assert moved > 0.05  # the rule acted
 
 
 def test_the_sgd_mix_at_weight_zero_is_the_step_without_it():
@@ -486,12 +517,13 @@ def _steps(x: torch.Tensor) -> torch.Tensor:
     return ((4 * x).floor() ** 2).sum(-1)
 
 
-def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
+@pytest.mark.parametrize("arch", [ARCH, HYPER_MIX], ids=["general", "hypergradient-mix"])
+def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller(arch):
     """9 steps, save, 6 more; a fresh optimizer (other nets, other seed) loads and runs 6."""
     d, q = 8, 4
     x0 = torch.randn(d, generator=torch.Generator().manual_seed(2))
     xa = x0.clone()
-    full = torchzo.ZOLSTM([xa], pretrained=_nets(3), q=q, mu=1e-3, seed=5)
+    full = torchzo.ZOLSTM([xa], pretrained=_nets(3, arch=arch), q=q, mu=1e-3, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(9):
@@ -508,7 +540,9 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
             full.step(torchzo.Batched(_steps))
         xb = saved_x.clone()
         buffer.seek(0)
-        resumed = torchzo.ZOLSTM([xb], pretrained=_nets(9), q=q, mu=1e-3, seed=77)
+        if arch.mix_gain:
+            assert float(st["mix_shift"]) != 0 and st["prev_diff"].abs().sum() > 0
+        resumed = torchzo.ZOLSTM([xb], pretrained=_nets(9, arch=arch), q=q, mu=1e-3, seed=77)
         resumed.load_state_dict(torch.load(buffer, weights_only=True))
         radius = float(resumed.state[xb]["log_radius"])
         assert radius > 0

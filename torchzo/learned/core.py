@@ -33,7 +33,7 @@ __all__ = ["STATE_KEYS", "Weights", "has_query", "init_state", "learned_update",
 # Every per-coordinate state entry; all float32 whatever the parameter dtype.
 STATE_KEYS = tuple(dict.fromkeys((
     "update_h", "update_c", "query_h", "query_c", "prev_estimate", "prev_update", "momenta",
-    "second", "t", *general.GROUP_KEYS)))
+    "second", "t", *general.GROUP_KEYS, *general.MIX_KEYS)))
 
 State = dict[str, Tensor]
 #: The networks' weights by parameter name (``LearnedZO.weights()``); a population carries

@@ -24,7 +24,8 @@ write carries a scale:
   uses, see :func:`radius`);
 - with ``Arch(sgd_mix=True)``, the controller also sets a weight in [0, 1] that mixes
   ZO-SGD's direction (the base momentum over the group's RMS estimate) into the per-coordinate
-  one; both are unit-free, so the mix is too;
+  one; both are unit-free, so the mix is too. With ``mix_gain > 0`` the weight also follows
+  its own hypergradient, as sigma does (see :func:`_mix_sgd`);
 - the QueryRNN's counterpart is a per-coordinate MLP (the query net) over magnitudes (|fast
   momentum|, |base momentum| over RMS, log RMS against the mean) giving the log standard
   deviation of the coordinate's query directions; at zero read-out, isotropic.
@@ -43,12 +44,15 @@ from torch import Tensor
 
 from .nets import Arch, coord_lstm
 
-__all__ = ["CONTROL_INPUTS", "GROUP_KEYS", "QUERY_INPUTS", "control_inputs", "init_state", "mlp",
-           "query_features", "radius", "update"]
+__all__ = ["CONTROL_INPUTS", "GROUP_KEYS", "MIX_KEYS", "QUERY_INPUTS", "control_inputs",
+           "init_state", "mlp", "query_features", "radius", "update"]
 
 #: Entries of a tensor's state that belong to its whole param group.
 GROUP_KEYS = ("ctrl_h", "ctrl_c", "log_sigma", "log_sigma0", "log_radius", "prev_loss",
               "loss_scale", "t")
+#: The state of an adapted SGD mix (``Arch(sgd_mix=True, mix_gain > 0)`` only): the last
+#: difference of the two directions per coordinate, and the group's shift of the weight.
+MIX_KEYS = ("prev_diff", "mix_shift")
 CONTROL_INPUTS = 8  # without the noise inputs (see control_inputs)
 QUERY_INPUTS = 3
 _MAX_LOG_RADIUS = math.log(1e6)
@@ -73,6 +77,8 @@ def init_state(p: Tensor, arch: Arch, population: tuple[int, ...] = ()) -> State
              "momenta": zeros(n, len(arch.momenta)), "second": zeros(n)}
     state.update({k: zeros(arch.hidden) if k.startswith("ctrl") else zeros()
                   for k in GROUP_KEYS})
+    if arch.sgd_mix and arch.mix_gain:
+        state.update(prev_diff=zeros(n), mix_shift=zeros())
     return state
 
 
@@ -133,18 +139,46 @@ def query_features(arch: Arch, states: Sequence[State]) -> list[Tensor]:
     return out
 
 
-def _mix_sgd(arch: Arch, directions: Sequence[Tensor], momenta: Sequence[Tensor],
-             seconds: Sequence[Tensor], t: Tensor, weight: Tensor) -> list[Tensor]:
-    """``(1 - weight) * directions + weight * ZO-SGD's``: the bias-corrected base momentum
-    over the group's RMS estimate, so that coordinates keep their relative sizes (where
-    per-coordinate normalisation amplifies the noise of the weak ones) and no scale enters."""
+def _sgd_directions(arch: Arch, momenta: Sequence[Tensor], seconds: Sequence[Tensor],
+                    t: Tensor) -> list[Tensor]:
+    """ZO-SGD's direction: the bias-corrected base momentum over the group's RMS estimate, so
+    that coordinates keep their relative sizes (where per-coordinate normalisation amplifies
+    the noise of the weak ones) and no scale enters."""
     bias2 = 1 - torch.pow(torch.as_tensor(arch.beta2), t.clamp(min=1))
     d = sum(v.shape[-1] for v in seconds)
     rms = (_sum(seconds) / d / bias2).sqrt()
     bias = 1 - torch.pow(torch.as_tensor(arch.momenta[arch.base]), t.clamp(min=1))
     scale = (1 / (bias * rms.clamp(min=_TINY)))[..., None]
-    w = weight[..., None]
-    return [u + w * (m[..., arch.base] * scale - u) for u, m in zip(directions, momenta)]
+    return [m[..., arch.base] * scale for m in momenta]
+
+
+def _mix_sgd(weights: Mapping[str, Tensor], arch: Arch, directions: Sequence[Tensor],
+             momenta: Sequence[Tensor], seconds: Sequence[Tensor], states: Sequence[State],
+             estimates: Sequence[Tensor], t: Tensor, read_out: Tensor, q: int
+             ) -> tuple[list[Tensor], State, list[State]]:
+    """``(1 - w) * directions + w * ZO-SGD's`` with ``w = clip(mix + shift + read_out, 0, 1)``,
+    and the new group and per-tensor state entries of the mix.
+
+    With ``arch.mix_gain``, ``shift`` follows the mix weight's hypergradient: the step moved
+    ``x`` by ``-sigma w (sgd - adam)`` along the weight, so a new estimate that still points
+    along the last difference ``sgd - adam`` says more weight would have gone further
+    (``shift += gain * clip(cos * sqrt((d + q + 1) / q), -1, 1)``, the step size's rule)."""
+    sgd = _sgd_directions(arch, momenta, seconds, t)
+    diffs = [b - a for a, b in zip(directions, sgd)]
+    group: State = {}
+    per_tensor: list[State] = [{} for _ in directions]
+    shift = torch.zeros_like(t)
+    if arch.mix_gain:
+        d = sum(g.shape[-1] for g in estimates)
+        pull = (_cos(estimates, [st["prev_diff"] for st in states])
+                * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
+        mix = weights["mix"].expand_as(t)
+        shift = torch.minimum(torch.maximum(states[0]["mix_shift"] + arch.mix_gain * pull, -mix),
+                              1 - mix)
+        group = {"mix_shift": shift}
+        per_tensor = [{"prev_diff": df} for df in diffs]
+    w = (weights["mix"] + shift + read_out).clamp(0, 1)[..., None]
+    return [a + w * df for a, df in zip(directions, diffs)], group, per_tensor
 
 
 def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor],
@@ -206,9 +240,12 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     out, h, c = coord_lstm(weights["control.cell.weight_ih"], weights["control.cell.weight_hh"],
                            weights["control.head.weight"], inputs[..., None, :],
                            g0["ctrl_h"][..., None, :], g0["ctrl_c"][..., None, :])
+    mix_group: State = {}
+    mix_tensors: list[State] = [{} for _ in estimates]
     if arch.sgd_mix:
-        directions = _mix_sgd(arch, directions, momenta, seconds, t,
-                              (weights["mix"] + out[..., 0, 1]).clamp(0, 1))
+        directions, mix_group, mix_tensors = _mix_sgd(weights, arch, directions, momenta,
+                                                      seconds, states, estimates, t,
+                                                      out[..., 0, 1], q)
     log_sigma = log_sigma + (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
     sigma = lr * log_sigma.exp()
     log_radius = torch.where(zero > 0, (g0["log_radius"] + math.log(2)).clamp(max=_MAX_LOG_RADIUS),
@@ -216,10 +253,11 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
 
     group = {"ctrl_h": h[..., 0, :], "ctrl_c": c[..., 0, :], "log_sigma": log_sigma,
              "log_sigma0": log_sigma0, "log_radius": log_radius, "prev_loss": loss_now,
-             "loss_scale": magnitude, "t": t}
+             "loss_scale": magnitude, "t": t, **mix_group}
     updates, new = [], []
-    for g, m, v, u in zip(estimates, momenta, seconds, directions):
+    for g, m, v, u, extra in zip(estimates, momenta, seconds, directions, mix_tensors):
         step = -sigma[..., None] * u
         updates.append(step)
-        new.append({"prev_estimate": g, "prev_update": step, "momenta": m, "second": v, **group})
+        new.append({"prev_estimate": g, "prev_update": step, "momenta": m, "second": v,
+                    **extra, **group})
     return updates, new

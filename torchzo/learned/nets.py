@@ -62,6 +62,9 @@ class Arch:
     #: the group's RMS, not each coordinate's), by a weight in [0, 1] that the controller
     #: sets each step; at zero weight (as initialised) the step is the one without it.
     sgd_mix: bool = False
+    #: ``sgd_mix`` only: the gain of the hand-set rule that moves the mix weight along its
+    #: hypergradient each step (0: the weight is the learned constant plus the controller's).
+    mix_gain: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:

@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "--export: the exported weights without it")
     es.add_argument("--sgd-mix", action="store_true",
                     help="a new run: the controller also mixes in ZO-SGD's direction")
+    es.add_argument("--sgd-mix-weight", type=float, metavar="W",
+                    help="with --export: the exported weights mix in ZO-SGD's direction at "
+                         "the constant weight W")
+    es.add_argument("--sgd-mix-gain", type=float, default=0.0, metavar="G",
+                    help="with --sgd-mix-weight: the weight starts at W and follows its "
+                         "hypergradient with gain G")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -100,9 +106,12 @@ def run_es(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.export:
-        meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net)
+        meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
+                      sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
+    if args.sgd_mix_weight is not None:
+        raise SystemExit("--sgd-mix-weight sets an exported file's mix: use it with --export")
     cfg = ESConfig()
     saved = args.out / "config.json"
     if saved.exists():  # a resumed run keeps its configuration

@@ -125,15 +125,20 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
 
 def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
     """The best weights of run folder ``start`` (or its saved check, ``checks/N.pt``) laid
-    out as ``like``. Weights that grew (the controller's input columns for the noise inputs,
-    its read-out rows for the SGD mix) keep the old entries and start at zero in the new
-    ones, and weights new to the architecture start as ``like``'s (the mix weight: zero), so
-    the new architecture starts as the old optimizer, step for step."""
+    out as ``like`` (see :func:`_grown`)."""
     old = (load_check(start) if start.is_file() else load_best(start)).weights()
+    return flatten(_grown(old, like, str(start)))
+
+
+def _grown(old: dict[str, Tensor], like: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """``old`` in a larger architecture's layout ``like``. Weights that grew (the controller's
+    input columns for the noise inputs, its read-out rows for the SGD mix) keep the old
+    entries and start at zero in the new ones, and weights new to the architecture start as
+    ``like``'s (the mix weight: zero), so the new architecture steps as the old optimizer."""
     out = {}
     for name, w in like.items():
         if name not in old:
-            out[name] = w
+            out[name] = w.detach().clone()
             continue
         src = old[name].detach()
         if src.shape == w.shape:
@@ -142,9 +147,9 @@ def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
             out[name] = src.new_zeros(w.shape)
             out[name][:src.shape[0], :src.shape[1]] = src
         else:
-            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {start}'s "
+            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {source}'s "
                              f"{tuple(src.shape)}")
-    return flatten(out)
+    return out
 
 
 def _truncate_history(path: Path, iteration: int) -> None:
@@ -268,13 +273,22 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
 
 
-def export(out: Path, path: Path, command: str, query_net: bool = True) -> dict[str, Any]:
+def export(out: Path, path: Path, command: str, query_net: bool = True,
+           sgd_mix: float | None = None, mix_gain: float = 0.0) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
     ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
-    every other weight is the run's)."""
+    every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
+    direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
+    zero; the weight is chosen on the validation families, docs/research-log.md), and
+    ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``)."""
     from ..pretrained import save, sha256
+
+    if sgd_mix is not None and not 0 <= sgd_mix <= 1:
+        raise ValueError(f"sgd_mix must be in [0, 1], got {sgd_mix}")
+    if mix_gain and sgd_mix is None:
+        raise ValueError("mix_gain adapts the SGD mix: give sgd_mix too")
 
     config = json.loads((out / "config.json").read_text())
     best = torch.load(out / "best.pt", weights_only=True)
@@ -295,6 +309,12 @@ def export(out: Path, path: Path, command: str, query_net: bool = True) -> dict[
         trained = nets.state_dict()
         kept.load_state_dict({k: trained[k] for k in kept.state_dict()}, strict=True)
         nets = kept
+    if sgd_mix is not None:
+        mixed = LearnedZO(arch=replace(nets.arch, sgd_mix=True, mix_gain=float(mix_gain)))
+        weights = _grown(nets.weights(), mixed.weights(), str(out))
+        weights["mix"] = torch.tensor(float(sgd_mix))
+        mixed.load_state_dict(weights, strict=True)
+        nets = mixed
     meta: dict[str, Any] = {
         "task": "generalist", "preset": "es", "arch": "general",
         "command": " && ".join([c for c in commands if c] + [command]),
@@ -303,6 +323,8 @@ def export(out: Path, path: Path, command: str, query_net: bool = True) -> dict[
         "train_seconds": round(seconds, 1), "torch": str(torch.__version__),
         "machine": f"{platform.machine()}, 1 torch thread",
         "query_net": nets.arch.query_net,
+        "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
+        "mix_gain": nets.arch.mix_gain,
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)
