@@ -414,3 +414,11 @@ def test_export_with_a_sgd_mix_weight_steps_as_that_mix(tmp_path):
         es.export(run, tmp_path / "bad.pt", "cmd", mix_gain=0.1)
     with pytest.raises(SystemExit, match="--export"):
         main(["es", "--out", str(run), "--sgd-mix-weight", "0.5", "--threads", "1"])
+    capped = tmp_path / "capped.pt"
+    main(["es", "--out", str(run), "--export", str(capped), "--max-step", "0.1",
+          "--threads", "1"])
+    nets = torchzo.ZOLSTM([torch.zeros(3)], pretrained=capped).nets
+    assert nets.arch.max_step == 0.1 and not nets.arch.sgd_mix
+    assert json.loads((tmp_path / "capped.pt.json").read_text())["max_step"] == 0.1
+    with pytest.raises(ValueError, match="max_step"):
+        es.export(run, tmp_path / "bad.pt", "cmd", max_step=-1)

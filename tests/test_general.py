@@ -572,3 +572,24 @@ def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
         curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(12)])
     assert curves[0] == curves[1]
     assert torch.equal(opt.next_query_scales()[0], torch.ones(16))
+
+
+def test_max_step_keeps_sigma_within_a_multiple_of_the_parameters_rms():
+    """On a linear objective the hand rule grows sigma every step; Arch(max_step=c) holds it
+    at c * rms(x) (the parameters before the step), and without a cap it outgrows that."""
+    def run(cap: float) -> list[tuple[float, float]]:
+        torch.manual_seed(0)
+        nets = LearnedZO(arch=Arch(kind="general", hidden=8, max_step=cap))
+        w = torch.linspace(-2.0, 3.0, 10)
+        x = torch.ones(10)
+        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=1)
+        out = []
+        for _ in range(30):
+            rms = float(x.pow(2).mean().sqrt())
+            opt.step(torchzo.Batched(lambda X: X @ w))
+            out.append((math.exp(float(opt.state[x]["log_sigma"])), rms))
+        return out
+    capped = run(0.1)
+    assert all(sigma <= 0.1 * rms * (1 + 1e-5) for sigma, rms in capped)
+    assert any(sigma >= 0.1 * rms * (1 - 1e-5) for sigma, rms in capped)  # the cap binds
+    assert any(sigma > 0.1 * rms for sigma, rms in run(0.0))

@@ -247,6 +247,11 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
                                                       seconds, states, estimates, t,
                                                       out[..., 0, 1], q)
     log_sigma = log_sigma + (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
+    if arch.max_step:  # a trust region relative to the parameters' own scale
+        rms_now = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
+                   / d).sqrt()
+        cap = torch.maximum(arch.max_step * rms_now, weights["log_floor"].exp()).log()
+        log_sigma = torch.minimum(log_sigma, cap)
     sigma = lr * log_sigma.exp()
     log_radius = torch.where(zero > 0, (g0["log_radius"] + math.log(2)).clamp(max=_MAX_LOG_RADIUS),
                              0.8 * g0["log_radius"])

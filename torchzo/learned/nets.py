@@ -65,6 +65,9 @@ class Arch:
     #: ``sgd_mix`` only: the gain of the hand-set rule that moves the mix weight along its
     #: hypergradient each step (0: the weight is the learned constant plus the controller's).
     mix_gain: float = 0.0
+    #: ``general`` only: when positive, sigma is kept at most ``max_step`` times the RMS of
+    #: the parameters (or the absolute floor, if larger): a step cannot outgrow the point.
+    max_step: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:

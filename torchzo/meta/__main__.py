@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--sgd-mix-gain", type=float, default=0.0, metavar="G",
                     help="with --sgd-mix-weight: the weight starts at W and follows its "
                          "hypergradient with gain G")
+    es.add_argument("--max-step", type=float, default=0.0, metavar="C",
+                    help="with --export: cap the exported optimizer's step size at C times "
+                         "the parameters' RMS")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -107,11 +110,13 @@ def run_es(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     if args.export:
         meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
-                      sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain)
+                      sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain,
+                      max_step=args.max_step)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
-    if args.sgd_mix_weight is not None:
-        raise SystemExit("--sgd-mix-weight sets an exported file's mix: use it with --export")
+    if args.sgd_mix_weight is not None or args.max_step:
+        raise SystemExit("--sgd-mix-weight and --max-step set an exported file's step: use "
+                         "them with --export")
     cfg = ESConfig()
     saved = args.out / "config.json"
     if saved.exists():  # a resumed run keeps its configuration

@@ -274,7 +274,8 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
 
 
 def export(out: Path, path: Path, command: str, query_net: bool = True,
-           sgd_mix: float | None = None, mix_gain: float = 0.0) -> dict[str, Any]:
+           sgd_mix: float | None = None, mix_gain: float = 0.0,
+           max_step: float = 0.0) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
@@ -282,11 +283,14 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
     direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
     zero; the weight is chosen on the validation families, docs/research-log.md), and
-    ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``)."""
+    ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
+    sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap)."""
     from ..pretrained import save, sha256
 
     if sgd_mix is not None and not 0 <= sgd_mix <= 1:
         raise ValueError(f"sgd_mix must be in [0, 1], got {sgd_mix}")
+    if max_step < 0:
+        raise ValueError(f"max_step must be >= 0, got {max_step}")
     if mix_gain and sgd_mix is None:
         raise ValueError("mix_gain adapts the SGD mix: give sgd_mix too")
 
@@ -315,6 +319,10 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         weights["mix"] = torch.tensor(float(sgd_mix))
         mixed.load_state_dict(weights, strict=True)
         nets = mixed
+    if max_step:
+        capped = LearnedZO(arch=replace(nets.arch, max_step=float(max_step)))
+        capped.load_state_dict(nets.state_dict(), strict=True)
+        nets = capped
     meta: dict[str, Any] = {
         "task": "generalist", "preset": "es", "arch": "general",
         "command": " && ".join([c for c in commands if c] + [command]),
@@ -324,7 +332,7 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         "machine": f"{platform.machine()}, 1 torch thread",
         "query_net": nets.arch.query_net,
         "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
-        "mix_gain": nets.arch.mix_gain,
+        "mix_gain": nets.arch.mix_gain, "max_step": nets.arch.max_step,
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)
