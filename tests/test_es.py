@@ -422,3 +422,11 @@ def test_export_with_a_sgd_mix_weight_steps_as_that_mix(tmp_path):
     assert json.loads((tmp_path / "capped.pt.json").read_text())["max_step"] == 0.1
     with pytest.raises(ValueError, match="max_step"):
         es.export(run, tmp_path / "bad.pt", "cmd", max_step=-1)
+
+
+def test_a_new_run_can_train_with_the_step_cap(tmp_path):
+    run = tmp_path / "run"
+    main(["es", "--out", str(run), "--iterations", "1", "--pairs", "1", "--instances", "1",
+          "--steps", "5", "10", "--val-every", "1", "--val-instances", "1", "--val-steps", "5",
+          "--max-step", "0.5", "--threads", "1"])
+    assert es.load_best(run).arch.max_step == 0.5

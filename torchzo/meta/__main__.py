@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --sgd-mix-weight: the weight starts at W and follows its "
                          "hypergradient with gain G")
     es.add_argument("--max-step", type=float, default=0.0, metavar="C",
-                    help="with --export: cap the exported optimizer's step size at C times "
-                         "the parameters' RMS")
+                    help="cap the step size at C times the parameters' RMS: a new run's "
+                         "architecture, or with --export the exported file's")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -114,9 +114,8 @@ def run_es(args: argparse.Namespace) -> None:
                       max_step=args.max_step)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
-    if args.sgd_mix_weight is not None or args.max_step:
-        raise SystemExit("--sgd-mix-weight and --max-step set an exported file's step: use "
-                         "them with --export")
+    if args.sgd_mix_weight is not None:
+        raise SystemExit("--sgd-mix-weight sets an exported file's mix: use it with --export")
     cfg = ESConfig()
     saved = args.out / "config.json"
     if saved.exists():  # a resumed run keeps its configuration
@@ -138,6 +137,8 @@ def run_es(args: argparse.Namespace) -> None:
         cfg.arch = {**cfg.arch, "query_net": False}
     if args.sgd_mix:
         cfg.arch = {**cfg.arch, "sgd_mix": True}
+    if args.max_step:
+        cfg.arch = {**cfg.arch, "max_step": args.max_step}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records
