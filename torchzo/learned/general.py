@@ -221,9 +221,12 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
     scaled = torch.where(magnitude > 0, change / magnitude.clamp(min=_TINY),
                          torch.zeros_like(change)).clamp(-5, 5)
 
-    if bool(first.any()):  # the start step, relative to the parameters' scale
+    rms_x = None  # the parameters' RMS, computed only where a rule needs it
+    if bool(first.any()) or arch.max_step:
         rms_x = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
                  / d).sqrt()
+    if bool(first.any()):  # the start step, relative to the parameters' scale
+        assert rms_x is not None
         start = torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
         log_sigma0 = torch.where(first, start, g0["log_sigma0"])
         log_sigma = torch.where(first, start, g0["log_sigma"])
@@ -247,10 +250,8 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
                                                       seconds, states, estimates, t,
                                                       out[..., 0, 1], q)
     log_sigma = log_sigma + (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
-    if arch.max_step:  # a trust region relative to the parameters' own scale
-        rms_now = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
-                   / d).sqrt()
-        cap = torch.maximum(arch.max_step * rms_now, weights["log_floor"].exp()).log()
+    if rms_x is not None and arch.max_step:  # a trust region relative to the point's scale
+        cap = torch.maximum(arch.max_step * rms_x, weights["log_floor"].exp()).log()
         log_sigma = torch.minimum(log_sigma, cap)
     sigma = lr * log_sigma.exp()
     log_radius = torch.where(zero > 0, (g0["log_radius"] + math.log(2)).clamp(max=_MAX_LOG_RADIUS),
