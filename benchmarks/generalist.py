@@ -223,7 +223,7 @@ def render(data: dict[str, Any]) -> str:
              f"({data['config']['jobs']} in parallel). {data['config']['instances']} "
              f"instances per family, {data['config']['steps']} steps, q = 20. Weights digest "
              f"`{_short(data.get('weights_digest', '?'))}` (`weights_digest`: equal for any file "
-             "holding the same weights).\n",
+             "holding the same architecture and weights).\n",
              "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
              f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
              "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
@@ -292,10 +292,13 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def weights_digest(nets: LearnedZO) -> str:
-    """sha256 of the weights' values in name order: the same for any file holding them."""
+    """sha256 of the architecture and of the weights' values in name order: the same for any
+    file holding them. The architecture counts because some of its settings change the step
+    with the same weights (``max_step``, ``mix_gain``)."""
     import hashlib
+    import json
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(json.dumps(nets.arch.to_dict(), sort_keys=True).encode())
     for name, w in sorted(nets.state_dict().items()):
         digest.update(name.encode())
         digest.update(w.detach().float().contiguous().numpy().tobytes())

@@ -133,3 +133,18 @@ def test_shipped_generalist_holds_the_weights_its_benchmark_measured():
     bench = json.loads((docs / "generalist.json").read_text())
     assert weights_digest(pretrained.load("generalist")) == bench["weights_digest"]
     assert pretrained.load("generalist").arch.kind == "general"
+
+
+def test_weights_digest_tells_apart_architectures_that_step_differently_with_one_weight_set():
+    """The step cap changes the step, not the weights: the digest must see it."""
+    from dataclasses import replace
+
+    from benchmarks.generalist import weights_digest
+
+    shipped = pretrained.load("generalist")
+    other = LearnedZO(arch=replace(shipped.arch, max_step=0.0))
+    other.load_state_dict(shipped.state_dict())
+    assert weights_digest(other) != weights_digest(shipped)
+    same = LearnedZO(arch=shipped.arch)
+    same.load_state_dict(shipped.state_dict())
+    assert weights_digest(same) == weights_digest(shipped)

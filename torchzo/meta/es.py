@@ -131,10 +131,11 @@ def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
 
 
 def _grown(old: dict[str, Tensor], like: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """``old`` in a larger architecture's layout ``like``. Weights that grew (the controller's
-    input columns for the noise inputs, its read-out rows for the SGD mix) keep the old
-    entries and start at zero in the new ones, and weights new to the architecture start as
-    ``like``'s (the mix weight: zero), so the new architecture steps as the old optimizer."""
+    """``old`` in another architecture's layout ``like``. Weights ``like`` lacks are dropped
+    (the query net, for an export without it); weights that grew (the controller's input
+    columns for the noise inputs, its read-out rows for the SGD mix) keep the old entries and
+    start at zero in the new ones; weights new to the architecture start as ``like``'s (the
+    mix weight: zero). So the new architecture steps as the old optimizer did."""
     out = {}
     for name, w in like.items():
         if name not in old:
@@ -308,21 +309,20 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
                                                      weights_only=True)["iteration"])
         seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
     nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
-    if not query_net and nets.arch.query_net:
-        kept = LearnedZO(arch=replace(nets.arch, query_net=False))
-        trained = nets.state_dict()
-        kept.load_state_dict({k: trained[k] for k in kept.state_dict()}, strict=True)
-        nets = kept
+    changes: dict[str, Any] = {}
+    if not query_net:
+        changes["query_net"] = False
     if sgd_mix is not None:
-        mixed = LearnedZO(arch=replace(nets.arch, sgd_mix=True, mix_gain=float(mix_gain)))
-        weights = _grown(nets.weights(), mixed.weights(), str(out))
-        weights["mix"] = torch.tensor(float(sgd_mix))
-        mixed.load_state_dict(weights, strict=True)
-        nets = mixed
+        changes.update(sgd_mix=True, mix_gain=float(mix_gain))
     if max_step:
-        capped = LearnedZO(arch=replace(nets.arch, max_step=float(max_step)))
-        capped.load_state_dict(nets.state_dict(), strict=True)
-        nets = capped
+        changes["max_step"] = float(max_step)
+    if changes:  # the run's weights in the exported architecture (dropped, grown or as they are)
+        target = LearnedZO(arch=replace(nets.arch, **changes))
+        weights = _grown(nets.weights(), target.weights(), str(out))
+        if sgd_mix is not None:
+            weights["mix"] = torch.tensor(float(sgd_mix))
+        target.load_state_dict(weights, strict=True)
+        nets = target
     meta: dict[str, Any] = {
         "task": "generalist", "preset": "es", "arch": "general",
         "command": " && ".join([c for c in commands if c] + [command]),
