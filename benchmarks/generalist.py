@@ -291,6 +291,10 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     return entry
 
 
+#: Architecture settings added after digests were committed: hashed only when not default.
+_LATER_FIELDS = {"sigma_rate": 1.0}
+
+
 def weights_digest(nets: LearnedZO) -> str:
     """sha256 of the architecture and of the weights' values in name order: the same for any
     file holding them. The architecture counts because some of its settings change the step
@@ -298,7 +302,11 @@ def weights_digest(nets: LearnedZO) -> str:
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps(nets.arch.to_dict(), sort_keys=True).encode())
+    arch = nets.arch.to_dict()
+    for name, default in _LATER_FIELDS.items():  # so that committed digests stay valid
+        if arch.get(name) == default:
+            del arch[name]
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     for name, w in sorted(nets.state_dict().items()):
         digest.update(name.encode())
         digest.update(w.detach().float().contiguous().numpy().tobytes())

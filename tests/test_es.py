@@ -140,6 +140,34 @@ def test_centred_ranks_keep_the_order_and_are_centred(values):
     assert torch.equal(es._centred_ranks(x ** 3 + 5 * x), ranks)
 
 
+@FAST
+@given(values=st.lists(st.integers(-3, 3), min_size=2, max_size=20))
+def test_tied_scores_share_their_rank_and_give_no_direction(values):
+    """Members that all reached the floor tie; sorting them by index would tell the search
+    to move from the minus halves to the plus halves for no reason."""
+    x = torch.tensor(values, dtype=torch.float64)
+    ranks = es._centred_ranks(x)
+    assert float(ranks.sum()) == pytest.approx(0.0, abs=1e-9)
+    for i in range(len(values)):
+        for j in range(len(values)):
+            assert (ranks[i] == ranks[j]) == (x[i] == x[j])
+            assert (ranks[i] < ranks[j]) == (x[i] < x[j])
+    # an antithetic population whose every member tied: zero search direction
+    assert torch.equal(es._centred_ranks(torch.zeros(8, dtype=torch.float64)),
+                       torch.zeros(8, dtype=torch.float64))
+
+
+def test_score_counts_no_progress_below_its_floor():
+    solved = _curve([1.0, 1e-3, 1e-6, 1e-9])
+    deeper = _curve([1.0, 1e-3, 1e-7, 1e-12])
+    pair = score(torch.stack([solved, deeper]), 0.0, floor=1e-4)
+    assert float(pair[0]) == float(pair[1])
+    assert float(pair[0]) == pytest.approx((0 + math.log(1e-3) + 2 * math.log(1e-4)) / 4)
+    # at the default floor (1e-8) the deeper run scores better
+    default = score(torch.stack([solved, deeper]), 0.0)
+    assert default[1] < default[0]
+
+
 # -- 3. resuming ----------------------------------------------------------------------------------
 
 def _checkpoint(folder: Path) -> dict:
@@ -430,3 +458,27 @@ def test_a_new_run_can_train_with_the_step_cap(tmp_path):
           "--steps", "5", "10", "--val-every", "1", "--val-instances", "1", "--val-steps", "5",
           "--max-step", "0.5", "--threads", "1"])
     assert es.load_best(run).arch.max_step == 0.5
+
+
+def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tmp_path):
+    from benchmarks.generalist import weights_digest
+
+    run = tmp_path / "run"
+    train_es(_tiny(2), run, log=lambda _: None)
+    plain, slow = tmp_path / "plain.pt", tmp_path / "slow.pt"
+    main(["es", "--out", str(run), "--export", str(plain), "--threads", "1"])
+    main(["es", "--out", str(run), "--export", str(slow), "--sigma-rate", "0.25",
+          "--threads", "1"])
+    assert json.loads((tmp_path / "slow.pt.json").read_text())["sigma_rate"] == 0.25
+    a, b = torchzo.pretrained.load_file(plain), torchzo.pretrained.load_file(slow)
+    assert a.arch.sigma_rate == 1.0 and b.arch.sigma_rate == 0.25
+    assert weights_digest(a) != weights_digest(b)
+    # a digest committed before the setting existed is still the one of rate 1
+    import hashlib
+
+    legacy = {k: v for k, v in a.arch.to_dict().items() if k != "sigma_rate"}
+    digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
+    for name, w in sorted(a.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(w.detach().float().contiguous().numpy().tobytes())
+    assert weights_digest(a) == digest.hexdigest()

@@ -593,3 +593,36 @@ def test_max_step_keeps_sigma_within_a_multiple_of_the_parameters_rms():
     assert all(sigma <= 0.1 * rms * (1 + 1e-5) for sigma, rms in capped)
     assert any(sigma >= 0.1 * rms * (1 - 1e-5) for sigma, rms in capped)  # the cap binds
     assert any(sigma > 0.1 * rms for sigma, rms in run(0.0))
+
+
+@FEW
+@given(rate=st.floats(0.05, 1.0), seed=st.integers(0, 2**16))
+def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
+    """Arch(sigma_rate=r): from the same state and estimate, log sigma moves r times as far
+    as at rate 1 (the controller's read-out included), and rate 1 is the step without it."""
+    from dataclasses import replace
+
+    from torchzo.learned import general
+
+    nets = _nets(seed % 7)
+    x = torch.randn(D, generator=torch.Generator().manual_seed(seed))
+    opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=seed)
+    for _ in range(3):  # a state with history: the controller's read-out is not zero
+        opt.step(lambda x=x: ((x - 0.3) ** 2).sum())
+    state = {k: v.clone() for k, v in opt.state[x].items()}
+    g = torch.randn(D, generator=torch.Generator().manual_seed(seed + 1))
+    moves = {}
+    for r in (1.0, rate):
+        arch = replace(nets.arch, sigma_rate=r)
+        with torch.no_grad():
+            _, new = general.update(nets.weights(), arch, [g], [state], [x], 1.0,
+                                    torch.tensor(2.0), 4)
+        moves[r] = float(new[0]["log_sigma"] - state["log_sigma"])
+    assert moves[1.0] != 0
+    assert moves[rate] == pytest.approx(rate * moves[1.0], rel=1e-5, abs=1e-7)
+
+
+def test_sigma_rate_outside_its_range_is_refused():
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="sigma_rate"):
+            Arch(kind="general", sigma_rate=bad)

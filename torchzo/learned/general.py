@@ -17,7 +17,9 @@ write carries a scale:
   log step count (never the horizon). Its read-out starts at zero too, so an untrained
   controller is the hand rule ``log sigma += gain * clip(cos * sqrt((d + q + 1) / q), -1, 1)``;
 - sigma starts at ``max(exp(log_lr) * rms(x0), exp(log_floor))``, relative to the parameters'
-  own scale, with an absolute floor for a start at zero;
+  own scale, with an absolute floor for a start at zero; ``Arch(sigma_rate=r)`` scales each
+  step's change of log sigma by ``r`` (fewer nats per step: less wandering under noise), and
+  ``Arch(max_step=c)`` caps sigma at ``c * rms(x)``;
 - the query radius: every step whose estimate is exactly zero (each query difference vanished:
   a plateau of a piecewise-constant objective at this mu) doubles the radius factor, up to
   ``1e6``; a step with signal shrinks it back towards 1 (``mu * radius`` is what the oracle
@@ -249,7 +251,8 @@ def update(weights: Mapping[str, Tensor], arch: Arch, estimates: Sequence[Tensor
         directions, mix_group, mix_tensors = _mix_sgd(weights, arch, directions, momenta,
                                                       seconds, states, estimates, t,
                                                       out[..., 0, 1], q)
-    log_sigma = log_sigma + (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
+    move = (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
+    log_sigma = log_sigma + arch.sigma_rate * move  # x * 1.0 == x: rate 1 is the old step
     if rms_x is not None and arch.max_step:  # a trust region relative to the point's scale
         cap = torch.maximum(arch.max_step * rms_x, weights["log_floor"].exp()).log()
         log_sigma = torch.minimum(log_sigma, cap)

@@ -68,12 +68,18 @@ class Arch:
     #: ``general`` only: when positive, sigma is kept at most ``max_step`` times the RMS of
     #: the parameters (or the absolute floor, if larger): a step cannot outgrow the point.
     max_step: float = 0.0
+    #: ``general`` only: the factor on each step's change of log sigma (the hand rule plus
+    #: the controller's read-out, clipped to [-1, 1] before it). Below 1, sigma moves more
+    #: slowly and wanders less under noisy estimates (docs/research-log.md).
+    sigma_rate: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
             raise ValueError(f"arch kind must be one of {ARCH_KINDS}, got {self.kind!r}")
         if not 0 <= self.base < len(self.momenta):
             raise ValueError("base must index one of the momenta")
+        if not 0 < self.sigma_rate <= 1:
+            raise ValueError(f"sigma_rate must be in (0, 1], got {self.sigma_rate}")
 
     @property
     def update_inputs(self) -> int:

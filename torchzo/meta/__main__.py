@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, kind in (("pairs", int), ("sigma", float), ("lr", float), ("instances", int),
                        ("seed", int), ("iterations", int), ("val_every", int),
                        ("checkpoint_s", float), ("init", str), ("tail", float),
-                       ("ema", float), ("val_instances", int), ("val_steps", int)):
+                       ("ema", float), ("val_instances", int), ("val_steps", int),
+                       ("progress_floor", float)):
         es.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     es.add_argument("--val-families", type=lambda text: tuple(text.split(",")),
                     help="comma-separated families to validate on (default: the val split)")
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--max-step", type=float, default=0.0, metavar="C",
                     help="cap the step size at C times the parameters' RMS: a new run's "
                          "architecture, or with --export the exported file's")
+    es.add_argument("--sigma-rate", type=float, default=None, metavar="R",
+                    help="scale each step's change of log sigma by R in (0, 1]: a new run's "
+                         "architecture, or with --export the exported file's")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -111,7 +115,7 @@ def run_es(args: argparse.Namespace) -> None:
     if args.export:
         meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
                       sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain,
-                      max_step=args.max_step)
+                      max_step=args.max_step, sigma_rate=args.sigma_rate)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
     if args.sgd_mix_weight is not None:
@@ -126,7 +130,7 @@ def run_es(args: argparse.Namespace) -> None:
         cfg = ESConfig(**values)
     for name in ("pairs", "sigma", "lr", "instances", "seed", "iterations", "val_every",
                  "checkpoint_s", "init", "tail", "ema", "val_instances", "val_steps",
-                 "val_families"):
+                 "val_families", "progress_floor"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     if args.steps is not None:
@@ -139,6 +143,8 @@ def run_es(args: argparse.Namespace) -> None:
         cfg.arch = {**cfg.arch, "sgd_mix": True}
     if args.max_step:
         cfg.arch = {**cfg.arch, "max_step": args.max_step}
+    if args.sigma_rate is not None:
+        cfg.arch = {**cfg.arch, "sigma_rate": args.sigma_rate}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records

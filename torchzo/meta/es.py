@@ -34,7 +34,6 @@ __all__ = ["ESConfig", "export", "flatten", "load_best", "load_check", "score", 
            "unflatten", "validate", "weights_of"]
 
 _WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the start loss
-_BEST = math.log(1e-8)   # progress below 1e-8 of the start counts no more
 
 
 @dataclass
@@ -66,6 +65,10 @@ class ESConfig:
     #: The families validated on (``None``: the val split as it is now). A run records them,
     #: so that it resumes with the validation it started with when the split grows.
     val_families: tuple[str, ...] | None = None
+    #: Progress below this fraction of the start gap counts no more, in training and
+    #: validation. 1e-4 is the generalist benchmark's floor; at 1e-8 a run is paid for
+    #: solving easy problems to many digits, which anneals the step on hard ones.
+    progress_floor: float = 1e-8
 
 
 def flatten(weights: dict[str, Tensor]) -> Tensor:
@@ -83,13 +86,13 @@ def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def score(losses: Tensor, f_min: float, tail: float = 1.0) -> Tensor:
+def score(losses: Tensor, f_min: float, tail: float = 1.0, floor: float = 1e-8) -> Tensor:
     """Each member's mean of the clipped log progress over the last ``tail`` of the run
-    (1: the whole run; lower is better). A member that went non-finite keeps the worst
-    score from then on."""
+    (1: the whole run; lower is better), progress below ``floor`` counting as ``floor``.
+    A member that went non-finite keeps the worst score from then on."""
     gap = losses.double() - f_min
     ratio = gap / gap[:, :1].clamp(min=1e-30)
-    logs = ratio.clamp(min=1e-30).log().clamp(_BEST, _WORST)
+    logs = ratio.clamp(min=1e-30).log().clamp(math.log(floor), _WORST)
     bad = (~torch.isfinite(losses)).cummax(1).values
     logs = torch.where(bad, torch.full_like(logs, _WORST), logs)
     first = min(int(round((1 - tail) * logs.shape[1])), logs.shape[1] - 1)
@@ -97,9 +100,15 @@ def score(losses: Tensor, f_min: float, tail: float = 1.0) -> Tensor:
 
 
 def _centred_ranks(x: Tensor) -> Tensor:
+    """Ranks scaled to [-0.5, 0.5]; tied values share their mean rank, so that members
+    that all reached the floor give the search no direction (argsort would order them by
+    index, antithetic halves apart)."""
     ranks = torch.empty_like(x)
     ranks[x.argsort()] = torch.arange(x.numel(), dtype=x.dtype)
-    return ranks / max(x.numel() - 1, 1) - 0.5
+    values, inverse = x.unique(return_inverse=True)
+    mean = torch.zeros_like(values).index_add_(0, inverse, ranks) / torch.zeros_like(
+        values).index_add_(0, inverse, torch.ones_like(ranks))
+    return mean[inverse] / max(x.numel() - 1, 1) - 0.5
 
 
 def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
@@ -118,7 +127,8 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
             run = run_population(weights, arch, problem, cfg.val_steps, 20, seed=i)
             gap = run.losses[0].double() - problem.f_min
             final = (gap[-1] / gap[0].clamp(min=1e-30)).clamp(min=1e-30).log()
-            out.append(final.clamp(_BEST, _WORST) if torch.isfinite(final) else
+            out.append(final.clamp(math.log(cfg.progress_floor), _WORST)
+                       if torch.isfinite(final) else
                        torch.tensor(_WORST, dtype=torch.float64))
     return torch.stack(out)
 
@@ -232,7 +242,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
                 q = cfg.qs[int(torch.randint(len(cfg.qs), (), generator=rng))]
                 seed = int(torch.randint(0, 2**31 - 1, (), generator=rng))
                 run = run_population(weights, arch, problem, steps, q, seed)
-                s = score(run.losses, problem.f_min, cfg.tail)
+                s = score(run.losses, problem.f_min, cfg.tail, cfg.progress_floor)
                 ranks = _centred_ranks(s[1:])
                 plus, minus = ranks[:cfg.pairs], ranks[cfg.pairs:]
                 grad += ((plus - minus).float()[:, None] * eps).sum(0) / (
@@ -276,7 +286,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
 
 def export(out: Path, path: Path, command: str, query_net: bool = True,
            sgd_mix: float | None = None, mix_gain: float = 0.0,
-           max_step: float = 0.0) -> dict[str, Any]:
+           max_step: float = 0.0, sigma_rate: float | None = None) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
@@ -285,7 +295,9 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
     zero; the weight is chosen on the validation families, docs/research-log.md), and
     ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
-    sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap)."""
+    sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
+    ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
+    ``None``: the run's)."""
     from ..pretrained import save, sha256
 
     if sgd_mix is not None and not 0 <= sgd_mix <= 1:
@@ -316,6 +328,8 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         changes.update(sgd_mix=True, mix_gain=float(mix_gain))
     if max_step:
         changes["max_step"] = float(max_step)
+    if sigma_rate is not None:
+        changes["sigma_rate"] = float(sigma_rate)
     if changes:  # the run's weights in the exported architecture (dropped, grown or as they are)
         target = LearnedZO(arch=replace(nets.arch, **changes))
         weights = _grown(nets.weights(), target.weights(), str(out))
@@ -333,6 +347,7 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         "query_net": nets.arch.query_net,
         "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
         "mix_gain": nets.arch.mix_gain, "max_step": nets.arch.max_step,
+        "sigma_rate": nets.arch.sigma_rate,
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)
