@@ -175,3 +175,30 @@ def test_generalist_floors_solved_gaps_and_counts_divergence():
     assert s["other"]["wins_vs_tuned_adam"] == 1 and s["other"]["ended_above_start"] == 1
     assert s["other"]["geomean_ratio_to_tuned_adam"] == pytest.approx(
         math.sqrt(0.5 * (20 / 10) / FLOOR))
+
+
+def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
+    """The silenced controller keeps sigma at c * rms(x0) exactly; the shipped one moves it."""
+    import math
+
+    from benchmarks import step_size
+    from torchzo.tasks.binclass import BinaryClassification
+
+    data = step_size.main(["--datasets", "1", "--trials", "1", "--steps", "50",
+                           "--sizes", "0.02", "--out", str(tmp_path)])
+    assert set(data["finals"]) == {"generalist", "ZOAdam tuned", "sigma 0.02 x rms(x0)"}
+    assert all(math.isfinite(v[0]) for v in data["finals"].values())
+    assert "| sigma 0.02 x rms(x0) |" in (tmp_path / "step-size-binclass.md").read_text()
+    nets = step_size.silenced(torchzo.pretrained.load("generalist"))
+    problem = BinaryClassification().problems("train")[0]
+    x = problem.x0.detach().clone().float()
+    rms0 = float(x.pow(2).mean().sqrt())
+    lr = 0.02 * rms0 / step_size.start_sigma(nets, x)
+    opt = torchzo.ZOLSTM([x], pretrained=nets, lr=lr, seed=0)
+    moved = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        batch = problem.sample_batch(moved)
+        opt.step(torchzo.Batched(lambda X, b=batch: problem.loss(X, b)))
+        assert lr * math.exp(float(opt.state[x]["log_sigma"])) == pytest.approx(0.02 * rms0,
+                                                                                 rel=1e-5)
+    assert data["generalist_sigma_over_rms0"]["quantiles_10_50_90"][0][0] != 0.02
