@@ -482,3 +482,20 @@ def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tm
         digest.update(name.encode())
         digest.update(w.detach().float().contiguous().numpy().tobytes())
     assert weights_digest(a) == digest.hexdigest()
+
+
+def test_progress_floor_bounds_validation_and_is_what_a_resumed_run_keeps(tmp_path):
+    """--progress-floor lands in the run's config; its validation scores never go below
+    log(floor), and an old config without the field resumes at the old floor."""
+    run = tmp_path / "run"
+    main(["es", "--out", str(run), "--iterations", "2", "--pairs", "2", "--instances", "1",
+          "--steps", "5", "10", "--val-every", "2", "--val-instances", "1", "--val-steps", "30",
+          "--progress-floor", "0.5", "--threads", "1"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["progress_floor"] == 0.5
+    val = torch.load(run / "best.pt", weights_only=True)["val"]
+    assert float(val.min()) >= math.log(0.5) - 1e-12
+    assert float(val.min()) == pytest.approx(math.log(0.5))  # some family got that far
+    del config["progress_floor"]
+    assert ESConfig(**{k: tuple(v) if isinstance(v, list) and k != "arch" else v
+                       for k, v in config.items()}).progress_floor == 1e-8
