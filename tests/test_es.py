@@ -499,3 +499,19 @@ def test_progress_floor_bounds_validation_and_is_what_a_resumed_run_keeps(tmp_pa
     del config["progress_floor"]
     assert ESConfig(**{k: tuple(v) if isinstance(v, list) and k != "arch" else v
                        for k, v in config.items()}).progress_floor == 1e-8
+
+
+def test_export_of_a_chosen_check_writes_that_check(tmp_path):
+    from benchmarks.generalist import weights_digest
+
+    run = tmp_path / "run"
+    train_es(_tiny(4), run, log=lambda _: None)
+    path = tmp_path / "two.pt"
+    main(["es", "--out", str(run), "--export", str(path), "--check", "2", "--threads", "1"])
+    assert json.loads((tmp_path / "two.pt.json").read_text())["es_iteration"] == 2
+    assert weights_digest(torchzo.pretrained.load_file(path)) == weights_digest(
+        es.load_check(run / "checks" / "2.pt"))
+    with pytest.raises(FileNotFoundError, match="no such check"):
+        es.export(run, tmp_path / "none.pt", "cmd", check=3)
+    with pytest.raises(SystemExit, match="--export"):
+        main(["es", "--out", str(run), "--check", "2", "--threads", "1"])

@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--sigma-rate", type=float, default=None, metavar="R",
                     help="scale each step's change of log sigma by R in (0, 1]: a new run's "
                          "architecture, or with --export the exported file's")
+    es.add_argument("--check", type=int, metavar="N",
+                    help="with --export: write the run's check at iteration N, not its best")
     es.add_argument("--threads", type=int, default=2)
     return ap
 
@@ -115,11 +117,13 @@ def run_es(args: argparse.Namespace) -> None:
     if args.export:
         meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
                       sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain,
-                      max_step=args.max_step, sigma_rate=args.sigma_rate)
+                      max_step=args.max_step, sigma_rate=args.sigma_rate, check=args.check)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
     if args.sgd_mix_weight is not None:
         raise SystemExit("--sgd-mix-weight sets an exported file's mix: use it with --export")
+    if args.check is not None:
+        raise SystemExit("--check chooses the check an export writes: use it with --export")
     cfg = ESConfig()
     saved = args.out / "config.json"
     if saved.exists():  # a resumed run keeps its configuration

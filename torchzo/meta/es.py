@@ -286,7 +286,8 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
 
 def export(out: Path, path: Path, command: str, query_net: bool = True,
            sgd_mix: float | None = None, mix_gain: float = 0.0,
-           max_step: float = 0.0, sigma_rate: float | None = None) -> dict[str, Any]:
+           max_step: float = 0.0, sigma_rate: float | None = None,
+           check: int | None = None) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
@@ -297,7 +298,8 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
     sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
     ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
-    ``None``: the run's)."""
+    ``None``: the run's). ``check``: write the run's saved check at this iteration
+    (``checks/N.pt``, chosen afterwards on more instances) instead of its best."""
     from ..pretrained import save, sha256
 
     if sgd_mix is not None and not 0 <= sgd_mix <= 1:
@@ -308,7 +310,10 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         raise ValueError("mix_gain adapts the SGD mix: give sgd_mix too")
 
     config = json.loads((out / "config.json").read_text())
-    best = torch.load(out / "best.pt", weights_only=True)
+    source = out / "best.pt" if check is None else out / "checks" / f"{check}.pt"
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: no such check of run {out}")
+    best = torch.load(source, weights_only=True)
     it = int(best["iteration"])
     commands, seconds = [], 0.0
     for run in ([Path(config["init"])] if config.get("init") else []) + [out]:
