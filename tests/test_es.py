@@ -515,3 +515,22 @@ def test_export_of_a_chosen_check_writes_that_check(tmp_path):
         es.export(run, tmp_path / "none.pt", "cmd", check=3)
     with pytest.raises(SystemExit, match="--export"):
         main(["es", "--out", str(run), "--check", "2", "--threads", "1"])
+
+
+def test_export_of_a_run_started_from_another_runs_check_counts_both_runs(tmp_path):
+    """A run whose --init is a saved check (RUN/checks/N.pt) exports: its commands and
+    seconds are the first run's up to that check, then its own."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    main(["es", "--out", str(first), "--iterations", "4", "--pairs", "2", "--instances", "1",
+          "--steps", "5", "10", "--val-every", "2", "--val-instances", "1", "--val-steps", "5",
+          "--threads", "1"])
+    main(["es", "--out", str(second), "--init", str(first / "checks" / "2.pt"),
+          "--iterations", "2", "--pairs", "2", "--instances", "1", "--steps", "5", "10",
+          "--val-every", "2", "--val-instances", "1", "--val-steps", "5", "--threads", "1"])
+    meta = es.export(second, tmp_path / "w.pt", "ship")
+    assert meta["command"].count("torchzo.meta es") == 2 and meta["command"].endswith("ship")
+    rows = [json.loads(r) for r in (first / "history.jsonl").read_text().splitlines()]
+    own = [json.loads(r) for r in (second / "history.jsonl").read_text().splitlines()]
+    expected = sum(r["seconds"] for r in rows if r["iteration"] <= 2) + sum(
+        r["seconds"] for r in own if r["iteration"] <= meta["es_iteration"])
+    assert meta["train_seconds"] == pytest.approx(round(expected, 1), abs=0.05)

@@ -315,15 +315,19 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         raise FileNotFoundError(f"{source}: no such check of run {out}")
     best = torch.load(source, weights_only=True)
     it = int(best["iteration"])
+    runs = [(out, it)]  # each run that led here, and its iteration the next one took
+    if config.get("init"):
+        init = Path(config["init"])
+        start = init if init.is_file() else init / "best.pt"  # a check, or a run's best
+        runs.insert(0, (init.parent.parent if init.is_file() else init,
+                        int(torch.load(start, weights_only=True)["iteration"])))
     commands, seconds = [], 0.0
-    for run in ([Path(config["init"])] if config.get("init") else []) + [out]:
+    for run, limit in runs:
         listed = run / "commands.txt"
         commands += listed.read_text().split("\n") if listed.exists() else []
         history = run / "history.jsonl"
         rows = [json.loads(r) for r in history.read_text().splitlines() if r] \
             if history.exists() else []
-        limit = it if run == out else int(torch.load(run / "best.pt",
-                                                     weights_only=True)["iteration"])
         seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
     nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
     changes: dict[str, Any] = {}
