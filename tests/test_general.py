@@ -619,7 +619,9 @@ def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
                                     torch.tensor(2.0), 4)
         moves[r] = float(new[0]["log_sigma"] - state["log_sigma"])
     assert moves[1.0] != 0
-    assert moves[rate] == pytest.approx(rate * moves[1.0], rel=1e-5, abs=1e-7)
+    # log sigma is float32: adding and subtracting it again costs a few of its ulps
+    ulps = 4 * torch.finfo(torch.float32).eps * (1 + abs(float(state["log_sigma"])))
+    assert moves[rate] == pytest.approx(rate * moves[1.0], rel=1e-5, abs=ulps)
 
 
 def test_sigma_rate_outside_its_range_is_refused():
