@@ -291,8 +291,12 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     return entry
 
 
-#: Architecture settings added after digests were committed: hashed only when not default.
-_LATER_FIELDS = {"sigma_rate": 1.0}
+#: The architecture's settings when the digest first hashed it. Any setting added since is
+#: hashed only away from its default, so that committed digests stay valid and a new
+#: setting needs no change here.
+_DIGEST_FIELDS = ("kind", "hidden", "horizon", "momenta", "base", "beta2", "eps", "init_lr",
+                  "coord_hidden", "floor", "gain", "noise_inputs", "query_net", "sgd_mix",
+                  "mix_gain", "max_step")
 
 
 def weights_digest(nets: LearnedZO) -> str:
@@ -302,10 +306,9 @@ def weights_digest(nets: LearnedZO) -> str:
     import hashlib
     import json
 
-    arch = nets.arch.to_dict()
-    for name, default in _LATER_FIELDS.items():  # so that committed digests stay valid
-        if arch.get(name) == default:
-            del arch[name]
+    defaults = Arch().to_dict()
+    arch = {k: v for k, v in nets.arch.to_dict().items()
+            if k in _DIGEST_FIELDS or v != defaults[k]}
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     for name, w in sorted(nets.state_dict().items()):
         digest.update(name.encode())
