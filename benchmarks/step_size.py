@@ -10,8 +10,8 @@ Methods, on the same datasets, direction seeds and minibatches:
 
 - the generalist (``--weights``, default the shipped ``generalist``) at lr 1, as it ships;
 - the same weights with the step-size controller silenced (its hand-rule gain and its read-out
-  at zero), so that sigma stays at its start; lr scales it to each of ``--sizes`` times the
-  RMS of the start point. The direction (the update net over the momenta) is unchanged;
+  at zero), so that sigma stays at its start, set to each of ``--sizes`` times the RMS of
+  the start point (``silenced``). The direction (the update net over the momenta) is unchanged;
 - ZO-Adam at the settings tuned on these datasets (``docs/benchmarks/binclass.json``);
 - ``--also``: other weights files, at lr 1 as they are.
 
@@ -40,21 +40,18 @@ from ._common import OUT, finish, machine, md_table
 _CHECKPOINTS = (50, 100, 200, 300, 400, 500)
 
 
-def silenced(nets: LearnedZO) -> LearnedZO:
-    """``nets`` whose controller never moves sigma from its start."""
+def silenced(nets: LearnedZO, size: float) -> LearnedZO:
+    """``nets`` whose step size starts at ``size * rms(x0)`` (its own start rule, with the
+    start coefficient set and the absolute floor out of the way) and never moves: the
+    controller's hand-rule gain and read-out are zero."""
     quiet = LearnedZO(arch=nets.arch)
     weights = {k: v.detach().clone() for k, v in nets.state_dict().items()}
     weights["gain"].zero_()
     weights["control.head.weight"].zero_()
+    weights["log_lr"].fill_(math.log(size))
+    weights["log_floor"].fill_(math.log(1e-30))
     quiet.load_state_dict(weights)
     return quiet
-
-
-def start_sigma(nets: LearnedZO, x0: torch.Tensor) -> float:
-    """The generalist's first sigma at ``x0`` (its start rule), before lr."""
-    w = nets.state_dict()
-    rms = float(x0.float().pow(2).mean().sqrt())
-    return max(math.exp(float(w["log_lr"])) * rms, math.exp(float(w["log_floor"])))
 
 
 def run(problem: Any, make: Any, steps: int, trial: int, track: bool = False
@@ -102,34 +99,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             else torchzo.pretrained.load_file(name)
     nets = load(args.weights)
     others = {name: load(name) for name in args.also.split(",") if name}
-    quiet = silenced(nets)
     tuned = json.loads((OUT / "binclass.json").read_text())["tuning"]["best"]["zoadam"]
     problems = list(BinaryClassification().problems("train"))[:args.datasets]
     sizes = [float(s) for s in args.sizes.split(",")]
 
-    def optimizer(name: str, x0: torch.Tensor) -> Callable[[list[torch.Tensor], int], Any]:
+    def optimizer(name: str) -> Callable[[list[torch.Tensor], int], Any]:
         def make(params: list[torch.Tensor], seed: int) -> Any:
-            if name == "generalist":
+            if name == args.weights:
                 return torchzo.ZOLSTM(params, pretrained=nets, seed=seed)
             if name in others:
                 return torchzo.ZOLSTM(params, pretrained=others[name], seed=seed)
             if name == "ZOAdam tuned":
                 return torchzo.ZOAdam(params, lr=tuned["lr"], betas=tuple(tuned["betas"]),
                                       seed=seed)
-            c = sizes[names.index(name) - 2 - len(others)]
-            rms0 = float(x0.float().pow(2).mean().sqrt())
-            return torchzo.ZOLSTM(params, pretrained=quiet, seed=seed,
-                                  lr=c * rms0 / start_sigma(quiet, x0))
+            return torchzo.ZOLSTM(params, pretrained=held[name], seed=seed)
         return make
 
-    names = ["generalist", "ZOAdam tuned", *others, *(f"sigma {c:g} x rms(x0)" for c in sizes)]
+    held = {f"sigma {c:g} x rms(x0)": silenced(nets, c) for c in sizes}
+    names = [args.weights, "ZOAdam tuned", *others, *held]
     finals: dict[str, list[float]] = {name: [] for name in names}
     sigmas: list[list[float]] = []
     for p in problems:
         for trial in range(args.trials):
             for name in names:
-                loss, track = run(p, optimizer(name, p.x0), args.steps, trial,
-                                  track=name == "generalist")
+                loss, track = run(p, optimizer(name), args.steps, trial,
+                                  track=name == args.weights)
                 finals[name].append(loss)
                 if track:
                     sigmas.append(track)
@@ -164,8 +158,8 @@ def render(data: dict[str, Any]) -> str:
         f"lr {tuned['lr']:.4g}, betas {tuple(tuned['betas'])}, tuned on these datasets "
         "(`binclass.json`).\n\n"
         + md_table(["method", "mean final loss", "ratio to tuned ZO-Adam"], rows)
-        + "\nThe generalist's sigma over the start point's RMS along its runs (10%, 50%, 90% "
-        "quantiles over runs):\n\n"
+        + f"\nThe sigma of `{cfg['weights']}` over the start point's RMS along its runs "
+        "(10%, 50%, 90% quantiles over runs):\n\n"
         + md_table(["step", "10%", "median", "90%"], srows))
 
 

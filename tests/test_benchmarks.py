@@ -189,11 +189,11 @@ def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
     assert set(data["finals"]) == {"generalist", "ZOAdam tuned", "sigma 0.02 x rms(x0)"}
     assert all(math.isfinite(v[0]) for v in data["finals"].values())
     assert "| sigma 0.02 x rms(x0) |" in (tmp_path / "step-size-binclass.md").read_text()
-    nets = step_size.silenced(torchzo.pretrained.load("generalist"))
+    nets = step_size.silenced(torchzo.pretrained.load("generalist"), 0.02)
     problem = BinaryClassification().problems("train")[0]
     x = problem.x0.detach().clone().float()
     rms0 = float(x.pow(2).mean().sqrt())
-    lr = 0.02 * rms0 / step_size.start_sigma(nets, x)
+    lr = 1.0
     opt = torchzo.ZOLSTM([x], pretrained=nets, lr=lr, seed=0)
     moved = torch.Generator().manual_seed(0)
     for _ in range(20):
