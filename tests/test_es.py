@@ -534,3 +534,10 @@ def test_export_of_a_run_started_from_another_runs_check_counts_both_runs(tmp_pa
     expected = sum(r["seconds"] for r in rows if r["iteration"] <= 2) + sum(
         r["seconds"] for r in own if r["iteration"] <= meta["es_iteration"])
     assert meta["train_seconds"] == pytest.approx(round(expected, 1), abs=0.05)
+
+
+@pytest.mark.parametrize("floor", [0.0, -1.0, 1.0, 2.0])
+def test_progress_floor_outside_0_1_is_refused_before_anything_is_written(tmp_path, floor):
+    with pytest.raises(ValueError, match="progress_floor"):
+        train_es(_tiny(1, progress_floor=floor), tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists()

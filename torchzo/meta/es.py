@@ -185,6 +185,8 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     far, with their validation scores) and ``history.jsonl`` (one line per iteration).
     ``deadline``: a ``time.time()`` at which to checkpoint and stop.
     """
+    if not 0 < cfg.progress_floor < 1:
+        raise ValueError(f"progress_floor must be in (0, 1), got {cfg.progress_floor}")
     out.mkdir(parents=True, exist_ok=True)
     val_families = FAMILY_SPLITS["val"] if cfg.val_families is None else cfg.val_families
     cfg = replace(cfg, val_families=val_families)
