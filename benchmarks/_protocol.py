@@ -66,7 +66,9 @@ class Config:
     sweep_dim: tuple[int, ...] = (50, 100, 150)
     sweep_trials: int = 3
     mu: float | None = None  # None: every optimizer's default for the dtype
-    directions_kind: str = "gaussian"  # every method's base draw (issue 18: its effect)
+    #: Every method's base draw (issue 18: its effect). ``None``: each method's own default,
+    #: Gaussian for the baselines and the kind a ZO-LSTM's weights name.
+    directions_kind: str | None = None
 
 
 FULL = Config()
@@ -103,14 +105,15 @@ class Runner:
         self.progress.close()
 
     def _make(self, spec: Spec, q: int, dim: int, seed: int) -> Callable[[list[Tensor]], Any]:
-        kind, mu, draw = spec["kind"], self.cfg.mu, self.cfg.directions_kind
+        kind, mu, given = spec["kind"], self.cfg.mu, self.cfg.directions_kind
+        draw = given or "gaussian"
         if kind == "zolstm":
             nets = self.nets[spec["weights"]]
             lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
             return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q, mu=mu,
                                      query_prob=spec["query_prob"], directions=spec["directions"],
                                      use_update=spec["use_update"], seed=seed,
-                                     directions_kind=draw)
+                                     directions_kind=given)
         lr = spec["delta"] / dim
         if kind == "zosgd":
             return lambda ps: ZOSGD(ps, lr=lr, q=q, mu=mu, seed=seed, directions_kind=draw)

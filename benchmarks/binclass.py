@@ -42,7 +42,7 @@ import torch
 
 from torchzo.learned.nets import LearnedZO
 from torchzo.optim.zolstm import ZOLSTM
-from torchzo.oracle import Batched
+from torchzo.oracle import KINDS, Batched
 from torchzo.tasks.base import Problem
 from torchzo.tasks.binclass import BinaryClassification
 
@@ -145,7 +145,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"Test: {cfg['test_datasets']} test datasets x {cfg['trials']} trial(s) (optimizer "
         "seeds); "
         "every method starts from each dataset's own `x0` and sees the same minibatch sequence "
-        "and, per trial, the same query seeds.",
+        "and, per trial, the same query seeds. Query directions: "
+        + (f"{cfg['directions_kind']}, for every method (tuning included)."
+           if cfg.get("directions_kind") else
+           "each method's default (Gaussian; for a ZO-LSTM, the kind its weights name, "
+           "`Arch.directions_kind`)."),
         "",
         "Baselines are tuned on training datasets only "
         f"({len(tuned['datasets'])} datasets, one run each, the same seeds for every candidate; "
@@ -345,8 +349,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--sweep-trials", type=int, default=None)
     ap.add_argument("--no-sweeps", action="store_true", help="skip Fig. 3b-d")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--directions-kind", choices=["gaussian", "rademacher"], default="gaussian",
-                    help="every method's query directions (tuning included)")
+    ap.add_argument("--directions-kind", choices=KINDS, default=None,
+                    help="every method's query directions (tuning included); default: each "
+                         "method's own (Gaussian, or the kind a ZO-LSTM's weights name)")
     return ap.parse_args(argv)
 
 

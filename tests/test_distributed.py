@@ -57,6 +57,8 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torchzo.ZOOptimizer:
                              lr=0.01, momentum=0.9, q=4, seed=7)
     if name == "adam-rademacher":
         return torchzo.ZOAdam(params, lr=0.05, q=5, seed=10, directions_kind="rademacher")
+    if name == "adam-orthogonal":  # every rank rebuilds the whole group of 5 directions
+        return torchzo.ZOAdam(params, lr=0.05, q=5, seed=12, directions_kind="orthogonal")
     if name == "sgd-two-kinds":
         return torchzo.ZOSGD([{"params": params[:2], "directions_kind": "rademacher"},
                               {"params": params[2:]}], lr=0.01, q=3, estimator="central",
@@ -87,6 +89,8 @@ SCENARIOS: dict[str, tuple[str, Any, Any]] = {
                       "closure"),
     "adam-rademacher-batched-chunks": ("adam-rademacher", torch.float32, 2),
     "adam-rademacher-batched-whole": ("adam-rademacher", torch.float32, None),
+    "adam-orthogonal": ("adam-orthogonal", torch.float32, "closure"),
+    "adam-orthogonal-batched-chunks": ("adam-orthogonal", torch.float32, 2),
 }
 
 

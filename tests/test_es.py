@@ -461,7 +461,7 @@ def test_a_new_run_can_train_with_the_step_cap(tmp_path):
 
 
 def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tmp_path):
-    from benchmarks.generalist import weights_digest
+    from benchmarks.generalist import _DIGEST_FIELDS, weights_digest
 
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)
@@ -476,12 +476,33 @@ def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tm
     # a digest committed before the setting existed is still the one of rate 1
     import hashlib
 
-    legacy = {k: v for k, v in a.arch.to_dict().items() if k != "sigma_rate"}
+    legacy = {k: v for k, v in a.arch.to_dict().items() if k in _DIGEST_FIELDS}
     digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
     for name, w in sorted(a.state_dict().items()):
         digest.update(name.encode())
         digest.update(w.detach().float().contiguous().numpy().tobytes())
     assert weights_digest(a) == digest.hexdigest()
+
+
+def test_directions_kind_is_an_exported_files_and_a_new_runs_architecture(tmp_path):
+    run = tmp_path / "run"
+    train_es(_tiny(2), run, log=lambda _: None)
+    out = tmp_path / "orth.pt"
+    main(["es", "--out", str(run), "--export", str(out), "--directions-kind", "orthogonal",
+          "--threads", "1"])
+    assert json.loads((tmp_path / "orth.pt.json").read_text())["directions_kind"] == "orthogonal"
+    nets = torchzo.pretrained.load_file(out)
+    assert nets.arch.directions_kind == "orthogonal"
+    assert torchzo.ZOLSTM([torch.zeros(3)], pretrained=nets).defaults["directions_kind"] \
+        == "orthogonal"
+    fresh = tmp_path / "fresh"
+    main(["es", "--out", str(fresh), "--iterations", "1", "--pairs", "2", "--instances", "1",
+          "--steps", "5", "10", "--val-every", "5", "--directions-kind", "orthogonal",
+          "--threads", "1"])
+    assert json.loads((fresh / "config.json").read_text())["arch"]["directions_kind"] \
+        == "orthogonal"
+    with pytest.raises(SystemExit):
+        main(["es", "--out", str(fresh), "--directions-kind", "sphere"])
 
 
 def test_progress_floor_bounds_validation_and_is_what_a_resumed_run_keeps(tmp_path):

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..oracle.directions import check_kind
+
 __all__ = ["ARCH_KINDS", "Arch", "CoordLSTM", "CoordMLP", "LearnedZO", "coord_lstm"]
 
 ARCH_KINDS = ("paper", "adam", "general")
@@ -72,6 +74,10 @@ class Arch:
     #: the controller's read-out, clipped to [-1, 1] before it). Below 1, sigma moves more
     #: slowly and wanders less under noisy estimates (docs/research-log.md).
     sigma_rate: float = 1.0
+    #: The query directions the optimizer is meant to run with (``ZOLSTM``'s
+    #: ``directions_kind`` when not given; meta-training's populations use it too): one of
+    #: :data:`torchzo.oracle.KINDS`.
+    directions_kind: str = "gaussian"
 
     def __post_init__(self) -> None:
         if self.kind not in ARCH_KINDS:
@@ -80,6 +86,7 @@ class Arch:
             raise ValueError("base must index one of the momenta")
         if not 0 < self.sigma_rate <= 1:
             raise ValueError(f"sigma_rate must be in (0, 1], got {self.sigma_rate}")
+        check_kind(self.directions_kind, "directions_kind")
 
     @property
     def update_inputs(self) -> int:

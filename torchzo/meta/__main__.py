@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ..learned.nets import Arch
+from ..oracle.directions import KINDS
 from ..pretrained import load_file, save, sha256
 from ..tasks import TASK_NAMES, get_task
 from .trainer import MetaConfig, StageConfig, evaluate, meta_train
@@ -104,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--sigma-rate", type=float, default=None, metavar="R",
                     help="scale each step's change of log sigma by R in (0, 1]: a new run's "
                          "architecture, or with --export the exported file's")
+    es.add_argument("--directions-kind", choices=KINDS, default=None,
+                    help="the query directions the optimizer runs with: a new run's "
+                         "architecture (its populations use them), or with --export the "
+                         "exported file's")
     es.add_argument("--check", type=int, metavar="N",
                     help="with --export: write the run's check at iteration N, not its best")
     es.add_argument("--threads", type=int, default=2)
@@ -117,7 +122,8 @@ def run_es(args: argparse.Namespace) -> None:
     if args.export:
         meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
                       sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain,
-                      max_step=args.max_step, sigma_rate=args.sigma_rate, check=args.check)
+                      max_step=args.max_step, sigma_rate=args.sigma_rate, check=args.check,
+                      directions_kind=args.directions_kind)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
     if args.sgd_mix_weight is not None:
@@ -149,6 +155,8 @@ def run_es(args: argparse.Namespace) -> None:
         cfg.arch = {**cfg.arch, "max_step": args.max_step}
     if args.sigma_rate is not None:
         cfg.arch = {**cfg.arch, "sigma_rate": args.sigma_rate}
+    if args.directions_kind is not None:
+        cfg.arch = {**cfg.arch, "directions_kind": args.directions_kind}
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records

@@ -289,7 +289,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
 def export(out: Path, path: Path, command: str, query_net: bool = True,
            sgd_mix: float | None = None, mix_gain: float = 0.0,
            max_step: float = 0.0, sigma_rate: float | None = None,
-           check: int | None = None) -> dict[str, Any]:
+           check: int | None = None, directions_kind: str | None = None) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
@@ -301,7 +301,9 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
     ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
     ``None``: the run's). ``check``: write the run's saved check at this iteration
-    (``checks/N.pt``, chosen afterwards on more instances) instead of its best."""
+    (``checks/N.pt``, chosen afterwards on more instances) instead of its best.
+    ``directions_kind``: the query directions the exported optimizer runs with
+    (``Arch.directions_kind``; ``None``: the run's)."""
     from ..pretrained import save, sha256
 
     if sgd_mix is not None and not 0 <= sgd_mix <= 1:
@@ -341,6 +343,8 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         changes["max_step"] = float(max_step)
     if sigma_rate is not None:
         changes["sigma_rate"] = float(sigma_rate)
+    if directions_kind is not None:
+        changes["directions_kind"] = directions_kind
     if changes:  # the run's weights in the exported architecture (dropped, grown or as they are)
         target = LearnedZO(arch=replace(nets.arch, **changes))
         weights = _grown(nets.weights(), target.weights(), str(out))
@@ -358,7 +362,7 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         "query_net": nets.arch.query_net,
         "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
         "mix_gain": nets.arch.mix_gain, "max_step": nets.arch.max_step,
-        "sigma_rate": nets.arch.sigma_rate,
+        "sigma_rate": nets.arch.sigma_rate, "directions_kind": nets.arch.directions_kind,
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)

@@ -64,7 +64,7 @@ def run_population(weights: core.Weights, arch: Arch, problem: Problem, steps: i
             scale, _ = distribution((0,))
             f0, g = estimate_population(lambda X: problem.loss(X, batch), x, seeds, scheme,
                                         radius, None if scale is None else scale[0],
-                                        finite=False)
+                                        finite=False, kind=arch.directions_kind)
             return None, [g], f0
 
         result = step(weights, arch, [x], [state], [group], estimate, generator)

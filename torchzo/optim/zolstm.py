@@ -64,9 +64,12 @@ class ZOLSTM(ZOOptimizer):
             docs/benchmarks/overhead.md), at the cost of rounding the states between steps
             (the shipped weights were trained in float32).
         directions_kind: the distribution of the base draw ``z`` that every setting of
-            ``directions`` scales or guides: ``"gaussian"`` (standard normal, what the shipped
-            weights were trained with) or ``"rademacher"`` (independent signs +-1, the same
-            unit variance). ``directions="gaussian"`` means unscaled ``z`` of this kind.
+            ``directions`` scales or guides: ``"gaussian"`` (standard normal),
+            ``"rademacher"`` (independent signs +-1, the same unit variance) or
+            ``"orthogonal"`` (a step's Gaussian draws orthogonalised, see
+            :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
+            (``Arch.directions_kind``: what they are meant to run with, see
+            docs/pretrained.md). ``directions="gaussian"`` means unscaled ``z`` of this kind.
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
@@ -75,8 +78,10 @@ class ZOLSTM(ZOOptimizer):
                  guide_alpha: float = 0.5, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: Any = None, state_dtype: torch.dtype = torch.float32,
-                 directions_kind: str = "gaussian") -> None:
+                 directions_kind: str | None = None) -> None:
         self.nets = _load_nets(pretrained)
+        if directions_kind is None:
+            directions_kind = self.nets.arch.directions_kind
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize,
                         query_prob=query_prob, directions=directions, use_update=use_update,
                         guide_alpha=guide_alpha, state_dtype=state_dtype,

@@ -258,7 +258,7 @@ def estimate_closure_sharded(
             if previous is not None and previous is not e:
                 backup.restore(previous.index)  # e queries around x, as in a single process
             if current != (id(e), k):
-                u, current = e.layout.sample(e.seeds[k], e.scale, e.guide), (id(e), k)
+                u, current = e.layout.direction(e.seeds, k, e.scale, e.guide), (id(e), k)
             local[j] = query_closure(closure, backup, e.index, u, k, sign, e.mu)
             previous = e
     except Exception as err:
@@ -321,7 +321,7 @@ def estimate_batched_sharded(
         flat_guide = None if guide is None else guide.flat()
         for c in range(ranks.rank, len(plan), ranks.size):
             start, n, base = plan[c]
-            u = layout.sample_rows(seeds[start:start + n], scale, flat_guide)
+            u = layout.rows(seeds, start, n, scale, flat_guide)
             X = chunk_rows(x, u, scheme, mu, base)
             values = fn(X)
             check_losses(values, X.shape[0], 1 + start * signs - int(base))

@@ -2,7 +2,9 @@
 
 Both paths sample the same directions from the same seeds, so for the same seeds they estimate
 the same vector (up to summation order). Neither ever holds more than a bounded number of
-directions at once: the closure path one, the batched path one chunk.
+directions at once: the closure path one, the batched path one chunk (with ``"orthogonal"``
+directions, also the group of directions orthogonalised together, see
+:mod:`torchzo.oracle.directions`).
 
 Each path is one loop over directions (or chunks of them) that regenerates the directions and
 adds ``c_i u_i`` in index order, asking a callback for the queried values: the single-process
@@ -103,8 +105,8 @@ def assemble_closure(
     the same seeds and values give the same bits.
     """
     g = layout.zeros()
-    for k, seed in enumerate(seeds):
-        u = layout.sample(seed, scale, guide)
+    for k in range(len(seeds)):
+        u = layout.direction(seeds, k, scale, guide)
         torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, values(k, u), mu))
     return g
 
@@ -194,7 +196,7 @@ def assemble_batched(
     g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
     f0: Tensor | None = None
     for c, (start, n, base) in enumerate(plan):
-        u = layout.sample_rows(seeds[start:start + n], scale, flat_guide)
+        u = layout.rows(seeds, start, n, scale, flat_guide)
         v = values(c, u)
         if base:
             f0, v = v[0], v[1:]

@@ -35,7 +35,7 @@ def estimate_population(fn: Callable[[Tensor], Tensor], X: Tensor, seeds: Sequen
     if X.dim() != 2:
         raise ValueError(f"X must be (members, d), got shape {tuple(X.shape)}")
     P, d = X.shape
-    z = Layout([X[0]], kind).sample_rows(seeds)                    # (n, d)
+    z = Layout([X[0]], kind).rows(seeds, 0, len(seeds))           # (n, d)
     u = z if scale is None else scale[:, None, :].to(z.dtype) * z  # (n, d) or (P, n, d)
     radius = torch.as_tensor(mu, dtype=X.dtype, device=X.device).reshape(-1, 1, 1)
     rows = [X[:, None, :]] + [X[:, None, :] + (sign * radius) * u for sign in scheme.signs]
