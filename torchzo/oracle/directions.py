@@ -37,8 +37,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INDEPENDENT_KINDS", "KINDS", "Guide", "Layout", "check_kind", "default_mu", "draw_seeds",
-           "generation_dtype"]
+__all__ = ["INDEPENDENT_KINDS", "KINDS", "Guide", "Layout", "check_kind", "default_mu",
+           "draw_seeds", "generation_dtype"]
 
 #: The kinds of query direction: standard Gaussian, independent random signs, or a step's
 #: Gaussian draws orthogonalised.
