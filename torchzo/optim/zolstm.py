@@ -68,8 +68,8 @@ class ZOLSTM(ZOOptimizer):
             ``"rademacher"`` (independent signs +-1, the same unit variance) or
             ``"orthogonal"`` (a step's Gaussian draws orthogonalised, see
             :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
-            (``Arch.directions_kind``: what they are meant to run with, see
-            docs/pretrained.md). ``directions="gaussian"`` means unscaled ``z`` of this kind.
+            (``Arch.directions_kind``: what they are meant to run with; Gaussian for every
+            shipped file). ``directions="gaussian"`` means unscaled ``z`` of this kind.
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,

@@ -84,9 +84,8 @@ def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
 
 
 def _draw(out: Tensor, kind: str, generator: torch.Generator) -> None:
-    """Fill the flat, contiguous ``out`` with one direction of ``kind`` from ``generator``
-    (an orthogonal kind's raw draw: Gaussian)."""
-    if kind in ("gaussian", "orthogonal"):
+    """Fill the flat, contiguous ``out`` with one direction of ``kind`` from ``generator``."""
+    if kind == "gaussian":
         torch.randn(out.numel(), generator=generator, out=out)
         return
     n = out.numel()
@@ -174,6 +173,15 @@ class _Block:
         return (seed + self.position * _BLOCK_STRIDE) % _SEED_MAX
 
 
+def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
+    """Block ``b``'s directions of ``seeds`` (of an independent ``kind``), as rows."""
+    out = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
+    for k, seed in enumerate(seeds):
+        b.generator.manual_seed(b.seed_for(seed))
+        _draw(out[k], kind, b.generator)
+    return out
+
+
 class Layout:
     """How a list of tensors is seen as one flat vector for sampling directions.
 
@@ -239,10 +247,7 @@ class Layout:
         cached = self._frames[k]
         if cached is not None and cached[0] == chunk:
             return cached[1]
-        Z = torch.empty(len(chunk), b.numel, dtype=b.dtype, device=b.device)
-        for i, seed in enumerate(chunk):
-            b.generator.manual_seed(b.seed_for(seed))
-            _draw(Z[i], "gaussian", b.generator)
+        Z = _draw_rows(b, chunk, "gaussian")
         if b.numel:
             Q, R = torch.linalg.qr(Z.T)
             # Positive diagonal of R: the frame is then Haar-distributed, not biased by
@@ -324,11 +329,7 @@ class Layout:
         """
         b = self._flat_block("sample_rows")
         self._independent("sample_rows")
-        U = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
-        for k, seed in enumerate(seeds):
-            b.generator.manual_seed(b.seed_for(seed))
-            _draw(U[k], self.kind, b.generator)
-        return self._rows_tail(U, seeds, scale, guide)
+        return self._rows_tail(_draw_rows(b, seeds, self.kind), seeds, scale, guide)
 
     def rows(self, seeds: Sequence[int], start: int, n: int, scale: Tensor | None = None,
              guide: Guide | None = None) -> Tensor:
@@ -337,15 +338,15 @@ class Layout:
         bits of ``direction(seeds, start + k)``, whatever the split of the step into calls."""
         if self.kind in INDEPENDENT_KINDS:
             return self.sample_rows(seeds[start:start + n], scale, guide)
-        self._flat_block("rows")
+        b = self._flat_block("rows")
         m = self.group_size
-        pieces, j = [], start
+        pieces, j = [torch.empty(0, b.numel, dtype=b.dtype, device=b.device)], start
         while j < start + n:
             group = j // m
             stop = min(start + n, (group + 1) * m)
             pieces.append(self._frame(0, seeds, group)[j - group * m:stop - group * m])
             j = stop
-        U = torch.cat(pieces) if pieces else self._frame(0, seeds, 0)[:0].clone()
+        U = torch.cat(pieces)  # a new tensor: the cached frame stays as drawn
         return self._rows_tail(U, seeds[start:start + n], scale, guide)
 
     def zeros(self) -> list[Tensor]:
