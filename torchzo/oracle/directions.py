@@ -295,10 +295,19 @@ class Layout:
     def direction(self, seeds: Sequence[int], k: int, scale: Sequence[Tensor] | None = None,
                   guide: Guide | None = None) -> list[Tensor]:
         """Direction ``k`` of the step whose directions have ``seeds``, as :meth:`sample`
-        gives it (views into the scratch buffer); any kind."""
+        gives it (views into the scratch buffer, or into a cached frame: read them, do not
+        write them); any kind."""
         if self.kind in INDEPENDENT_KINDS:
             return self.sample(seeds[k], scale, guide)
         m = self.group_size
+        if scale is None and (guide is None or not guide.basis):
+            # Nothing to write: the frame's row itself, read-only, saves a pass over d.
+            out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+            for j, b in enumerate(self.blocks):
+                row = self._frame(j, seeds, k // m)[k % m]
+                for v, i in zip(row.split(b.numels), b.index):
+                    out[i] = v.view(self.shapes[i])
+            return out
 
         def fill(j: int, b: _Block, buf: Tensor) -> None:
             buf.copy_(self._frame(j, seeds, k // m)[k % m])
