@@ -5,10 +5,12 @@ from typing import Any
 
 from ._common import fmt_spread, fmt_time, md_table
 
-__all__ = ["KEY", "PARTS", "PART_NAMES", "RADEMACHER", "render"]
+__all__ = ["KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER", "render"]
 
 #: The timed configuration with Rademacher directions (the others use the default, Gaussian).
 RADEMACHER = "ZOSGD (Rademacher)"
+#: The timed configuration with orthogonal directions (a QR of each group of q draws).
+ORTHOGONAL = "ZOSGD (orthogonal)"
 
 # The oracle's parts timed beside ZOSGD's step (see ``benchmarks.overhead._contenders``).
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]

@@ -9,7 +9,8 @@ work (seeds, direction sampling, perturb/restore, accumulation, the update). It 
 ratio to ``torch.optim.Adam.step()`` (``.grad`` pre-filled, default ``foreach``) on the same
 shapes, and as a multiple of the memory floor: ``q + 1`` add passes over the d floats (one add
 pass and one copy are contenders of the same repetitions). ZOSGD is timed with its default
-Gaussian directions and, as ``ZOSGD (Rademacher)``, with ``directions_kind="rademacher"``.
+Gaussian directions, as ``ZOSGD (Rademacher)`` with ``directions_kind="rademacher"``, and as
+``ZOSGD (orthogonal)`` with ``directions_kind="orthogonal"``.
 Every contender is timed once per repetition, in a shuffled order, so slow phases of a shared
 machine hit all of them alike; medians and interquartile ranges over the repetitions are
 reported. The oracle's parts are timed the same way, through the library's own objects, to
@@ -44,7 +45,7 @@ from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure
 
 from ._common import OUT, finish, machine, spread
-from ._overhead_report import KEY, PARTS, RADEMACHER, render
+from ._overhead_report import KEY, ORTHOGONAL, PARTS, RADEMACHER, render
 
 __all__ = ["KEY", "PARTS", "main", "render"]
 
@@ -52,6 +53,7 @@ __all__ = ["KEY", "PARTS", "main", "render"]
 # generalist's architecture likewise (issue 15's bar: at most 3x ZOAdam's overhead).
 ZO: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
+    ORTHOGONAL: functools.partial(ZOSGD, directions_kind="orthogonal"),
     "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
     "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
     "ZOLSTM (general)": functools.partial(

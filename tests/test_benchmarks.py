@@ -35,7 +35,8 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
         floor = case["floor_s"]
         assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
         assert floor["step"]["median"] == pytest.approx(5 * floor["add"]["median"])
-        assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSignSGD", "ZOAdam",
+        assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSGD (orthogonal)",
+                                           "ZOSignSGD", "ZOAdam",
                                            "ZOLSTM", "ZOLSTM (general)",
                                            "ZOLSTM (general, no query net)"}
         assert all(r["median"] > 0 for r in case["over_floor"].values())
