@@ -53,6 +53,9 @@ _TUNE_SEED, _TEST_SEED = 3_000_000, 2_000_000
 #: Gaps below this fraction of the start gap count as solved: where one method reaches the
 #: optimum exactly (a balanced pole, a separable dataset), raw gap ratios are meaningless.
 FLOOR = 1e-4
+#: Tuned ZO-Adam with orthogonal directions: run beside a learned optimizer whose weights
+#: name that kind, so that what its oracle buys is not read as its update rule's doing.
+ORTHOGONAL_ADAM = "ZOAdam tuned (orthogonal)"
 
 
 def instances(family: str, count: int, base: int) -> list[Problem]:
@@ -126,25 +129,41 @@ def _tune(problems: Sequence[Problem], grid: Callable[[float], MakeOpt], exponen
     return e, tried[e], {f"{e:g}": round(s, 4) for e, s in sorted(tried.items())}
 
 
-def tune_family(problems: Sequence[Problem], steps: int, quick: bool) -> dict[str, Any]:
+def _tune_adam(problems: Sequence[Problem], grid: list[float], steps: int, kind: str
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ZO-Adam with ``kind`` directions tuned over lr on ``grid`` and beta1 in {0.9, 0.5}:
+    the best setting, and every candidate's score per beta1."""
+    tried_all: dict[str, Any] = {}
+    best = None
+    for beta1 in (0.9, 0.5):
+        def adam(lr: float, beta1: float = beta1) -> MakeOpt:
+            return lambda p, s, mu: torchzo.ZOAdam(p, lr=lr, mu=mu, betas=(beta1, 0.999),
+                                                   seed=s, directions_kind=kind)
+        e, sc, tried = _tune(problems, adam, grid, steps)
+        tried_all[f"beta1_{beta1}"] = tried
+        if best is None or sc < best[2]:
+            best = (10 ** e, beta1, sc)
+    assert best is not None
+    return {"lr": best[0], "beta1": best[1], "score": best[2]}, tried_all
+
+
+def tune_family(problems: Sequence[Problem], steps: int, quick: bool,
+                orthogonal: bool = False) -> dict[str, Any]:
+    """Tuned ZO-Adam and ZO-SGD on ``problems``; with ``orthogonal``, also ZO-Adam with
+    orthogonal directions (how much of a learned optimizer's lead its oracle buys)."""
     adam_grid = [-4.0, -2.0] if quick else [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
     sgd_grid = [-5.0, -3.0] if quick else [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
     out: dict[str, Any] = {}
-    best_adam = None
-    for beta1 in (0.9, 0.5):
-        def adam(lr: float, beta1: float = beta1) -> MakeOpt:
-            return lambda p, s, mu: torchzo.ZOAdam(p, lr=lr, mu=mu, betas=(beta1, 0.999), seed=s)
-        e, sc, tried = _tune(problems, adam, adam_grid, steps)
-        out[f"adam_beta1_{beta1}"] = tried
-        if best_adam is None or sc < best_adam[2]:
-            best_adam = (10 ** e, beta1, sc)
-    assert best_adam is not None
-    out["adam"] = {"lr": best_adam[0], "beta1": best_adam[1], "score": best_adam[2]}
+    out["adam"], tried = _tune_adam(problems, adam_grid, steps, "gaussian")
+    out.update({f"adam_{k}": v for k, v in tried.items()})
+    if orthogonal:
+        out["adam_orthogonal"], tried = _tune_adam(problems, adam_grid, steps, "orthogonal")
+        out.update({f"adam_orthogonal_{k}": v for k, v in tried.items()})
 
     def sgd(lr: float) -> MakeOpt:
         return lambda p, s, mu: torchzo.ZOSGD(p, lr=lr, mu=mu, seed=s)
-    e, sc, tried = _tune(problems, sgd, sgd_grid, steps)
-    out["sgd_grid"] = tried
+    e, sc, tried_sgd = _tune(problems, sgd, sgd_grid, steps)
+    out["sgd_grid"] = tried_sgd
     out["sgd"] = {"lr": 10 ** e, "score": sc}
     return out
 
@@ -167,9 +186,13 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
         return {**{name: _zolstm(_weights(name)) for name in candidates}, **baselines}
     untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
     out = {"ZOLSTM": _zolstm(weights)}
-    if has_query(_nets(weights).arch):  # without a query net the ablation is the same run
+    arch = _nets(weights).arch
+    if has_query(arch):  # without a query net the ablation is the same run
         out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
             p, pretrained=weights, mu=mu, seed=s, directions="gaussian")
+    if arch.directions_kind != "gaussian":  # the oracle's share of the lead
+        out["ZOLSTM Gaussian directions"] = lambda p, s, mu: torchzo.ZOLSTM(
+            p, pretrained=weights, mu=mu, seed=s, directions_kind="gaussian")
     out.update({
         "untrained (hand rule)": lambda p, s, mu: torchzo.ZOLSTM(p, pretrained=untrained,
                                                                  mu=mu, seed=s),
@@ -177,6 +200,11 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
                                                                mu=mu, seed=s),
         "ZOAdam lr 1e-3": lambda p, s, mu: torchzo.ZOAdam(p, mu=mu, seed=s),
     })
+    if "adam_orthogonal" in tuned:
+        orth = tuned["adam_orthogonal"]
+        baselines[ORTHOGONAL_ADAM] = lambda p, s, mu: torchzo.ZOAdam(
+            p, lr=orth["lr"], mu=mu, seed=s, betas=(orth["beta1"], 0.999),
+            directions_kind="orthogonal")
     return {**out, **baselines}
 
 
@@ -227,7 +255,10 @@ def render(data: dict[str, Any]) -> str:
              "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
              f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
              "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
-             "above their start (↑).\n"]
+             "above their start (↑). Query directions are each method's default: Gaussian, "
+             "and for a ZOLSTM the kind its weights name (`Arch.directions_kind`); where that "
+             f"is not Gaussian, `{ORTHOGONAL_ADAM}` and `ZOLSTM Gaussian directions` show "
+             "what the directions alone buy.\n"]
     rows = []
     for fam, entry in data["families"].items():
         rows.append([fam] + [
@@ -238,9 +269,15 @@ def render(data: dict[str, Any]) -> str:
     rows.append(["**geometric mean**"] + [f"**{overall[n]:.3g}**" for n in names])
     lines.append(md_table(["family"] + names, rows))
     lines.append("\nTuned settings per family (on separate tuning instances):\n")
-    lines.append(md_table(["family", "ZO-Adam lr", "beta1", "ZO-SGD lr"], [
-        [fam, f"{e['tuned']['adam']['lr']:.3g}", e["tuned"]["adam"]["beta1"],
-         f"{e['tuned']['sgd']['lr']:.3g}"] for fam, e in data["families"].items()]))
+    orth = all("adam_orthogonal" in e["tuned"] for e in data["families"].values())
+    lines.append(md_table(
+        ["family", "ZO-Adam lr", "beta1", "ZO-SGD lr"]
+        + (["ZO-Adam (orthogonal) lr", "beta1"] if orth else []),
+        [[fam, f"{e['tuned']['adam']['lr']:.3g}", e["tuned"]["adam"]["beta1"],
+          f"{e['tuned']['sgd']['lr']:.3g}"]
+         + ([f"{e['tuned']['adam_orthogonal']['lr']:.3g}", e["tuned"]["adam_orthogonal"]["beta1"]]
+            if orth else [])
+         for fam, e in data["families"].items()]))
     if data.get("figure"):
         lines.append(f"\n![ratios per family]({data['figure']})\n")
     return "\n".join(lines)
@@ -273,10 +310,12 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     evaluation instances."""
     torch.set_num_threads(1)
     weights = _weights(args.weights)
-    tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick)
+    candidates = args.candidates.split(",") if args.candidates else ()
+    orthogonal = not candidates and _nets(weights).arch.directions_kind != "gaussian"
+    tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick,
+                        orthogonal)
     problems = instances(fam, args.instances, _TEST_SEED)
     curves: dict[str, list[list[float]]] = {}
-    candidates = args.candidates.split(",") if args.candidates else ()
     for name, make in methods(weights, tuned, candidates).items():
         curves[name] = [run(p, make, args.steps, i, args.every)[0]
                         for i, p in enumerate(problems)]

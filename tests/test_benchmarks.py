@@ -9,6 +9,7 @@ import torch
 
 import torchzo
 from benchmarks import overhead
+from torchzo.learned import LearnedZO
 
 
 def test_overhead_quick_writes_json_and_markdown(tmp_path):
@@ -140,6 +141,29 @@ def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
         assert entry["tuned"]["adam"]["lr"] > 0
     text = (tmp_path / "generalist.md").read_text()
     assert "| hinge |" in text and "geometric mean" in text
+
+
+def test_generalist_shows_what_orthogonal_directions_buy_beside_weights_that_use_them(tmp_path):
+    """Weights that name orthogonal directions get ZO-Adam tuned with them, and themselves
+    run with Gaussian ones: the same runs as those weights told to use Gaussian directions."""
+    import dataclasses
+
+    from benchmarks import generalist
+
+    nets = torchzo.pretrained.load("generalist")
+    orth = LearnedZO(arch=dataclasses.replace(nets.arch, directions_kind="orthogonal"))
+    orth.load_state_dict(nets.state_dict())
+    torchzo.pretrained.save(orth, tmp_path / "orth.pt")
+    args = ["--quick", "--families", "hinge", "--out", str(tmp_path)]
+    data = generalist.main([*args, "--weights", str(tmp_path / "orth.pt")])
+    entry = data["families"]["hinge"]
+    assert {generalist.ORTHOGONAL_ADAM, "ZOLSTM Gaussian directions"} <= set(entry["summary"])
+    assert entry["tuned"]["adam_orthogonal"]["lr"] > 0
+    assert entry["finals"]["ZOLSTM"] != entry["finals"]["ZOLSTM Gaussian directions"]
+    assert "| ZO-Adam (orthogonal) lr | beta1 |" in (tmp_path / "generalist.md").read_text()
+    plain = generalist.main([*args, "--weights", "generalist"])["families"]["hinge"]
+    assert entry["finals"]["ZOLSTM Gaussian directions"] == plain["finals"]["ZOLSTM"]
+    assert generalist.ORTHOGONAL_ADAM not in plain["summary"]
 
 
 def test_generalist_candidates_run_the_same_optimizer_as_the_main_row(tmp_path):
