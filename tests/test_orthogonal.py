@@ -18,6 +18,7 @@ from torchzo.oracle import (
     Layout,
     ParameterBackup,
     Scheme,
+    directions,
     draw_seeds,
     estimate_batched,
     estimate_closure,
@@ -35,7 +36,7 @@ def flat_directions(layout: Layout, seeds: list[int]) -> torch.Tensor:
 # -- the directions themselves ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("numel,q", [(17, 5), (17, 17), (6, 20), (1, 3)])
+@pytest.mark.parametrize("numel,q", [(17, 5), (17, 17), (6, 20), (1, 3), (400, 5)])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_each_group_is_an_orthogonal_frame_of_norm_sqrt_numel(numel, q, dtype):
     layout = Layout([torch.zeros(numel, dtype=dtype)], "orthogonal")
@@ -56,7 +57,13 @@ def test_the_first_direction_is_its_gaussian_draw_rescaled_and_the_frame_is_gram
     # Positive diagonal of R makes QR equal Gram-Schmidt on the draws in seed order: the
     # first direction is the first draw scaled to norm sqrt(d), the second the second draw's
     # part orthogonal to it, and so on.
+    # d = 9 is orthogonalised by Householder, d = 200 (tall) by Cholesky QR.
     d, seeds = 9, [3, 1, 4]
+    gram_schmidt_equals_frame(d, seeds)
+    gram_schmidt_equals_frame(200, seeds)
+
+
+def gram_schmidt_equals_frame(d: int, seeds: list[int]) -> None:
     z = torch.stack([Layout([torch.zeros(d, dtype=F64)]).sample(s)[0].clone() for s in seeds])
     U = Layout([torch.zeros(d, dtype=F64)], "orthogonal").rows(seeds, 0, 3)
     frame = []
@@ -64,7 +71,18 @@ def test_the_first_direction_is_its_gaussian_draw_rescaled_and_the_frame_is_gram
         for f in frame:
             row = row - (row @ f) * f
         frame.append(row / row.norm())
-    torch.testing.assert_close(U, torch.stack(frame) * math.sqrt(d), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(U, torch.stack(frame) * math.sqrt(d), rtol=1e-10, atol=1e-10)
+
+
+def test_cholesky_qr_matches_householder_and_falls_back_to_it_on_a_singular_block():
+    Z = torch.randn(6, 6 * directions._TALL, generator=torch.Generator().manual_seed(0))
+    Q, R = torch.linalg.qr(Z.T)
+    householder = (Q * torch.diagonal(R).sign()).T
+    torch.testing.assert_close(directions._orthonormal_rows(Z), householder, rtol=0, atol=1e-5)
+    Z[3] = Z[1]  # rank-deficient: Cholesky fails, Householder still gives orthonormal rows
+    U = directions._orthonormal_rows(Z)
+    assert torch.isfinite(U).all()
+    torch.testing.assert_close(U @ U.T, torch.eye(6), rtol=0, atol=1e-5)
 
 
 @FAST

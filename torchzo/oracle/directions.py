@@ -182,6 +182,37 @@ def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
     return out
 
 
+#: Rows per direction above which a group is orthogonalised by Cholesky QR, not Householder.
+_TALL = 16
+
+
+def _orthonormal_rows(Z: Tensor) -> Tensor:
+    """The rows of the Gaussian ``Z`` (m x n) orthonormalised in order (in place where it
+    can): Gram-Schmidt's result, ``Z = L Q`` with ``L`` lower triangular of positive
+    diagonal, so that ``Q`` is Haar-distributed (not biased by a factorisation's sign
+    convention)."""
+    m, n = Z.shape
+    if n >= _TALL * m:
+        # A tall Gaussian block is near-orthogonal already (condition ~ 1 + 2 sqrt(m / n)),
+        # where Cholesky QR twice is as accurate as Householder and runs as BLAS-3 on Z's own
+        # memory: ~20x faster at n = 1e6, where Householder's panel is memory-bound. Each
+        # pass keeps Gram-Schmidt's result, so the fallback may start from either.
+        for _ in range(2):
+            L, info = torch.linalg.cholesky_ex(Z @ Z.T)
+            if info.item():
+                break
+            # Z <- L^-1 Z, solved as Z^T L^-T on the column-major view Z^T.
+            if Z.device.type == "cpu":
+                torch.linalg.solve_triangular(L.T, Z.T, upper=True, left=False, out=Z.T)
+            else:
+                Z = torch.linalg.solve_triangular(L.T, Z.T, upper=True, left=False).T
+        else:
+            return Z
+    Q, R = torch.linalg.qr(Z.T)
+    signs = torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(Q.dtype)
+    return (Q * signs).T.contiguous()
+
+
 class Layout:
     """How a list of tensors is seen as one flat vector for sampling directions.
 
@@ -249,11 +280,7 @@ class Layout:
             return cached[1]
         Z = _draw_rows(b, chunk, "gaussian")
         if b.numel:
-            Q, R = torch.linalg.qr(Z.T)
-            # Positive diagonal of R: the frame is then Haar-distributed, not biased by
-            # the factorisation's sign convention.
-            signs = torch.where(torch.diagonal(R) < 0, -1.0, 1.0).to(Q.dtype)
-            Z = (Q * (signs * math.sqrt(b.numel))).T.contiguous()
+            Z = _orthonormal_rows(Z).mul_(math.sqrt(b.numel))
         self._frames[k] = (chunk, Z)
         return Z
 
