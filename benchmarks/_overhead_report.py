@@ -5,12 +5,14 @@ from typing import Any
 
 from ._common import fmt_spread, fmt_time, md_table
 
-__all__ = ["KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER", "render"]
+__all__ = ["GENERALIST", "KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER", "render"]
 
 #: The timed configuration with Rademacher directions (the others use the default, Gaussian).
 RADEMACHER = "ZOSGD (Rademacher)"
 #: The timed configuration with orthogonal directions (a QR of each group of q draws).
 ORTHOGONAL = "ZOSGD (orthogonal)"
+#: The shipped generalist as it runs (issue 15's bar: at most 3x ZOAdam's step overhead).
+GENERALIST = "ZOLSTM (generalist)"
 
 # The oracle's parts timed beside ZOSGD's step (see ``benchmarks.overhead._contenders``).
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]
@@ -84,11 +86,15 @@ def render(data: dict[str, Any]) -> str:
         f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n",
         "## Step overhead as a multiple of Adam's step\n",
     ]
+    generalist = all("generalist_over_zoadam" in t for t in data["timing"])
     rows = [[t["d"], t["layout"], t["threads"], _us(t["time_s"]["Adam"])]
             + [fmt_spread(t["ratio_to_adam"][n]) for n in ZO]
-            + [fmt_spread(t["zolstm_over_zoadam"])] for t in data["timing"]]
+            + [fmt_spread(t["zolstm_over_zoadam"])]
+            + ([fmt_spread(t["generalist_over_zoadam"])] if generalist else [])
+            for t in data["timing"]]
     out.append(md_table([*KEY, "Adam step (µs)", *(f"{n} / Adam" for n in ZO),
-                         "ZOLSTM / ZOAdam"], rows))
+                         "ZOLSTM / ZOAdam"]
+                        + ([f"{GENERALIST} / ZOAdam"] if generalist else []), rows))
     out.append(f"## Overhead per query (step overhead / {q + 1}), µs\n")
     rows = [[t["d"], t["layout"], t["threads"]] + [_us(t["per_query_s"][n]) for n in ZO]
             for t in data["timing"]]

@@ -32,6 +32,7 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     assert "## Overhead as a multiple of the memory floor" in text
     assert "| add pass (µs) | copy (µs) | floor: 5 adds (µs) |" in text
     assert "ZOSGD (Rademacher) / floor" in text and "ZOSGD (Rademacher) / Adam" in text
+    assert "| ZOLSTM / ZOAdam | ZOLSTM (generalist) / ZOAdam |" in text
     for case in data["timing"]:
         floor = case["floor_s"]
         assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
@@ -39,7 +40,7 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
         assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSGD (orthogonal)",
                                            "ZOSignSGD", "ZOAdam",
                                            "ZOLSTM", "ZOLSTM (general)",
-                                           "ZOLSTM (general, no query net)"}
+                                           "ZOLSTM (generalist)"}
         assert all(r["median"] > 0 for r in case["over_floor"].values())
 
 
