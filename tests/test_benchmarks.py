@@ -131,8 +131,9 @@ def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
 def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
     from benchmarks import generalist
 
+    # Weights with a query net, so that its ablation runs too.
     data = generalist.main(["--quick", "--families", "hinge,matrix-factorization",
-                            "--out", str(tmp_path)])
+                            "--weights", "mnist-attack", "--out", str(tmp_path)])
     assert set(data["families"]) == {"hinge", "matrix-factorization"}
     for entry in data["families"].values():
         summary = entry["summary"]
@@ -152,17 +153,20 @@ def test_generalist_shows_what_orthogonal_directions_buy_beside_weights_that_use
     from benchmarks import generalist
 
     nets = torchzo.pretrained.load("generalist")
-    orth = LearnedZO(arch=dataclasses.replace(nets.arch, directions_kind="orthogonal"))
-    orth.load_state_dict(nets.state_dict())
-    torchzo.pretrained.save(orth, tmp_path / "orth.pt")
+    kinds = {}
+    for kind in ("orthogonal", "gaussian"):
+        kinds[kind] = LearnedZO(arch=dataclasses.replace(nets.arch, directions_kind=kind))
+        kinds[kind].load_state_dict(nets.state_dict())
+        torchzo.pretrained.save(kinds[kind], tmp_path / f"{kind}.pt")
     args = ["--quick", "--families", "hinge", "--out", str(tmp_path)]
-    data = generalist.main([*args, "--weights", str(tmp_path / "orth.pt")])
+    data = generalist.main([*args, "--weights", str(tmp_path / "orthogonal.pt")])
     entry = data["families"]["hinge"]
     assert {generalist.ORTHOGONAL_ADAM, "ZOLSTM Gaussian directions"} <= set(entry["summary"])
     assert entry["tuned"]["adam_orthogonal"]["lr"] > 0
     assert entry["finals"]["ZOLSTM"] != entry["finals"]["ZOLSTM Gaussian directions"]
     assert "| ZO-Adam (orthogonal) lr | beta1 |" in (tmp_path / "generalist.md").read_text()
-    plain = generalist.main([*args, "--weights", "generalist"])["families"]["hinge"]
+    plain = generalist.main([*args, "--weights", str(tmp_path / "gaussian.pt")])
+    plain = plain["families"]["hinge"]
     assert entry["finals"]["ZOLSTM Gaussian directions"] == plain["finals"]["ZOLSTM"]
     assert generalist.ORTHOGONAL_ADAM not in plain["summary"]
 

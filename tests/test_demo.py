@@ -42,3 +42,7 @@ def test_the_default_rows_follow_whatever_the_default_is(monkeypatch):
     rows = demo.binclass_runs()
     assert [r[0] for r in rows][-1] == "ZOLSTM:cifar-attack"  # no tuned lr known for it
     assert "trained on mnist-attack: another problem family" in rows[-1][3]
+    monkeypatch.setattr(torchzo.pretrained, "default_name", lambda: "generalist")
+    rows = demo.binclass_runs()
+    assert [r[0] for r in rows][-1] == "ZOLSTM:generalist"
+    assert "meta-trained on other problem families (never this one)" in rows[-1][3]

@@ -54,7 +54,10 @@ def binclass_runs() -> list[tuple[str, type, dict, str]]:
     if default == "binclass":
         return runs
     trained = _trained_on(default)
-    if "binclass" in trained:
+    if pretrained.info(default).get("arch") == "general":
+        why = ("the default ZOLSTM() weights: the generalist, meta-trained on other problem "
+               "families (never this one), at its defaults (lr=1)")
+    elif "binclass" in trained:
         why = f"the default ZOLSTM() weights; binclass is among its training tasks ({trained})"
     else:
         why = (f"the default ZOLSTM() weights, trained on {', '.join(trained)}: another problem "
