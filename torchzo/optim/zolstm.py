@@ -34,6 +34,9 @@ class ZOLSTM(ZOOptimizer):
     ``query_prob`` the oracle samples ``u = |s| z``, otherwise ``u = z`` (the bias/variance mix
     of the paper). The UpdateRNN maps the estimate to the update, which is added to the
     parameters after scaling by ``lr`` (the paper's output scale alpha; schedulers work on it).
+    That is the paper's architecture. The default weights are the generalist's
+    (``Arch(kind="general")``): scale-free inputs, a normalised direction and a step size it
+    sets and adapts itself, so ``lr=1`` is right on problems it never saw (docs/generalist.md).
 
     The step is :func:`torchzo.learned.step`, the function that ``torchzo.meta`` trains. All
     coordinates of the parameters that share an estimate share one normalisation of the
@@ -46,7 +49,9 @@ class ZOLSTM(ZOOptimizer):
         params: parameters or param groups.
         pretrained: a shipped name (see ``torchzo.pretrained.available()``), a path to a weights
             file, a state dict of :class:`~torchzo.learned.LearnedZO`, or a ``LearnedZO`` module
-            (used as is, e.g. during meta-training). ``None``: the shipped default.
+            (used as is, e.g. during meta-training). ``None``: the shipped default
+            (``torchzo.pretrained.default_name()``, the scale-free ``generalist``, meant for
+            problems it never saw; see docs/generalist.md).
         lr: output scale alpha. With ``use_update=False``: the ZO-SGD step size.
         q, mu, estimator, maximize: as for :class:`ZOSGD`.
         query_prob: probability that a step samples from the learned covariance (one draw per
@@ -68,8 +73,9 @@ class ZOLSTM(ZOOptimizer):
             ``"rademacher"`` (independent signs +-1, the same unit variance) or
             ``"orthogonal"`` (a step's Gaussian draws orthogonalised, see
             :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
-            (``Arch.directions_kind``: what they are meant to run with; Gaussian for every
-            shipped file). ``directions="gaussian"`` means unscaled ``z`` of this kind.
+            (``Arch.directions_kind``: what they are meant to run with; orthogonal for the
+            shipped ``generalist``, Gaussian for the paper's files). ``directions="gaussian"``
+            means unscaled ``z`` of this kind.
     """
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
