@@ -15,7 +15,10 @@ Methods: ``ZOLSTM`` (``--weights``, default: the shipped default) at lr 1, its n
 ablation (Gaussian directions) and the untrained architecture (its hand-set step-size rule),
 the paper's ``mnist-attack`` ZOLSTM at lr 1, ZO-Adam at its default lr 1e-3, and ZO-Adam and
 ZO-SGD tuned per family on the tuning instances: lr on a half-decade grid, extended while the
-best is on an edge; ZO-Adam also over beta1 in {0.9, 0.5}. The tuning criterion is the mean
+best is on an edge; ZO-Adam also over beta1 in {0.9, 0.5}. Where the weights name other than
+Gaussian directions (``Arch.directions_kind``), ZO-Adam tuned the same way with that kind of
+directions and the ZOLSTM with Gaussian ones run too, so that the oracle's share of a lead
+shows. The tuning criterion is the mean
 over tuning instances of ``log((f_T - f_min) / (f_0 - f_min))`` (a run that diverges scores
 infinity).
 
@@ -42,7 +45,7 @@ import torchzo
 from torchzo.learned import Arch, LearnedZO
 from torchzo.learned.core import has_query
 from torchzo.optim import ZOOptimizer
-from torchzo.oracle import ClosureError
+from torchzo.oracle import KINDS, ClosureError
 from torchzo.tasks import Problem
 from torchzo.tasks.families import FAMILIES, FAMILY_SPLITS
 
@@ -53,9 +56,15 @@ _TUNE_SEED, _TEST_SEED = 3_000_000, 2_000_000
 #: Gaps below this fraction of the start gap count as solved: where one method reaches the
 #: optimum exactly (a balanced pole, a separable dataset), raw gap ratios are meaningless.
 FLOOR = 1e-4
-#: Tuned ZO-Adam with orthogonal directions: run beside a learned optimizer whose weights
-#: name that kind, so that what its oracle buys is not read as its update rule's doing.
-ORTHOGONAL_ADAM = "ZOAdam tuned (orthogonal)"
+
+
+def kind_adam(kind: str) -> str:
+    """The row of ZO-Adam tuned with ``kind`` directions: run beside a learned optimizer whose
+    weights name that kind, so that what its oracle buys is not read as its update rule's."""
+    return f"ZOAdam tuned ({kind})"
+
+
+ORTHOGONAL_ADAM = kind_adam("orthogonal")
 
 
 def instances(family: str, count: int, base: int) -> list[Problem]:
@@ -148,17 +157,17 @@ def _tune_adam(problems: Sequence[Problem], grid: list[float], steps: int, kind:
 
 
 def tune_family(problems: Sequence[Problem], steps: int, quick: bool,
-                orthogonal: bool = False) -> dict[str, Any]:
-    """Tuned ZO-Adam and ZO-SGD on ``problems``; with ``orthogonal``, also ZO-Adam with
-    orthogonal directions (how much of a learned optimizer's lead its oracle buys)."""
+                kind: str = "gaussian") -> dict[str, Any]:
+    """Tuned ZO-Adam and ZO-SGD on ``problems``; for another ``kind`` than Gaussian, also
+    ZO-Adam with ``kind`` directions (how much of a learned optimizer's lead its oracle buys)."""
     adam_grid = [-4.0, -2.0] if quick else [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
     sgd_grid = [-5.0, -3.0] if quick else [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
     out: dict[str, Any] = {}
     out["adam"], tried = _tune_adam(problems, adam_grid, steps, "gaussian")
     out.update({f"adam_{k}": v for k, v in tried.items()})
-    if orthogonal:
-        out["adam_orthogonal"], tried = _tune_adam(problems, adam_grid, steps, "orthogonal")
-        out.update({f"adam_orthogonal_{k}": v for k, v in tried.items()})
+    if kind != "gaussian":
+        out[f"adam_{kind}"], tried = _tune_adam(problems, adam_grid, steps, kind)
+        out.update({f"adam_{kind}_{k}": v for k, v in tried.items()})
 
     def sgd(lr: float) -> MakeOpt:
         return lambda p, s, mu: torchzo.ZOSGD(p, lr=lr, mu=mu, seed=s)
@@ -200,11 +209,11 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
                                                                mu=mu, seed=s),
         "ZOAdam lr 1e-3": lambda p, s, mu: torchzo.ZOAdam(p, mu=mu, seed=s),
     })
-    if "adam_orthogonal" in tuned:
-        orth = tuned["adam_orthogonal"]
-        baselines[ORTHOGONAL_ADAM] = lambda p, s, mu: torchzo.ZOAdam(
-            p, lr=orth["lr"], mu=mu, seed=s, betas=(orth["beta1"], 0.999),
-            directions_kind="orthogonal")
+    kind = arch.directions_kind
+    if f"adam_{kind}" in tuned and kind != "gaussian":
+        own = tuned[f"adam_{kind}"]
+        baselines[kind_adam(kind)] = lambda p, s, mu: torchzo.ZOAdam(
+            p, lr=own["lr"], mu=mu, seed=s, betas=(own["beta1"], 0.999), directions_kind=kind)
     return {**out, **baselines}
 
 
@@ -257,8 +266,8 @@ def render(data: dict[str, Any]) -> str:
              "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
              "above their start (↑). Query directions are each method's default: Gaussian, "
              "and for a ZOLSTM the kind its weights name (`Arch.directions_kind`); where that "
-             f"is not Gaussian, `{ORTHOGONAL_ADAM}` and `ZOLSTM Gaussian directions` show "
-             "what the directions alone buy.\n"]
+             "is not Gaussian, ZO-Adam tuned with that kind and `ZOLSTM Gaussian directions` "
+             "show what the directions alone buy.\n"]
     rows = []
     for fam, entry in data["families"].items():
         rows.append([fam] + [
@@ -269,14 +278,15 @@ def render(data: dict[str, Any]) -> str:
     rows.append(["**geometric mean**"] + [f"**{overall[n]:.3g}**" for n in names])
     lines.append(md_table(["family"] + names, rows))
     lines.append("\nTuned settings per family (on separate tuning instances):\n")
-    orth = all("adam_orthogonal" in e["tuned"] for e in data["families"].values())
+    kinds = [k for k in KINDS if k != "gaussian"
+             and all(f"adam_{k}" in e["tuned"] for e in data["families"].values())]
     lines.append(md_table(
         ["family", "ZO-Adam lr", "beta1", "ZO-SGD lr"]
-        + (["ZO-Adam (orthogonal) lr", "beta1"] if orth else []),
+        + [h for k in kinds for h in (f"ZO-Adam ({k}) lr", "beta1")],
         [[fam, f"{e['tuned']['adam']['lr']:.3g}", e["tuned"]["adam"]["beta1"],
           f"{e['tuned']['sgd']['lr']:.3g}"]
-         + ([f"{e['tuned']['adam_orthogonal']['lr']:.3g}", e["tuned"]["adam_orthogonal"]["beta1"]]
-            if orth else [])
+         + [c for k in kinds for c in (f"{e['tuned'][f'adam_{k}']['lr']:.3g}",
+                                       e["tuned"][f"adam_{k}"]["beta1"])]
          for fam, e in data["families"].items()]))
     if data.get("figure"):
         lines.append(f"\n![ratios per family]({data['figure']})\n")
@@ -311,9 +321,9 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     weights = _weights(args.weights)
     candidates = args.candidates.split(",") if args.candidates else ()
-    orthogonal = not candidates and _nets(weights).arch.directions_kind != "gaussian"
+    kind = "gaussian" if candidates else _nets(weights).arch.directions_kind
     tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick,
-                        orthogonal)
+                        kind)
     problems = instances(fam, args.instances, _TEST_SEED)
     curves: dict[str, list[list[float]]] = {}
     for name, make in methods(weights, tuned, candidates).items():
