@@ -123,6 +123,38 @@ def test_draws_that_need_their_own_seed_alone_are_refused():
         layout.sample_rows([1, 2])
 
 
+def test_auto_is_orthogonal_for_short_groups_and_gaussian_bits_for_tall_ones():
+    seeds = draw_seeds(torch.Generator().manual_seed(5), 5)
+    short, tall = 16 * 5 - 1, 16 * 5
+    assert torch.equal(Layout([torch.zeros(short)], "auto").rows(seeds, 0, 5),
+                       Layout([torch.zeros(short)], "orthogonal").rows(seeds, 0, 5))
+    assert torch.equal(Layout([torch.zeros(tall)], "auto").rows(seeds, 0, 5),
+                       Layout([torch.zeros(tall)]).sample_rows(seeds))
+    for n in (short, tall):
+        layout = Layout([torch.zeros(n)], "auto")
+        assert torch.equal(flat_directions(layout, seeds), layout.rows(seeds, 0, 5))
+        assert (layout._frames[0] is None) == (n == tall)  # a tall step holds no frame
+    scale = torch.linspace(0.5, 2, tall)
+    scaled = Layout([torch.zeros(tall)], "auto").direction(seeds, 2, [scale])[0]
+    assert torch.equal(scaled, Layout([torch.zeros(tall)]).sample(seeds[2], [scale])[0])
+    # The last, shorter group of a step is judged by its own length: 7 directions in 3
+    # coordinates are groups of 3, 3 and 1, all short.
+    few = draw_seeds(torch.Generator().manual_seed(6), 7)
+    assert torch.equal(Layout([torch.zeros(3)], "auto").rows(few, 0, 7),
+                       Layout([torch.zeros(3)], "orthogonal").rows(few, 0, 7))
+
+
+def test_auto_optimizer_on_a_tall_problem_steps_as_with_gaussian_directions():
+    a, b = torch.ones(100), torch.ones(100)
+    fn = lambda x: lambda: ((x - 2) ** 2).sum()  # noqa: E731
+    oa = torchzo.ZOAdam([a], lr=0.1, q=3, seed=4, directions_kind="auto")
+    ob = torchzo.ZOAdam([b], lr=0.1, q=3, seed=4)
+    for _ in range(3):
+        oa.step(fn(a))
+        ob.step(fn(b))
+    assert torch.equal(a, b)
+
+
 # -- the estimator's statistics -----------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@ A list of parameter tensors is treated as one flat vector per device. The direct
 is drawn from a generator seeded with that query's seed, split back into the tensors' shapes, so
 a direction never has to be stored: anyone holding the seed (a later pass, a batched evaluator,
 another rank) can rebuild it bit for bit. The same seed over a single flat tensor gives the same
-numbers as over the list of tensors it concatenates. Two kinds of direction (:data:`KINDS`):
+numbers as over the list of tensors it concatenates. The kinds of direction (:data:`KINDS`):
 
 - ``"gaussian"`` (the default): ``randn(numel)``;
 - ``"rademacher"``: independent signs, +1 or -1 with probability 1/2 each (SPSA's classic
@@ -20,6 +20,12 @@ numbers as over the list of tensors it concatenates. Two kinds of direction (:da
   on its whole group, so a step holds its group's directions (``min(q, numel)`` of them) at
   once. A layout over several devices orthogonalises each device's piece, in groups of the
   smallest piece's size, so that the whole directions of a group are orthogonal too.
+- ``"auto"``: ``"orthogonal"`` where a group is short against the dimension it lives in
+  (``numel < 16 * group``), ``"gaussian"`` (the same bits) where it is not. At ``numel >= 16
+  q`` independent Gaussian draws are nearly orthogonal already and orthogonalising cuts the
+  estimate's error by a factor ``(d - q) / (d + 1)``, less than 7%, while it costs a step
+  its group's ``q x numel`` floats and their orthogonalisation (at d = 1e6 more than a
+  Gaussian ZO-SGD step's whole overhead: ``docs/benchmarks/overhead.md``).
 
 All have zero mean and unit variance per coordinate (``E[u u^T] = I``), so the estimator's
 scaling is the same for each; a Rademacher or orthogonal direction's norm is exactly
@@ -40,9 +46,9 @@ from torch import Tensor
 __all__ = ["INDEPENDENT_KINDS", "KINDS", "Guide", "Layout", "check_kind", "default_mu",
            "draw_seeds", "generation_dtype"]
 
-#: The kinds of query direction: standard Gaussian, independent random signs, or a step's
-#: Gaussian draws orthogonalised.
-KINDS = ("gaussian", "rademacher", "orthogonal")
+#: The kinds of query direction: standard Gaussian, independent random signs, a step's
+#: Gaussian draws orthogonalised, or orthogonalised only where that pays.
+KINDS = ("gaussian", "rademacher", "orthogonal", "auto")
 #: The kinds whose directions each depend on their own seed alone.
 INDEPENDENT_KINDS = ("gaussian", "rademacher")
 
@@ -182,7 +188,8 @@ def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
     return out
 
 
-#: Rows per direction above which a group is orthogonalised by Cholesky QR, not Householder.
+#: Coordinates per direction of a group from which it counts as tall: orthogonalised by
+#: Cholesky QR, not Householder, or (kind ``"auto"``) not at all.
 _TALL = 16
 
 
@@ -320,6 +327,15 @@ class Layout:
             _draw(buf, self.kind, b.generator)
         return self._shaped(fill, seed, scale, guide)
 
+    def _framed(self, b: _Block, seeds: Sequence[int], group: int) -> bool:
+        """Whether block ``b``'s directions of group ``group`` are an orthogonal frame's rows
+        (always for ``"orthogonal"``; for ``"auto"`` unless the group is tall), not
+        independent Gaussian draws."""
+        if self.kind == "orthogonal":
+            return True
+        m = self.group_size
+        return b.numel < _TALL * len(seeds[group * m:(group + 1) * m])
+
     def direction(self, seeds: Sequence[int], k: int, scale: Sequence[Tensor] | None = None,
                   guide: Guide | None = None) -> list[Tensor]:
         """Direction ``k`` of the step whose directions have ``seeds``, as :meth:`sample`
@@ -328,17 +344,23 @@ class Layout:
         if self.kind in INDEPENDENT_KINDS:
             return self.sample(seeds[k], scale, guide)
         m = self.group_size
-        if scale is None and (guide is None or not guide.basis):
+        group = k // m
+        framed = [self._framed(b, seeds, group) for b in self.blocks]
+        if all(framed) and scale is None and (guide is None or not guide.basis):
             # Nothing to write: the frame's row itself, read-only, saves a pass over d.
             out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
             for j, b in enumerate(self.blocks):
-                row = self._frame(j, seeds, k // m)[k % m]
+                row = self._frame(j, seeds, group)[k % m]
                 for v, i in zip(row.split(b.numels), b.index):
                     out[i] = v.view(self.shapes[i])
             return out
 
         def fill(j: int, b: _Block, buf: Tensor) -> None:
-            buf.copy_(self._frame(j, seeds, k // m)[k % m])
+            if framed[j]:
+                buf.copy_(self._frame(j, seeds, group)[k % m])
+            else:
+                b.generator.manual_seed(b.seed_for(seeds[k]))
+                _draw(buf, "gaussian", b.generator)
         return self._shaped(fill, seeds[k], scale, guide)
 
     def _rows_tail(self, U: Tensor, seeds: Sequence[int], scale: Tensor | None,
@@ -381,7 +403,9 @@ class Layout:
         while j < start + n:
             group = j // m
             stop = min(start + n, (group + 1) * m)
-            pieces.append(self._frame(0, seeds, group)[j - group * m:stop - group * m])
+            pieces.append(self._frame(0, seeds, group)[j - group * m:stop - group * m]
+                          if self._framed(b, seeds, group)
+                          else _draw_rows(b, seeds[j:stop], "gaussian"))
             j = stop
         U = torch.cat(pieces)  # a new tensor: the cached frame stays as drawn
         return self._rows_tail(U, seeds[start:start + n], scale, guide)
