@@ -70,10 +70,11 @@ class ZOLSTM(ZOOptimizer):
             (the shipped weights were trained in float32).
         directions_kind: the distribution of the base draw ``z`` that every setting of
             ``directions`` scales or guides: ``"gaussian"`` (standard normal),
-            ``"rademacher"`` (independent signs +-1, the same unit variance) or
-            ``"orthogonal"`` (a step's Gaussian draws orthogonalised, see
+            ``"rademacher"`` (independent signs +-1, the same unit variance),
+            ``"orthogonal"`` (a step's Gaussian draws orthogonalised) or ``"auto"``
+            (orthogonal where q is a sizeable fraction of d, Gaussian otherwise; see
             :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
-            (``Arch.directions_kind``: what they are meant to run with; orthogonal for the
+            (``Arch.directions_kind``: what they are meant to run with; ``"auto"`` for the
             shipped ``generalist``, Gaussian for the paper's files). ``directions="gaussian"``
             means unscaled ``z`` of this kind.
     """

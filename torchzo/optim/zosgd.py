@@ -35,10 +35,13 @@ class ZOSGD(ZOOptimizer):
         seed, generator: the source of query directions (see :class:`ZOOptimizer`).
         distributed: share each step's queries among the ranks of a process group (see
             :attr:`ZOOptimizer.distributed`).
-        directions_kind: the query directions' distribution, ``"gaussian"`` (standard normal)
-            or ``"rademacher"`` (independent signs +-1: the same unit variance, so the same
-            ``lr`` and ``mu``, and a lower-variance estimate). A per-group hyperparameter;
-            groups that differ in it are estimated separately.
+        directions_kind: the query directions' distribution, ``"gaussian"`` (standard
+            normal), ``"rademacher"`` (independent signs +-1), ``"orthogonal"`` (a step's
+            Gaussian draws orthogonalised) or ``"auto"`` (orthogonal where q is a sizeable
+            fraction of d, Gaussian otherwise); all have the same unit variance, so the same
+            ``lr`` and ``mu``, and the last three a lower-variance estimate (see
+            :mod:`torchzo.oracle.directions`). A per-group hyperparameter; groups that differ
+            in it are estimated separately.
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,

@@ -3,8 +3,8 @@
 Both paths sample the same directions from the same seeds, so for the same seeds they estimate
 the same vector (up to summation order). Neither ever holds more than a bounded number of
 directions at once: the closure path one, the batched path one chunk (with ``"orthogonal"``
-directions, also the group of directions orthogonalised together, see
-:mod:`torchzo.oracle.directions`).
+directions and short ``"auto"`` groups, also the group of directions orthogonalised together,
+see :mod:`torchzo.oracle.directions`).
 
 Each path is one loop over directions (or chunks of them) that regenerates the directions and
 adds ``c_i u_i`` in index order, asking a callback for the queried values: the single-process
