@@ -137,11 +137,11 @@ def test_auto_is_orthogonal_for_short_groups_and_gaussian_bits_for_tall_ones():
     scale = torch.linspace(0.5, 2, tall)
     scaled = Layout([torch.zeros(tall)], "auto").direction(seeds, 2, [scale])[0]
     assert torch.equal(scaled, Layout([torch.zeros(tall)]).sample(seeds[2], [scale])[0])
-    # The last, shorter group of a step is judged by its own length: 7 directions in 3
-    # coordinates are groups of 3, 3 and 1, all short.
-    few = draw_seeds(torch.Generator().manual_seed(6), 7)
-    assert torch.equal(Layout([torch.zeros(3)], "auto").rows(few, 0, 7),
-                       Layout([torch.zeros(3)], "orthogonal").rows(few, 0, 7))
+    # A step is judged by its q, not by its groups' lengths: 20 directions in 19 coordinates
+    # are groups of 19 and 1, and the last one is normalised too, as "orthogonal" does.
+    many = draw_seeds(torch.Generator().manual_seed(6), 20)
+    assert torch.equal(Layout([torch.zeros(19)], "auto").rows(many, 0, 20),
+                       Layout([torch.zeros(19)], "orthogonal").rows(many, 0, 20))
 
 
 def test_auto_optimizer_on_a_tall_problem_steps_as_with_gaussian_directions():

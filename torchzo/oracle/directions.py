@@ -20,12 +20,12 @@ numbers as over the list of tensors it concatenates. The kinds of direction (:da
   on its whole group, so a step holds its group's directions (``min(q, numel)`` of them) at
   once. A layout over several devices orthogonalises each device's piece, in groups of the
   smallest piece's size, so that the whole directions of a group are orthogonal too.
-- ``"auto"``: ``"orthogonal"`` where a group is short against the dimension it lives in
-  (``numel < 16 * group``), ``"gaussian"`` (the same bits) where it is not. At ``numel >= 16
-  q`` independent Gaussian draws are nearly orthogonal already and orthogonalising cuts the
-  estimate's error by a factor ``(d - q) / (d + 1)``, less than 7%, while it costs a step
-  its group's ``q x numel`` floats and their orthogonalisation (at d = 1e6 more than a
-  Gaussian ZO-SGD step's whole overhead: ``docs/benchmarks/overhead.md``).
+- ``"auto"``: ``"orthogonal"`` where a step's ``q`` directions are many for the dimension
+  they live in (``numel < 16 q``), ``"gaussian"`` (the same bits) where they are not. At
+  ``numel >= 16 q`` independent Gaussian draws are nearly orthogonal already: orthogonalising
+  would cut the forward estimate's error by ``(q + 1) / (d + 1)``, at most 6.5% at q = 20,
+  while it costs a step its group's ``q x numel`` floats and their orthogonalisation (at
+  d = 1e6 more than a Gaussian ZO-SGD step's whole overhead: ``docs/benchmarks/overhead.md``).
 
 All have zero mean and unit variance per coordinate (``E[u u^T] = I``), so the estimator's
 scaling is the same for each; a Rademacher or orthogonal direction's norm is exactly
@@ -327,14 +327,15 @@ class Layout:
             _draw(buf, self.kind, b.generator)
         return self._shaped(fill, seed, scale, guide)
 
-    def _framed(self, b: _Block, seeds: Sequence[int], group: int) -> bool:
-        """Whether block ``b``'s directions of group ``group`` are an orthogonal frame's rows
-        (always for ``"orthogonal"``; for ``"auto"`` unless the group is tall), not
-        independent Gaussian draws."""
+    def _framed(self, b: _Block, seeds: Sequence[int]) -> bool:
+        """Whether block ``b``'s directions of the step are orthogonal frames' rows
+        (always for ``"orthogonal"``; for ``"auto"`` unless the step's directions are few for
+        the block's size), not independent Gaussian draws."""
         if self.kind == "orthogonal":
             return True
-        m = self.group_size
-        return b.numel < _TALL * len(seeds[group * m:(group + 1) * m])
+        # Judged on the step's q, not the group's length, so that a step is orthogonalised
+        # as a whole or not at all (a short last group would otherwise be left out).
+        return b.numel < _TALL * len(seeds)
 
     def direction(self, seeds: Sequence[int], k: int, scale: Sequence[Tensor] | None = None,
                   guide: Guide | None = None) -> list[Tensor]:
@@ -345,7 +346,7 @@ class Layout:
             return self.sample(seeds[k], scale, guide)
         m = self.group_size
         group = k // m
-        framed = [self._framed(b, seeds, group) for b in self.blocks]
+        framed = [self._framed(b, seeds) for b in self.blocks]
         if all(framed) and scale is None and (guide is None or not guide.basis):
             # Nothing to write: the frame's row itself, read-only, saves a pass over d.
             out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
@@ -404,7 +405,7 @@ class Layout:
             group = j // m
             stop = min(start + n, (group + 1) * m)
             pieces.append(self._frame(0, seeds, group)[j - group * m:stop - group * m]
-                          if self._framed(b, seeds, group)
+                          if self._framed(b, seeds)
                           else _draw_rows(b, seeds[j:stop], "gaussian"))
             j = stop
         U = torch.cat(pieces)  # a new tensor: the cached frame stays as drawn
