@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             if stuck and cls is ZOLSTM else "")))
     if args.problem == "binclass":
         print("\nHow these compare over the task's 10 test datasets: "
-              "docs/benchmarks/binclass.md in the repository.")
+              "docs/benchmarks/binclass.md in the repository (the generalist: "
+              "docs/benchmarks/binclass-generalist/).")
 
 
 def _wrap(text: str) -> str:
