@@ -179,12 +179,17 @@ class _Block:
         return (seed + self.position * _BLOCK_STRIDE) % _SEED_MAX
 
 
+def _draw_seeded(b: _Block, out: Tensor, seed: int, kind: str) -> None:
+    """Fill ``out`` with block ``b``'s direction of ``seed`` (of an independent ``kind``)."""
+    b.generator.manual_seed(b.seed_for(seed))
+    _draw(out, kind, b.generator)
+
+
 def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
     """Block ``b``'s directions of ``seeds`` (of an independent ``kind``), as rows."""
     out = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
     for k, seed in enumerate(seeds):
-        b.generator.manual_seed(b.seed_for(seed))
-        _draw(out[k], kind, b.generator)
+        _draw_seeded(b, out[k], seed, kind)
     return out
 
 
@@ -323,8 +328,7 @@ class Layout:
         self._independent("sample")
 
         def fill(k: int, b: _Block, buf: Tensor) -> None:
-            b.generator.manual_seed(b.seed_for(seed))
-            _draw(buf, self.kind, b.generator)
+            _draw_seeded(b, buf, seed, self.kind)
         return self._shaped(fill, seed, scale, guide)
 
     def _framed(self, b: _Block, seeds: Sequence[int]) -> bool:
@@ -360,8 +364,7 @@ class Layout:
             if framed[j]:
                 buf.copy_(self._frame(j, seeds, group)[k % m])
             else:
-                b.generator.manual_seed(b.seed_for(seeds[k]))
-                _draw(buf, "gaussian", b.generator)
+                _draw_seeded(b, buf, seeds[k], "gaussian")
         return self._shaped(fill, seeds[k], scale, guide)
 
     def _rows_tail(self, U: Tensor, seeds: Sequence[int], scale: Tensor | None,
