@@ -65,7 +65,8 @@ def test_the_built_wheel_holds_the_package_and_weights_only(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {name.split("/")[0] for name in names}
     assert tops == {"torchzo", wheel.name.split("-py")[0] + ".dist-info"}, tops
-    assert {"torchzo/_weights/manifest.json", "torchzo/meta/__main__.py"} <= names
+    assert {"torchzo/_weights/manifest.json", "torchzo/meta/__main__.py",
+            "torchzo/oracle/signs.c"} <= names
 
 
 def test_ci_runs_the_readme_setup_commands_verbatim():

@@ -31,14 +31,21 @@ F64 = torch.float64
 ALL = [torchzo.ZOSGD, torchzo.ZOSignSGD, torchzo.ZOAdam]
 
 
+def _mix64(z: int) -> int:
+    """SplitMix64's output function, in Python's unbounded ints (reduced mod 2**64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return z ^ (z >> 31)
+
+
 def documented_signs(seed: int, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The module docstring's recipe, unpacked by hand: entry ``k`` is bit ``k % 64`` of word
-    ``k // 64`` of the full-range int64 draws (bytes in little-endian order), set meaning -1."""
-    g = torch.Generator().manual_seed(seed)
-    words = torch.empty(-(-n // 64), dtype=torch.int64).random_(-2**63, None, generator=g)
-    unsigned = [w % 2**64 for w in words.tolist()]
-    return torch.tensor([-1.0 if (unsigned[k // 64] >> (k % 64)) & 1 else 1.0
-                         for k in range(n)], dtype=dtype)
+    """The module docstring's recipe, by hand: entry ``k`` is bit ``k % 64`` of word ``k // 64``
+    (bytes in little-endian order), word ``i`` being ``mix64(mix64(seed) + (i + 1) * golden)``,
+    a set bit meaning -1."""
+    key = _mix64(seed)
+    words = [_mix64((key + (i + 1) * 0x9E3779B97F4A7C15) % 2**64) for i in range(-(-n // 64))]
+    return torch.tensor([-1.0 if (words[k // 64] >> (k % 64)) & 1 else 1.0 for k in range(n)],
+                        dtype=dtype)
 
 
 def quadratic(d: int, seed: int = 0):

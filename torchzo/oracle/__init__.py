@@ -1,6 +1,7 @@
 """The zeroth-order gradient oracle shared by every torchzo optimizer and by meta-training."""
+from . import kernels
 from .closure import ClosureError, ParameterBackup, call_closure, loss_value
-from .directions import KINDS, Guide, Layout, default_mu, draw_seeds, generation_dtype
+from .directions import KINDS, Guide, Layout, Signs, default_mu, draw_seeds, generation_dtype
 from .distributed import RankFailedError
 from .estimator import Batched, estimate_batched, estimate_closure
 from .gradient import Distribution, Estimate, Part, estimate_gradient  # noqa: F401
@@ -10,8 +11,9 @@ from .schemes import SCHEMES, Scheme
 
 __all__ = [
     "KINDS", "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
-    "ParameterBackup", "Part", "RankFailedError", "Scheme", "call_closure", "default_mu",
+    "ParameterBackup", "Part", "RankFailedError", "Scheme", "Signs", "call_closure",
+    "default_mu",
     "draw_seeds", "estimate_batched", "estimate_closure", "estimate_gradient",
     "estimate_population",
-    "generation_dtype", "loss_value", "module_objective",
+    "generation_dtype", "kernels", "loss_value", "module_objective",
 ]

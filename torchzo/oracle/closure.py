@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .directions import Direction, Signs
+
 __all__ = ["ClosureError", "ParameterBackup", "call_batched", "call_closure", "check_losses",
            "guard_batched", "loss_value"]
 
@@ -158,7 +160,11 @@ class ParameterBackup:
             torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])
 
     @torch.no_grad()
-    def perturb(self, index: Sequence[int], direction: Sequence[Tensor], alpha: float) -> None:
+    def perturb(self, index: Sequence[int], direction: Direction, alpha: float) -> None:
         """Set ``params[i] = saved[i] + alpha * direction`` for ``i`` in ``index``."""
+        if isinstance(direction, Signs):
+            direction.perturb([self.params[i] for i in index], [self.saved[i] for i in index],
+                              alpha)
+            return
         for i, u in zip(index, direction):
             torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])

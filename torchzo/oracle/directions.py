@@ -8,9 +8,13 @@ numbers as over the list of tensors it concatenates. The kinds of direction (:da
 
 - ``"gaussian"`` (the default): ``randn(numel)``;
 - ``"rademacher"``: independent signs, +1 or -1 with probability 1/2 each (SPSA's classic
-  choice), from packed random bits: ``ceil(numel / 64)`` 64-bit words drawn with
-  ``random_`` over the full int64 range, whose bytes (in the machine's byte order) give 8
-  entries each, bit ``j`` of byte ``i`` being entry ``8 i + j`` (set: -1, clear: +1).
+  choice), from packed random bits: ``ceil(numel / 64)`` 64-bit words, word ``i`` being
+  SplitMix64's output ``mix64(mix64(s) + (i + 1) * 0x9E3779B97F4A7C15)`` (mod 2**64) for the
+  block's seed ``s``, whose bytes (in the machine's byte order) give 8 entries each, bit
+  ``j`` of byte ``i`` being entry ``8 i + j`` (set: -1, clear: +1). A counter-based
+  generator, so that the compiled kernels of :mod:`torchzo.oracle.kernels` and torch's
+  integer ops (on any device) compute the same words; with the kernels, the oracle perturbs
+  and accumulates from the packed bits (:class:`Signs`).
 
 - ``"orthogonal"``: the Gaussian draws of a step's directions, orthogonalised in groups of
   at most ``numel`` (a Haar-random orthonormal frame, QR with the signs of ``R``'s diagonal
@@ -43,8 +47,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["INDEPENDENT_KINDS", "KINDS", "Guide", "Layout", "check_kind", "default_mu",
-           "draw_seeds", "generation_dtype"]
+from . import kernels
+
+__all__ = ["INDEPENDENT_KINDS", "KINDS", "Direction", "Guide", "Layout", "Signs", "check_kind",
+           "default_mu", "draw_seeds", "generation_dtype"]
 
 #: The kinds of query direction: standard Gaussian, independent random signs, a step's
 #: Gaussian draws orthogonalised, or orthogonalised only where that pays.
@@ -89,16 +95,55 @@ def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     return (1.0 - 2.0 * bits).to(dtype=dtype, device=device)
 
 
-def _draw(out: Tensor, kind: str, generator: torch.Generator) -> None:
-    """Fill the flat, contiguous ``out`` with one direction of ``kind`` from ``generator``."""
-    if kind == "gaussian":
-        torch.randn(out.numel(), generator=generator, out=out)
-        return
+def _draw_signs(n: int, device: torch.device, seed: int) -> Tensor:
+    """The packed signs of seed ``seed``'s Rademacher direction of ``n`` entries: the bytes of
+    ``ceil(n / 64)`` SplitMix64 words (see the module docstring), in the machine's order."""
+    words = torch.empty(-(-n // 64), dtype=torch.int64, device=device)
+    key = _mix64(seed % 2**64)
+    if device.type == "cpu" and kernels.available():
+        kernels.sign_words(words, key)
+    elif words.numel():
+        # The same words in int64 ops, which wrap as uint64 arithmetic does.
+        state = torch.arange(1, words.numel() + 1, dtype=torch.int64, device=device)
+        state.mul_(_signed(_GOLDEN)).add_(_signed(key))
+        words.copy_(_mix64_tensor(state))
+    return words.view(torch.uint8)
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+_MASK64 = 2**64 - 1
+
+
+def _signed(v: int) -> int:
+    return v - 2**64 if v >= 2**63 else v
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's output function on a Python int (Steele, Lea and Flood, 2014)."""
+    z = ((z ^ (z >> 30)) * _MIX[0]) & _MASK64
+    z = ((z ^ (z >> 27)) * _MIX[1]) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _mix64_tensor(z: Tensor) -> Tensor:
+    """:func:`_mix64` over an int64 tensor (logical shifts: the arithmetic shift, masked)."""
+    def shr(t: Tensor, s: int) -> Tensor:
+        return t.bitwise_right_shift(s).bitwise_and_((1 << (64 - s)) - 1)
+    z = (z ^ shr(z, 30)).mul_(_signed(_MIX[0]))
+    z = (z ^ shr(z, 27)).mul_(_signed(_MIX[1]))
+    return z ^ shr(z, 31)
+
+
+def _unpack(bits: Tensor, offset: int, out: Tensor) -> None:
+    """Fill the flat, contiguous ``out`` with the signs ``offset`` onwards of ``bits``."""
     n = out.numel()
-    words = torch.empty(-(-n // 64), dtype=torch.int64, device=out.device)
-    words.random_(-2**63, None, generator=generator)  # the full 64-bit range: every bit fair
     table = _sign_table(out.dtype, out.device)
-    codes = words.view(torch.uint8)[:-(-n // 8)].to(torch.int32)
+    skip, first = offset % 8, offset // 8
+    codes = bits[first:first - (-(skip + n) // 8)].to(torch.int32)
+    if skip:  # a ragged start: whole bytes' rows, then cut
+        out.copy_(table[codes].view(-1)[skip:skip + n])
+        return
     whole = n // 8
     torch.index_select(table, 0, codes[:whole], out=out[:8 * whole].view(whole, 8))
     if whole * 8 < n:
@@ -181,8 +226,11 @@ class _Block:
 
 def _draw_seeded(b: _Block, out: Tensor, seed: int, kind: str) -> None:
     """Fill ``out`` with block ``b``'s direction of ``seed`` (of an independent ``kind``)."""
-    b.generator.manual_seed(b.seed_for(seed))
-    _draw(out, kind, b.generator)
+    if kind == "gaussian":
+        b.generator.manual_seed(b.seed_for(seed))
+        torch.randn(out.numel(), generator=b.generator, out=out)
+    else:
+        _unpack(_draw_signs(b.numel, b.device, b.seed_for(seed)), 0, out)
 
 
 def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
@@ -226,6 +274,60 @@ def _orthonormal_rows(Z: Tensor) -> Tensor:
     return (Q * signs).T.contiguous()
 
 
+class Signs:
+    """A Rademacher direction held as its packed signs, one byte tensor per device block.
+
+    What :meth:`Layout.direction` gives where the compiled kernels run
+    (:mod:`torchzo.oracle.kernels`): the oracle perturbs with :meth:`perturb` and accumulates
+    with :meth:`accumulate`, never unpacking the d signs into floats. The bits are those of
+    the same direction drawn as tensors and used by torch ops.
+    """
+
+    def __init__(self, blocks: Sequence[_Block], bits: list[Tensor]) -> None:
+        self._blocks = list(blocks)
+        self.bits = bits
+
+    def perturb(self, outs: Sequence[Tensor], bases: Sequence[Tensor], alpha: float) -> None:
+        """``outs[i] = bases[i] + alpha * u[i]`` for each of the layout's tensors ``i``."""
+        for b, bits in zip(self._blocks, self.bits):
+            offset = 0
+            for i, n in zip(b.index, b.numels):
+                if kernels.fits(outs[i], b.dtype) and kernels.fits(bases[i], b.dtype):
+                    kernels.sign_query(n, offset, out=outs[i], base=bases[i], bits=bits,
+                                       alpha=alpha)
+                else:  # e.g. a non-contiguous or bfloat16 parameter: torch's op, same bits
+                    u = torch.empty(n, dtype=b.dtype, device=b.device)
+                    _unpack(bits, offset, u)
+                    torch.add(bases[i], u.view(outs[i].shape), alpha=alpha, out=outs[i])
+                offset += n
+
+    @staticmethod
+    def accumulate(g: Sequence[Tensor], terms: Sequence[tuple[Signs, float]],
+                   init: bool = False) -> None:
+        """``g += c u`` for each ``(u, c)`` of ``terms`` in order, ``g`` shaped like the
+        directions' layout in its generation dtype (contiguous); with ``init``, ``g`` starts
+        from zeros (its contents unread: :meth:`Layout.empty` will do). One pass over ``g``
+        per :data:`~torchzo.oracle.kernels.GROUP` terms."""
+        if not terms:
+            if init:
+                torch._foreach_zero_(list(g))
+            return
+        for start in range(0, len(terms), kernels.GROUP):
+            group = terms[start:start + kernels.GROUP]
+            coeffs = [c for _, c in group]
+            for k, b in enumerate(group[0][0]._blocks):
+                bits = [u.bits[k] for u, _ in group]
+                offset = 0
+                for i, n in zip(b.index, b.numels):
+                    kernels.sign_query(n, offset, g=g[i].view(-1), terms=bits, coeffs=coeffs,
+                                       init=init and start == 0)
+                    offset += n
+
+
+#: A query direction as the oracle holds it: tensors shaped like the layout's, or packed signs.
+Direction = list[Tensor] | Signs
+
+
 class Layout:
     """How a list of tensors is seen as one flat vector for sampling directions.
 
@@ -246,6 +348,7 @@ class Layout:
                    generation_dtype([tensors[i].dtype for i in idx]), pos)
             for pos, (dev, idx) in enumerate(by_device.items())
         ]
+        self._on_cpu = all(b.device.type == "cpu" for b in self.blocks)
         self._scratch: list[tuple[Tensor, list[Tensor]] | None] = [None] * len(self.blocks)
         self._frames: list[tuple[tuple[int, ...], Tensor] | None] = [None] * len(self.blocks)
 
@@ -341,12 +444,25 @@ class Layout:
         # as a whole or not at all (a short last group would otherwise be left out).
         return b.numel < _TALL * len(seeds)
 
+    def packed(self, scale: Sequence[Tensor] | None = None, guide: Guide | None = None) -> bool:
+        """Whether :meth:`direction` gives :class:`Signs`: plain Rademacher directions on CPU
+        blocks, with the compiled kernels available."""
+        return (self.kind == "rademacher" and scale is None and (guide is None or not guide.basis)
+                and self._on_cpu and kernels.available())
+
+    @staticmethod
+    def _signs(b: _Block, seed: int) -> Tensor:
+        return _draw_signs(b.numel, b.device, b.seed_for(seed))
+
     def direction(self, seeds: Sequence[int], k: int, scale: Sequence[Tensor] | None = None,
-                  guide: Guide | None = None) -> list[Tensor]:
+                  guide: Guide | None = None) -> Direction:
         """Direction ``k`` of the step whose directions have ``seeds``, as :meth:`sample`
         gives it (views into the scratch buffer, or into a cached frame: read them, do not
-        write them); any kind."""
+        write them), or as :class:`Signs` (plain Rademacher directions where the kernels run);
+        any kind."""
         if self.kind in INDEPENDENT_KINDS:
+            if self.packed(scale, guide):
+                return Signs(self.blocks, [self._signs(b, seeds[k]) for b in self.blocks])
             return self.sample(seeds[k], scale, guide)
         m = self.group_size
         group = k // m
@@ -416,8 +532,15 @@ class Layout:
 
     def zeros(self) -> list[Tensor]:
         """A zero buffer shaped like the layout, in the generation dtype."""
+        return self._buffer(torch.zeros)
+
+    def empty(self) -> list[Tensor]:
+        """An uninitialised buffer shaped like the layout, in the generation dtype."""
+        return self._buffer(torch.empty)
+
+    def _buffer(self, make: Callable[..., Tensor]) -> list[Tensor]:
         out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
         for b in self.blocks:
             for i in b.index:
-                out[i] = torch.zeros(self.shapes[i], dtype=b.dtype, device=b.device)
+                out[i] = make(self.shapes[i], dtype=b.dtype, device=b.device)
         return out

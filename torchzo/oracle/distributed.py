@@ -58,7 +58,7 @@ import torch
 from torch import Tensor
 
 from .closure import ClosureError, ParameterBackup, call_closure, check_losses
-from .directions import Guide, Layout
+from .directions import Direction, Guide, Layout
 from .estimator import (
     assemble_batched,
     assemble_closure,
@@ -252,7 +252,7 @@ def estimate_closure_sharded(
                 for sign in e.scheme.signs]
         current: tuple[int, int] | None = None
         previous: ClosureEstimate | None = None
-        u: list[Tensor] = []
+        u: Direction = []
         for j in ranks.share(queries):
             e, k, sign = flat[j]
             if previous is not None and previous is not e:
@@ -272,7 +272,7 @@ def estimate_closure_sharded(
         n = len(e.scheme.signs)
         mine = values[offset:offset + e.queries]
 
-        def lookup(k: int, u: list[Tensor], mine: list[float] = mine,
+        def lookup(k: int, u: Direction, mine: list[float] = mine,
                    n: int = n) -> tuple[float, ...]:
             return tuple(mine[k * n:(k + 1) * n])
 

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import kernels
 from .closure import ParameterBackup, call_batched, call_closure, check_losses
-from .directions import Guide, Layout
+from .directions import Direction, Guide, Layout, Signs
 from .schemes import Scheme
 
 __all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_plan",
@@ -74,7 +75,7 @@ def estimate_closure(
     before anything else is queried (another estimate of the step) and after the step. ``f0``
     is the loss at the unperturbed point. The directions are ``layout``'s (of its kind).
     """
-    def query(k: int, u: list[Tensor]) -> tuple[float, ...]:
+    def query(k: int, u: Direction) -> tuple[float, ...]:
         return tuple(query_closure(closure, backup, index, u, k, sign, mu)
                      for sign in scheme.signs)
 
@@ -82,7 +83,7 @@ def estimate_closure(
 
 
 def query_closure(closure: Callable[[], Any], backup: ParameterBackup, index: Sequence[int],
-                  u: Sequence[Tensor], k: int, sign: int, mu: float) -> float:
+                  u: Direction, k: int, sign: int, mu: float) -> float:
     """The loss at ``x + sign * mu * u`` (direction ``k``, counted from 0), set in place."""
     backup.perturb(index, u, sign * mu)
     where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
@@ -95,7 +96,7 @@ def assemble_closure(
     scheme: Scheme,
     mu: float,
     f0: float,
-    values: Callable[[int, list[Tensor]], tuple[float, ...]],
+    values: Callable[[int, Direction], tuple[float, ...]],
     scale: Sequence[Tensor] | None = None,
     guide: Guide | None = None,
 ) -> list[Tensor]:
@@ -104,10 +105,24 @@ def assemble_closure(
     Every closure-path estimate, single-process or sharded, goes through this loop, so that
     the same seeds and values give the same bits.
     """
-    g = layout.zeros()
+    if not layout.packed(scale, guide):
+        g = layout.zeros()
+        for k in range(len(seeds)):
+            u = layout.direction(seeds, k, scale, guide)
+            assert not isinstance(u, Signs)
+            torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, values(k, u), mu))
+        return g
+    # Packed signs are added a group at a time, one pass over g per group (the same bits as
+    # adding them one by one: each entry of g gets its terms in the same order).
+    g, terms, init = layout.empty(), [], True
     for k in range(len(seeds)):
         u = layout.direction(seeds, k, scale, guide)
-        torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, values(k, u), mu))
+        assert isinstance(u, Signs)
+        terms.append((u, scheme.coefficient(f0, values(k, u), mu)))
+        if len(terms) == kernels.GROUP:
+            Signs.accumulate(g, terms, init)
+            terms, init = [], False
+    Signs.accumulate(g, terms, init)
     return g
 
 

@@ -1,0 +1,223 @@
+"""The compiled Rademacher kernels give the bits of the torch ops they replace, or stay out.
+
+Every comparison runs the same computation with the kernels and under ``kernels.disabled()``
+(torch ops alone) and asks for identical bits: the kernels may change a step's time, never its
+result. Where no C compiler is present the kernel half of these tests cannot run, and they say
+so (a skip with the reason); CI's machine has one.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from zo_testing import FAST, all_same_bits, snapshot
+
+import torchzo
+from torchzo.oracle import Layout, kernels
+from torchzo.oracle.directions import Signs, _draw_signs, _unpack
+
+needs_kernels = pytest.mark.skipif(not kernels.available(),
+                                   reason=f"kernels unavailable: {kernels.reason()}")
+CPU = torch.device("cpu")
+FLOATS = [torch.float32, torch.float64]
+
+
+def unpacked(bits: torch.Tensor, offset: int, n: int, dtype: torch.dtype) -> torch.Tensor:
+    u = torch.empty(n, dtype=dtype)
+    _unpack(bits, offset, u)
+    return u
+
+
+# -- the kernels themselves -----------------------------------------------------------------------
+
+
+@needs_kernels
+@pytest.mark.parametrize("n", [0, 1, 63, 64, 65, 1000, 4099])
+def test_sign_words_match_the_torch_integer_ops(n):
+    for seed in (0, 1, 12345, 2**62 + 3, 2**63 - 1):
+        fast = _draw_signs(n, CPU, seed).clone()
+        with kernels.disabled():
+            slow = _draw_signs(n, CPU, seed)
+        assert torch.equal(fast, slow)
+
+
+@needs_kernels
+@FAST
+@given(n=st.integers(0, 3000), offset=st.integers(0, 70), dtype=st.sampled_from(FLOATS),
+       alpha=st.floats(-10, 10, allow_subnormal=False), seed=st.integers(0, 2**63 - 1))
+def test_perturbation_is_torch_add_bit_for_bit(n, offset, dtype, alpha, seed):
+    bits = _draw_signs(offset + n, CPU, seed)
+    base = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed % 2**32))
+    out = torch.full((n,), float("nan"), dtype=dtype)
+    kernels.sign_query(n, offset, out=out, base=base, bits=bits, alpha=alpha)
+    expected = torch.add(base, unpacked(bits, offset, n, dtype), alpha=alpha)
+    assert all_same_bits([out], [expected])
+
+
+@needs_kernels
+@FAST
+@given(n=st.integers(0, 3000), offset=st.integers(0, 70), dtype=st.sampled_from(FLOATS),
+       coeffs=st.lists(st.floats(-1e3, 1e3, allow_subnormal=False), max_size=kernels.GROUP),
+       init=st.booleans(), seed=st.integers(0, 2**32))
+def test_accumulation_is_one_add_per_term_in_order(n, offset, dtype, coeffs, init, seed):
+    terms = [_draw_signs(offset + n, CPU, seed + k) for k in range(len(coeffs))]
+    start = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    g = torch.full((n,), float("nan"), dtype=dtype) if init else start.clone()
+    kernels.sign_query(n, offset, g=g, terms=terms, coeffs=coeffs, init=init)
+    expected = torch.zeros(n, dtype=dtype) if init else start.clone()
+    for bits, c in zip(terms, coeffs):
+        expected.add_(unpacked(bits, offset, n, dtype), alpha=c)
+    assert all_same_bits([g], [expected])
+
+
+@needs_kernels
+def test_a_zero_term_leaves_positive_zeros_as_zero_plus_torch_would():
+    # 0.0 + (-0.0) is +0.0: starting from "init" must not start from the first term itself.
+    bits = torch.full((128,), 255, dtype=torch.uint8)  # every sign -1
+    g = torch.empty(1000)
+    kernels.sign_query(1000, 0, g=g, terms=[bits], coeffs=[0.0], init=True)
+    assert not torch.signbit(g).any()
+
+
+@needs_kernels
+def test_the_kernels_refuse_what_they_cannot_write_safely():
+    bits = torch.zeros(16, dtype=torch.uint8)
+    good = torch.zeros(100)
+    with pytest.raises(ValueError, match="contiguous CPU"):
+        kernels.sign_query(100, 0, out=torch.zeros(200)[::2], base=good, bits=bits, alpha=1.0)
+    with pytest.raises(ValueError, match="one dtype"):
+        kernels.sign_query(100, 0, out=good, base=good.double(), bits=bits, alpha=1.0)
+    with pytest.raises(ValueError, match="n elements"):
+        kernels.sign_query(99, 0, g=good, terms=[bits], coeffs=[1.0])
+    with pytest.raises(ValueError, match="at least 13 bytes"):
+        kernels.sign_query(100, 0, g=good, terms=[bits[:12]], coeffs=[1.0])
+    with pytest.raises(ValueError, match="terms"):
+        kernels.sign_query(100, 0, g=good, terms=[bits] * (kernels.GROUP + 1),
+                           coeffs=[1.0] * (kernels.GROUP + 1))
+    with pytest.raises(ValueError, match="together"):
+        kernels.sign_query(100, 0, out=good, bits=bits)
+    with pytest.raises(ValueError, match="int64"):
+        kernels.sign_words(torch.zeros(4, dtype=torch.int32), 1)
+
+
+@needs_kernels
+def test_a_perturbation_advances_the_version_counter_as_an_in_place_op_does():
+    p = torch.zeros(100)
+    before = p._version
+    Signs([Layout([p], "rademacher").blocks[0]], [torch.zeros(16, dtype=torch.uint8)]) \
+        .perturb([p], [torch.ones(100)], 0.5)
+    assert p._version > before and torch.equal(p, torch.full((100,), 1.5))
+
+
+# -- the oracle and the optimizers: the same bits with and without them ----------------------------
+
+
+def steps(cls, shapes, dtype=torch.float32, estimator="forward", n=3, noncontiguous=False,
+          kernels_on=True, **kw):
+    torch.manual_seed(0)
+    params = [torch.randn(s, dtype=dtype) for s in shapes]
+    if noncontiguous:
+        params[0] = params[0].t()  # a transposed view: perturbed by torch ops, the rest not
+    params = [torch.nn.Parameter(p) for p in params]
+    targets = [torch.randn(p.shape, dtype=p.dtype) for p in params]
+    opt = cls(params, q=kw.pop("q", 10), directions_kind="rademacher", estimator=estimator,
+              **kw)
+
+    def closure():
+        return sum(((p.double() - t.double()) ** 2).sum() for p, t in zip(params, targets))
+
+    losses = []
+    if kernels_on:
+        for _ in range(n):
+            losses.append(opt.step(closure))
+    else:
+        with kernels.disabled():
+            for _ in range(n):
+                losses.append(opt.step(closure))
+    return snapshot(params), [float(v) for v in losses], opt.state_dict()
+
+
+RAGGED = [(37, 13), (13,), (5, 1001), (3,), ()]
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [torchzo.ZOSGD, torchzo.ZOSignSGD, torchzo.ZOAdam])
+@pytest.mark.parametrize("estimator", ["forward", "central", "antithetic"])
+def test_optimizer_steps_are_the_same_bits_with_and_without_the_kernels(cls, estimator):
+    fast = steps(cls, RAGGED, estimator=estimator)
+    slow = steps(cls, RAGGED, estimator=estimator, kernels_on=False)
+    assert all_same_bits(fast[0], slow[0]) and fast[1] == slow[1]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", [dict(dtype=torch.float64), dict(noncontiguous=True),
+                                  dict(dtype=torch.bfloat16), dict(q=25)],
+                         ids=["float64", "non-contiguous", "bfloat16", "more-than-a-group"])
+def test_the_kernels_stand_aside_where_they_cannot_write_and_the_bits_hold(case):
+    fast = steps(torchzo.ZOSGD, [(40, 30), (7,)], **case)
+    slow = steps(torchzo.ZOSGD, [(40, 30), (7,)], kernels_on=False, **case)
+    assert all_same_bits(fast[0], slow[0]) and fast[1] == slow[1]
+
+
+@needs_kernels
+def test_rademacher_directions_come_packed_only_where_the_kernels_run():
+    layout = Layout([torch.zeros(10)], "rademacher")
+    assert isinstance(layout.direction([1, 2], 0), Signs)
+    with kernels.disabled():
+        assert not layout.packed()
+        assert isinstance(layout.direction([1, 2], 0), list)
+    scale = [torch.ones(10)]
+    assert isinstance(layout.direction([1, 2], 0, scale), list)  # scaled: floats needed
+    assert not Layout([torch.zeros(10)], "gaussian").packed()
+
+
+# -- without a compiler, or told not to ----------------------------------------------------------
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
+
+
+PROBE = """
+    import torch, torchzo
+    from torchzo.oracle import kernels
+    print(kernels.available(), "|", kernels.reason())
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(300))
+    opt = torchzo.ZOSGD([p], q=9, directions_kind="rademacher")
+    for _ in range(3):
+        opt.step(lambda: (p ** 2).sum())
+    print(p.double().sum().item().hex())
+"""
+
+
+def test_without_the_kernels_the_oracle_runs_on_torch_ops_and_says_why(tmp_path):
+    off = run_python(PROBE, TORCHZO_KERNELS="0")
+    assert off.returncode == 0, off.stderr
+    assert off.stdout.splitlines()[0] == "False | disabled by TORCHZO_KERNELS=0"
+    nocc = run_python(PROBE, CC=str(tmp_path / "no-such-cc"), TORCHZO_CACHE=str(tmp_path))
+    assert nocc.returncode == 0, nocc.stderr
+    assert nocc.stdout.splitlines()[0].startswith("False | no C compiler")
+    assert off.stdout.splitlines()[1] == nocc.stdout.splitlines()[1]
+    if kernels.available():  # the same trajectory where they run
+        on = run_python(PROBE, TORCHZO_CACHE=str(tmp_path))
+        assert on.returncode == 0, on.stderr
+        assert on.stdout.splitlines()[0] == "True | None"
+        assert on.stdout.splitlines()[1] == off.stdout.splitlines()[1]
+        assert list((tmp_path / "kernels").glob("signs-*.so"))  # built into the given cache
+
+
+def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path):
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'fake compiler: no' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    out = run_python(PROBE, CC=str(fake), TORCHZO_CACHE=str(tmp_path / "cache"))
+    assert out.returncode == 0, out.stderr
+    assert "could not build the kernels" in out.stdout and "fake compiler: no" in out.stdout
