@@ -191,10 +191,11 @@ class StepGuard:
         self.state: dict[Tensor, _Kept] | None = None
         self.fresh: set[Tensor] = set()
 
-    def save_params(self) -> None:
-        """Copy the parameters (once per step: a second call keeps the first copy)."""
+    def save_params(self, copy: ParameterBackup | None = None) -> None:
+        """Copy the parameters, or keep ``copy``, an exact one of all of them in order (once
+        per step: a second call keeps the first copy)."""
         if self.saved is None:
-            self.saved = ParameterBackup(self.params)
+            self.saved = copy if copy is not None else ParameterBackup(self.params)
 
     def save_state(self) -> None:
         """Copy the optimizer state of the parameters, before an update that changes it."""

@@ -254,7 +254,12 @@ class ZOOptimizer(Optimizer):
         if check_estimate(found.grads, parts, self.param_groups, not self._zero_signal_warned):
             self._zero_signal_warned = True
         if guard is not None:
-            guard.save_params()
+            # The oracle's copy of a closure step's parameters is as good as a new one: it
+            # has just put them back from it.
+            backup = found.backup
+            same = backup is not None and len(backup.params) == len(params) and all(
+                a is b for a, b in zip(backup.params, params))
+            guard.save_params(backup if same else None)
         return found
 
     def step(  # type: ignore[override]

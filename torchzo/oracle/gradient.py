@@ -60,6 +60,9 @@ class Estimate:
     loss: Any
     grads: list[Tensor]
     queries: int
+    #: The closure paths' exact copy of the parameters at x, which they are restored to on
+    #: return: a caller that needs one too (to undo an update) can keep it instead of copying.
+    backup: ParameterBackup | None = None
 
 
 def _isotropic(index: Sequence[int]) -> tuple[None, None]:
@@ -137,7 +140,7 @@ def _closure(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[P
                 backup.restore(part.index)
     finally:
         backup.restore()
-    return Estimate(loss, grads, _queries(parts))  # type: ignore[arg-type]
+    return Estimate(loss, grads, _queries(parts), backup)  # type: ignore[arg-type]
 
 
 def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[Part],
@@ -163,7 +166,7 @@ def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Se
     for part, gs in zip(parts, found):
         for i, gi in zip(part.index, gs):
             grads[i] = gi
-    return Estimate(loss, grads, _queries(parts))  # type: ignore[arg-type]
+    return Estimate(loss, grads, _queries(parts), backup)  # type: ignore[arg-type]
 
 
 def _queries(parts: Sequence[Part]) -> int:
