@@ -313,7 +313,9 @@ def test_maximizing_minus_f_is_minimizing_f_and_closure_is_batched():
     ref = _plain_run()
     assert (ref[-1] - _X0).norm() > 1e-3 * _X0.norm()
     assert torch.equal(_plain_run(maximize=True), ref)
-    torch.testing.assert_close(_plain_run(closure=True), ref, rtol=1e-9, atol=1e-9)
+    # The batched path sums the estimate by a matrix product, the closure path term by term:
+    # float64 rounding apart (8e-9 relative after 12 steps on an AMD EPYC host).
+    torch.testing.assert_close(_plain_run(closure=True), ref, rtol=1e-7, atol=1e-9)
 
 
 # -- 3. the zero-signal radius ------------------------------------------------------------------
