@@ -221,3 +221,17 @@ def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path)
     out = run_python(PROBE, CC=str(fake), TORCHZO_CACHE=str(tmp_path / "cache"))
     assert out.returncode == 0, out.stderr
     assert "could not build the kernels" in out.stdout and "fake compiler: no" in out.stdout
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sign_words_on_cuda_are_the_cpu_kernels_words():
+    cuda = torch.device("cuda")
+    for n in (1, 64, 1000, 100_003):
+        assert torch.equal(_draw_signs(n, cuda, 77).cpu(), _draw_signs(n, CPU, 77))
+    layout = Layout([torch.zeros(500, device=cuda), torch.zeros(3, 7, device=cuda)],
+                    "rademacher")
+    assert not layout.packed()  # CUDA blocks: float directions, the same signs
+    (u, v) = layout.sample(5)
+    cpu = Layout([torch.zeros(500), torch.zeros(3, 7)], "rademacher").sample(5)
+    assert torch.equal(u.cpu(), cpu[0]) and torch.equal(v.cpu(), cpu[1])

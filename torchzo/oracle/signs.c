@@ -89,13 +89,23 @@ void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
                     memcpy(o + 8 * i, &x, sizeof x);                                           \
                 }                                                                              \
             }                                                                                  \
-            for (int q = 0; q < m; ++q) {                                                               \
-                const uint8_t *tq = terms[q] + first;                                          \
+            /* Up to four terms per sweep of the chunk: g's rows are loaded and stored once   \
+             * for all of them (each entry still gets its terms one add at a time, in order). */ \
+            for (int q = 0; q < m; q += 4) {                                                   \
+                const int r = m - q < 4 ? m - q : 4;                                           \
+                const uint8_t *t0 = terms[q] + first, *t1 = r > 1 ? terms[q + 1] + first : t0;  \
+                const uint8_t *t2 = r > 2 ? terms[q + 2] + first : t0;                         \
+                const uint8_t *t3 = r > 3 ? terms[q + 3] + first : t0;                         \
+                const row_##SUFFIX *c0 = tc[q], *c1 = tc[q + (r > 1)], *c2 = tc[q + 2 * (r > 2)], \
+                                   *c3 = tc[q + 3 * (r > 3)];                                  \
                 const int fresh = init && q == 0;                                              \
                 for (int64_t i = lo; i < hi; ++i) {                                            \
                     row_##SUFFIX y = {0};                                                      \
                     if (!fresh) memcpy(&y, acc + 8 * i, sizeof y);                             \
-                    y += tc[q][tq[i]];                                                         \
+                    y += c0[t0[i]];                                                            \
+                    if (r > 1) y += c1[t1[i]];                                                 \
+                    if (r > 2) y += c2[t2[i]];                                                 \
+                    if (r > 3) y += c3[t3[i]];                                                 \
                     memcpy(acc + 8 * i, &y, sizeof y);                                         \
                 }                                                                              \
             }                                                                                  \
