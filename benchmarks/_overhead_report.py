@@ -5,10 +5,13 @@ from typing import Any
 
 from ._common import fmt_spread, fmt_time, md_table
 
-__all__ = ["GENERALIST", "KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER", "render"]
+__all__ = ["GENERALIST", "KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER",
+           "RADEMACHER_TORCH", "render"]
 
 #: The timed configuration with Rademacher directions (the others use the default, Gaussian).
 RADEMACHER = "ZOSGD (Rademacher)"
+#: The same with the compiled kernels off (``torchzo.oracle.kernels.disabled()``): torch ops.
+RADEMACHER_TORCH = "ZOSGD (Rademacher, torch ops)"
 #: The timed configuration with orthogonal directions (a QR of each group of q draws).
 ORTHOGONAL = "ZOSGD (orthogonal)"
 #: The shipped generalist as it runs (issue 15's bar: at most 3x ZOAdam's step overhead).
@@ -58,6 +61,17 @@ def _floor_section(timing: list[dict[str, Any]], names: list[str], q: int) -> li
     return out
 
 
+def _kernels_line(data: dict[str, Any]) -> str:
+    k = data.get("kernels")
+    if k is None:
+        return ""
+    if k["available"]:
+        return (f"Rademacher kernels (`torchzo.oracle.kernels`): built with `{k['command']}`; "
+                f"`{RADEMACHER_TORCH}` is the same optimizer with them off.\n")
+    return (f"Rademacher kernels (`torchzo.oracle.kernels`): unavailable ({k['reason']}), so "
+            f"`{RADEMACHER}` ran on torch ops too.\n")
+
+
 def render(data: dict[str, Any]) -> str:
     cfg, m = data["config"], data["machine"]
     q = cfg["q"]
@@ -83,6 +97,7 @@ def render(data: dict[str, Any]) -> str:
         f"shared with other jobs during the run: load average {m['loadavg'][0]:.2f} at start, "
         f"{data['loadavg_end'][0]:.2f} at end), torch {m['torch']} (default: {m['torch_threads']} "
         f"intra-op threads), Python {m['python']}, {m['platform']}.\n",
+        _kernels_line(data),
         f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n",
         "## Step overhead as a multiple of Adam's step\n",
     ]
@@ -108,8 +123,9 @@ def render(data: dict[str, Any]) -> str:
         "minus the bare closure. *Other* is the rest of the step's overhead: seeds, backup "
         "clone and restore, the zero accumulator, Python glue between calls, and the update. "
         "Medians; percentages of the ZOSGD step overhead. The last column is the direction "
-        f"sampling of {RADEMACHER} (`Layout(params, \"rademacher\").sample`, {q} times), as a "
-        "percentage of that optimizer's step overhead.\n")
+        f"draw of {RADEMACHER} (`Layout(params, \"rademacher\").direction`, {q} times: packed "
+        "signs where the kernels run, floats where they do not), as a percentage of that "
+        "optimizer's step overhead.\n")
     rows = []
     for t in data["timing"]:
         b, total = t["zosgd_breakdown_s"], t["overhead_s"]["ZOSGD"]["median"]
@@ -117,7 +133,7 @@ def render(data: dict[str, Any]) -> str:
             f"{fmt_time(b[k]['median'])} ({100 * b[k]['median'] / total:.0f}%)"
             for k in [*PARTS, "other"]] + [_rademacher_share(t)])
     out.append(md_table([*KEY, "overhead", *PART_NAMES.values(), "other",
-                         "Rademacher sampling"], rows))
+                         "Rademacher draw"], rows))
 
     if data.get("split"):
         out.append(

@@ -42,10 +42,18 @@ from torch.profiler import ProfilerActivity, profile
 from tools.launch import checkout_env
 from torchzo.learned import Arch, LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
-from torchzo.oracle import Layout, ParameterBackup, call_closure
+from torchzo.oracle import Layout, ParameterBackup, call_closure, kernels
 
 from ._common import OUT, finish, machine, spread
-from ._overhead_report import GENERALIST, KEY, ORTHOGONAL, PARTS, RADEMACHER, render
+from ._overhead_report import (
+    GENERALIST,
+    KEY,
+    ORTHOGONAL,
+    PARTS,
+    RADEMACHER,
+    RADEMACHER_TORCH,
+    render,
+)
 
 __all__ = ["KEY", "PARTS", "main", "render"]
 
@@ -54,6 +62,7 @@ __all__ = ["KEY", "PARTS", "main", "render"]
 # (issue 15's bar: at most 3x ZOAdam's overhead).
 ZO: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
+    RADEMACHER_TORCH: functools.partial(ZOSGD, directions_kind="rademacher"),
     ORTHOGONAL: functools.partial(ZOSGD, directions_kind="orthogonal"),
     "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
     "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
@@ -96,6 +105,11 @@ def make_step(name: str, shapes: Shapes, q: int) -> tuple[Callable[[], Any], Any
         return adam.step, adam
     zero = torch.tensor(0.0)
     opt = {**ZO, **MEMORY_ONLY}[name](params, q=q, seed=0)
+    if name == RADEMACHER_TORCH:
+        def without_kernels() -> Any:
+            with kernels.disabled():
+                return opt.step(lambda: zero)
+        return without_kernels, opt
     return (lambda: opt.step(lambda: zero)), opt
 
 
@@ -127,8 +141,8 @@ def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
     fns["directions"] = lambda: [layout.sample(s) for s in seeds]
     fns["perturb"] = lambda: [backup.perturb(index, u, 1e-3) for _ in seeds]
     fns["accumulate"] = lambda: [torch._foreach_add_(g, u, alpha=0.5) for _ in seeds]
-    signs = Layout(params, "rademacher")
-    fns["directions_rademacher"] = lambda: [signs.sample(s) for s in seeds]
+    signs, step_seeds = Layout(params, "rademacher"), list(seeds)
+    fns["directions_rademacher"] = lambda: [signs.direction(step_seeds, k) for k in seeds]
     # The memory floor: one add pass over the d floats (the accumulate of one direction), and
     # one copy, on the case's tensors.
     acc, v, dst = layout.zeros(), [t.clone() for t in u], [t.clone() for t in u]
@@ -349,6 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         "benchmark": "overhead",
         "command": " ".join(["python -m benchmarks.overhead", *argv]),
         "machine": machine(),
+        "kernels": kernels.info(),
         "config": {"dims": args.dims, "model_dims": args.model_dims, "q": args.q,
                    "estimator": "forward", "reps": args.reps,
                    "min_sample_ms": args.min_sample_ms, "rss_d": args.rss_d,

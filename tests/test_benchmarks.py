@@ -10,6 +10,7 @@ import torch
 import torchzo
 from benchmarks import overhead
 from torchzo.learned import LearnedZO
+from torchzo.oracle import kernels
 
 
 def test_overhead_quick_writes_json_and_markdown(tmp_path):
@@ -32,12 +33,15 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     assert "## Overhead as a multiple of the memory floor" in text
     assert "| add pass (µs) | copy (µs) | floor: 5 adds (µs) |" in text
     assert "ZOSGD (Rademacher) / floor" in text and "ZOSGD (Rademacher) / Adam" in text
+    assert data["kernels"]["available"] == kernels.available()
+    assert "Rademacher kernels (`torchzo.oracle.kernels`)" in text
     assert "| ZOLSTM / ZOAdam | ZOLSTM (generalist) / ZOAdam |" in text
     for case in data["timing"]:
         floor = case["floor_s"]
         assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
         assert floor["step"]["median"] == pytest.approx(5 * floor["add"]["median"])
-        assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)", "ZOSGD (orthogonal)",
+        assert set(case["over_floor"]) == {"ZOSGD", "ZOSGD (Rademacher)",
+                                           "ZOSGD (Rademacher, torch ops)", "ZOSGD (orthogonal)",
                                            "ZOSignSGD", "ZOAdam",
                                            "ZOLSTM", "ZOLSTM (general)",
                                            "ZOLSTM (generalist)"}
