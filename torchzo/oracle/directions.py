@@ -230,7 +230,12 @@ def _draw_seeded(b: _Block, out: Tensor, seed: int, kind: str) -> None:
         b.generator.manual_seed(b.seed_for(seed))
         torch.randn(out.numel(), generator=b.generator, out=out)
     else:
-        _unpack(_draw_signs(b.numel, b.device, b.seed_for(seed)), 0, out)
+        _unpack(_block_signs(b, seed), 0, out)
+
+
+def _block_signs(b: _Block, seed: int) -> Tensor:
+    """Block ``b``'s packed Rademacher signs for ``seed``."""
+    return _draw_signs(b.numel, b.device, b.seed_for(seed))
 
 
 def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
@@ -450,10 +455,6 @@ class Layout:
         return (self.kind == "rademacher" and scale is None and (guide is None or not guide.basis)
                 and self._on_cpu and kernels.available())
 
-    @staticmethod
-    def _signs(b: _Block, seed: int) -> Tensor:
-        return _draw_signs(b.numel, b.device, b.seed_for(seed))
-
     def direction(self, seeds: Sequence[int], k: int, scale: Sequence[Tensor] | None = None,
                   guide: Guide | None = None) -> Direction:
         """Direction ``k`` of the step whose directions have ``seeds``, as :meth:`sample`
@@ -462,7 +463,7 @@ class Layout:
         any kind."""
         if self.kind in INDEPENDENT_KINDS:
             if self.packed(scale, guide):
-                return Signs(self.blocks, [self._signs(b, seeds[k]) for b in self.blocks])
+                return Signs(self.blocks, [_block_signs(b, seeds[k]) for b in self.blocks])
             return self.sample(seeds[k], scale, guide)
         m = self.group_size
         group = k // m

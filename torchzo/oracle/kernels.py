@@ -3,15 +3,15 @@
 In torch ops, a Rademacher query unpacks its d signs into floats, perturbs the parameters with
 them and adds them to the estimate: three passes over d floats, and a fourth for the torch
 generator's bits. The kernels in ``signs.c`` work on the packed signs instead:
-:func:`sign_words` draws them (SplitMix64, a few times faster than ``random_``), and
+:func:`sign_words` draws them (SplitMix64), and
 :func:`sign_query` writes ``x + alpha u`` in one pass, or adds up to :data:`GROUP` directions'
 ``c u`` to the estimate in one pass over it. They give the bits of the torch ops they replace
 (every product they form is ``+-alpha``, exact, and the terms are added in the same order), so
 whether they run changes the time of a step, never its result.
 
-The first use compiles ``signs.c`` with the system's C compiler (``$CC``, else ``cc``; about a
-second) into ``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), keyed by the
-source, the compiler and its flags, and loads it with :mod:`ctypes`. Where that fails (no
+The first use compiles ``signs.c`` with the system's C compiler (``$CC``, else ``cc``) into
+``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), keyed by the source, the
+compiler and its flags, and loads it with :mod:`ctypes`. Where that fails (no
 compiler, an unwritable cache), or with ``TORCHZO_KERNELS=0`` in the environment,
 :func:`available` is false, :func:`reason` says why, and the oracle uses torch ops.
 """
