@@ -76,6 +76,47 @@ def test_accumulation_is_one_add_per_term_in_order(n, offset, dtype, coeffs, ini
     assert all_same_bits([g], [expected])
 
 
+def _same_as_torch_ops(n: int, offset: int, dtype: torch.dtype, m: int, seed: int) -> bool:
+    """One perturbation and one accumulation of ``m`` terms, kernels against torch ops."""
+    bits = [_draw_signs(offset + n, CPU, seed + k) for k in range(m + 1)]
+    base = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    out, g = torch.empty(n, dtype=dtype), base.clone()
+    coeffs = [0.5 + k for k in range(m)]
+    kernels.sign_query(n, offset, out=out, base=base, bits=bits[m], alpha=0.25, g=g,
+                       terms=bits[:m], coeffs=coeffs)
+    expected = base.clone()
+    for b, c in zip(bits, coeffs):
+        expected.add_(unpacked(b, offset, n, dtype), alpha=c)
+    perturbed = torch.add(base, unpacked(bits[m], offset, n, dtype), alpha=0.25)
+    return all_same_bits([out, g], [perturbed, expected])
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ["portable", "avx2"])
+def test_every_build_this_cpu_runs_gives_the_same_bits(isa, monkeypatch, tmp_path):
+    # The default build is what the other tests check; signs.c has a path per instruction set
+    # (AVX-512 masks, sign tables in AVX2 or plain vectors), so build the others too.
+    full = kernels._flags()
+    if isa == "avx2" and "-mavx2" not in full:
+        pytest.skip("this CPU has no AVX2")
+    keep = (lambda f: not f.startswith("-mavx512")) if isa == "avx2" else (
+        lambda f: not f.startswith("-m"))
+    monkeypatch.setattr(kernels, "_flags", lambda: [f for f in full if keep(f)])
+    monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))
+    kernels._load.cache_clear()
+    try:
+        assert kernels.available(), kernels.reason()
+        assert list((tmp_path / "kernels").glob("signs-*.so"))  # this build, not the default
+        for n in (1, 7, 64, 511, 513, 1000, 4099):
+            for offset in (0, 3, 8, 13):
+                for dtype in FLOATS:
+                    for m in range(kernels.GROUP + 1):
+                        assert _same_as_torch_ops(n, offset, dtype, m, seed=n + offset + m), \
+                            (n, offset, dtype, m)
+    finally:
+        kernels._load.cache_clear()
+
+
 @needs_kernels
 def test_a_zero_term_leaves_positive_zeros_as_zero_plus_torch_would():
     # 0.0 + (-0.0) is +0.0: starting from "init" must not start from the first term itself.

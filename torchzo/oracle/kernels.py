@@ -47,20 +47,23 @@ _enabled = [True]
 
 def _flags() -> list[str]:
     # -ffp-contract=off keeps the compiler from fusing what the source keeps apart (the
-    # kernels' products are exact, so this is belt and braces); AVX2 where the CPU has it,
-    # judged per run, so that a cache shared between machines never hands one the other's.
+    # kernels' products are exact, so this is belt and braces); AVX2 and AVX-512 where the CPU
+    # has them, judged per run, so that a cache shared between machines never hands one the
+    # other's (the flags are part of the file's key).
     flags = ["-O3", "-funroll-loops", "-std=c11", "-ffp-contract=off", "-shared", "-fPIC"]
-    if platform.machine().lower() in ("x86_64", "amd64") and _has_avx2():
-        flags.append("-mavx2")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        cpu = _cpu_flags()
+        flags += [f"-m{f}" for f in ("avx2", "avx512f") if f in cpu]
     return flags
 
 
-def _has_avx2() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return any(line.startswith("flags") and " avx2" in line for line in info.splitlines())
+        return set()
+    return next((set(line.split(":", 1)[1].split()) for line in info.splitlines()
+                 if line.startswith("flags")), set())
 
 
 def _cache_dir() -> Path:

@@ -2,23 +2,24 @@
  *
  * A direction is a packed sign stream: entry j is bit (j & 7) of byte (j >> 3), set meaning -1.
  * The kernels give the bits of the torch ops they replace, because every product they form is
- * +-alpha, exact: base + alpha * u and g + c * u round once, fused multiply-add or not.
+ * +-alpha, exact: base + alpha * u and g + c * u round once, fused multiply-add or not, and a
+ * sign flip (what the kernels do instead of multiplying by -1) is exact too.
  *
- * Whole bytes are looked up in tables of their 8 signed values (one row per byte value), so
- * that a byte's entries cost a load and a vector add (GCC/Clang vector extensions, lowered to
- * whatever the target has); the ragged head and tail of a stream, and short streams, go one
- * entry at a time.
+ * Whole bytes go a vector of 8 entries at a time: with AVX-512 a byte (two, for float) is the
+ * mask that picks -v or +v; elsewhere (GCC/Clang vector extensions, lowered to whatever the
+ * target has) a byte indexes a table of 8 sign-bit masks, XORed into v. The ragged head and
+ * tail of a stream, and short streams, go one entry at a time.
  */
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #define SIGNED(bits, j, v) ((((bits)[(j) >> 3] >> ((j) & 7)) & 1) ? -(v) : (v))
-/* Whole bytes from which filling the tables pays. */
-#define TABLE_MIN 64
-/* Bytes per chunk of a multi-term accumulation: 4096 entries of g kept in cache meanwhile. */
-#define CHUNK 512
 /* Terms of one accumulation at most (kernels.GROUP). */
 #define MAX_TERMS 8
+#define INLINE static inline __attribute__((always_inline))
 
 /* SplitMix64's output function (Steele, Lea and Flood, 2014). */
 static inline uint64_t mix64(uint64_t z) {
@@ -38,18 +39,132 @@ void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
     }
 }
 
-#define DEFINE_KERNELS(T, SUFFIX)                                                              \
+/* The whole-byte part of a query for one float type: bytes [0, nb) of the streams (already
+ * offset), entries [0, 8 nb) of out, base and g. Two versions of each: PERTURB writes
+ * out = base + alpha u; ACCUMULATE adds the m terms c[q] u_q to g in order (from +0 with
+ * fresh), m fixed at compile time through the always-inline body, so that the terms' loop
+ * unrolls and g's rows are loaded and stored once for all of them. */
+#if defined(__AVX512F__)
+/* float: 16 entries (two bytes) a vector; a trailing odd byte is left to the caller. */
+#define F32_STEP 2
+INLINE void perturb_f32(float *o, const float *x, const uint8_t *bits, float alpha, int64_t nb) {
+    const __m512 pos = _mm512_set1_ps(alpha), neg = _mm512_set1_ps(-alpha);
+    for (int64_t i = 0; i + 2 <= nb; i += 2) {
+        uint16_t k;
+        memcpy(&k, bits + i, 2);
+        _mm512_storeu_ps(o + 8 * i, _mm512_add_ps(_mm512_loadu_ps(x + 8 * i),
+                                                  _mm512_mask_blend_ps((__mmask16)k, pos, neg)));
+    }
+}
+INLINE void accumulate_f32(float *g, const uint8_t *const *t, const float *c, int m, int fresh,
+                           int64_t nb) {
+    __m512 pos[MAX_TERMS], neg[MAX_TERMS];
+    for (int q = 0; q < m; ++q) {
+        pos[q] = _mm512_set1_ps(c[q]);
+        neg[q] = _mm512_set1_ps(-c[q]);
+    }
+    for (int64_t i = 0; i + 2 <= nb; i += 2) {
+        __m512 y = fresh ? _mm512_setzero_ps() : _mm512_loadu_ps(g + 8 * i);
+        for (int q = 0; q < m; ++q) {
+            uint16_t k;
+            memcpy(&k, t[q] + i, 2);
+            y = _mm512_add_ps(y, _mm512_mask_blend_ps((__mmask16)k, pos[q], neg[q]));
+        }
+        _mm512_storeu_ps(g + 8 * i, y);
+    }
+}
+#define F64_STEP 1
+#define VEC_MIN 1
+INLINE void perturb_f64(double *o, const double *x, const uint8_t *bits, double alpha,
+                        int64_t nb) {
+    const __m512d pos = _mm512_set1_pd(alpha), neg = _mm512_set1_pd(-alpha);
+    for (int64_t i = 0; i < nb; ++i)
+        _mm512_storeu_pd(o + 8 * i, _mm512_add_pd(_mm512_loadu_pd(x + 8 * i),
+                                                  _mm512_mask_blend_pd(bits[i], pos, neg)));
+}
+INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, int m,
+                           int fresh, int64_t nb) {
+    __m512d pos[MAX_TERMS], neg[MAX_TERMS];
+    for (int q = 0; q < m; ++q) {
+        pos[q] = _mm512_set1_pd(c[q]);
+        neg[q] = _mm512_set1_pd(-c[q]);
+    }
+    for (int64_t i = 0; i < nb; ++i) {
+        __m512d y = fresh ? _mm512_setzero_pd() : _mm512_loadu_pd(g + 8 * i);
+        for (int q = 0; q < m; ++q)
+            y = _mm512_add_pd(y, _mm512_mask_blend_pd(t[q][i], pos[q], neg[q]));
+        _mm512_storeu_pd(g + 8 * i, y);
+    }
+}
+#else
+#define SIGN_TABLE(T, U, SUFFIX)                                                               \
     typedef T row_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                        \
-                                                                                               \
-    static void fill_table_##SUFFIX(T v, row_##SUFFIX *table) {                                \
+    typedef U bits_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                       \
+    /* table[b]: the sign-bit masks of byte b's 8 entries; v[q]: 8 copies of x[q]'s bits. */   \
+    static void fill_##SUFFIX(bits_##SUFFIX *table, bits_##SUFFIX *v, const T *x, int m) {     \
+        const U sign = (U)1 << (8 * sizeof(U) - 1);                                            \
         for (int b = 0; b < 256; ++b)                                                          \
-            for (int k = 0; k < 8; ++k) table[b][k] = ((b >> k) & 1) ? -v : v;                 \
+            for (int k = 0; k < 8; ++k) table[b][k] = ((b >> k) & 1) ? sign : 0;               \
+        for (int q = 0; q < m; ++q) {                                                          \
+            U u;                                                                               \
+            memcpy(&u, x + q, sizeof u);                                                       \
+            for (int k = 0; k < 8; ++k) v[q][k] = u;                                           \
+        }                                                                                      \
+    }                                                                                          \
+    INLINE void perturb_##SUFFIX(T *o, const T *x, const uint8_t *bits, T alpha, int64_t nb) { \
+        bits_##SUFFIX table[256], a[1];                                                        \
+        fill_##SUFFIX(table, a, &alpha, 1);                                                    \
+        for (int64_t i = 0; i < nb; ++i) {                                                     \
+            row_##SUFFIX y, u;                                                                 \
+            const bits_##SUFFIX s = a[0] ^ table[bits[i]];                                     \
+            memcpy(&u, &s, sizeof u);                                                          \
+            memcpy(&y, x + 8 * i, sizeof y);                                                   \
+            y += u;                                                                            \
+            memcpy(o + 8 * i, &y, sizeof y);                                                   \
+        }                                                                                      \
+    }                                                                                          \
+    INLINE void accumulate_##SUFFIX(T *g, const uint8_t *const *t, const T *c, int m,          \
+                                    int fresh, int64_t nb) {                                   \
+        bits_##SUFFIX table[256], cs[MAX_TERMS];                                               \
+        fill_##SUFFIX(table, cs, c, m);                                                        \
+        for (int64_t i = 0; i < nb; ++i) {                                                     \
+            row_##SUFFIX y = {0}, u;                                                           \
+            if (!fresh) memcpy(&y, g + 8 * i, sizeof y);                                       \
+            for (int q = 0; q < m; ++q) {                                                      \
+                const bits_##SUFFIX s = cs[q] ^ table[t[q][i]];                                \
+                memcpy(&u, &s, sizeof u);                                                      \
+                y += u;                                                                        \
+            }                                                                                  \
+            memcpy(g + 8 * i, &y, sizeof y);                                                   \
+        }                                                                                      \
+    }
+/* Whole bytes from which filling the table pays (fewer go one entry at a time). */
+#define VEC_MIN 64
+#define F32_STEP 1
+#define F64_STEP 1
+SIGN_TABLE(float, uint32_t, f32)
+SIGN_TABLE(double, uint64_t, f64)
+#endif
+
+#define DEFINE_QUERY(T, SUFFIX, STEP)                                                          \
+    static void accumulate_any_##SUFFIX(T *g, const uint8_t *const *t, const T *c, int m,      \
+                                        int fresh, int64_t nb) {                               \
+        switch (m) { /* one unrolled loop per number of terms */                               \
+        case 1: accumulate_##SUFFIX(g, t, c, 1, fresh, nb); break;                             \
+        case 2: accumulate_##SUFFIX(g, t, c, 2, fresh, nb); break;                             \
+        case 3: accumulate_##SUFFIX(g, t, c, 3, fresh, nb); break;                             \
+        case 4: accumulate_##SUFFIX(g, t, c, 4, fresh, nb); break;                             \
+        case 5: accumulate_##SUFFIX(g, t, c, 5, fresh, nb); break;                             \
+        case 6: accumulate_##SUFFIX(g, t, c, 6, fresh, nb); break;                             \
+        case 7: accumulate_##SUFFIX(g, t, c, 7, fresh, nb); break;                             \
+        default: accumulate_##SUFFIX(g, t, c, MAX_TERMS, fresh, nb); break;                    \
+        }                                                                                      \
     }                                                                                          \
                                                                                                \
     /* Entries offset to offset + n of the passes of queries: out = base + alpha * u, where    \
      * out is not NULL; and g += c[0] u_0, then c[1] u_1, ... in order, for the m terms (at    \
-     * most MAX_TERMS; with init, g starts from +0, its contents unread). The terms are added \
-     * chunk by chunk of g, so that g is read and written once for all of them. */            \
+     * most MAX_TERMS; with init, g starts from +0, its contents unread). g is read and written \
+     * once for all the terms. */                                                              \
     void zo_sign_query_##SUFFIX(T *restrict out, const T *restrict base, const uint8_t *bits,  \
                                 double alpha_in, T *restrict g, const uint8_t *const *terms,   \
                                 const double *c_in, int m, int init, int64_t offset,           \
@@ -60,10 +175,11 @@ void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
         if (g && init && m == 0)                                                               \
             for (int64_t j = 0; j < n; ++j) g[j] = 0;                                          \
         const int64_t head = n < ((8 - (offset & 7)) & 7) ? n : ((8 - (offset & 7)) & 7);      \
+        /* whole bytes for the vectors, a multiple of STEP */                                  \
         const int64_t whole = (n - head) >> 3;                                                 \
-        const int64_t tabled = whole >= TABLE_MIN ? whole : 0;                                 \
+        const int64_t vec = whole >= VEC_MIN ? whole - whole % (STEP) : 0;                    \
         for (int64_t j = 0; j < n; ++j) {                                                      \
-            if (j == head && tabled) j += 8 * tabled; /* the whole bytes: below */             \
+            if (j == head && vec) j += 8 * vec; /* the vectors' entries: below */              \
             if (j >= n) break;                                                                 \
             if (out) out[j] = base[j] + SIGNED(bits, offset + j, alpha);                       \
             if (m) {                                                                           \
@@ -72,45 +188,15 @@ void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
                 g[j] = x;                                                                      \
             }                                                                                  \
         }                                                                                      \
-        if (!tabled) return;                                                                   \
-        row_##SUFFIX ta[256], tc[MAX_TERMS][256];                                              \
-        if (out) fill_table_##SUFFIX(alpha, ta);                                               \
-        for (int q = 0; q < m; ++q) fill_table_##SUFFIX(c[q], tc[q]);                          \
+        if (!vec) return;                                                                      \
         const int64_t first = (offset + head) >> 3;                                            \
-        T *o = out ? out + head : NULL, *acc = m ? g + head : NULL;                            \
-        const T *x0 = out ? base + head : NULL;                                                \
-        for (int64_t lo = 0; lo < tabled; lo += CHUNK) {                                       \
-            const int64_t hi = lo + CHUNK < tabled ? lo + CHUNK : tabled;                      \
-            if (out) {                                                                         \
-                for (int64_t i = lo; i < hi; ++i) {                                            \
-                    row_##SUFFIX x;                                                            \
-                    memcpy(&x, x0 + 8 * i, sizeof x);                                          \
-                    x += ta[bits[first + i]];                                                  \
-                    memcpy(o + 8 * i, &x, sizeof x);                                           \
-                }                                                                              \
-            }                                                                                  \
-            /* Up to four terms per sweep of the chunk: g's rows are loaded and stored once   \
-             * for all of them (each entry still gets its terms one add at a time, in order). */ \
-            for (int q = 0; q < m; q += 4) {                                                   \
-                const int r = m - q < 4 ? m - q : 4;                                           \
-                const uint8_t *t0 = terms[q] + first, *t1 = r > 1 ? terms[q + 1] + first : t0;  \
-                const uint8_t *t2 = r > 2 ? terms[q + 2] + first : t0;                         \
-                const uint8_t *t3 = r > 3 ? terms[q + 3] + first : t0;                         \
-                const row_##SUFFIX *c0 = tc[q], *c1 = tc[q + (r > 1)], *c2 = tc[q + 2 * (r > 2)], \
-                                   *c3 = tc[q + 3 * (r > 3)];                                  \
-                const int fresh = init && q == 0;                                              \
-                for (int64_t i = lo; i < hi; ++i) {                                            \
-                    row_##SUFFIX y = {0};                                                      \
-                    if (!fresh) memcpy(&y, acc + 8 * i, sizeof y);                             \
-                    y += c0[t0[i]];                                                            \
-                    if (r > 1) y += c1[t1[i]];                                                 \
-                    if (r > 2) y += c2[t2[i]];                                                 \
-                    if (r > 3) y += c3[t3[i]];                                                 \
-                    memcpy(acc + 8 * i, &y, sizeof y);                                         \
-                }                                                                              \
-            }                                                                                  \
+        if (out) perturb_##SUFFIX(out + head, base + head, bits + first, alpha, vec);          \
+        if (m) {                                                                               \
+            const uint8_t *t[MAX_TERMS];                                                       \
+            for (int q = 0; q < m; ++q) t[q] = terms[q] + first;                               \
+            accumulate_any_##SUFFIX(g + head, t, c, m, init, vec);                             \
         }                                                                                      \
     }
 
-DEFINE_KERNELS(float, f32)
-DEFINE_KERNELS(double, f64)
+DEFINE_QUERY(float, f32, F32_STEP)
+DEFINE_QUERY(double, f64, F64_STEP)
