@@ -164,9 +164,12 @@ def render(data: dict[str, Any]) -> str:
         "*Peak extra*: the highest number of bytes allocated during a step beyond what existed "
         "before it (parameters, Adam's `.grad`, optimizer state), divided by d, from the "
         "allocator events `torch.profiler` records with `profile_memory=True`. The first step "
-        "also allocates the optimizer state; *steady* is a later step. *State*: bytes of the "
-        "optimizer state's tensors after the step, divided by d. Adam's `.grad` (4 bytes/param, "
-        "which the ZO optimizers do not need) is not counted.\n")
+        "also allocates the optimizer state; *steady* is a later step. *Kept*: bytes held "
+        "between steps, divided by d: the optimizer state's tensors, and for the ZO optimizers "
+        "the scratch copy of the parameters (a step's copy, kept for the next step's so that "
+        "its pages are not faulted in afresh every step; a steady step's peak extra is that "
+        "much lower). Adam's `.grad` (4 bytes/param, which the ZO optimizers do not need) is "
+        "not counted.\n")
     mem = data["memory"]
     dims = sorted({r["d"] for r in mem})
 
@@ -179,9 +182,11 @@ def render(data: dict[str, Any]) -> str:
         rows.append([name]
                     + [two(by_d[d]["steady_step"]["peak_extra_bytes_per_param"]) for d in dims]
                     + [two(by_d[dims[-1]]["first_step"]["peak_extra_bytes_per_param"]),
-                       two(by_d[dims[-1]]["state_bytes_per_param"])])
+                       two(by_d[dims[-1]]["state_bytes_per_param"]
+                           + by_d[dims[-1]].get("scratch_bytes_per_param", 0.0))])
     out.append(md_table(["optimizer", *(f"peak extra, steady, d={d}" for d in dims),
-                         f"peak extra, first step, d={dims[-1]}", f"state, d={dims[-1]}"], rows))
+                         f"peak extra, first step, d={dims[-1]}",
+                         f"kept (state + scratch), d={dims[-1]}"], rows))
     if data["rss_check"]:
         d = data["rss_check"][0]["d"]
         by_name = {r["optimizer"]: r for r in mem if r["d"] == d}

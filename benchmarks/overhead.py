@@ -19,7 +19,7 @@ for d up to 1e7.
 
 Memory: allocator events recorded by ``torch.profiler`` (``profile_memory=True``) give the peak
 of bytes allocated during a step beyond what existed before it; the optimizer state's tensors
-give the persistent bytes. The method is checked on ``torch.optim.Adam`` (8 bytes/param of state
+and the scratch copy a ZO optimizer keeps give the bytes held between steps. The method is checked on ``torch.optim.Adam`` (8 bytes/param of state
 for float32) and against the resident-set high-water mark of a fresh process at a large ``d``.
 """
 from __future__ import annotations
@@ -265,6 +265,12 @@ def state_bytes(opt: Any) -> int:
                if isinstance(v, torch.Tensor))
 
 
+def scratch_bytes(opt: Any) -> int:
+    """The memory a ZO optimizer keeps between steps for its next parameter copy."""
+    scratch = getattr(opt, "_scratch", None)
+    return 0 if scratch is None else scratch.nbytes()
+
+
 def memory_case(name: str, d: int, q: int) -> dict[str, Any]:
     step, opt = make_step(name, [(d,)], q)
     first, steady = allocations(step), allocations(step)
@@ -275,6 +281,7 @@ def memory_case(name: str, d: int, q: int) -> dict[str, Any]:
         "steady_step": {"peak_extra_bytes_per_param": steady[0] / d,
                         "net_bytes_per_param": steady[1] / d},
         "state_bytes_per_param": state_bytes(opt) / d,
+        "scratch_bytes_per_param": scratch_bytes(opt) / d,
     }
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..oracle import ParameterBackup, Part
+from ..oracle.closure import Scratch
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -187,6 +188,8 @@ class StepGuard:
         for p in self.params:
             p.grad = None
         self.saved: ParameterBackup | None = None
+        # Where the copy's memory comes from and goes back to (ZOOptimizer._scratch).
+        self.scratch: Scratch | None = getattr(optimizer, "_scratch", None)
         # param -> (its state dict, that dict's items, copies of its tensors); None: not kept.
         self.state: dict[Tensor, _Kept] | None = None
         self.fresh: set[Tensor] = set()
@@ -195,7 +198,7 @@ class StepGuard:
         """Copy the parameters, or keep ``copy``, an exact one of all of them in order (once
         per step: a second call keeps the first copy)."""
         if self.saved is None:
-            self.saved = copy if copy is not None else ParameterBackup(self.params)
+            self.saved = copy if copy is not None else ParameterBackup(self.params, self.scratch)
 
     def save_state(self) -> None:
         """Copy the optimizer state of the parameters, before an update that changes it."""
@@ -206,8 +209,13 @@ class StepGuard:
                 self.fresh.add(p)
                 continue
             entry = live[p]
+            tensors = {k: v for k, v in entry.items() if isinstance(v, Tensor)}
             with torch.no_grad():
-                copies = {k: v.clone() for k, v in entry.items() if isinstance(v, Tensor)}
+                made = (self.scratch.take(list(tensors.values())) if self.scratch is not None
+                        else [torch.empty_like(v) for v in tensors.values()])
+                for dst, src in zip(made, tensors.values()):
+                    dst.copy_(src)
+            copies = dict(zip(tensors, made))
             self.state[p] = (entry, dict(entry), copies)
 
     @torch.no_grad()
@@ -233,6 +241,10 @@ class StepGuard:
         """Give the gradients back and drop the copies (the end of every step)."""
         for p, g in zip(self.params, self.grads):
             p.grad = g
+        if self.scratch is not None:
+            self.scratch.keep([*(self.saved.saved if self.saved is not None else []),
+                               *(t for _, _, c in (self.state or {}).values()
+                                 for t in c.values())])
         self.saved, self.state = None, None
 
     def _state_tensors(self) -> list[Tensor]:

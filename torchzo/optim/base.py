@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..oracle import Batched, Distribution, Estimate, Part, Scheme, default_mu, estimate_gradient
-from ..oracle.closure import guard_batched
+from ..oracle.closure import Scratch, guard_batched
 from ..oracle.directions import check_kind
 from ..oracle.distributed import check_distributed
 from ._checkpoint import check_entry, check_state_dict
@@ -68,6 +68,7 @@ class ZOOptimizer(Optimizer):
         self.last_loss: float | None = None  # f(x) before the latest completed step
         self.distributed = distributed
         self._guard: StepGuard | None = None  # the undo record of the step under way
+        self._scratch = Scratch()  # the step's parameter copy, kept for the next step's
         self._zero_signal_warned = False
         super().__init__(params, {"directions_kind": "gaussian", **defaults})
         if not any(g["params"] for g in self.param_groups):
@@ -250,7 +251,8 @@ class ZOOptimizer(Optimizer):
             objective = Batched(guard_batched(objective.fn, params), objective.chunk_size,
                                 objective.params)
         found = estimate_gradient(objective, params, parts, self._generator, distribution,
-                                  getattr(self, "_distributed", None))
+                                  getattr(self, "_distributed", None),
+                                  self._scratch if guard is not None else None)
         if check_estimate(found.grads, parts, self.param_groups, not self._zero_signal_warned):
             self._zero_signal_warned = True
         if guard is not None:

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from .directions import Direction, Signs
 
-__all__ = ["ClosureError", "ParameterBackup", "call_batched", "call_closure", "check_losses",
-           "guard_batched", "loss_value"]
+__all__ = ["ClosureError", "ParameterBackup", "Scratch", "call_batched", "call_closure",
+           "check_losses", "guard_batched", "loss_value"]
 
 Closure = Callable[[], Any]
 
@@ -146,10 +146,14 @@ class ParameterBackup:
     parameter bit-identical to where it started (adding and subtracting ``mu * u`` would not).
     """
 
-    def __init__(self, params: Sequence[Tensor]) -> None:
+    def __init__(self, params: Sequence[Tensor], scratch: Scratch | None = None) -> None:
         self.params = list(params)
         with torch.no_grad():
-            self.saved = [p.detach().clone() for p in self.params]
+            if scratch is None:
+                self.saved = [p.detach().clone() for p in self.params]
+            else:
+                self.saved = scratch.take(self.params)
+                torch._foreach_copy_(self.saved, [p.detach() for p in self.params])
 
     @torch.no_grad()
     def restore(self, index: Sequence[int] | None = None) -> None:
@@ -168,3 +172,43 @@ class ParameterBackup:
             return
         for i, u in zip(index, direction):
             torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
+
+
+class Scratch:
+    """The memory of one step's copies (of the parameters, and of the state it may undo), kept
+    for the next step's.
+
+    A new tensor's pages are mapped on its first write, one page fault per 4 KiB. glibc hands
+    large blocks back to the system when they are freed (always beyond its 32 MiB mmap
+    threshold, and at smaller sizes too, depending on the heap's state), so a copy made afresh
+    every step can pay those faults every step: on a virtual machine as much time as several
+    passes over the parameters (``docs/benchmarks/overhead.md``). An optimizer keeps one
+    ``Scratch``; between steps it holds one copy's worth of memory.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[Any, ...], list[Tensor]] = {}
+
+    @staticmethod
+    def _key(t: Tensor) -> tuple[Any, ...]:
+        return (t.shape, t.stride(), t.dtype, t.device)
+
+    def take(self, like: Sequence[Tensor]) -> list[Tensor]:
+        """Uninitialised tensors as ``torch.empty_like`` gives (shape, strides, dtype, device),
+        from what was kept where one matches."""
+        out = []
+        for t in like:
+            found = self._kept.get(self._key(t))
+            out.append(found.pop() if found else torch.empty_like(t))
+        return out
+
+    def keep(self, tensors: Sequence[Tensor]) -> None:
+        """Hold ``tensors`` (which nothing else may use any more) for the next step's
+        :meth:`take`, and nothing else."""
+        self._kept = {}
+        for t in tensors:
+            self._kept.setdefault(self._key(t), []).append(t)
+
+    def nbytes(self) -> int:
+        """The bytes held between steps."""
+        return sum(t.nbytes for ts in self._kept.values() for t in ts)

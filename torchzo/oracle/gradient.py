@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ParameterBackup, call_closure
+from .closure import ParameterBackup, Scratch, call_closure
 from .directions import Guide, Layout, check_kind, draw_seeds
 from .distributed import (
     ClosureEstimate,
@@ -71,13 +71,15 @@ def _isotropic(index: Sequence[int]) -> tuple[None, None]:
 
 def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[Tensor],
                       parts: Sequence[Part], generator: torch.Generator,
-                      distribution: Distribution | None = None, distributed: Any = None
-                      ) -> Estimate:
+                      distribution: Distribution | None = None, distributed: Any = None,
+                      scratch: Scratch | None = None) -> Estimate:
     """Estimate the gradient of ``objective`` w.r.t. ``params`` part by part.
 
     ``objective``: a closure returning the loss at the live parameters, or a ``Batched``
     objective. ``distributed``: as ``ZOOptimizer.distributed`` (``None``: this process makes
-    every query). Runs in the caller's grad mode: optimizers call it under ``no_grad``.
+    every query). ``scratch``: where the closure paths' copy of the parameters comes from
+    (``None``: new tensors); the copy is the returned estimate's ``backup``. Runs in the
+    caller's grad mode: optimizers call it under ``no_grad``.
     """
     params = list(params)
     distribution = distribution or _isotropic
@@ -85,8 +87,9 @@ def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[T
     if isinstance(objective, Batched):
         return _batched(objective, params, parts, generator, distribution, ranks)
     if ranks is not None:
-        return _closure_sharded(objective, params, parts, generator, distribution, ranks)
-    return _closure(objective, params, parts, generator, distribution)
+        return _closure_sharded(objective, params, parts, generator, distribution, ranks,
+                                scratch)
+    return _closure(objective, params, parts, generator, distribution, scratch)
 
 
 def _batched(objective: Batched, params: list[Tensor], parts: Sequence[Part],
@@ -123,9 +126,10 @@ def _batched(objective: Batched, params: list[Tensor], parts: Sequence[Part],
 
 
 def _closure(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[Part],
-             generator: torch.Generator, distribution: Distribution) -> Estimate:
+             generator: torch.Generator, distribution: Distribution, scratch: Scratch | None
+             ) -> Estimate:
     grads: list[Tensor | None] = [None] * len(params)
-    backup = ParameterBackup(params)
+    backup = ParameterBackup(params, scratch)
     try:
         loss, f0 = call_closure(closure, params, "f(x)")
         for k, part in enumerate(parts):
@@ -144,8 +148,8 @@ def _closure(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[P
 
 
 def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[Part],
-                     generator: torch.Generator, distribution: Distribution, ranks: Ranks
-                     ) -> Estimate:
+                     generator: torch.Generator, distribution: Distribution, ranks: Ranks,
+                     scratch: Scratch | None) -> Estimate:
     """:func:`_closure` with the queries shared among ``ranks``; the same bits."""
     def plan() -> list[ClosureEstimate]:
         out = []
@@ -157,7 +161,7 @@ def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Se
                                        scale, guide))
         return out
 
-    backup = ParameterBackup(params)
+    backup = ParameterBackup(params, scratch)
     try:
         loss, found = estimate_closure_sharded(ranks, closure, backup, _queries(parts) - 1, plan)
     finally:
