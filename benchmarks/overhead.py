@@ -19,8 +19,9 @@ for d up to 1e7.
 
 Memory: allocator events recorded by ``torch.profiler`` (``profile_memory=True``) give the peak
 of bytes allocated during a step beyond what existed before it; the optimizer state's tensors
-and the scratch copy a ZO optimizer keeps give the bytes held between steps. The method is checked on ``torch.optim.Adam`` (8 bytes/param of state
-for float32) and against the resident-set high-water mark of a fresh process at a large ``d``.
+and the scratch copies a ZO optimizer keeps give the bytes held between steps. The method is
+checked on ``torch.optim.Adam`` (8 bytes/param of state for float32) and against the
+resident-set high-water mark of a fresh process at a large ``d``.
 """
 from __future__ import annotations
 

@@ -15,6 +15,19 @@ ALL = {**OPTIMIZERS, "ZOLSTM": torchzo.ZOLSTM}
 SHAPES = [(3, 4), (5,), (2, 1, 3)]
 
 
+def _failing(objective, params, at: int | None):
+    """The closure of ``objective``, raising at its call ``at`` (counted from 1)."""
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if calls[0] == at:
+            raise RuntimeError("the objective failed")
+        return objective(params)
+
+    return closure
+
+
 def _run(cls, scratch: bool, batched: bool, fail_at: int | None = None):
     objective = Objective(SHAPES, seed=3)
     params = objective.params(torch.float32)
@@ -23,13 +36,7 @@ def _run(cls, scratch: bool, batched: bool, fail_at: int | None = None):
         opt._scratch = None  # every step copies afresh, as before the scratch existed
     steps = []
     for step in range(4):
-        calls = [0]
-
-        def closure():
-            calls[0] += 1
-            if step == 2 and calls[0] == fail_at:
-                raise RuntimeError("the objective failed")
-            return objective(params)
+        closure = _failing(objective, params, fail_at if step == 2 else None)
 
         before = (snapshot(params), state_copy(opt))
         target = Batched(objective.batched, params=params) if batched and fail_at is None \
