@@ -166,9 +166,10 @@ def render(data: dict[str, Any]) -> str:
         "allocator events `torch.profiler` records with `profile_memory=True`. The first step "
         "also allocates the optimizer state; *steady* is a later step. *Kept*: bytes held "
         "between steps, divided by d: the optimizer state's tensors, and for the ZO optimizers "
-        "the scratch copy of the parameters (a step's copy, kept for the next step's so that "
-        "its pages are not faulted in afresh every step; a steady step's peak extra is that "
-        "much lower). Adam's `.grad` (4 bytes/param, which the ZO optimizers do not need) is "
+        "the scratch (a step's copies of the parameters and of the state it may undo, and its "
+        "estimate unless the update keeps it, held for the next step's so that their pages "
+        "are not faulted in afresh every step; a steady step's peak extra is that much lower). "
+        "Adam's `.grad` (4 bytes/param, which the ZO optimizers do not need) is "
         "not counted.\n")
     mem = data["memory"]
     dims = sorted({r["d"] for r in mem})

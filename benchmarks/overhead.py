@@ -140,7 +140,12 @@ def _contenders(shapes: Shapes, q: int) -> dict[str, Callable[[], Any]]:
     seeds = range(q)
     fns["wrapper"] = lambda: [call_closure(closure, params, "f(x)") for _ in range(q + 1)]
     fns["directions"] = lambda: [layout.sample(s) for s in seeds]
-    fns["perturb"] = lambda: [backup.perturb(index, u, 1e-3) for _ in seeds]
+
+    def perturb() -> None:
+        for _ in seeds:
+            backup.perturb(index, u, 1e-3)
+
+    fns["perturb"] = perturb
     fns["accumulate"] = lambda: [torch._foreach_add_(g, u, alpha=0.5) for _ in seeds]
     signs, step_seeds = Layout(params, "rademacher"), list(seeds)
     fns["directions_rademacher"] = lambda: [signs.direction(step_seeds, k) for k in seeds]

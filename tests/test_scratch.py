@@ -1,5 +1,5 @@
-"""A ZO optimizer keeps its step's copies (parameters, and the state it may undo) for the next
-step: the same trajectories and the same undo as fresh copies, one copy's memory between steps.
+"""A ZO optimizer keeps its step's copies (parameters, and the state it may undo) and its
+estimate for the next step: the same trajectories and the same undo as fresh memory.
 """
 from __future__ import annotations
 
@@ -69,19 +69,22 @@ def test_a_failed_step_is_undone_from_kept_copies(name, fail_at):
     assert all(all_same_bits(a, b) for a, b in zip(kept, fresh))
 
 
-def test_between_steps_it_holds_one_copy_of_the_parameters_and_of_the_undone_state():
+def test_between_steps_it_holds_the_copies_and_the_estimate_it_made():
     objective = Objective(SHAPES)
     params = objective.params(torch.float32)
     nbytes = sum(p.nbytes for p in params)
     sgd, adam = torchzo.ZOSGD(params, q=2, seed=0), torchzo.ZOAdam(params, q=2, seed=0)
+    lstm = torchzo.ZOLSTM(params, q=2, seed=0)
     adam.step(lambda: objective(params))  # creates the state: nothing of it to undo yet
-    assert adam._scratch.nbytes() == nbytes
+    assert adam._scratch.nbytes() == 2 * nbytes  # the parameters' copy, the estimate
     for _ in range(3):
         sgd.step(lambda: objective(params))
-        assert sgd._scratch.nbytes() == nbytes
+        assert sgd._scratch.nbytes() == 2 * nbytes
         adam.step(lambda: objective(params))
-        # The parameters, and exp_avg and exp_avg_sq (the step counters are small tensors).
-        assert 3 * nbytes <= adam._scratch.nbytes() < 3 * nbytes + 64 * len(params)
+        # And exp_avg and exp_avg_sq (the step counters are small tensors).
+        assert 4 * nbytes <= adam._scratch.nbytes() < 4 * nbytes + 64 * len(params)
+        lstm.step(lambda: objective(params))
+        assert lstm._scratch.nbytes() == nbytes  # its estimate lives on in its state
     held = [t.data_ptr() for ts in sgd._scratch._kept.values() for t in ts]
     sgd.step(lambda: objective(params))
     assert sorted(held) == sorted(t.data_ptr() for ts in sgd._scratch._kept.values() for t in ts)
@@ -91,10 +94,10 @@ def test_it_lets_go_of_what_no_longer_matches_the_parameters():
     a, b = torch.zeros(1000), torch.zeros(10, dtype=torch.float64)
     opt = torchzo.ZOSGD([a], q=2, seed=0)
     opt.step(lambda: (a ** 2).sum())
-    assert opt._scratch.nbytes() == a.nbytes
+    assert opt._scratch.nbytes() == 2 * a.nbytes
     opt.add_param_group({"params": [b]})
     opt.step(lambda: (a ** 2).sum() + (b ** 2).sum())
-    assert opt._scratch.nbytes() == a.nbytes + b.nbytes
+    assert opt._scratch.nbytes() == 2 * (a.nbytes + b.nbytes)
 
 
 def test_take_matches_shape_strides_dtype_and_device():

@@ -190,6 +190,7 @@ class StepGuard:
         self.saved: ParameterBackup | None = None
         # Where the copy's memory comes from and goes back to (ZOOptimizer._scratch).
         self.scratch: Scratch | None = getattr(optimizer, "_scratch", None)
+        self.lent: list[Tensor] = []  # the step's estimates, theirs again once it ends
         # param -> (its state dict, that dict's items, copies of its tensors); None: not kept.
         self.state: dict[Tensor, _Kept] | None = None
         self.fresh: set[Tensor] = set()
@@ -199,6 +200,10 @@ class StepGuard:
         per step: a second call keeps the first copy)."""
         if self.saved is None:
             self.saved = copy if copy is not None else ParameterBackup(self.params, self.scratch)
+
+    def lend(self, tensors: Sequence[Tensor]) -> None:
+        """Give ``tensors`` (which nothing uses after the step) to the scratch when it ends."""
+        self.lent = list(tensors)
 
     def save_state(self) -> None:
         """Copy the optimizer state of the parameters, before an update that changes it."""
@@ -244,7 +249,7 @@ class StepGuard:
         if self.scratch is not None:
             self.scratch.keep([*(self.saved.saved if self.saved is not None else []),
                                *(t for _, _, c in (self.state or {}).values()
-                                 for t in c.values())])
+                                 for t in c.values()), *self.lent])
         self.saved, self.state = None, None
 
     def _state_tensors(self) -> list[Tensor]:

@@ -50,6 +50,10 @@ class ZOOptimizer(Optimizer):
             process group; see :attr:`distributed`. Can also be set after construction.
     """
 
+    #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):
+    #: if not, their memory is kept for the next step's (see ``torchzo.oracle.closure.Scratch``).
+    _keeps_estimates = False
+
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: bool | ProcessGroup | None = None) -> None:
@@ -262,6 +266,8 @@ class ZOOptimizer(Optimizer):
             same = backup is not None and len(backup.params) == len(params) and all(
                 a is b for a, b in zip(backup.params, params))
             guard.save_params(backup if same else None)
+            if backup is not None and not self._keeps_estimates:
+                guard.lend(found.grads)
         return found
 
     def step(  # type: ignore[override]

@@ -79,6 +79,8 @@ class ZOLSTM(ZOOptimizer):
             means unscaled ``z`` of this kind.
     """
 
+    _keeps_estimates = True  # the previous estimate is an input of the next step
+
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
                  mu: float | None = None, estimator: str = "forward", query_prob: float = 0.5,
                  directions: str = "learned", use_update: bool = True, maximize: bool = False, *,

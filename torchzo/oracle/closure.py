@@ -61,7 +61,10 @@ def call_closure(closure: Closure, params: Sequence[Tensor], where: str) -> tupl
     """
     before, versions = _grad_marks(params), _versions(params)
     try:
-        with torch.no_grad():
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                result = closure()
+        else:  # the optimizers' case: entering no_grad again costs more than the query's kernel
             result = closure()
     except RuntimeError as err:
         converted = _backward_error(err, "the closure", where)
@@ -163,15 +166,15 @@ class ParameterBackup:
         else:
             torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])
 
-    @torch.no_grad()
     def perturb(self, index: Sequence[int], direction: Direction, alpha: float) -> None:
         """Set ``params[i] = saved[i] + alpha * direction`` for ``i`` in ``index``."""
-        if isinstance(direction, Signs):
+        if isinstance(direction, Signs):  # writes under no_grad itself, where it uses torch
             direction.perturb([self.params[i] for i in index], [self.saved[i] for i in index],
                               alpha)
             return
-        for i, u in zip(index, direction):
-            torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
+        with torch.no_grad():
+            for i, u in zip(index, direction):
+                torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
 
 
 class Scratch:
@@ -201,6 +204,17 @@ class Scratch:
             found = self._kept.get(self._key(t))
             out.append(found.pop() if found else torch.empty_like(t))
         return out
+
+    def empty(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised contiguous tensor, as ``torch.empty`` gives, from what was kept
+        where one matches."""
+        shape = torch.Size(shape)
+        stride, step = [], 1
+        for n in reversed(shape):
+            stride.append(step)
+            step *= max(n, 1)
+        found = self._kept.get((shape, tuple(reversed(stride)), dtype, torch.device(device)))
+        return found.pop() if found else torch.empty(shape, dtype=dtype, device=device)
 
     def keep(self, tensors: Sequence[Tensor]) -> None:
         """Hold ``tensors`` (which nothing else may use any more) for the next step's

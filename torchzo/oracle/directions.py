@@ -43,11 +43,15 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from . import kernels
+
+if TYPE_CHECKING:
+    from .closure import Scratch
 
 __all__ = ["INDEPENDENT_KINDS", "KINDS", "Direction", "Guide", "Layout", "Signs", "check_kind",
            "default_mu", "draw_seeds", "generation_dtype"]
@@ -303,7 +307,8 @@ class Signs:
                 else:  # e.g. a non-contiguous or bfloat16 parameter: torch's op, same bits
                     u = torch.empty(n, dtype=b.dtype, device=b.device)
                     _unpack(bits, offset, u)
-                    torch.add(bases[i], u.view(outs[i].shape), alpha=alpha, out=outs[i])
+                    with torch.no_grad():
+                        torch.add(bases[i], u.view(outs[i].shape), alpha=alpha, out=outs[i])
                 offset += n
 
     @staticmethod
@@ -531,17 +536,21 @@ class Layout:
         U = torch.cat(pieces)  # a new tensor: the cached frame stays as drawn
         return self._rows_tail(U, seeds[start:start + n], scale, guide)
 
-    def zeros(self) -> list[Tensor]:
-        """A zero buffer shaped like the layout, in the generation dtype."""
-        return self._buffer(torch.zeros)
+    def zeros(self, scratch: Scratch | None = None) -> list[Tensor]:
+        """A zero buffer shaped like the layout, in the generation dtype (its memory from
+        ``scratch`` where that has some)."""
+        out = self.empty(scratch)
+        if out:
+            torch._foreach_zero_(out)
+        return out
 
-    def empty(self) -> list[Tensor]:
-        """An uninitialised buffer shaped like the layout, in the generation dtype."""
-        return self._buffer(torch.empty)
-
-    def _buffer(self, make: Callable[..., Tensor]) -> list[Tensor]:
+    def empty(self, scratch: Scratch | None = None) -> list[Tensor]:
+        """An uninitialised buffer shaped like the layout, in the generation dtype (its memory
+        from ``scratch`` where that has some)."""
         out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
         for b in self.blocks:
             for i in b.index:
-                out[i] = make(self.shapes[i], dtype=b.dtype, device=b.device)
+                out[i] = (torch.empty(self.shapes[i], dtype=b.dtype, device=b.device)
+                          if scratch is None else
+                          scratch.empty(self.shapes[i], dtype=b.dtype, device=b.device))
         return out

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .closure import ParameterBackup, call_batched, call_closure, check_losses
+from .closure import ParameterBackup, Scratch, call_batched, call_closure, check_losses
 from .directions import Direction, Guide, Layout, Signs
 from .schemes import Scheme
 
@@ -68,18 +68,20 @@ def estimate_closure(
     f0: float,
     scale: Sequence[Tensor] | None = None,
     guide: Guide | None = None,
+    scratch: Scratch | None = None,
 ) -> list[Tensor]:
     """Estimate the gradient w.r.t. ``backup.params[i] for i in index`` by perturbing in place.
 
     The parameters in ``index`` are left perturbed by the last query; the caller restores them
     before anything else is queried (another estimate of the step) and after the step. ``f0``
-    is the loss at the unperturbed point. The directions are ``layout``'s (of its kind).
+    is the loss at the unperturbed point. The directions are ``layout``'s (of its kind); the
+    estimate's memory comes from ``scratch`` where that has some.
     """
     def query(k: int, u: Direction) -> tuple[float, ...]:
         return tuple(query_closure(closure, backup, index, u, k, sign, mu)
                      for sign in scheme.signs)
 
-    return assemble_closure(layout, seeds, scheme, mu, f0, query, scale, guide)
+    return assemble_closure(layout, seeds, scheme, mu, f0, query, scale, guide, scratch)
 
 
 def query_closure(closure: Callable[[], Any], backup: ParameterBackup, index: Sequence[int],
@@ -99,14 +101,16 @@ def assemble_closure(
     values: Callable[[int, Direction], tuple[float, ...]],
     scale: Sequence[Tensor] | None = None,
     guide: Guide | None = None,
+    scratch: Scratch | None = None,
 ) -> list[Tensor]:
-    """``g = sum_k c_k u_k`` in index order; ``values(k, u_k)`` gives direction k's queries.
+    """``g = sum_k c_k u_k`` in index order; ``values(k, u_k)`` gives direction k's queries
+    (``g``'s memory from ``scratch`` where that has some).
 
     Every closure-path estimate, single-process or sharded, goes through this loop, so that
     the same seeds and values give the same bits.
     """
     if not layout.packed(scale, guide):
-        g = layout.zeros()
+        g = layout.zeros(scratch)
         for k in range(len(seeds)):
             u = layout.direction(seeds, k, scale, guide)
             assert not isinstance(u, Signs)
@@ -114,7 +118,7 @@ def assemble_closure(
         return g
     # Packed signs are added a group at a time, one pass over g per group (the same bits as
     # adding them one by one: each entry of g gets its terms in the same order).
-    g, terms, init = layout.empty(), [], True
+    g, terms, init = layout.empty(scratch), [], True
     for k in range(len(seeds)):
         u = layout.direction(seeds, k, scale, guide)
         assert isinstance(u, Signs)

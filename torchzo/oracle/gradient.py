@@ -77,8 +77,9 @@ def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[T
 
     ``objective``: a closure returning the loss at the live parameters, or a ``Batched``
     objective. ``distributed``: as ``ZOOptimizer.distributed`` (``None``: this process makes
-    every query). ``scratch``: where the closure paths' copy of the parameters comes from
-    (``None``: new tensors); the copy is the returned estimate's ``backup``. Runs in the
+    every query). ``scratch``: where the closure paths' copy of the parameters (the returned
+    estimate's ``backup``) and the single-process closure path's estimates get their memory
+    (``None``: new tensors). Runs in the
     caller's grad mode: optimizers call it under ``no_grad``.
     """
     params = list(params)
@@ -137,7 +138,7 @@ def _closure(closure: Callable[[], Any], params: list[Tensor], parts: Sequence[P
             scale, guide = distribution(part.index)
             layout = Layout([params[i] for i in part.index], part.kind)
             g = estimate_closure(closure, backup, part.index, layout, seeds, part.scheme, part.mu,
-                                 f0, scale, guide)
+                                 f0, scale, guide, scratch)
             for i, gi in zip(part.index, g):
                 grads[i] = gi
             if k + 1 < len(parts):  # the next estimate queries around x, not around here

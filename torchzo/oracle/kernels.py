@@ -179,14 +179,18 @@ def sign_query(n: int, offset: int, *, out: Tensor | None = None, base: Tensor |
     (``bits``, ``terms``: uint8); ``out`` overlaps neither ``base`` nor ``g``. At most
     :data:`GROUP` terms."""
     lib = _lib()
-    floats = [t for t in (out, base, g) if t is not None]
-    if (out is None) != (base is None) or (out is None) != (bits is None) or not floats:
+    lead = out if out is not None else g
+    if (out is None) != (base is None) or (out is None) != (bits is None) or lead is None:
         raise ValueError("sign_query needs out, base and bits together, or g, or both")
-    dtype = floats[0].dtype
-    for t in floats:  # the kernels write through raw pointers: nothing unchecked reaches them
-        if not fits(t, dtype) or t.numel() != n:
-            raise ValueError("sign_query needs contiguous CPU float32/float64 tensors of n "
-                             "elements and one dtype")
+    dtype = lead.dtype
+    # The kernels write through raw pointers: nothing unchecked reaches them. (Written out
+    # rather than looped: this runs once or twice a query, and a query's Python is its cost
+    # at small d.)
+    if not (fits(lead, dtype) and lead.numel() == n
+            and (base is None or (fits(base, dtype) and base.numel() == n))
+            and (g is None or g is lead or (fits(g, dtype) and g.numel() == n))):
+        raise ValueError("sign_query needs contiguous CPU float32/float64 tensors of n "
+                         "elements and one dtype")
     m = len(terms)
     if len(coeffs) != m or m > GROUP:
         raise ValueError(f"sign_query takes 0 to {GROUP} (bits, coefficient) terms")
