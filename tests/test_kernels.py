@@ -7,6 +7,7 @@ so (a skip with the reason); CI's machine has one.
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from zo_testing import FAST, all_same_bits, snapshot
 
 import torchzo
+from torchzo.optim._guard import all_finite, max_abs
 from torchzo.oracle import Layout, kernels
 from torchzo.oracle.directions import Signs, _draw_signs, _unpack
 
@@ -76,6 +78,34 @@ def test_accumulation_is_one_add_per_term_in_order(n, offset, dtype, coeffs, ini
     assert all_same_bits([g], [expected])
 
 
+SPECIAL = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), -float("nan"), 1e-310, -1e-40,
+           3.4e38, -1.7e308, 1.0]
+
+
+def _reference_abs_max(t: torch.Tensor) -> float:
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
+def _same_abs_max(t: torch.Tensor) -> bool:
+    got, want = kernels.abs_max(t), _reference_abs_max(t)
+    return (math.isnan(got) and math.isnan(want)) or (got == want and not math.isnan(got))
+
+
+@needs_kernels
+@FAST
+@given(n=st.integers(0, 3000), dtype=st.sampled_from(FLOATS), seed=st.integers(0, 2**32),
+       specials=st.lists(st.tuples(st.integers(0, 2999), st.sampled_from(SPECIAL)), max_size=4),
+       scale=st.sampled_from([1.0, 1e-300, 1e30]))
+def test_abs_max_is_torch_abs_max_with_nan_inf_zeros_and_subnormals(n, dtype, seed, specials,
+                                                                    scale):
+    t = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    t = (t * scale).to(dtype)  # 1e-300 leaves float32 all (signed) zeros, float64 subnormals
+    for i, v in specials:
+        if i < n:
+            t[i] = torch.tensor(v, dtype=torch.float64).to(dtype)  # -1.7e308: -inf in float32
+    assert _same_abs_max(t), (kernels.abs_max(t), _reference_abs_max(t))
+
+
 def _same_as_torch_ops(n: int, offset: int, dtype: torch.dtype, m: int, seed: int) -> bool:
     """One perturbation and one accumulation of ``m`` terms, kernels against torch ops."""
     bits = [_draw_signs(offset + n, CPU, seed + k) for k in range(m + 1)]
@@ -113,6 +143,11 @@ def test_every_build_this_cpu_runs_gives_the_same_bits(isa, monkeypatch, tmp_pat
                     for m in range(kernels.GROUP + 1):
                         assert _same_as_torch_ops(n, offset, dtype, m, seed=n + offset + m), \
                             (n, offset, dtype, m)
+        for dtype in FLOATS:
+            t = torch.randn(4099, dtype=dtype, generator=torch.Generator().manual_seed(0))
+            for i, v in enumerate(SPECIAL):  # each in turn the largest, at a vector's lane
+                t[517 + 37 * i] = torch.tensor(v, dtype=torch.float64).to(dtype)
+                assert _same_abs_max(t), (dtype, v)
     finally:
         kernels._load.cache_clear()
 
@@ -145,6 +180,9 @@ def test_the_kernels_refuse_what_they_cannot_write_safely():
         kernels.sign_query(100, 0, out=good, bits=bits)
     with pytest.raises(ValueError, match="int64"):
         kernels.sign_words(torch.zeros(4, dtype=torch.int32), 1)
+    for bad in (torch.zeros(200)[::2], torch.zeros(4, dtype=torch.float16)):
+        with pytest.raises(ValueError, match="abs_max needs"):
+            kernels.abs_max(bad)
 
 
 @needs_kernels
@@ -216,6 +254,31 @@ def test_rademacher_directions_come_packed_only_where_the_kernels_run():
     scale = [torch.ones(10)]
     assert isinstance(layout.direction([1, 2], 0, scale), list)  # scaled: floats needed
     assert not Layout([torch.zeros(10)], "gaussian").packed()
+
+
+@needs_kernels
+@FAST
+@given(tensors=st.lists(st.tuples(st.integers(0, 300), st.sampled_from([*FLOATS, torch.float16]),
+                                  st.booleans(), st.lists(st.sampled_from(SPECIAL), max_size=2)),
+                        max_size=4),
+       seed=st.integers(0, 2**32))
+def test_the_step_guard_checks_agree_with_and_without_the_kernels(tensors, seed):
+    # max_abs and all_finite take the kernel for contiguous CPU float32/float64 and torch ops
+    # for the rest (a strided view, float16): any mix must give the answer of either alone.
+    gen, ts = torch.Generator().manual_seed(seed), []
+    for n, dtype, strided, specials in tensors:
+        t = torch.randn(2 * n, generator=gen).to(dtype)
+        t[:len(specials)] = torch.tensor(specials[:2 * n], dtype=torch.float64).to(dtype)
+        ts.append(t[::2] if strided else t[:n])
+    finite = all(bool(torch.isfinite(t).all()) for t in ts)
+    largest = max([float(t.double().abs().max()) for t in ts if t.numel()] or [0.0],
+                  key=lambda v: (math.isnan(v), v))
+    with kernels.disabled():
+        slow = max_abs(ts), all_finite(ts)
+    fast = max_abs(ts), all_finite(ts)
+    for got in (fast, slow):
+        assert got[1] is finite
+        assert (math.isnan(got[0]) and math.isnan(largest)) or got[0] == largest, (got, largest)
 
 
 # -- without a compiler, or told not to ----------------------------------------------------------

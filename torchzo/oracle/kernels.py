@@ -7,7 +7,8 @@ generator's bits. The kernels in ``signs.c`` work on the packed signs instead:
 :func:`sign_query` writes ``x + alpha u`` in one pass, or adds up to :data:`GROUP` directions'
 ``c u`` to the estimate in one pass over it. They give the bits of the torch ops they replace
 (every product they form is ``+-alpha``, exact, and the terms are added in the same order), so
-whether they run changes the time of a step, never its result.
+whether they run changes the time of a step, never its result. :func:`abs_max`, the largest
+magnitude of a tensor in one read pass, serves the step's finiteness checks.
 
 The first use compiles ``signs.c`` with the system's C compiler (``$CC``, else ``cc``) into
 ``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), keyed by the source, the
@@ -24,6 +25,7 @@ import hashlib
 import os
 import platform
 import shutil
+import struct
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -33,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["GROUP", "available", "disabled", "fits", "info", "reason", "sign_query",
+__all__ = ["GROUP", "abs_max", "available", "disabled", "fits", "info", "reason", "sign_query",
            "sign_words"]
 
 #: Directions one :func:`sign_query` adds to an estimate in one pass (their packed signs are
@@ -114,6 +116,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         query.restype = None
     words = lib.zo_sign_bits
     words.argtypes, words.restype = [pointer, i64, ctypes.c_uint64], None
+    for suffix, word in (("f32", ctypes.c_uint32), ("f64", ctypes.c_uint64)):
+        largest = getattr(lib, f"zo_abs_max_{suffix}")
+        largest.argtypes, largest.restype = [pointer, i64], word
     return lib, None
 
 
@@ -210,4 +215,17 @@ def sign_query(n: int, offset: int, *, out: Tensor | None = None, base: Tensor |
         torch.autograd.graph.increment_version(out)
 
 
+def abs_max(t: Tensor) -> float:
+    """The largest ``|x|`` over the elements of ``t`` (a NaN if one is NaN; 0 if none), exactly
+    as ``t.abs().max()`` gives it, in one read pass of integer compares. ``t``: contiguous, on
+    the CPU, float32 or float64 (see :func:`fits`)."""
+    if not fits(t, t.dtype):
+        raise ValueError("abs_max needs a contiguous CPU float32/float64 tensor")
+    suffix, word, real = _ABS[t.dtype]
+    bits = getattr(_lib(), f"zo_abs_max_{suffix}")(t.data_ptr(), t.numel())
+    return struct.unpack(real, struct.pack(word, bits))[0]
+
+
+# The kernel's suffix, and struct's codes for the unsigned word and the float of its bits.
+_ABS = {torch.float32: ("f32", "=I", "=f"), torch.float64: ("f64", "=Q", "=d")}
 _QUERY = {dtype: f"zo_sign_query_{suffix}" for dtype, suffix in _SUFFIX.items()}
