@@ -205,19 +205,14 @@ DEFINE_QUERY(double, f64, F64_STEP)
  * non-negative floats sort as their values, and NaN's above infinity's, so that one read pass,
  * integer compares only, gives max |x| exactly and whether every entry is finite. (For the
  * step guard's checks: torch's aminmax costs several passes' time.) */
-uint32_t zo_abs_max_f32(const uint32_t *x, int64_t n) {
-    uint32_t best = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        const uint32_t v = x[i] & 0x7fffffffu;
-        best = v > best ? v : best;
+#define DEFINE_ABS_MAX(U, SUFFIX, MAGNITUDE)                                                   \
+    U zo_abs_max_##SUFFIX(const U *x, int64_t n) {                                             \
+        U best = 0;                                                                            \
+        for (int64_t i = 0; i < n; ++i) {                                                      \
+            const U v = x[i] & (MAGNITUDE);                                                    \
+            best = v > best ? v : best;                                                        \
+        }                                                                                      \
+        return best;                                                                           \
     }
-    return best;
-}
-uint64_t zo_abs_max_f64(const uint64_t *x, int64_t n) {
-    uint64_t best = 0;
-    for (int64_t i = 0; i < n; ++i) {
-        const uint64_t v = x[i] & 0x7fffffffffffffffull;
-        best = v > best ? v : best;
-    }
-    return best;
-}
+DEFINE_ABS_MAX(uint32_t, f32, 0x7fffffffu)
+DEFINE_ABS_MAX(uint64_t, f64, 0x7fffffffffffffffull)
