@@ -135,9 +135,9 @@ def check_losses(values: Tensor, rows: int, first_query: int, finite: bool = Tru
         raise ClosureError(f"the batched objective must return shape ({rows},), got {shape}")
     if not finite:
         return
-    bad = ~torch.isfinite(values.detach())
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
+    finite_values = torch.isfinite(values.detach())
+    if not bool(finite_values.all()):
+        row = int((~finite_values).nonzero()[0, 0])
         raise ClosureError(
             f"the batched objective returned a non-finite loss at query {first_query + row}")
 

@@ -212,7 +212,7 @@ def assemble_batched(
     """
     layout = Layout([x], kind)
     flat_guide = None if guide is None else guide.flat()
-    g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
+    g: Tensor | None = None
     f0: Tensor | None = None
     for c, (start, n, base) in enumerate(plan):
         u = layout.rows(seeds, start, n, scale, flat_guide)
@@ -222,5 +222,8 @@ def assemble_batched(
         assert f0 is not None
         per_sign = v.view(len(scheme.signs), n)
         coeff = scheme.coefficient(f0, tuple(per_sign), mu)
-        g = g + coeff.to(u.dtype) @ u
+        term = coeff.to(u.dtype) @ u
+        g = term if g is None else g + term
+    if g is None:
+        g = torch.zeros_like(x, dtype=layout.blocks[0].dtype)
     return f0, g
