@@ -100,6 +100,22 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
     assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text
 
 
+def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
+    # The GPU check runs on a short loan of a machine: its smoke test here keeps it from
+    # rotting between loans.
+    from benchmarks import cuda
+
+    data = cuda.main(["--device", "cpu", "--quick", "--no-tests", "--out", str(tmp_path)])
+    (case,) = data["overhead"]
+    assert case["d"] == 1000 and set(case["per_query_floors"]) == set(cuda.OPTIMIZERS)
+    assert all(v > 0 for v in case["median_s"].values())
+    assert data["attack"]["speedup"] > 0
+    assert data["attack"]["max_delta_difference"] < 1e-3  # same directions, rounding apart
+    assert data["nccl"]["backend"] == "gloo" and data["nccl"]["bit_identical"]
+    text = (tmp_path / "cuda.md").read_text()
+    assert "| 1e+03 | ZOSGD (Rademacher) |" in text and "| gloo | 1000 | True (3) |" in text
+
+
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
     from benchmarks import batched_mlp
 
