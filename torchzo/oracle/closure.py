@@ -172,9 +172,15 @@ class ParameterBackup:
             direction.perturb([self.params[i] for i in index], [self.saved[i] for i in index],
                               alpha)
             return
-        with torch.no_grad():
-            for i, u in zip(index, direction):
-                torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._perturb(index, direction, alpha)
+        else:  # the optimizers' case (as in call_closure): a query's no_grad is its Python
+            self._perturb(index, direction, alpha)
+
+    def _perturb(self, index: Sequence[int], direction: Sequence[Tensor], alpha: float) -> None:
+        for i, u in zip(index, direction):
+            torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
 
 
 class Scratch:
