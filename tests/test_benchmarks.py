@@ -116,6 +116,32 @@ def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
     assert "| 1e+03 | ZOSGD (Rademacher) |" in text and "| gloo | 1000 | True (3) |" in text
 
 
+@pytest.mark.skipif(not kernels.available(), reason="needs a C compiler (as the kernels do)")
+def test_gaussian_generator_prototype_keeps_its_bits_and_its_statistics(tmp_path):
+    from benchmarks import gaussian_generator
+
+    data = gaussian_generator.main(["--quick", "--out", str(tmp_path)])
+    assert data["bits"]["identical"]  # the vector build is the plain-C definition
+    assert all(0 < z < 4 for z in data["statistics"]["rms_z"].values())
+    floors = data["timings"]["per_query_floors"]
+    assert set(floors) == {"step: Gaussian, torch randn", "step: Gaussian, this generator",
+                           "step: Rademacher"} and all(v > 0 for v in floors.values())
+    text = (tmp_path / "gaussian-generator.md").read_text()
+    assert "| Gaussian, this generator |" in text and "| fourth moment |" in text
+
+
+def test_gaussian_generator_prototype_is_swapped_in_for_the_step_only():
+    # The what-if replaces the oracle's private draw inside a step: it must find it, and
+    # put it back.
+    from benchmarks import gaussian_generator
+    from torchzo.oracle import directions
+
+    before = directions._draw_seeded
+    with gaussian_generator.own_gaussian(object()):  # the library is only called by a draw
+        assert directions._draw_seeded is not before
+    assert directions._draw_seeded is before
+
+
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
     from benchmarks import batched_mlp
 
