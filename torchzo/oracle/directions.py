@@ -231,8 +231,10 @@ class _Block:
 def _draw_seeded(b: _Block, out: Tensor, seed: int, kind: str) -> None:
     """Fill ``out`` with block ``b``'s direction of ``seed`` (of an independent ``kind``)."""
     if kind == "gaussian":
+        # randn's bits: normal_ fills as randn(out=) does, without its Python (a batched step
+        # at small d draws q rows of a few hundred entries, where the calls are the cost).
         b.generator.manual_seed(b.seed_for(seed))
-        torch.randn(out.numel(), generator=b.generator, out=out)
+        out.normal_(generator=b.generator)
     else:
         _unpack(_block_signs(b, seed), 0, out)
 
@@ -245,17 +247,8 @@ def _block_signs(b: _Block, seed: int) -> Tensor:
 def _draw_rows(b: _Block, seeds: Sequence[int], kind: str) -> Tensor:
     """Block ``b``'s directions of ``seeds`` (of an independent ``kind``), as rows."""
     out = torch.empty(len(seeds), b.numel, dtype=b.dtype, device=b.device)
-    if kind != "gaussian" or not b.numel:
-        for k, seed in enumerate(seeds):
-            _draw_seeded(b, out[k], seed, kind)
-        return out
-    # _draw_seeded's bits (normal_ fills as randn does), in a loop without its per-row
-    # Python: a batched step at small d draws q rows of a few hundred entries each, where
-    # the calls, not the arithmetic, are the cost.
-    reseed, seed_for = b.generator.manual_seed, b.seed_for
     for row, seed in zip(out.unbind(0), seeds):
-        reseed(seed_for(seed))
-        row.normal_(generator=b.generator)
+        _draw_seeded(b, row, seed, kind)
     return out
 
 
