@@ -190,6 +190,18 @@ def _error_scenarios(rank: int) -> dict[str, Any]:
     return out
 
 
+def _held_scratch(kind: str) -> list[list[int]]:
+    """The addresses a sharded ZO-SGD's scratch holds after each of 3 steps."""
+    x = torch.nn.Parameter(torch.linspace(-1, 1, 1000))
+    opt = torchzo.ZOSGD([x], lr=0.1, q=3, seed=0, directions_kind=kind)
+    opt.distributed = True
+    held = []
+    for _ in range(3):
+        opt.step(lambda: (x ** 2).sum())
+        held.append(sorted(t.data_ptr() for ts in opt._scratch._kept.values() for t in ts))
+    return held
+
+
 def _worker(rank: int, world: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -205,6 +217,7 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         singles = [dist.new_group([r]) for r in range(world)]
         results["own-group"] = run_scenario("adam-central", singles[rank])
         results["errors"] = _error_scenarios(rank)
+        results["scratch"] = {kind: _held_scratch(kind) for kind in ("gaussian", "rademacher")}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()  # tear gloo down together, then exit_worker (see its docstring)
     finally:
@@ -238,6 +251,16 @@ def test_module_objective_is_sharded_bit_for_bit(ranks):
     for r in range(WORLD):
         assert all_same_bits(ranks[r]["module-objective"]["params"], single["params"])
         assert ranks[r]["module-objective"]["losses"] == single["losses"]
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_a_sharded_step_keeps_its_memory_for_the_next_as_one_process_does(ranks, kind):
+    # The estimate a step lends the scratch is the next step's (a fresh one every step would
+    # be paged in anew at large d). The previous one is still held while a step runs, so a
+    # fresh estimate could not land at its address by chance.
+    for r in range(WORLD):
+        held = ranks[r]["scratch"][kind]
+        assert len(held[0]) == 2 and held[1] == held[0] and held[2] == held[0], f"rank {r}"
 
 
 def test_explicit_groups_world_and_single_rank(ranks):

@@ -57,7 +57,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ClosureError, ParameterBackup, call_closure, check_losses
+from .closure import ClosureError, ParameterBackup, Scratch, call_closure, check_losses
 from .directions import Direction, Guide, Layout
 from .estimator import (
     assemble_batched,
@@ -230,13 +230,15 @@ def estimate_closure_sharded(
     backup: ParameterBackup,
     queries: int,
     plan: Callable[[], list[ClosureEstimate]],
+    scratch: Scratch | None = None,
 ) -> tuple[Any, list[list[Tensor]]]:
     """The closure-path step of one rank: ``(loss, estimates)``, the same bits on every rank.
 
     ``plan()`` draws the step's seeds and query distributions (after ``f(x)``, as in a
     single-process step) and must describe ``queries`` queries beyond ``f(x)``: every rank
     knows that number up front, so the exchange has the same size even on a rank that failed
-    before planning. The parameters are left perturbed; the caller restores them.
+    before planning. The parameters are left perturbed; the caller restores them. The
+    estimates' memory comes from ``scratch`` where that has some, as in a single process.
     """
     failure: Exception | None = None
     loss: Any = None
@@ -277,7 +279,7 @@ def estimate_closure_sharded(
             return tuple(mine[k * n:(k + 1) * n])
 
         out.append(assemble_closure(e.layout, e.seeds, e.scheme, e.mu, f0, lookup, e.scale,
-                                    e.guide))
+                                    e.guide, scratch))
         offset += e.queries
     return loss, out
 

@@ -164,7 +164,8 @@ def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], parts: Se
 
     backup = ParameterBackup(params, scratch)
     try:
-        loss, found = estimate_closure_sharded(ranks, closure, backup, _queries(parts) - 1, plan)
+        loss, found = estimate_closure_sharded(ranks, closure, backup, _queries(parts) - 1, plan,
+                                               scratch)
     finally:
         backup.restore()
     grads: list[Tensor | None] = [None] * len(params)
