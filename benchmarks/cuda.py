@@ -23,7 +23,9 @@ Four parts, each recorded whatever the others do:
   depend on its weights) on the device, the closure path against the batched one, and the two
   paths' perturbations after a few steps (the same directions; float rounding apart).
 - *nccl*: one process in an NCCL group of one (gloo off a GPU): ZOSGD with ``distributed``
-  on against the same optimizer without it, bit for bit, and their step times.
+  on against the same optimizer without it, bit for bit, and their step times. A group of
+  one rank is the same as off (``torchzo.oracle.distributed.ranks_for``), so this checks that
+  the option runs under NCCL, not the exchange: two ranks need two GPUs.
 
 Writes ``cuda.json`` and ``cuda.md`` under ``--out`` (default ``docs/benchmarks``).
 """
@@ -209,6 +211,8 @@ def render(data: dict[str, Any]) -> str:
                          f"{a['max_delta_difference']:.1e}"]]), ""]
     n = data["nccl"]
     lines += ["## One process in a process group", "",
+              "A group of one rank is the same as `distributed` off: this checks that the "
+              "option runs under the backend, not the exchange of queries.", "",
               md_table(["backend", "d", "bit-identical after steps", "step, off", "step, on"],
                        [[n["backend"], str(n["d"]), f"{n['bit_identical']} ({n['steps']})",
                          fmt_time(n["median_s"]["one process"]),
