@@ -65,6 +65,9 @@ INDEPENDENT_KINDS = ("gaussian", "rademacher")
 # Decorrelates the streams of two device blocks that share a query seed.
 _BLOCK_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MAX = 2**63 - 1
+# Stands in a list of a layout's tensors until each block's are in: a query's direction builds
+# one such list, and a new empty tensor for it would cost as much as the rest of its Python.
+_UNSET = torch.empty(0)
 # Separates the stream of a guided direction's subspace coefficients from its own seed's.
 _GUIDE_SALT = 0x5DEECE66D
 
@@ -426,7 +429,7 @@ class Layout:
 
     def _shaped(self, fill: Callable[[int, _Block, Tensor], None], guide_seed: int,
                 scale: Sequence[Tensor] | None, guide: Guide | None) -> list[Tensor]:
-        out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+        out: list[Tensor] = [_UNSET] * len(self.shapes)
         for k, b in enumerate(self.blocks):
             buf, views = self._views(k)
             fill(k, b, buf)
@@ -477,7 +480,7 @@ class Layout:
         framed = [self._framed(b, seeds) for b in self.blocks]
         if all(framed) and scale is None and (guide is None or not guide.basis):
             # Nothing to write: the frame's row itself, read-only, saves a pass over d.
-            out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+            out: list[Tensor] = [_UNSET] * len(self.shapes)
             for j, b in enumerate(self.blocks):
                 row = self._frame(j, seeds, group)[k % m]
                 for v, i in zip(row.split(b.numels), b.index):
@@ -549,7 +552,7 @@ class Layout:
     def empty(self, scratch: Scratch | None = None) -> list[Tensor]:
         """An uninitialised buffer shaped like the layout, in the generation dtype (its memory
         from ``scratch`` where that has some)."""
-        out: list[Tensor] = [torch.empty(0)] * len(self.shapes)
+        out: list[Tensor] = [_UNSET] * len(self.shapes)
         for b in self.blocks:
             for i in b.index:
                 out[i] = (torch.empty(self.shapes[i], dtype=b.dtype, device=b.device)
