@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,10 +47,10 @@ import torch
 from tools import ROOT
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam
 from torchzo.oracle import Batched
-from torchzo.tasks.attack import attack_loss
 from torchzo.tasks.targets import make_model
 
-from ._common import OUT, finish, fmt_time, interleaved_times, machine, md_table
+from ._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
+from .batched import _images, _one_image
 
 OPTIMIZERS: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD,
@@ -67,10 +66,6 @@ def _synced(fn: Callable[[], Any], device: torch.device) -> Callable[[], None]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return call
-
-
-def _median(xs: list[float]) -> float:
-    return statistics.median(xs)
 
 
 def run_tests() -> dict[str, Any]:
@@ -112,7 +107,7 @@ def overhead_case(d: int, q: int, reps: int, device: torch.device) -> dict[str, 
             skipped[name] = f"out of memory: {str(err).splitlines()[0]}"
             torch.cuda.empty_cache()
     times = interleaved_times({k: _synced(f, device) for k, f in steps.items()}, reps)
-    med = {k: _median(v) for k, v in times.items()}
+    med = {k: spread(v)["median"] for k, v in times.items()}
     floor = med["add pass"]
     timed = [k for k in OPTIMIZERS if k in med]
     return {"d": d, "median_s": med, "skipped": skipped,
@@ -127,22 +122,19 @@ def attack_case(q: int, reps: int, device: torch.device, check_steps: int) -> di
     for p in net.parameters():
         p.requires_grad_(False)
     image = torch.rand(1, 28, 28, generator=torch.Generator().manual_seed(1)).to(device)
-
-    def one(delta: torch.Tensor) -> torch.Tensor:
-        return attack_loss(net, image, 3, delta.unsqueeze(0))[0]
-
-    batched_fn = Batched(lambda X: attack_loss(net, image, 3, X))
+    batched_fn = Batched(partial(_images, net, image))
     deltas, steps = {}, {}
     for path in ("sequential", "batched"):
         delta = torch.zeros(784, device=device)
         opt = ZOAdam([delta], lr=0.01, q=q, seed=0)
-        objective: Any = partial(one, delta) if path == "sequential" else batched_fn
+        objective: Any = partial(_one_image, net, image, delta) if path == "sequential" \
+            else batched_fn
         for _ in range(check_steps):
             opt.step(objective)
         deltas[path] = delta.detach().cpu()
         steps[path] = partial(opt.step, objective)
     times = interleaved_times({k: _synced(f, device) for k, f in steps.items()}, reps)
-    med = {k: _median(v) for k, v in times.items()}
+    med = {k: spread(v)["median"] for k, v in times.items()}
     return {"q": q, "median_s": med, "speedup": med["sequential"] / med["batched"],
             "max_delta_difference": float((deltas["sequential"] - deltas["batched"])
                                           .abs().max())}
@@ -175,7 +167,7 @@ def nccl_case(d: int, q: int, steps: int, device: torch.device) -> dict[str, Any
             dist.destroy_process_group()
     return {"backend": backend, "d": d, "steps": steps,
             "bit_identical": bool(torch.equal(runs["one process"], runs["NCCL group of one"])),
-            "median_s": {k: _median(v) for k, v in times.items()}}
+            "median_s": {k: spread(v)["median"] for k, v in times.items()}}
 
 
 def render(data: dict[str, Any]) -> str:

@@ -5,8 +5,8 @@
 The package draws Gaussian directions with torch's ``randn``; the issue's bar for them (a ZO-SGD
 query at d = 1e6 within 3 add passes of the parameters) is out of its reach. This measures the
 alternative that changes their bits: ``benchmarks/gaussian_generator.c``, a counter-based
-Box-Muller (see its header), compiled with the flags of the package's kernels and AVX-512 where
-the CPU has it.
+Box-Muller (see its header), compiled with the flags of the package's kernels (AVX-512 where
+the CPU has it).
 
 - *bits*: the vector build against the plain-C definition, at lengths that end mid-block.
 - *statistics*: over ``--keys`` keys of ``--d`` numbers each, the z-scores of the mean, the
@@ -40,16 +40,17 @@ import torchzo.oracle.directions as directions
 from torchzo.optim import ZOSGD
 from torchzo.oracle import kernels
 
-from ._common import OUT, finish, fmt_time, interleaved_times, machine, md_table
+from ._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
 
 SOURCE = Path(__file__).with_suffix(".c")
-BASE_FLAGS = ["-O3", "-std=c11", "-ffp-contract=off", "-fno-math-errno", "-shared", "-fPIC"]
 Q = 20
 
 
 def build(out_dir: Path, vector: bool) -> tuple[ctypes.CDLL, list[str]]:
-    """The generator compiled with AVX-512 (where the CPU has it and ``vector``) or plain C."""
-    flags = BASE_FLAGS + (["-mavx512f"] if vector and "avx512f" in kernels._cpu_flags() else [])
+    """The generator compiled with the package kernels' flags (their instruction sets where
+    ``vector``, none where not), and ``-fno-math-errno`` so that ``sqrtf`` is the instruction."""
+    flags = [f for f in kernels._flags() if vector or not f.startswith("-m")]
+    flags.append("-fno-math-errno")
     target = out_dir / f"gauss-{'vector' if vector else 'plain'}.so"
     subprocess.run([os.environ.get("CC", "cc"), *flags, "-o", str(target), str(SOURCE)],
                    check=True, capture_output=True, text=True)
@@ -83,7 +84,7 @@ def same_bits(fast: ctypes.CDLL, plain: ctypes.CDLL) -> dict[str, Any]:
     return {"lengths": lengths, "keys": keys, "identical": bool(ok)}
 
 
-def statistics(lib: ctypes.CDLL, d: int, keys: int) -> dict[str, Any]:
+def moments(lib: ctypes.CDLL, d: int, keys: int) -> dict[str, Any]:
     """Root mean square, over keys, of each statistic's z-score against N(0, 1)."""
     z: dict[str, list[float]] = {}
     tails = {t: math.erfc(t / math.sqrt(2)) for t in (1, 2, 3, 4)}
@@ -158,7 +159,7 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
         "step: Gaussian, this generator": step("gaussian", True),
         "step: Rademacher": step("rademacher", False)}
     times = interleaved_times(contenders, reps)
-    med = {k: sorted(v)[len(v) // 2] / (1 if k.startswith("step") else Q + 1)
+    med = {k: spread(v)["median"] / (1 if k.startswith("step") else Q + 1)
            for k, v in times.items()}
     floor = med["add pass"]
     return {"d": d, "q": Q, "reps": reps, "median_s": med,
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plain, _ = build(Path(tmp), vector=False)
         data: dict[str, Any] = {"machine": machine(), "flags": flags,
                                 "bits": same_bits(fast, plain),
-                                "statistics": statistics(fast, args.d, args.keys),
+                                "statistics": moments(fast, args.d, args.keys),
                                 "timings": timings(fast, args.d, args.reps)}
     return finish(data, start, "gaussian-generator", args.out or None, render)
 
