@@ -33,7 +33,7 @@ from torch import Tensor
 from torchzo import pretrained
 from torchzo.learned.nets import LearnedZO
 from torchzo.optim.zolstm import ZOLSTM
-from torchzo.oracle import Batched
+from torchzo.oracle import Batched, Part
 from torchzo.oracle.directions import draw_seeds
 from torchzo.oracle.estimator import estimate_batched
 from torchzo.oracle.schemes import Scheme
@@ -112,9 +112,10 @@ def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int]
                 with torch.no_grad():
                     scale = opt.next_query_scales()[0]
                     seeds = draw_seeds(probe, q)
+                    part = Part((0,), Scheme("forward", q), step_mu)
                     for out, s in ((learned, scale), (gaussian, None)):
-                        g = estimate_batched(problem.loss, x, seeds, Scheme("forward", q), step_mu,
-                                             s)[1]
+                        query = part.query(seeds, None if s is None else [s])
+                        g = estimate_batched(problem.loss, x, query)[1]
                         out.append(float(torch.nn.functional.cosine_similarity(g, true, 0)))
                     opt.step(fn)
         lm, gm = sum(learned) / len(learned), sum(gaussian) / len(gaussian)

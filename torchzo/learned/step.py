@@ -1,40 +1,41 @@
-"""The learned ZO step: the one place that fixes the order of a ZO-LSTM step.
+"""The learned ZO step, in the order it runs: plan the queries, (the caller estimates), update.
 
 ``ZOLSTM.step``, the meta-training rollout and a population of weight sets evaluated in one
-call all run :func:`step`, so the optimizer that is trained is the one that ships. The order:
+call all run these two functions around the oracle, so the optimizer that is trained is the
+one that ships::
 
-1. the oracle draws each estimate's query seeds and asks for its query distribution: the
-   QueryRNN's scales (computed ahead by the previous step, or now), then the mix draw that
-   picks them or the identity covariance, or a GuidedES subspace, or plain Gaussian directions;
-2. the oracle estimates the gradient;
-3. per group: the UpdateRNN's update (or, without it, a ZO-SGD step), applied to the
-   parameters, and the new per-coordinate state;
-4. optimizer mode (``in_place``) only: the QueryRNN's outputs for the next step, over the same
-   sets of tensors that shared an estimate (the next step can then fail at any query and leave
-   the state as it is). Same values as computing them at the next step's start.
+    plan = learned.plan(weights, arch, params, states, groups, parts, generator)
+    found = oracle.estimate_gradient(objective, params, plan.queries)
+    result = learned.update(weights, arch, params, states, groups, found.grads, found.loss,
+                            plan)
+
+1. :func:`plan`, per part (tensors sharing an estimate): draw its query seeds, then its query
+   distribution: the QueryRNN's scales (computed ahead by the previous step, or now) and the
+   mix draw that picks them or the identity covariance, or a GuidedES subspace, or plain
+   directions. The generator's stream is consumed in that order, part by part;
+2. the caller's oracle estimates the gradient along ``plan.queries``;
+3. :func:`update`, per group: the UpdateRNN's update (or, without it, a ZO-SGD step), applied
+   to the parameters, and the new per-coordinate state. In optimizer mode (``in_place``) also
+   the QueryRNN's outputs for the next step, over the same sets of tensors that shared an
+   estimate, so that the next step can fail at any query and leave the state as it is (same
+   values as computing them at the next step's start).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..oracle import Distribution, Guide
+from ..oracle import Guide, Part, Query, draw_seeds
 from . import core
 from .nets import Arch
 
-__all__ = ["DIRECTIONS", "EstimateFn", "Group", "StepResult", "step"]
+__all__ = ["DIRECTIONS", "Group", "Plan", "StepResult", "plan", "update"]
 
 DIRECTIONS = ("learned", "gaussian", "guided_es")
-
-#: Runs the oracle with the step's query distribution (see :data:`torchzo.oracle.Distribution`);
-#: returns whatever the caller wants back (:attr:`StepResult.estimate`), the estimate for
-#: each tensor, and the loss the oracle measured at the current point (population-shaped, a
-#: number, or ``None`` when there is none: the ``general`` architecture's loss features).
-EstimateFn = Callable[[Distribution], tuple[Any, Sequence[Tensor], Any]]
 
 
 @dataclass(frozen=True)
@@ -56,55 +57,79 @@ class Group:
     q: int = 20
 
 
-@dataclass
-class StepResult:
-    """What a step returns. ``params`` and ``states`` are new objects unless ``in_place``."""
+@dataclass(frozen=True)
+class Plan:
+    """A step's queries, and what the QueryRNN computed to shape them."""
 
-    estimate: Any
-    params: list[Tensor]
-    states: list[core.State]
+    queries: list[Query]
     #: Per tensor, the QueryRNN outputs that shaped this step's directions (``None`` where
     #: it did not run): meta-training regularises them.
-    query_outputs: list[Tensor | None] = field(default_factory=list)
+    query_outputs: list[Tensor | None]
+    #: The QueryRNN's new states, by tensor position, where it ran now (not ahead).
+    query_states: dict[int, core.State] = field(default_factory=dict)
 
 
-def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
-         states: Sequence[core.State], groups: Sequence[Group], estimate: EstimateFn,
-         generator: torch.Generator, *, in_place: bool = False) -> StepResult:
-    """One ZO-LSTM step for ``params`` (each with its state in ``states``).
+@dataclass
+class StepResult:
+    """What :func:`update` returns: new objects unless ``in_place``."""
+
+    params: list[Tensor]
+    states: list[core.State]
+
+
+def _learned(arch: Arch, g: Group) -> bool:
+    """Whether ``g``'s directions come from the QueryRNN."""
+    return g.directions == "learned" and core.has_query(arch)
+
+
+def plan(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
+         states: Sequence[core.State], groups: Sequence[Group], parts: Sequence[Part],
+         generator: torch.Generator) -> Plan:
+    """The step's queries for ``params``, one per part (each part's tensors in one group's
+    settings).
+
+    Draws from ``generator`` in a fixed order: per part, its seeds, then (learned directions
+    only) one mix draw. With population weights the states carry the weights' leading
+    dimensions, and so do the scales; every member shares the seeds and the mix draws.
+    """
+    group_of = {i: g for g in groups for i in g.index}
+    outputs: list[Tensor | None] = [None] * len(states)
+    query_states: dict[int, core.State] = {}
+    queries = []
+    for part in parts:
+        seeds = draw_seeds(generator, part.scheme.directions)
+        g = group_of[part.index[0]]
+        sts = [states[i] for i in part.index]
+        if g.directions == "guided_es":
+            history = [[st["prev_estimate"] for st in sts], [st["prev_update"] for st in sts]]
+            queries.append(part.query(seeds, guide=Guide.orthonormal(history, g.guide_alpha)))
+            continue
+        if not _learned(arch, g):
+            queries.append(part.query(seeds))
+            continue
+        found, new = core.next_query_outputs(weights, arch, sts)
+        query_states.update(zip(part.index, new))
+        for i, o in zip(part.index, found):
+            outputs[i] = o
+        scales = core.scales_from_outputs(arch, found)
+        shaped = [s.view((*s.shape[:-1], *params[i].shape[s.dim() - 1:]))
+                  for s, i in zip(scales, part.index)]
+        queries.append(part.query(seeds, shaped if core.mix_draw(generator, g.query_prob)
+                                  else None))
+    return Plan(queries, outputs, query_states)
+
+
+def update(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
+           states: Sequence[core.State], groups: Sequence[Group], estimates: Sequence[Tensor],
+           loss: Any, planned: Plan, *, in_place: bool = False) -> StepResult:
+    """Every group's update from the step's ``estimates`` (one per tensor, in ``params``'
+    dtype) and the ``loss`` the oracle measured at the current point (population-shaped, a
+    number, or ``None``: the ``general`` architecture's loss features are then zero).
 
     ``in_place``: the optimizer's mode (no autograd): parameters and LSTM states are
     overwritten and the next step's QueryRNN outputs are computed. Otherwise nothing is
-    modified and autograd flows through everything (meta-training). With population weights,
-    params, states and estimates carry the weights' leading dimensions; every member shares
-    the generator, so the same directions and mix draws.
+    modified and autograd flows through everything (meta-training).
     """
-    group_of = {i: g for g in groups for i in g.index}
-    shared: list[Sequence[int]] = []
-    outs: list[Tensor | None] = [None] * len(params)
-    query_states: dict[int, core.State] = {}
-
-    def distribution(index: Sequence[int]) -> tuple[list[Tensor] | None, Guide | None]:
-        g = group_of[index[0]]
-        shared.append(index)
-        sts = [states[i] for i in index]
-        if g.directions == "gaussian" or (g.directions == "learned"
-                                           and not core.has_query(arch)):
-            return None, None
-        if g.directions == "guided_es":
-            history = [[st["prev_estimate"] for st in sts], [st["prev_update"] for st in sts]]
-            return None, Guide.orthonormal(history, g.guide_alpha)
-        found, new = core.next_query_outputs(weights, arch, sts)
-        query_states.update(zip(index, new))
-        for i, o in zip(index, found):
-            outs[i] = o
-        scales = core.scales_from_outputs(arch, found)
-        if not core.mix_draw(generator, g.query_prob):
-            return None, None
-        return [s.view((*s.shape[:-1], *params[i].shape[s.dim() - 1:]))
-                for s, i in zip(scales, index)], None
-
-    result, estimates, loss = estimate(distribution)
     if loss is not None:
         loss = torch.as_tensor(loss).detach().float()
     new_params, new_states = list(params), [dict(st) for st in states]
@@ -126,14 +151,15 @@ def step(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
             p = params[i]
             u = u.reshape(p.shape).to(p.dtype)
             new_params[i] = p.add_(u, alpha=alpha) if in_place else p.add(u, alpha=alpha)
-            new_states[i].update(query_states.get(i, {}), **new)
+            new_states[i].update(planned.query_states.get(i, {}), **new)
             new_states[i].pop("query_out", None)
     if in_place:
-        for index in shared:
-            if group_of[index[0]].directions != "learned" or not core.has_query(arch):
+        group_of = {i: g for g in groups for i in g.index}
+        for query in planned.queries:
+            if not _learned(arch, group_of[query.index[0]]):
                 continue
-            sts = [new_states[i] for i in index]
+            sts = [new_states[i] for i in query.index]
             ahead, _ = core.query_outputs(weights, arch, sts, in_place=True)
             for st, o in zip(sts, ahead):
                 st["query_out"] = o
-    return StepResult(result, new_params, new_states, outs)
+    return StepResult(new_params, new_states)

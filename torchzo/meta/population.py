@@ -1,21 +1,23 @@
 """A population of learned optimizers run on one problem in lockstep, for ES meta-training.
 
-Every member's step is :func:`torchzo.learned.step` over weights with a leading population
-dimension, and the oracle's :func:`~torchzo.oracle.estimate_population` queries all members
-in one call; all members share the step's seeds and minibatch (common random numbers), so
-they differ only by their weights. The random streams are seeded as ``ZOLSTM(seed=seed)``'s,
-so a population of one takes the optimizer's steps on the same batched objective (tested).
+Every member's step is :func:`torchzo.learned.plan` and :func:`torchzo.learned.update` over
+weights with a leading population dimension, and the oracle's
+:func:`~torchzo.oracle.estimate_population` queries all members in one call; all members share
+the step's seeds and minibatch (common random numbers), so they differ only by their weights.
+The random streams are seeded as ``ZOLSTM(seed=seed)``'s, so a population of one takes the
+optimizer's steps on the same batched objective (tested).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..learned import Group, core, general, step
+from ..learned import Group, core, general, plan, update
 from ..learned.nets import Arch
-from ..oracle import Distribution, Scheme, default_mu, draw_seeds, estimate_population
+from ..oracle import Part, Scheme, default_mu, estimate_population
 from ..tasks import Problem
 
 __all__ = ["PopulationRun", "run_population"]
@@ -57,17 +59,11 @@ def run_population(weights: core.Weights, arch: Arch, problem: Problem, steps: i
     for _ in range(steps):
         batch = problem.sample_batch(data)
         radius = base_mu * general.radius(state) if arch.kind == "general" else base_mu
-
-        def estimate(distribution: Distribution, batch: object = batch, x: Tensor = x,
-                     radius: float | Tensor = radius) -> tuple[None, list[Tensor], Tensor]:
-            seeds = draw_seeds(generator, scheme.directions)
-            scale, _ = distribution((0,))
-            f0, g = estimate_population(lambda X: problem.loss(X, batch), x, seeds, scheme,
-                                        radius, None if scale is None else scale[0],
-                                        finite=False, kind=arch.directions_kind)
-            return None, [g], f0
-
-        result = step(weights, arch, [x], [state], [group], estimate, generator)
+        part = Part((0,), scheme, radius, arch.directions_kind)  # type: ignore[arg-type]
+        planned = plan(weights, arch, [x], [state], [group], [part], generator)
+        f0, g = estimate_population(functools.partial(problem.loss, batch=batch), x,
+                                    planned.queries[0], finite=False)
+        result = update(weights, arch, [x], [state], [group], [g], f0, planned)
         (x,), (state,) = result.params, result.states
         curve.append(problem.loss(x))
     losses = torch.stack(curve, 1)

@@ -1,6 +1,7 @@
 """One optimizee run under meta-training: ZO-LSTM unrolled with autograd, truncated BPTT.
 
-Every step is :func:`torchzo.learned.step` over the oracle's entry point, as in
+Every step is :func:`torchzo.learned.plan`, the oracle's entry point and
+:func:`torchzo.learned.update`, as in
 :class:`torchzo.ZOLSTM`, with a generator seeded like the optimizer's, so a rollout and an
 optimizer run with the same seeds take the same steps.
 """
@@ -11,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Group, core, step
+from ..learned import Group, core, plan, update
 from ..learned.nets import LearnedZO
-from ..oracle import Batched, Distribution, Part, Scheme, default_mu, estimate_gradient
+from ..oracle import Batched, Part, Scheme, default_mu, estimate_gradient
 from ..tasks import Problem
 from .fdgrad import fd_loss
 
@@ -83,18 +84,17 @@ class Rollout:
                     return batch_loss(X)
             return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
 
-        def estimate(distribution: Distribution) -> tuple[None, list[Tensor], Tensor]:
-            found = estimate_gradient(Batched(queried), [self.x], [self.part], self.generator,
-                                      distribution)
-            return None, found.grads, found.loss
-
         directions = "learned" if cfg.use_query else "gaussian"
-        result = step(self.weights, self.nets.arch, [self.x], [self.state],
-                      [Group((0,), cfg.lr, directions=directions, query_prob=1.0,
-                             q=self.part.scheme.directions)], estimate,
-                      self.generator)
+        groups = [Group((0,), cfg.lr, directions=directions, query_prob=1.0,
+                        q=self.part.scheme.directions)]
+        arch = self.nets.arch
+        planned = plan(self.weights, arch, [self.x], [self.state], groups, [self.part],
+                       self.generator)
+        found = estimate_gradient(Batched(queried), [self.x], planned.queries)
+        result = update(self.weights, arch, [self.x], [self.state], groups, found.grads,
+                        found.loss, planned)
         (self.x,), (self.state,) = result.params, result.states
-        out = result.query_outputs[0]
+        out = planned.query_outputs[0]
         reg = self.x.new_zeros(()) if out is None else cfg.reg * (out ** 2).sum()
         self.t += 1
         return self._objective(self.x.unsqueeze(0))[0], reg

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..oracle import ParameterBackup, Part, kernels
+from ..oracle import ParameterBackup, Query, kernels
 from ..oracle.closure import Scratch
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def check_hyperparameters(param_groups: Sequence[dict[str, Any]]) -> None:
                                  "finite hyperparameters (nothing was changed)")
 
 
-def check_estimate(grads: Sequence[Tensor], parts: Sequence[Part],
+def check_estimate(grads: Sequence[Tensor], parts: Sequence[Query],
                    param_groups: Sequence[dict[str, Any]], warn_zero: bool) -> bool:
     """A :class:`NonFiniteUpdateError` for a part whose estimate is not finite; with
     ``warn_zero``, a :class:`ZeroSignalWarning` for the first part whose estimate is exactly
@@ -181,7 +181,7 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _describe(part: Part, param_groups: Sequence[dict[str, Any]]) -> str:
+def _describe(part: Query, param_groups: Sequence[dict[str, Any]]) -> str:
     """``part``'s param groups and mu, for messages."""
     position, groups, wanted = 0, [], set(part.index)
     for i, g in enumerate(param_groups):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..oracle import Batched, Distribution, Estimate, Part, Scheme, default_mu, estimate_gradient
+from ..oracle import Batched, Estimate, Part, Query, Scheme, default_mu, estimate_gradient
 from ..oracle.closure import Scratch, guard_batched
 from ..oracle.directions import check_kind
 from ..oracle.distributed import check_distributed
@@ -241,23 +241,24 @@ class ZOOptimizer(Optimizer):
                      groups[0]["directions_kind"]) for scheme, mu, groups in self._partitions()]
 
     @torch.no_grad()
-    def _estimate(self, objective: Callable[[], Any] | Batched,
-                  distribution: Distribution | None = None) -> Estimate:
-        """The oracle's estimate for every parameter (:func:`torchzo.oracle.estimate_gradient`).
+    def _estimate(self, objective: Callable[[], Any] | Batched, queries: list[Query]
+                  ) -> Estimate:
+        """The oracle's estimate for every parameter along the step's planned ``queries``
+        (:func:`torchzo.oracle.estimate_gradient`).
 
         Inside a step, also what makes the update undoable: a batched objective is watched for
         writes to the parameters (which are copied before its calls), a closure's parameters
         are copied once the oracle has put them back; and the estimate must be finite.
         """
-        params, parts, guard = self._params(), self._parts(), self._guard
+        params, guard = self._params(), self._guard
         if isinstance(objective, Batched) and guard is not None:
             guard.save_params()
             objective = Batched(guard_batched(objective.fn, params), objective.chunk_size,
                                 objective.params)
-        found = estimate_gradient(objective, params, parts, self._generator, distribution,
+        found = estimate_gradient(objective, params, queries,
                                   getattr(self, "_distributed", None),
                                   self._scratch if guard is not None else None)
-        if check_estimate(found.grads, parts, self.param_groups, not self._zero_signal_warned):
+        if check_estimate(found.grads, queries, self.param_groups, not self._zero_signal_warned):
             self._zero_signal_warned = True
         if guard is not None:
             # The oracle's copy of a closure step's parameters is as good as a new one: it
@@ -327,21 +328,20 @@ class ZOOptimizer(Optimizer):
         self.last_loss = float(estimate.loss)
         return estimate.loss
 
+    @torch.no_grad()
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
-        """Estimate, then update; nothing may change before the estimate is complete."""
-        estimate = self._estimate(objective)
+        """Plan, estimate, update; nothing may change before the estimate is complete."""
+        queries = [part.draw(self._generator) for part in self._parts()]
+        estimate = self._estimate(objective, queries)
         if self._guard is not None:
             self._guard.save_state()
-        self._apply(dict(zip(self._params(), estimate.grads)))
-        return estimate
-
-    @torch.no_grad()
-    def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
-        """Every group's update from the step's estimates (what the overhead benchmark times)."""
+        params = self._params()
+        grads = dict(zip(params, estimate.grads))
         for group in self.param_groups:
-            params = group["params"]
-            if params:
-                self._update_group(group, params, [estimates[p].to(p.dtype) for p in params])
+            if group["params"]:
+                self._update_group(group, group["params"],
+                                   [grads[p].to(p.dtype) for p in group["params"]])
+        return estimate
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:

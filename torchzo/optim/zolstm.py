@@ -13,8 +13,8 @@ from torch import Tensor
 from .. import learned
 from ..learned import core, general
 from ..learned.nets import LearnedZO
-from ..learned.step import DIRECTIONS, EstimateFn
-from ..oracle import Batched, Distribution, Estimate, Part, Scheme
+from ..learned.step import DIRECTIONS
+from ..oracle import Batched, Estimate, Part, Scheme
 from ._checkpoint import saved_positions
 from ._guard import all_finite
 from ._validation import check_number
@@ -134,8 +134,10 @@ class ZOLSTM(ZOOptimizer):
             return self.state[p]
         return _stored(core.init_state(p, self.nets.arch), group["state_dtype"])
 
-    def _learned_step(self, estimate: EstimateFn) -> Any:
-        """:func:`torchzo.learned.step` over every group; stores the new states."""
+    @torch.no_grad()
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+        """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`
+        over every group; stores the new states."""
         active = [g for g in self.param_groups if g["params"]]
         params = [p for g in active for p in g["params"]]
         states = [self._state_of(p, g) for g in active for p in g["params"]]
@@ -146,31 +148,17 @@ class ZOLSTM(ZOOptimizer):
             groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
                                         g["directions"], g["query_prob"], g["guide_alpha"],
                                         Scheme(g["estimator"], g["q"]).directions))
-        result = learned.step(self.nets.weights(), self.nets.arch, params, states, groups,
-                              estimate, self._generator, in_place=True)
+        weights, arch = self.nets.weights(), self.nets.arch
+        plan = learned.plan(weights, arch, params, states, groups, self._parts(),
+                            self._generator)
+        found = self._estimate(objective, plan.queries)
+        grads = [g.to(p.dtype) for g, p in zip(found.grads, params)]
+        result = learned.update(weights, arch, params, states, groups, grads, float(found.loss),
+                                plan, in_place=True)
         dtypes = [g["state_dtype"] for g in active for _ in g["params"]]
         for p, st, dtype in zip(params, result.states, dtypes):
             self.state[p] = _stored(st, dtype)
-        return result.estimate
-
-    @torch.no_grad()
-    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
-        def estimate(distribution: Distribution) -> tuple[Estimate, list[Tensor], float]:
-            found = self._estimate(objective, distribution)
-            grads = [g.to(p.dtype) for g, p in zip(found.grads, self._params())]
-            return found, grads, float(found.loss)
-        return self._learned_step(estimate)  # type: ignore[no-any-return]
-
-    @torch.no_grad()
-    def _apply(self, estimates: dict[Tensor, Tensor]) -> None:
-        """The learned step from given estimates (the overhead benchmark's "update")."""
-        params = self._params()
-
-        def given(distribution: Distribution) -> tuple[None, list[Tensor], None]:
-            for part in self._parts():  # asks for each part's distribution, as the oracle does
-                distribution(part.index)
-            return None, [estimates[p].to(p.dtype) for p in params], None
-        self._learned_step(given)
+        return found
 
     @torch.no_grad()
     def next_query_scales(self, params: list[Tensor] | None = None) -> list[Tensor]:

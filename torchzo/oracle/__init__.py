@@ -4,14 +4,15 @@ from .closure import ClosureError, ParameterBackup, call_closure, loss_value
 from .directions import KINDS, Guide, Layout, Signs, default_mu, draw_seeds, generation_dtype
 from .distributed import RankFailedError
 from .estimator import Batched, estimate_batched, estimate_closure
-from .gradient import Distribution, Estimate, Part, estimate_gradient  # noqa: F401
+from .gradient import Estimate, estimate_gradient
 from .module import module_objective
 from .population import estimate_population
+from .query import Part, Query
 from .schemes import SCHEMES, Scheme
 
 __all__ = [
     "KINDS", "SCHEMES", "Batched", "ClosureError", "Estimate", "Guide", "Layout",
-    "ParameterBackup", "Part", "RankFailedError", "Scheme", "Signs", "call_closure",
+    "ParameterBackup", "Part", "Query", "RankFailedError", "Scheme", "Signs", "call_closure",
     "default_mu",
     "draw_seeds", "estimate_batched", "estimate_closure", "estimate_gradient",
     "estimate_population",

@@ -51,14 +51,13 @@ A ``torchrun`` script (``torchrun --nproc-per-node 4 train.py``)::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .closure import ClosureError, ParameterBackup, Scratch, call_closure, check_losses
-from .directions import Direction, Guide, Layout
+from .directions import Direction, Layout
 from .estimator import (
     assemble_batched,
     assemble_closure,
@@ -66,9 +65,9 @@ from .estimator import (
     chunk_rows,
     query_closure,
 )
-from .schemes import Scheme
+from .query import Query
 
-__all__ = ["ClosureEstimate", "RankFailedError", "Ranks", "check_distributed",
+__all__ = ["RankFailedError", "Ranks", "check_distributed",
            "estimate_batched_sharded", "estimate_closure_sharded", "ranks_for"]
 
 # Loss dtypes a batched objective may return in a sharded step: all are exact in float64.
@@ -205,98 +204,59 @@ class Ranks:
         return words[w * (1 + k):].view(torch.float64)
 
 
-@dataclass
-class ClosureEstimate:
-    """One estimate of a closure step (params sharing estimator, q, mu and the kind of
-    directions, which its ``layout`` holds): how to rebuild it."""
-
-    index: list[int]
-    layout: Layout
-    seeds: list[int]
-    scheme: Scheme
-    mu: float
-    scale: Sequence[Tensor] | None = None
-    guide: Guide | None = None
-
-    @property
-    def queries(self) -> int:
-        """Queries along its directions (f(x) not included)."""
-        return len(self.seeds) * len(self.scheme.signs)
-
-
-def estimate_closure_sharded(
-    ranks: Ranks,
-    closure: Callable[[], Any],
-    backup: ParameterBackup,
-    queries: int,
-    plan: Callable[[], list[ClosureEstimate]],
-    scratch: Scratch | None = None,
-) -> tuple[Any, list[list[Tensor]]]:
+def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: ParameterBackup,
+                             queries: Sequence[Query], scratch: Scratch | None = None
+                             ) -> tuple[Any, list[list[Tensor]]]:
     """The closure-path step of one rank: ``(loss, estimates)``, the same bits on every rank.
 
-    ``plan()`` draws the step's seeds and query distributions (after ``f(x)``, as in a
-    single-process step) and must describe ``queries`` queries beyond ``f(x)``: every rank
-    knows that number up front, so the exchange has the same size even on a rank that failed
-    before planning. The parameters are left perturbed; the caller restores them. The
-    estimates' memory comes from ``scratch`` where that has some, as in a single process.
+    ``queries``: the step's planned queries, the same on every rank. The parameters are left
+    perturbed; the caller restores them. The estimates' memory comes from ``scratch`` where
+    that has some, as in a single process.
     """
     failure: Exception | None = None
     loss: Any = None
     f0 = 0.0
-    estimates: list[ClosureEstimate] = []
-    local = torch.zeros(queries, dtype=torch.float64)
+    layouts = [Layout([backup.params[i] for i in q.index], q.kind) for q in queries]
+    local = torch.zeros(sum(q.queries for q in queries), dtype=torch.float64)
     try:
         loss, f0 = call_closure(closure, backup.params, "f(x)")
-        estimates = plan()
-        if sum(e.queries for e in estimates) != queries:
-            raise RuntimeError("the step's plan does not match its query count")
-        flat = [(e, k, sign) for e in estimates for k in range(len(e.seeds))
-                for sign in e.scheme.signs]
+        flat = [(j, k, sign) for j, q in enumerate(queries) for k in range(len(q.seeds))
+                for sign in q.scheme.signs]
         current: tuple[int, int] | None = None
-        previous: ClosureEstimate | None = None
+        previous: int | None = None
         u: Direction = []
-        for j in ranks.share(queries):
-            e, k, sign = flat[j]
-            if previous is not None and previous is not e:
-                backup.restore(previous.index)  # e queries around x, as in a single process
-            if current != (id(e), k):
-                u, current = e.layout.direction(e.seeds, k, e.scale, e.guide), (id(e), k)
-            local[j] = query_closure(closure, backup, e.index, u, k, sign, e.mu)
-            previous = e
+        for n in ranks.share(len(flat)):
+            j, k, sign = flat[n]
+            q = queries[j]
+            if previous is not None and previous != j:
+                backup.restore(queries[previous].index)  # q queries around x, as in one process
+            if current != (j, k):
+                u, current = layouts[j].direction(q.seeds, k, q.scale, q.guide), (j, k)
+            local[n] = query_closure(closure, backup, q, u, k, sign)
+            previous = j
     except Exception as err:
         failure = err
-    seeds = [s for e in estimates for s in e.seeds]
+    seeds = [s for q in queries for s in q.seeds]
     values = ranks.exchange(local, [_fingerprint(seeds), _float_bits(f0)], failure,
                             ["the query seeds", "f(x)"]).tolist()
     out = []
     offset = 0
-    for e in estimates:
-        n = len(e.scheme.signs)
-        mine = values[offset:offset + e.queries]
+    for q, layout in zip(queries, layouts):
+        n = len(q.scheme.signs)
+        mine = values[offset:offset + q.queries]
 
         def lookup(k: int, u: Direction, mine: list[float] = mine,
                    n: int = n) -> tuple[float, ...]:
             return tuple(mine[k * n:(k + 1) * n])
 
-        out.append(assemble_closure(e.layout, e.seeds, e.scheme, e.mu, f0, lookup, e.scale,
-                                    e.guide, scratch))
-        offset += e.queries
+        out.append(assemble_closure(layout, q, f0, lookup, scratch))
+        offset += q.queries
     return loss, out
 
 
-def estimate_batched_sharded(
-    ranks: Ranks,
-    fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    seeds: Sequence[int],
-    scheme: Scheme,
-    mu: float,
-    scale: Tensor | None = None,
-    chunk_size: int | None = None,
-    guide: Guide | None = None,
-    *,
-    kind: str = "gaussian",
-) -> tuple[Tensor, Tensor]:
+def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Tensor,
+                             query: Query, chunk_size: int | None = None
+                             ) -> tuple[Tensor, Tensor]:
     """:func:`~torchzo.oracle.estimate_batched` with the calls of ``fn`` spread over the ranks.
 
     The calls are those of a single-process step with the same ``chunk_size``; call ``c`` runs
@@ -307,11 +267,12 @@ def estimate_batched_sharded(
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
-    if not seeds:
+    if not query.seeds:
         raise ValueError("a sharded estimate needs at least one direction")
+    scheme = query.scheme
     signs = len(scheme.signs)
     rows = chunk_size or -(-scheme.queries // ranks.size)
-    plan = chunk_plan(len(seeds), signs, rows)
+    plan = chunk_plan(len(query.seeds), signs, rows)
     offsets = [0]
     for _, n, base in plan:
         offsets.append(offsets[-1] + int(base) + n * signs)
@@ -319,12 +280,12 @@ def estimate_batched_sharded(
     local = torch.zeros(offsets[-1] + 1, dtype=torch.float64)
     failure: Exception | None = None
     try:
-        layout = Layout([x], kind)
-        flat_guide = None if guide is None else guide.flat()
+        layout = Layout([x], query.kind)
+        scale = None if query.scale is None else query.scale[0]
         for c in range(ranks.rank, len(plan), ranks.size):
             start, n, base = plan[c]
-            u = layout.rows(seeds, start, n, scale, flat_guide)
-            X = chunk_rows(x, u, scheme, mu, base)
+            u = layout.rows(query.seeds, start, n, scale, query.guide)
+            X = chunk_rows(x, u, scheme, query.mu, base)
             values = fn(X)
             check_losses(values, X.shape[0], 1 + start * signs - int(base))
             if values.dtype not in _LOSS_DTYPES:
@@ -335,7 +296,7 @@ def estimate_batched_sharded(
                 local[-1] = 1 + _LOSS_DTYPES.index(values.dtype)
     except Exception as err:
         failure = err
-    checks = [_fingerprint(seeds), _float_bits(float(x.detach().double().sum()))]
+    checks = [_fingerprint(query.seeds), _float_bits(float(x.detach().double().sum()))]
     summed = ranks.exchange(local, checks, failure, ["the query seeds", "the parameters"])
     dtype = _LOSS_DTYPES[int(summed[-1]) - 1]
     values = summed[:-1].to(x.device, dtype)
@@ -343,6 +304,6 @@ def estimate_batched_sharded(
     def lookup(c: int, u: Tensor) -> Tensor:
         return values[offsets[c]:offsets[c + 1]]
 
-    f0, g = assemble_batched(x, seeds, scheme, mu, plan, lookup, scale, guide, kind=kind)
+    f0, g = assemble_batched(x, query, plan, lookup)
     assert f0 is not None
     return f0, g

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from . import kernels
 from .closure import ParameterBackup, Scratch, call_batched, call_closure, check_losses
-from .directions import Direction, Guide, Layout, Signs
+from .directions import Direction, Layout, Signs
+from .query import Query
 from .schemes import Scheme
 
 __all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_plan",
@@ -57,58 +58,44 @@ class Batched:
             object.__setattr__(self, "params", tuple(self.params))
 
 
-def estimate_closure(
-    closure: Callable[[], Any],
-    backup: ParameterBackup,
-    index: Sequence[int],
-    layout: Layout,
-    seeds: Sequence[int],
-    scheme: Scheme,
-    mu: float,
-    f0: float,
-    scale: Sequence[Tensor] | None = None,
-    guide: Guide | None = None,
-    scratch: Scratch | None = None,
-) -> list[Tensor]:
-    """Estimate the gradient w.r.t. ``backup.params[i] for i in index`` by perturbing in place.
+def estimate_closure(closure: Callable[[], Any], backup: ParameterBackup, query: Query,
+                     f0: float, scratch: Scratch | None = None) -> list[Tensor]:
+    """Estimate the gradient w.r.t. ``backup.params[i] for i in query.index`` by perturbing in
+    place.
 
-    The parameters in ``index`` are left perturbed by the last query; the caller restores them
+    The parameters of the query are left perturbed by the last query; the caller restores them
     before anything else is queried (another estimate of the step) and after the step. ``f0``
-    is the loss at the unperturbed point. The directions are ``layout``'s (of its kind); the
-    estimate's memory comes from ``scratch`` where that has some.
+    is the loss at the unperturbed point. The estimate's memory comes from ``scratch`` where
+    that has some.
     """
-    def query(k: int, u: Direction) -> tuple[float, ...]:
-        return tuple(query_closure(closure, backup, index, u, k, sign, mu)
-                     for sign in scheme.signs)
+    def values(k: int, u: Direction) -> tuple[float, ...]:
+        return tuple(query_closure(closure, backup, query, u, k, sign)
+                     for sign in query.scheme.signs)
 
-    return assemble_closure(layout, seeds, scheme, mu, f0, query, scale, guide, scratch)
+    layout = Layout([backup.params[i] for i in query.index], query.kind)
+    return assemble_closure(layout, query, f0, values, scratch)
 
 
-def query_closure(closure: Callable[[], Any], backup: ParameterBackup, index: Sequence[int],
-                  u: Direction, k: int, sign: int, mu: float) -> float:
-    """The loss at ``x + sign * mu * u`` (direction ``k``, counted from 0), set in place."""
-    backup.perturb(index, u, sign * mu)
+def query_closure(closure: Callable[[], Any], backup: ParameterBackup, query: Query,
+                  u: Direction, k: int, sign: int) -> float:
+    """The loss at ``x + sign * mu * u`` (``u``: the query's direction ``k``, counted from 0),
+    set in place."""
+    backup.perturb(query.index, u, sign * float(query.mu))
     where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
     return call_closure(closure, backup.params, where)[1]
 
 
-def assemble_closure(
-    layout: Layout,
-    seeds: Sequence[int],
-    scheme: Scheme,
-    mu: float,
-    f0: float,
-    values: Callable[[int, Direction], tuple[float, ...]],
-    scale: Sequence[Tensor] | None = None,
-    guide: Guide | None = None,
-    scratch: Scratch | None = None,
-) -> list[Tensor]:
-    """``g = sum_k c_k u_k`` in index order; ``values(k, u_k)`` gives direction k's queries
-    (``g``'s memory from ``scratch`` where that has some).
+def assemble_closure(layout: Layout, query: Query, f0: float,
+                     values: Callable[[int, Direction], tuple[float, ...]],
+                     scratch: Scratch | None = None) -> list[Tensor]:
+    """``g = sum_k c_k u_k`` in index order over ``layout`` (the query's tensors);
+    ``values(k, u_k)`` gives direction k's queries (``g``'s memory from ``scratch`` where that
+    has some).
 
     Every closure-path estimate, single-process or sharded, goes through this loop, so that
     the same seeds and values give the same bits.
     """
+    seeds, scheme, mu, scale, guide = query.seeds, query.scheme, query.mu, query.scale, query.guide
     if not layout.packed(scale, guide):
         g = layout.zeros(scratch)
         for k in range(len(seeds)):
@@ -130,38 +117,29 @@ def assemble_closure(
     return g
 
 
-def estimate_batched(
-    fn: Callable[[Tensor], Tensor],
-    x: Tensor,
-    seeds: Sequence[int],
-    scheme: Scheme,
-    mu: float,
-    scale: Tensor | None = None,
-    chunk_size: int | None = None,
-    guide: Guide | None = None,
-    *,
-    kind: str = "gaussian",
-) -> tuple[Tensor, Tensor]:
+def estimate_batched(fn: Callable[[Tensor], Tensor], x: Tensor, query: Query,
+                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
     """Estimate the gradient of ``fn`` at the flat point ``x`` with batched queries.
 
-    Returns ``(f(x), g)``. ``kind``: the directions' kind (:data:`~torchzo.oracle.KINDS`); the
-    directions are those of ``Layout([x], kind)``, whatever the chunk size. Differentiable:
-    with ``x``/``scale`` requiring grad and ``fn`` differentiable, autograd flows through the
-    queried values and the directions alike (this is what meta-training backpropagates
-    through).
+    Returns ``(f(x), g)``. ``query``: over ``x`` (a flat query, see :meth:`Query.flat`); its
+    directions are those of ``Layout([x], query.kind)``, whatever the chunk size.
+    Differentiable: with ``x`` or the query's scale requiring grad and ``fn`` differentiable,
+    autograd flows through the queried values and the directions alike (this is what
+    meta-training backpropagates through).
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
-    plan = chunk_plan(len(seeds), len(scheme.signs), chunk_size or scheme.queries)
+    scheme = query.scheme
+    plan = chunk_plan(len(query.seeds), len(scheme.signs), chunk_size or scheme.queries)
 
-    def query(c: int, u: Tensor) -> Tensor:
+    def values(c: int, u: Tensor) -> Tensor:
         start, _, base = plan[c]
-        X = chunk_rows(x, u, scheme, mu, base)
-        values = call_batched(fn, X, f"call {c + 1}")
-        check_losses(values, X.shape[0], 1 + start * len(scheme.signs) - int(base))
-        return values
+        X = chunk_rows(x, u, scheme, query.mu, base)
+        found = call_batched(fn, X, f"call {c + 1}")
+        check_losses(found, X.shape[0], 1 + start * len(scheme.signs) - int(base))
+        return found
 
-    f0, g = assemble_batched(x, seeds, scheme, mu, plan, query, scale, guide, kind=kind)
+    f0, g = assemble_batched(x, query, plan, values)
     if f0 is None:
         f0 = call_batched(fn, x.unsqueeze(0), "f(x)")
         check_losses(f0, 1, 0)
@@ -185,7 +163,7 @@ def chunk_plan(directions: int, signs: int, rows_per_call: int) -> list[tuple[in
     return plan
 
 
-def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float, base: bool) -> Tensor:
+def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float | Tensor, base: bool) -> Tensor:
     """The query points of one call: ``x`` (if ``base``), then ``x + s mu u`` for each sign."""
     rows = [x + (sign * mu) * u for sign in scheme.signs]
     if base:
@@ -193,29 +171,20 @@ def chunk_rows(x: Tensor, u: Tensor, scheme: Scheme, mu: float, base: bool) -> T
     return torch.cat(rows)
 
 
-def assemble_batched(
-    x: Tensor,
-    seeds: Sequence[int],
-    scheme: Scheme,
-    mu: float,
-    plan: Sequence[tuple[int, int, bool]],
-    values: Callable[[int, Tensor], Tensor],
-    scale: Tensor | None = None,
-    guide: Guide | None = None,
-    *,
-    kind: str = "gaussian",
-) -> tuple[Tensor | None, Tensor]:
+def assemble_batched(x: Tensor, query: Query, plan: Sequence[tuple[int, int, bool]],
+                     values: Callable[[int, Tensor], Tensor]) -> tuple[Tensor | None, Tensor]:
     """``(f(x), g)`` over the calls of ``plan``; ``values(c, u_c)`` gives call ``c``'s losses.
 
     ``f(x)`` is ``None`` when there are no directions. Every batched estimate, single-process or
     sharded, goes through this loop.
     """
-    layout = Layout([x], kind)
-    flat_guide = None if guide is None else guide.flat()
+    scheme, mu = query.scheme, query.mu
+    layout = Layout([x], query.kind)
+    scale = None if query.scale is None else query.scale[0]
     g: Tensor | None = None
     f0: Tensor | None = None
     for c, (start, n, base) in enumerate(plan):
-        u = layout.rows(seeds, start, n, scale, flat_guide)
+        u = layout.rows(query.seeds, start, n, scale, query.guide)
         v = values(c, u)
         if base:
             f0, v = v[0], v[1:]

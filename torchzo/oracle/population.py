@@ -8,36 +8,35 @@ its row with the same seeds, up to float rounding (tested).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from .closure import check_losses
 from .directions import Layout
-from .schemes import Scheme
+from .query import Query
 
 __all__ = ["estimate_population"]
 
 
-def estimate_population(fn: Callable[[Tensor], Tensor], X: Tensor, seeds: Sequence[int],
-                        scheme: Scheme, mu: float | Tensor, scale: Tensor | None = None,
-                        finite: bool = True, *, kind: str = "gaussian"
-                        ) -> tuple[Tensor, Tensor]:
+def estimate_population(fn: Callable[[Tensor], Tensor], X: Tensor, query: Query,
+                        finite: bool = True) -> tuple[Tensor, Tensor]:
     """``(f(X), g)`` for the rows of ``X`` (P, d): shapes (P,) and (P, d).
 
-    ``mu``: one radius, or one per member (P,); ``scale``: per-member direction scales (P, d),
-    or ``None`` for unscaled directions; ``kind``: the directions' kind (one of
-    :data:`~torchzo.oracle.KINDS`: those of ``Layout([X[0]], kind)``). ``fn`` gets all ``P *
-    queries`` rows at once. ``finite=False`` lets non-finite losses through (a diverged member
-    of a population is the trainer's to score, not an error).
+    ``query``: a flat query over a row of ``X``, whose ``mu`` is one radius or one per member
+    (P,) and whose ``scale`` is ``None`` (unscaled directions) or one ``(P, d)`` tensor of
+    per-member direction scales; its directions are those of ``Layout([X[0]], query.kind)``.
+    ``fn`` gets all ``P * queries`` rows at once. ``finite=False`` lets non-finite losses
+    through (a diverged member of a population is the trainer's to score, not an error).
     """
     if X.dim() != 2:
         raise ValueError(f"X must be (members, d), got shape {tuple(X.shape)}")
     P, d = X.shape
-    z = Layout([X[0]], kind).rows(seeds, 0, len(seeds))           # (n, d)
-    u = z if scale is None else scale[:, None, :].to(z.dtype) * z  # (n, d) or (P, n, d)
-    radius = torch.as_tensor(mu, dtype=X.dtype, device=X.device).reshape(-1, 1, 1)
+    scheme, seeds = query.scheme, query.seeds
+    z = Layout([X[0]], query.kind).rows(seeds, 0, len(seeds))      # (n, d)
+    u = z if query.scale is None else query.scale[0][:, None, :].to(z.dtype) * z  # or (P, n, d)
+    radius = torch.as_tensor(query.mu, dtype=X.dtype, device=X.device).reshape(-1, 1, 1)
     rows = [X[:, None, :]] + [X[:, None, :] + (sign * radius) * u for sign in scheme.signs]
     queries = torch.cat([r.expand(P, -1, d) for r in rows], 1)  # (P, 1 + S n, d)
     values = fn(queries.reshape(-1, d))
