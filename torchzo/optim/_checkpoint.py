@@ -5,20 +5,32 @@ The module is private to the package; its names are public to the modules that i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from ._guard import all_finite, non_finite
 
-if TYPE_CHECKING:
-    from .base import ZOOptimizer
-
-__all__ = ["check_entry", "check_state_dict", "saved_positions"]
+__all__ = ["Checked", "check_entry", "check_state_dict", "saved_positions"]
 
 
-def check_state_dict(opt: ZOOptimizer, state_dict: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+class Checked(Protocol):
+    """What :func:`check_state_dict` asks of the optimizer it checks a state dict against
+    (``ZOOptimizer`` and its subclasses)."""
+
+    param_groups: list[dict[str, Any]]
+    _generator: torch.Generator
+
+    def _validate_group(self, group: dict[str, Any]) -> None: ...
+
+    def _check_loaded(self, state_dict: dict[str, Any]) -> None: ...
+
+    def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
+                           where: str) -> None: ...
+
+
+def check_state_dict(opt: Checked, state_dict: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(zo, rest)``: the checked ``"zo"`` entry (steps, queries, generator state) and the
     torch.optim part to load, whose groups carry this optimizer's value of any hyperparameter
     the file predates. A ``ValueError`` says what is wrong; nothing is changed."""
