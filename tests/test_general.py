@@ -16,7 +16,7 @@ from zo_testing import FEW, deep_equal
 import torchzo
 from torchzo.learned import Arch, LearnedZO
 from torchzo.meta.population import run_population
-from torchzo.oracle import Layout, Scheme, draw_seeds, estimate_batched
+from torchzo.oracle import Layout, Part, Scheme, draw_seeds, estimate_batched
 from torchzo.tasks import Problem, learning, synthetic
 
 ARCH = Arch(kind="general", hidden=8)
@@ -78,7 +78,8 @@ def test_untrained_first_step_is_minus_sigma0_times_the_sign_of_the_estimate(sta
     # The estimate the optimizer's first step sees: its seeds come first from its generator,
     # and the untrained query net's scales are all ones (learned or isotropic, the same u).
     seeds = draw_seeds(torch.Generator().manual_seed(11), q)
-    _, g = estimate_batched(_quadratic32, x0.clone(), seeds, Scheme("forward", q), mu)
+    query = Part((0,), Scheme("forward", q), mu).query(seeds)
+    _, g = estimate_batched(_quadratic32, x0.clone(), query)
     assert (g != 0).all()
 
     x = x0.clone()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from zo_testing import random_nets
 import torchzo
 from torchzo import learned
 from torchzo.learned import LearnedZO, core
-from torchzo.oracle import Part, Scheme, estimate_batched, estimate_gradient
+from torchzo.oracle import Part, Query, Scheme, estimate_batched, estimate_gradient
 
 ROOT = Path(__file__).resolve().parent.parent / "torchzo"
 D = 64  # above the sizes at which batched and plain matmuls take different CPU kernels
@@ -27,17 +28,12 @@ def _loss(X: torch.Tensor) -> torch.Tensor:
     return ((X - 1.0) ** 2 * torch.linspace(0.5, 2.0, X.shape[-1])).sum(-1)
 
 
-def _estimate_population(x: torch.Tensor, generator: torch.Generator, scheme: Scheme,
-                         mu: float):
+def _estimate_population(x: torch.Tensor, query: Query) -> list[torch.Tensor]:
     """An estimate for each member of a population (x: (P, d)), all with the same seeds."""
-    def estimate(distribution):
-        seeds = torchzo.oracle.draw_seeds(generator, scheme.directions)
-        scale, _ = distribution((0,))
-        grads = [estimate_batched(_loss, x[m], seeds, scheme, mu,
-                                  None if scale is None else scale[0][m])[1]
-                 for m in range(x.shape[0])]
-        return None, [torch.stack(grads)], None
-    return estimate
+    grads = [estimate_batched(_loss, x[m], replace(
+                 query, scale=None if query.scale is None else (query.scale[0][m],)))[1]
+             for m in range(x.shape[0])]
+    return [torch.stack(grads)]
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -47,17 +43,17 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _run(weights, arch, x, state, generator, directions, steps, in_place):
     scheme = Scheme("forward", 6)
     xs, states = [], []
+    groups = [learned.Group((0,), 0.5, directions=directions, query_prob=0.7)]
     for _ in range(steps):
+        planned = learned.plan(weights, arch, [x], [state], groups, [Part((0,), scheme, 1e-3)],
+                               generator)
         if x.dim() == 1:
-            def estimate(distribution, x=x):
-                found = estimate_gradient(torchzo.Batched(_loss), [x], [Part((0,), scheme, 1e-3)],
-                                          generator, distribution)
-                return None, found.grads, found.loss
+            found = estimate_gradient(torchzo.Batched(_loss), [x], planned.queries)
+            grads, loss = found.grads, found.loss
         else:
-            estimate = _estimate_population(x, generator, scheme, 1e-3)
-        result = learned.step(weights, arch, [x], [state], [learned.Group((0,), 0.5,
-                              directions=directions, query_prob=0.7)], estimate, generator,
-                              in_place=in_place)
+            grads, loss = _estimate_population(x, planned.queries[0]), None
+        result = learned.update(weights, arch, [x], [state], groups, grads, loss, planned,
+                                in_place=in_place)
         (x,), (state,) = result.params, result.states
         xs.append(x.clone())
         states.append({k: v.clone() for k, v in state.items()})
@@ -202,14 +198,17 @@ def test_oracle_entry_point_closure_and_batched_agree_and_restore():
         return _loss(torch.cat([a.reshape(-1), b]))
 
     before = (a.clone(), b.clone())
-    got = estimate_gradient(closure, [a, b], parts, torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    got = estimate_gradient(closure, [a, b], [part.draw(gen) for part in parts])
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
     assert got.queries == 1 + 4 + 4 and [g.shape for g in got.grads] == [a.shape, b.shape]
     one = [Part((0, 1), Scheme("forward", 4), 1e-3)]
-    closed = estimate_gradient(closure, [a, b], one, torch.Generator().manual_seed(1))
-    batched = estimate_gradient(torchzo.Batched(_loss), [a, b], one,
-                                torch.Generator().manual_seed(1))
+    closed = estimate_gradient(closure, [a, b],
+                               [part.draw(torch.Generator().manual_seed(1)) for part in one])
+    batched = estimate_gradient(torchzo.Batched(_loss), [a, b],
+                                [part.draw(torch.Generator().manual_seed(1)) for part in one])
     for g, h in zip(closed.grads, batched.grads):
         torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="share"):
-        estimate_gradient(torchzo.Batched(_loss), [a, b], parts, torch.Generator())
+        estimate_gradient(torchzo.Batched(_loss), [a, b],
+                          [part.draw(torch.Generator()) for part in parts])

@@ -15,6 +15,7 @@ from torchzo.oracle import (
     Guide,
     Layout,
     ParameterBackup,
+    Part,
     Scheme,
     default_mu,
     draw_seeds,
@@ -47,7 +48,9 @@ def direction(seed: int, d: int, dtype: torch.dtype = F64) -> torch.Tensor:
 def sample_estimates(fn, x, scheme_name, n, mu, scale=None, seed0=1000):
     """``n`` independent single-direction estimates (one per seed), stacked into (n, d)."""
     scheme = Scheme(scheme_name, 2 if scheme_name == "antithetic" else 1)
-    return torch.stack([estimate_batched(fn, x, [seed0 + i], scheme, mu, scale)[1]
+    scales = None if scale is None else [scale]
+    return torch.stack([estimate_batched(fn, x, Part((0,), scheme, mu).query([seed0 + i],
+                                                                             scales))[1]
                         for i in range(n)])
 
 
@@ -76,7 +79,8 @@ def test_forward_estimate_is_unbiased_on_a_quadratic():
     mean = within_standard_errors(samples, grad)
     # Linearity: one estimate over all N directions is the mean of the N one-direction estimates.
     seeds = [1000 + i for i in range(N_SAMPLES)]
-    _, g_all = estimate_batched(fn, x, seeds, Scheme("forward", N_SAMPLES), 1e-4, None, 512)
+    _, g_all = estimate_batched(fn, x, Part((0,), Scheme("forward", N_SAMPLES), 1e-4).query(seeds),
+                                512)
     torch.testing.assert_close(g_all, mean, rtol=1e-9, atol=1e-9)
 
 
@@ -117,10 +121,11 @@ def test_central_difference_is_exact_on_a_quadratic(seeds, data_seed):
     d = 5
     fn, H, x = quadratic(d, data_seed)
     ref = central_reference(H, x, seeds, d)
-    _, g = estimate_batched(fn, x, seeds, Scheme("central", len(seeds)), mu=0.1)
+    _, g = estimate_batched(fn, x, Part((0,), Scheme("central", len(seeds)), 0.1).query(seeds))
     assert (g - ref).abs().max() <= 1e-10 * (1 + ref.abs().max())
     # The forward scheme is not exact (its O(mu) term u^T H u / 2 remains): the check can fail.
-    _, g_fwd = estimate_batched(fn, x, seeds, Scheme("forward", len(seeds)), mu=0.1)
+    _, g_fwd = estimate_batched(fn, x,
+                                Part((0,), Scheme("forward", len(seeds)), 0.1).query(seeds))
     assert (g_fwd - ref).abs().max() > 1e-6
 
 
@@ -130,8 +135,8 @@ def test_central_difference_closure_path_is_exact_on_a_quadratic():
     p = x.clone().requires_grad_(True)
     backup = ParameterBackup([p])
     f0 = float(fn(x.unsqueeze(0))[0])
-    g = estimate_closure(lambda: fn(p.unsqueeze(0))[0], backup, [0], Layout([p]), seeds,
-                         Scheme("central", len(seeds)), 0.1, f0)[0]
+    g = estimate_closure(lambda: fn(p.unsqueeze(0))[0], backup,
+                         Part((0,), Scheme("central", len(seeds)), 0.1).query(seeds), f0)[0]
     backup.restore()
     assert same_bits(p.detach(), x)
     ref = central_reference(H, x, seeds, d)
@@ -145,8 +150,10 @@ def test_antithetic_equals_central_with_half_the_directions(seeds, mu):
     obj = Objective([(6,)], seed=len(seeds))
     x = obj.start[0]
     q = 2 * len(seeds)
-    f_a, g_a = estimate_batched(obj.batched, x, seeds, Scheme("antithetic", q), mu)
-    f_c, g_c = estimate_batched(obj.batched, x, seeds, Scheme("central", q // 2), mu)
+    f_a, g_a = estimate_batched(obj.batched, x,
+                                Part((0,), Scheme("antithetic", q), mu).query(seeds))
+    f_c, g_c = estimate_batched(obj.batched, x,
+                                Part((0,), Scheme("central", q // 2), mu).query(seeds))
     torch.testing.assert_close(g_a, g_c, rtol=1e-12, atol=1e-14)
     assert same_bits(f_a, f_c)
 
@@ -284,8 +291,8 @@ def test_closure_and_batched_paths_agree(name, n_dirs, chunk, seed, scaled):
 
     backup = ParameterBackup(params)
     f0 = float(closure())
-    g_closure = estimate_closure(closure, backup, [0, 1, 2], Layout(params), seeds, scheme, mu,
-                                 f0, scale)
+    g_closure = estimate_closure(closure, backup, Part((0, 1, 2), scheme, mu).query(seeds, scale),
+                                 f0)
     backup.restore()
     assert all_same_bits(params, before)
     assert len(calls) == scheme.queries
@@ -298,7 +305,8 @@ def test_closure_and_batched_paths_agree(name, n_dirs, chunk, seed, scaled):
 
     x = torch.cat([p.detach().reshape(-1) for p in params])
     flat_scale = None if scale is None else torch.cat([s.reshape(-1) for s in scale])
-    f0_b, g_batched = estimate_batched(fn, x, seeds, scheme, mu, flat_scale, chunk)
+    flat = Part((0,), scheme, mu).query(seeds, None if flat_scale is None else [flat_scale])
+    f0_b, g_batched = estimate_batched(fn, x, flat, chunk)
     assert math.isclose(float(f0_b), f0, rel_tol=1e-14)
     torch.testing.assert_close(torch.cat([g.reshape(-1) for g in g_closure]), g_batched,
                                rtol=1e-9, atol=1e-11)
@@ -313,7 +321,8 @@ def test_closure_and_batched_paths_agree(name, n_dirs, chunk, seed, scaled):
 
 def test_batched_rejects_non_flat_x():
     with pytest.raises(ValueError):
-        estimate_batched(lambda X: X.sum(-1), torch.zeros(2, 2), [1], Scheme("forward", 1), 0.1)
+        estimate_batched(lambda X: X.sum(-1), torch.zeros(2, 2),
+                         Part((0,), Scheme("forward", 1), 0.1).query([1]))
 
 
 @pytest.mark.parametrize("name", SCHEMES)
@@ -328,7 +337,8 @@ def test_batched_path_is_differentiable(name, chunk):
     scale = torch.tensor([0.5, 1.0, 1.5], dtype=F64, requires_grad=True)
 
     def estimate(x, scale):
-        return estimate_batched(obj.batched, x, seeds, scheme, 1e-2, scale, chunk)
+        return estimate_batched(obj.batched, x, Part((0,), scheme, 1e-2).query(seeds, [scale]),
+                                chunk)
 
     assert torch.autograd.gradcheck(estimate, (x, scale), eps=1e-6, atol=1e-6, rtol=1e-5)
     f0, g = estimate(x, scale)

@@ -17,6 +17,7 @@ from torchzo.learned import Arch, LearnedZO
 from torchzo.oracle import (
     Layout,
     ParameterBackup,
+    Part,
     Scheme,
     directions,
     draw_seeds,
@@ -167,9 +168,10 @@ def test_with_q_equal_to_d_a_forward_estimate_of_a_linear_function_is_exact():
     fn = lambda X: X @ a  # noqa: E731
     x = torch.randn(d, dtype=F64, generator=torch.Generator().manual_seed(1))
     seeds = draw_seeds(torch.Generator().manual_seed(2), d)
-    g = estimate_batched(fn, x, seeds, Scheme("forward", d), 1e-3, kind="orthogonal")[1]
+    ortho = Part((0,), Scheme("forward", d), 1e-3, "orthogonal")
+    g = estimate_batched(fn, x, ortho.query(seeds))[1]
     torch.testing.assert_close(g, a, rtol=1e-9, atol=1e-9)
-    gauss = estimate_batched(fn, x, seeds, Scheme("forward", d), 1e-3)[1]
+    gauss = estimate_batched(fn, x, Part((0,), Scheme("forward", d), 1e-3).query(seeds))[1]
     assert float((gauss - a).norm()) > 0.1 * float(a.norm())
 
 
@@ -192,8 +194,9 @@ def test_directions_have_unit_covariance_and_the_estimate_less_variance():
     mse = {}
     for kind in ("gaussian", "orthogonal"):
         seeds = torch.Generator().manual_seed(5)
-        est = torch.stack([estimate_batched(fn, x, draw_seeds(seeds, q), Scheme("forward", q),
-                                            1e-6, kind=kind)[1] for _ in range(trials)])
+        part = Part((0,), Scheme("forward", q), 1e-6, kind)
+        est = torch.stack([estimate_batched(fn, x, part.query(draw_seeds(seeds, q)))[1]
+                           for _ in range(trials)])
         mse[kind] = float(((est - grad) ** 2).sum(1).mean()) / norm2
     assert mse["orthogonal"] == pytest.approx(d / q - 1, rel=0.1)
     assert mse["gaussian"] == pytest.approx((d + 1) / q, rel=0.1)
@@ -213,14 +216,14 @@ def test_closure_and_batched_paths_agree(name, n_dirs, chunk, seed):
     seeds = draw_seeds(torch.Generator().manual_seed(seed), scheme.directions)
     backup = ParameterBackup(params)
     f0 = float(obj(params))
-    g_closure = estimate_closure(lambda: obj(params), backup, [0, 1, 2],
-                                 Layout(params, "orthogonal"), seeds, scheme, 1e-3, f0)
+    g_closure = estimate_closure(lambda: obj(params), backup,
+                                 Part((0, 1, 2), scheme, 1e-3, "orthogonal").query(seeds), f0)
     backup.restore()
     assert all_same_bits(params, before)
     x = torch.cat([p.detach().reshape(-1) for p in params])
-    g_whole = estimate_batched(obj.batched, x, seeds, scheme, 1e-3, kind="orthogonal")[1]
-    g_chunked = estimate_batched(obj.batched, x, seeds, scheme, 1e-3, None, chunk,
-                                 kind="orthogonal")[1]
+    flat = Part((0,), scheme, 1e-3, "orthogonal").query(seeds)
+    g_whole = estimate_batched(obj.batched, x, flat)[1]
+    g_chunked = estimate_batched(obj.batched, x, flat, chunk)[1]
     torch.testing.assert_close(torch.cat([g.reshape(-1) for g in g_closure]), g_whole,
                                rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(g_chunked, g_whole, rtol=1e-12, atol=1e-13)
@@ -231,9 +234,10 @@ def test_population_members_get_the_estimate_of_their_row():
     X = torch.randn(P, d, generator=torch.Generator().manual_seed(5), dtype=F64)
     obj = Objective([(d,)], seed=2)
     scheme, seeds = Scheme("forward", 12), list(range(12))
-    f0, g = estimate_population(obj.batched, X, seeds, scheme, 1e-3, kind="orthogonal")
+    query = Part((0,), scheme, 1e-3, "orthogonal").query(seeds)
+    f0, g = estimate_population(obj.batched, X, query)
     for m in range(P):
-        fm, gm = estimate_batched(obj.batched, X[m], seeds, scheme, 1e-3, kind="orthogonal")
+        fm, gm = estimate_batched(obj.batched, X[m], query)
         torch.testing.assert_close(f0[m], fm, rtol=1e-14, atol=0)
         torch.testing.assert_close(g[m], gm, rtol=1e-9, atol=1e-11)
 

@@ -63,8 +63,9 @@ def estimates(kind: str, fn, x, q: int, trials: int, mu: float, name: str = "for
     draws them), stacked into (trials, d)."""
     gen = torch.Generator().manual_seed(seed)
     scheme = Scheme(name, q)
-    return torch.stack([estimate_batched(fn, x, draw_seeds(gen, scheme.directions), scheme, mu,
-                                         kind=kind)[1] for _ in range(trials)])
+    part = Part((0,), scheme, mu, kind)
+    return torch.stack([estimate_batched(fn, x, part.query(draw_seeds(gen, scheme.directions)))[1]
+                        for _ in range(trials)])
 
 
 # -- the directions themselves ------------------------------------------------------------------
@@ -189,21 +190,22 @@ def test_closure_and_batched_paths_agree(name, n_dirs, chunk, seed, scaled):
     scale = [torch.rand(p.shape, dtype=F64) + 0.5 for p in params] if scaled else None
     backup = ParameterBackup(params)
     f0 = float(obj(params))
-    g_closure = estimate_closure(lambda: obj(params), backup, [0, 1, 2],
-                                 Layout(params, "rademacher"), seeds, scheme, 1e-3, f0, scale)
+    g_closure = estimate_closure(lambda: obj(params), backup,
+                                 Part((0, 1, 2), scheme, 1e-3, "rademacher").query(seeds, scale),
+                                 f0)
     backup.restore()
     assert all_same_bits(params, before)
     x = torch.cat([p.detach().reshape(-1) for p in params])
     flat_scale = None if scale is None else torch.cat([s.reshape(-1) for s in scale])
-    g_whole = estimate_batched(obj.batched, x, seeds, scheme, 1e-3, flat_scale,
-                               kind="rademacher")[1]
-    g_chunked = estimate_batched(obj.batched, x, seeds, scheme, 1e-3, flat_scale, chunk,
-                                 kind="rademacher")[1]
+    scales = None if flat_scale is None else [flat_scale]
+    query = Part((0,), scheme, 1e-3, "rademacher").query(seeds, scales)
+    g_whole = estimate_batched(obj.batched, x, query)[1]
+    g_chunked = estimate_batched(obj.batched, x, query, chunk)[1]
     flat = torch.cat([g.reshape(-1) for g in g_closure])
     torch.testing.assert_close(flat, g_whole, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(g_chunked, g_whole, rtol=1e-12, atol=1e-13)
     # ... and they are not the Gaussian estimate.
-    g_gauss = estimate_batched(obj.batched, x, seeds, scheme, 1e-3, flat_scale)[1]
+    g_gauss = estimate_batched(obj.batched, x, Part((0,), scheme, 1e-3).query(seeds, scales))[1]
     assert not torch.allclose(g_gauss, g_whole)
 
 
@@ -213,10 +215,10 @@ def test_population_members_get_the_estimate_of_their_row():
     obj = Objective([(d,)], seed=2)
     scheme, seeds = Scheme("antithetic", 4), [11, 22]
     scale = torch.rand(P, d, generator=torch.Generator().manual_seed(6), dtype=F64) + 0.5
-    f0, g = estimate_population(obj.batched, X, seeds, scheme, 1e-3, scale, kind="rademacher")
+    part = Part((0,), scheme, 1e-3, "rademacher")
+    f0, g = estimate_population(obj.batched, X, part.query(seeds, [scale]))
     for m in range(P):
-        fm, gm = estimate_batched(obj.batched, X[m], seeds, scheme, 1e-3, scale[m],
-                                  kind="rademacher")
+        fm, gm = estimate_batched(obj.batched, X[m], part.query(seeds, [scale[m]]))
         torch.testing.assert_close(f0[m], fm, rtol=1e-14, atol=0)
         torch.testing.assert_close(g[m], gm, rtol=1e-9, atol=1e-11)
 

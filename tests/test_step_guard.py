@@ -166,7 +166,7 @@ def test_batched_objective_misbehaving_raises_closure_error(name, how):
 
 
 def test_estimate_batched_alone_names_backward():
-    from torchzo.oracle import Scheme, estimate_batched
+    from torchzo.oracle import Part, Scheme, estimate_batched
 
     def fn(X):
         out = (X**2).sum(-1)
@@ -174,7 +174,7 @@ def test_estimate_batched_alone_names_backward():
         return out
 
     with torch.no_grad(), pytest.raises(ClosureError, match="called backward"):
-        estimate_batched(fn, torch.zeros(3), [1, 2], Scheme("forward", 2), 1e-3)
+        estimate_batched(fn, torch.zeros(3), Part((0,), Scheme("forward", 2), 1e-3).query([1, 2]))
 
 
 # -- 6. odd parameters --------------------------------------------------------------------------
