@@ -14,7 +14,7 @@ a dict of float32 tensors per parameter (the optimizer's ``state[p]``), see :fun
 What the networks read and how their outputs become a step depends on the architecture (see
 :mod:`torchzo.learned.nets`). The networks enter as their weights (:data:`Weights`), which may
 carry leading population dimensions; the order in which a step calls these functions is
-:func:`torchzo.learned.step`.
+:func:`torchzo.learned.plan` and :func:`torchzo.learned.update`.
 """
 from __future__ import annotations
 

@@ -38,9 +38,9 @@ class ZOLSTM(ZOOptimizer):
     (``Arch(kind="general")``): scale-free inputs, a normalised direction and a step size it
     sets and adapts itself, so ``lr=1`` is right on problems it never saw (docs/generalist.md).
 
-    The step is :func:`torchzo.learned.step`, the function that ``torchzo.meta`` trains. All
-    coordinates of the parameters that share an estimate share one normalisation of the
-    QueryRNN's output. Every argument but ``pretrained``, ``seed``, ``generator`` and
+    The step is :func:`torchzo.learned.plan` and :func:`torchzo.learned.update`, the functions
+    that ``torchzo.meta`` trains. All coordinates of the parameters that share an estimate
+    share one normalisation of the QueryRNN's output. Every argument but ``pretrained``, ``seed``, ``generator`` and
     ``distributed`` is a per-group hyperparameter: in ``param_groups`` (schedulers see them)
     and in ``state_dict()``; groups that differ in ``directions``, ``query_prob``,
     ``guide_alpha`` or ``directions_kind`` are estimated separately.
