@@ -15,9 +15,10 @@ from zo_testing import FAST, FEW
 
 import torchzo
 from torchzo.learned import Arch, LearnedZO
-from torchzo.meta import es
+from torchzo.meta import es, es_gradient
 from torchzo.meta.__main__ import main
 from torchzo.meta.es import ESConfig, flatten, score, train_es, unflatten, validate, weights_of
+from torchzo.meta.es_gradient import centred_ranks
 from torchzo.meta.population import PopulationRun
 
 ARCH = Arch(kind="general", hidden=8)
@@ -132,12 +133,12 @@ def test_score_is_invariant_to_loss_scale_and_offset(a, b, f_min, seed):
 @given(values=st.lists(st.integers(-10**6, 10**6), min_size=2, max_size=20, unique=True))
 def test_centred_ranks_keep_the_order_and_are_centred(values):
     x = torch.tensor(values, dtype=torch.float64)
-    ranks = es._centred_ranks(x)
+    ranks = centred_ranks(x)
     assert ranks.min() == -0.5 and ranks.max() == 0.5
     assert float(ranks.sum()) == pytest.approx(0.0, abs=1e-9)
     assert torch.equal(ranks.argsort(), x.argsort())
     # Ranks, not values: an increasing map gives the same ones.
-    assert torch.equal(es._centred_ranks(x ** 3 + 5 * x), ranks)
+    assert torch.equal(centred_ranks(x ** 3 + 5 * x), ranks)
 
 
 @FAST
@@ -146,14 +147,14 @@ def test_tied_scores_share_their_rank_and_give_no_direction(values):
     """Members that all reached the floor tie; sorting them by index would tell the search
     to move from the minus halves to the plus halves for no reason."""
     x = torch.tensor(values, dtype=torch.float64)
-    ranks = es._centred_ranks(x)
+    ranks = centred_ranks(x)
     assert float(ranks.sum()) == pytest.approx(0.0, abs=1e-9)
     for i in range(len(values)):
         for j in range(len(values)):
             assert (ranks[i] == ranks[j]) == (x[i] == x[j])
             assert (ranks[i] < ranks[j]) == (x[i] < x[j])
     # an antithetic population whose every member tied: zero search direction
-    assert torch.equal(es._centred_ranks(torch.zeros(8, dtype=torch.float64)),
+    assert torch.equal(centred_ranks(torch.zeros(8, dtype=torch.float64)),
                        torch.zeros(8, dtype=torch.float64))
 
 
@@ -172,6 +173,10 @@ def test_score_counts_no_progress_below_its_floor():
 
 def _checkpoint(folder: Path) -> dict:
     return torch.load(folder / "checkpoint.pt", weights_only=True)
+
+
+def _theta(checkpoint: dict) -> torch.Tensor:
+    return checkpoint["params"]["theta"]
 
 
 def _history(folder: Path) -> list[dict]:
@@ -193,16 +198,56 @@ def test_train_es_resumes_bit_exactly(tmp_path):
     assert any("resumed at iteration 2" in line for line in lines)
     a, b = _checkpoint(whole), _checkpoint(split)
     assert a["iteration"] == b["iteration"] == 3
-    for key in ("theta", "m", "v", "rng", "base_val"):
-        assert torch.equal(a[key], b[key]), key
-    assert a["best"] == b["best"]
-    assert not torch.equal(a["theta"], first["theta"])  # the last iteration moved theta
-    assert not torch.equal(a["theta"], flatten(_like()))
+    for name, (x, y) in {"theta": (_theta(a), _theta(b)), "rng": (a["rng"], b["rng"]),
+                         "base_val": (a["start"], b["start"])}.items():
+        assert torch.equal(x, y), name
+    for key in ("step", "exp_avg", "exp_avg_sq"):  # Adam's moments (m, v) and count
+        assert torch.equal(a["optimizer"]["state"][0][key], b["optimizer"]["state"][0][key]), key
+    assert a["best"]["score"] == b["best"]["score"]
+    assert a["best"]["iteration"] == b["best"]["iteration"]
+    assert torch.equal(a["best"]["weights"]["theta"], b["best"]["weights"]["theta"])
+    assert not torch.equal(_theta(a), _theta(first))  # the last iteration moved theta
+    assert not torch.equal(_theta(a), flatten(_like()))
     assert _history(whole) == _history(split)
     best_a = torch.load(whole / "best.pt", weights_only=True)
     best_b = torch.load(split / "best.pt", weights_only=True)
     assert best_a["iteration"] == best_b["iteration"]
     assert torch.equal(best_a["theta"], best_b["theta"])
+
+
+def test_a_checkpoint_from_before_torch_adam_resumes_as_the_same_state(tmp_path):
+    """Checkpoints of the hand-rolled update (theta, m and v at the top level) resume: m and
+    v are Adam's moments, so converted they are the state the loop would have saved."""
+    quiet = lambda line: None  # noqa: E731
+    whole, old = tmp_path / "whole", tmp_path / "old"
+    train_es(_tiny(3), whole, log=quiet)
+    train_es(_tiny(2), old, log=quiet)
+    st = _checkpoint(old)
+    adam = st["optimizer"]["state"][0]
+    torch.save({"theta": _theta(st), "m": adam["exp_avg"], "v": adam["exp_avg_sq"],
+                "iteration": st["iteration"], "rng": st["rng"], "best": st["best"]["score"],
+                "base_val": st["start"], "average": st["average"]["theta"]},
+               old / "checkpoint.pt")
+    lines: list[str] = []
+    train_es(_tiny(3), old, log=lines.append)
+    assert any("resumed at iteration 2" in line for line in lines)
+    assert torch.equal(_theta(_checkpoint(old)), _theta(_checkpoint(whole)))
+    assert _history(old) == _history(whole)
+
+
+def test_a_run_neither_draws_from_nor_depends_on_the_global_generator(tmp_path):
+    quiet = lambda line: None  # noqa: E731
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    run = tmp_path / "run"
+    train_es(_tiny(2, val_every=1), run, log=quiet)
+    train_es(_tiny(3, val_every=1), run, log=quiet)  # a resumed run too
+    es.load_best(run)
+    es.export(run, tmp_path / "w.pt", "cmd", query_net=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7)  # another global state: the same run
+    train_es(_tiny(3, val_every=1), tmp_path / "again", log=quiet)
+    assert torch.equal(_theta(_checkpoint(tmp_path / "again")), _theta(_checkpoint(run)))
 
 
 def test_resume_after_an_interruption_keeps_one_history_row_per_iteration(tmp_path):
@@ -247,11 +292,12 @@ def test_es_step_moves_theta_along_the_direction_that_lowers_the_score(tmp_path,
         calls.append(members)
         return PopulationRun(problem.f_min + gaps, 0)
 
-    monkeypatch.setattr(es, "run_population", toy)
+    monkeypatch.setattr(es, "run_population", toy)  # validation's
+    monkeypatch.setattr(es_gradient, "run_population", toy)  # the estimator's
     cfg = _tiny(1, pairs=64, lr=0.01, val_every=1000)
     train_es(cfg, tmp_path / "toy", log=lambda line: None)
     assert 1 + 2 * cfg.pairs in calls  # the centre and the antithetic pairs in one call
-    theta = _checkpoint(tmp_path / "toy")["theta"]
+    theta = _theta(_checkpoint(tmp_path / "toy"))
     delta = theta - flatten(like)
     assert delta.abs().max() == pytest.approx(cfg.lr, rel=1e-3)  # Adam's first step
     cos = float(delta @ c / (delta.norm() * c.norm()))
@@ -353,14 +399,14 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     train_es(_tiny(2, val_every=1), plain, log=quiet)
     train_es(_tiny(2, val_every=1, ema=0.5), averaged, log=quiet)
     a, b = _checkpoint(plain), _checkpoint(averaged)
-    assert torch.equal(a["theta"], b["theta"])  # the search itself is unchanged
-    assert torch.equal(a["average"], a["theta"])  # ema 0: the weights themselves
-    assert not torch.equal(b["average"], b["theta"])
+    assert torch.equal(_theta(a), _theta(b))  # the search itself is unchanged
+    assert torch.equal(a["average"]["theta"], _theta(a))  # ema 0: the weights themselves
+    assert not torch.equal(b["average"]["theta"], _theta(b))
     rows = [json.loads(r) for r in (averaged / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
     cfg = _tiny(2, val_every=1, ema=0.5)
     like = {k: v.detach() for k, v in LearnedZO(arch=Arch.from_dict(cfg.arch)).weights().items()}
-    val = es.validate(b["average"], like, Arch.from_dict(cfg.arch), cfg)
+    val = es.validate(b["average"]["theta"], like, Arch.from_dict(cfg.arch), cfg)
     assert rows[-1]["val"] == round(float(val.mean()), 4)  # the average is what was validated
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from torchzo.learned import LearnedZO
 from torchzo.meta import MetaConfig, Rollout, RolloutConfig, StageConfig, fd_loss, meta_train
 from torchzo.meta.__main__ import main as meta_main
+from torchzo.meta.loop import Estimate, LoopConfig, MetaLoop, Validation
 from torchzo.meta.trainer import evaluate
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
@@ -85,7 +87,8 @@ def test_meta_training_is_deterministic_and_returns_best_validation(task):
     assert hist["query_best_val"] <= min(vals) + 1e-12
 
 
-def test_checkpoint_resume_gives_the_same_weights(task, tmp_path):
+@pytest.mark.parametrize("stop", [1, 3])  # within the update stage, and in the query stage
+def test_checkpoint_resume_gives_the_same_weights(task, tmp_path, stop):
     cfg = _tiny()
     straight, _ = meta_train(task, cfg, progress=False)
     ck = tmp_path / "ck.pt"
@@ -93,7 +96,7 @@ def test_checkpoint_resume_gives_the_same_weights(task, tmp_path):
 
     def stop_after_three(row):
         calls.append(row)
-        if len(calls) == 3:
+        if len(calls) == stop:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -171,3 +174,107 @@ def test_train_command_refuses_an_unknown_task_with_a_usage_error(capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "invalid choice: 'nope'" in err and "binclass" in err
+
+
+def test_meta_training_neither_draws_from_nor_depends_on_the_global_generator(task):
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    nets, _ = meta_train(task, _tiny(), progress=False)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(7)
+    again, _ = meta_train(task, _tiny(), progress=False)
+    for a, b in zip(nets.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+# -- the outer loop, with a toy estimator ---------------------------------------------------------
+
+class _Toy:
+    """A noisy quadratic's gradient, busy on odd positions (as within a truncated unroll)."""
+
+    def __init__(self) -> None:
+        self.position = 0
+
+    @property
+    def idle(self) -> bool:
+        return self.position % 2 == 0
+
+    def state_dict(self) -> dict:
+        assert self.idle
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+    def estimate(self, params, rng):
+        (w,) = params
+        self.position += 1
+        noise = torch.randn(w.shape, generator=rng)
+        return Estimate([2 * (w.detach() - 1) + noise], {"noise": float(noise.sum())})
+
+
+def _toy_loop(folder, iterations, record=None) -> MetaLoop:
+    def validate(weights, start):
+        values = (weights["w"] - 1) ** 2
+        return Validation(float(values.sum()), values, {"val": float(values.sum())})
+
+    w = torch.full((3,), 5.0)
+    cfg = LoopConfig(iterations, val_every=2, seed=4, checkpoint_s=math.inf,
+                     checkpoint_every=3, ema=0.5, keep_checks=True)
+    return MetaLoop({"w": w}, torch.optim.Adam([w], lr=0.3), _Toy(), validate, cfg,
+                    checkpoint=folder / "checkpoint.pt", folder=folder, log=lambda _: None,
+                    record=record)
+
+
+def _rows(folder) -> list[dict]:
+    rows = [json.loads(r) for r in (folder / "history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_the_loop_resumes_an_interrupted_run_bit_exactly_from_an_idle_checkpoint(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    whole.mkdir()
+    split.mkdir()
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    straight = _toy_loop(whole, 10)
+    best = straight.run()
+
+    def killed_at_eight(row):
+        if row["iteration"] == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _toy_loop(split, 10, record=killed_at_eight).run()
+    saved = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 6  # every 3 iterations, where the estimator is idle: not 3
+    resumed = _toy_loop(split, 10)
+    again = resumed.run(saved)
+    assert torch.get_rng_state().equal(before)
+    assert torch.equal(resumed.params["w"], straight.params["w"])
+    assert not torch.equal(straight.params["w"], torch.full((3,), 5.0))
+    assert torch.equal(again["w"], best["w"]) and resumed.best.iteration == straight.best.iteration
+    assert torch.equal(resumed.average["w"], straight.average["w"])
+    assert _rows(split) == _rows(whole) and [r["iteration"] for r in _rows(split)] == list(
+        range(1, 11))
+    a, b = (torch.load(f / "checkpoint.pt", weights_only=True) for f in (whole, split))
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        assert torch.equal(a["optimizer"]["state"][0][key], b["optimizer"]["state"][0][key])
+    assert sorted(p.name for p in (split / "checks").iterdir()) == sorted(
+        f"{i}.pt" for i in (2, 4, 6, 8, 10))
+    kept = torch.load(split / "best.pt", weights_only=True)
+    assert kept["iteration"] == straight.best.iteration and torch.equal(kept["w"], best["w"])
+
+
+def test_the_loop_validates_the_average_and_keeps_the_best_of_it(tmp_path):
+    loop = _toy_loop(tmp_path, 6)
+    seen = []
+    loop.validate = lambda weights, start, inner=loop.validate: (
+        seen.append(weights["w"].clone()) or inner(weights, start))
+    loop.run()
+    assert torch.equal(seen[0], torch.full((3,), 5.0))  # the start weights
+    assert torch.equal(seen[-1], loop.average["w"]) and not torch.equal(seen[-1],
+                                                                         loop.params["w"])
+    scores = [float(((w - 1) ** 2).sum()) for w in seen]
+    assert loop.best.score == min(scores)
+    assert torch.equal(loop.best.weights["w"], seen[scores.index(min(scores))])

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_es(args: argparse.Namespace) -> None:
-    from .es import ESConfig, export, train_es
+    from .es import ESConfig, train_es
+    from .export import export
 
     torch.set_num_threads(args.threads)
     if args.export:

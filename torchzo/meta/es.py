@@ -1,23 +1,17 @@
-"""Antithetic evolution strategies over a learned optimizer's weights, resumable.
+"""Meta-training the generalist with evolution strategies over whole runs, resumable.
 
 Truncated backprop through rollouts lost to short-horizon bias here (docs/research-log.md), so
-the generalist is meta-trained with ES over whole runs: each iteration draws instances of the
-training families (augmented, see :mod:`torchzo.tasks.families`), a random horizon and q, and
-runs the current weights and ``pairs`` antithetic perturbations of them in one
-:func:`~torchzo.meta.population.run_population` call per instance. A member's score on an
-instance is the mean over the run of ``log((f_t - f_min) / (f_0 - f_min))`` (scale- and
-offset-free, no horizon singled out); scores become centred ranks within the instance, and the
-antithetic rank differences give the search gradient, applied with Adam. Checkpoints are
-written atomically every ``checkpoint_s`` seconds and at the end; a run resumes from its
-folder's checkpoint with the same random streams, so an interrupted run continues the same
-trajectory.
+the generalist is meta-trained with ES: :class:`~torchzo.meta.es_gradient.ESGradient` estimates
+the search gradient of the flat weights from antithetic populations run on instances of the
+training families, and :class:`~torchzo.meta.loop.MetaLoop` applies it with Adam, validates on
+fixed instances of the validation families, and checkpoints the run folder every
+``checkpoint_s`` seconds and at the end; a run resumes from its folder's checkpoint with the
+same random streams, so an interrupted run continues the same trajectory.
 """
 from __future__ import annotations
 
 import json
 import math
-import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,13 +21,16 @@ import torch
 from torch import Tensor
 
 from ..learned.nets import Arch, LearnedZO
-from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families, sample_instance
+from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families
+from .es_gradient import WORST, ESGradient, score
+from .export import export, load_best, load_check
+from .flat import flatten, grown, unflatten, weights_of
+from .loop import LoopConfig, MetaLoop, Validate, Validation
 from .population import run_population
+from .seeding import build_seeded
 
 __all__ = ["ESConfig", "export", "flatten", "load_best", "load_check", "score", "train_es",
            "unflatten", "validate", "weights_of"]
-
-_WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the start loss
 
 
 @dataclass
@@ -71,46 +68,6 @@ class ESConfig:
     progress_floor: float = 1e-8
 
 
-def flatten(weights: dict[str, Tensor]) -> Tensor:
-    """The weights as one vector, in the order of the dict."""
-    return torch.cat([w.detach().reshape(-1) for w in weights.values()])
-
-
-def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Vectors ``theta`` (..., n) as weights shaped like ``like`` with the leading dims."""
-    out, start = {}, 0
-    lead = theta.shape[:-1]
-    for name, w in like.items():
-        out[name] = theta[..., start:start + w.numel()].reshape((*lead, *w.shape))
-        start += w.numel()
-    return out
-
-
-def score(losses: Tensor, f_min: float, tail: float = 1.0, floor: float = 1e-8) -> Tensor:
-    """Each member's mean of the clipped log progress over the last ``tail`` of the run
-    (1: the whole run; lower is better), progress below ``floor`` counting as ``floor``.
-    A member that went non-finite keeps the worst score from then on."""
-    gap = losses.double() - f_min
-    ratio = gap / gap[:, :1].clamp(min=1e-30)
-    logs = ratio.clamp(min=1e-30).log().clamp(math.log(floor), _WORST)
-    bad = (~torch.isfinite(losses)).cummax(1).values
-    logs = torch.where(bad, torch.full_like(logs, _WORST), logs)
-    first = min(int(round((1 - tail) * logs.shape[1])), logs.shape[1] - 1)
-    return logs[:, first:].mean(1)
-
-
-def _centred_ranks(x: Tensor) -> Tensor:
-    """Ranks scaled to [-0.5, 0.5]; tied values share their mean rank, so that members
-    that all reached the floor give the search no direction (argsort would order them by
-    index, antithetic halves apart)."""
-    ranks = torch.empty_like(x)
-    ranks[x.argsort()] = torch.arange(x.numel(), dtype=x.dtype)
-    values, inverse = x.unique(return_inverse=True)
-    mean = torch.zeros_like(values).index_add_(0, inverse, ranks) / torch.zeros_like(
-        values).index_add_(0, inverse, torch.ones_like(ranks))
-    return mean[inverse] / max(x.numel() - 1, 1) - 0.5
-
-
 def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
              split: str = "val") -> Tensor:
     """Final-loss log progress of one weight vector on fixed instances of ``split``:
@@ -127,54 +84,47 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
             run = run_population(weights, arch, problem, cfg.val_steps, 20, seed=i)
             gap = run.losses[0].double() - problem.f_min
             final = (gap[-1] / gap[0].clamp(min=1e-30)).clamp(min=1e-30).log()
-            out.append(final.clamp(math.log(cfg.progress_floor), _WORST)
+            out.append(final.clamp(math.log(cfg.progress_floor), WORST)
                        if torch.isfinite(final) else
-                       torch.tensor(_WORST, dtype=torch.float64))
+                       torch.tensor(WORST, dtype=torch.float64))
     return torch.stack(out)
+
+
+def _validation(like: dict[str, Tensor], arch: Arch, cfg: ESConfig) -> Validate:
+    """Validation for the loop: its score is the mean change of the final log progress
+    against the start weights'."""
+    def run(weights: dict[str, Tensor], start: Tensor | None) -> Validation:
+        val = validate(weights["theta"], like, arch, cfg)
+        gain = float((val - (val if start is None else start)).mean())
+        return Validation(gain, val, {
+            "val": round(float(val.mean()), 4),
+            "val_by_family": [round(float(x), 3) for x in val.view(-1, cfg.val_instances).mean(1)],
+            "val_vs_start": round(gain, 4)})
+    return run
 
 
 def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
     """The best weights of run folder ``start`` (or its saved check, ``checks/N.pt``) laid
-    out as ``like`` (see :func:`_grown`)."""
+    out as ``like`` (see :func:`~torchzo.meta.flat.grown`)."""
     old = (load_check(start) if start.is_file() else load_best(start)).weights()
-    return flatten(_grown(old, like, str(start)))
+    return flatten(grown(old, like, str(start)))
 
 
-def _grown(old: dict[str, Tensor], like: dict[str, Tensor], source: str) -> dict[str, Tensor]:
-    """``old`` in another architecture's layout ``like``. Weights ``like`` lacks are dropped
-    (the query net, for an export without it); weights that grew (the controller's input
-    columns for the noise inputs, its read-out rows for the SGD mix) keep the old entries and
-    start at zero in the new ones; weights new to the architecture start as ``like``'s (the
-    mix weight: zero). So the new architecture steps as the old optimizer did."""
-    out = {}
-    for name, w in like.items():
-        if name not in old:
-            out[name] = w.detach().clone()
-            continue
-        src = old[name].detach()
-        if src.shape == w.shape:
-            out[name] = src
-        elif src.dim() == 2 and all(a <= b for a, b in zip(src.shape, w.shape)):
-            out[name] = src.new_zeros(w.shape)
-            out[name][:src.shape[0], :src.shape[1]] = src
-        else:
-            raise ValueError(f"cannot start {name} {tuple(w.shape)} from {source}'s "
-                             f"{tuple(src.shape)}")
-    return out
-
-
-def _truncate_history(path: Path, iteration: int) -> None:
-    """Drop the rows of iterations after ``iteration`` (run again after a resume)."""
-    if path.exists():
-        rows = [r for r in path.read_text().splitlines()
-                if r and json.loads(r)["iteration"] <= iteration]
-        path.write_text("".join(r + "\n" for r in rows))
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+def _upgrade(old: dict[str, Any], opt: torch.optim.Optimizer, out: Path) -> dict[str, Any]:
+    """A checkpoint from before the loop updated with ``torch.optim.Adam`` (``theta``, ``m``,
+    ``v`` at its top level) in the loop's layout. Its moments are Adam's, so the run goes on
+    (in bits of its own: the old update rounded differently)."""
+    it = int(old["iteration"])
+    best = torch.load(out / "best.pt", weights_only=True)
+    return {"iteration": it, "params": {"theta": old["theta"]},
+            "optimizer": {"state": {0: {"step": torch.tensor(float(it)), "exp_avg": old["m"],
+                                        "exp_avg_sq": old["v"]}},
+                          "param_groups": opt.state_dict()["param_groups"]},
+            "rng": old["rng"], "average": {"theta": old.get("average", old["theta"])},
+            "start": old["base_val"],
+            "best": {"score": float(old["best"]), "iteration": int(best["iteration"]),
+                     "weights": {"theta": best["theta"]}, "values": best["val"]},
+            "estimator": {}}
 
 
 def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
@@ -182,7 +132,8 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     """Run (or resume) ES in folder ``out``; returns the best-on-validation weights.
 
     ``out`` holds ``checkpoint.pt`` (everything to resume), ``best.pt`` (the best weights so
-    far, with their validation scores) and ``history.jsonl`` (one line per iteration).
+    far, with their validation scores), ``checks/N.pt`` (the weights validated at iteration
+    N), ``history.jsonl`` (one line per iteration) and ``config.json``.
     ``deadline``: a ``time.time()`` at which to checkpoint and stop.
     """
     if not 0 < cfg.progress_floor < 1:
@@ -195,199 +146,22 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
         raise ValueError(f"unknown validation families {unknown}; the families are "
                          f"{sorted(FAMILIES)}")
     arch = Arch.from_dict(cfg.arch)
-    with torch.random.fork_rng():  # the initial weights from the run's seed, not the caller's
-        torch.manual_seed(cfg.seed)
-        nets = LearnedZO(arch=arch)
+    # the initial weights from the run's seed, not the caller's
+    nets = build_seeded(lambda: LearnedZO(arch=arch), torch.Generator().manual_seed(cfg.seed))
     like = {k: v.detach() for k, v in nets.weights().items()}
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=True)
-        theta, m, v, it = st["theta"], st["m"], st["v"], int(st["iteration"])
-        average = st.get("average", theta.clone())
-        rng = torch.Generator()
-        rng.set_state(st["rng"])
-        best, base_val = float(st["best"]), st["base_val"]
-        _truncate_history(out / "history.jsonl", it)
-        log(f"resumed at iteration {it} from {ckpt}")
-    else:
-        theta = flatten(like)
-        if cfg.init:
-            theta = _init_theta(Path(cfg.init), like)
-        m, v, it = torch.zeros_like(theta), torch.zeros_like(theta), 0
-        average = theta.clone()
-        rng = torch.Generator().manual_seed(cfg.seed)
-        base_val = validate(theta, like, arch, cfg)
-        best = 0.0
-        _save(out / "best.pt", {"theta": theta, "iteration": 0, "val": base_val})
+    resume = torch.load(ckpt, weights_only=True) if ckpt.exists() else None
+    theta = _init_theta(Path(cfg.init), like) if cfg.init and resume is None else flatten(like)
+    opt = torch.optim.Adam([theta], lr=cfg.lr)
+    estimator = ESGradient(like, arch, cfg.pairs, cfg.sigma, cfg.instances, cfg.steps, cfg.qs,
+                           cfg.tail, cfg.progress_floor)
+    loop = MetaLoop({"theta": theta}, opt, estimator, _validation(like, arch, cfg),
+                    LoopConfig(cfg.iterations, cfg.val_every, cfg.seed, cfg.checkpoint_s,
+                               ema=cfg.ema, keep_checks=True),
+                    checkpoint=ckpt, folder=out, log=log)
+    if resume is not None and "m" in resume:
+        resume = _upgrade(resume, opt, out)
+    if resume is None:
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-        log(f"start: validation mean final log-progress {float(base_val.mean()):.3f}")
-    last_save = time.time()
-
-    def checkpoint() -> None:
-        _save(ckpt, {"theta": theta, "m": m, "v": v, "iteration": it, "rng": rng.get_state(),
-                     "best": best, "base_val": base_val, "average": average})
-
-    with (out / "history.jsonl").open("a") as history:
-        while it < cfg.iterations and (deadline is None or time.time() < deadline):
-            started = time.time()
-            eps = torch.randn(cfg.pairs, theta.numel(), generator=rng)
-            population = torch.cat([theta[None], theta + cfg.sigma * eps,
-                                    theta - cfg.sigma * eps])
-            weights = unflatten(population, like)
-            grad = torch.zeros_like(theta)
-            centre_scores, names = [], []
-            for _ in range(cfg.instances):
-                family, problem = sample_instance("train", rng)
-                lo, hi = cfg.steps
-                steps = int(math.exp(math.log(lo) + float(torch.rand((), generator=rng))
-                                     * (math.log(hi) - math.log(lo))))
-                q = cfg.qs[int(torch.randint(len(cfg.qs), (), generator=rng))]
-                seed = int(torch.randint(0, 2**31 - 1, (), generator=rng))
-                run = run_population(weights, arch, problem, steps, q, seed)
-                s = score(run.losses, problem.f_min, cfg.tail, cfg.progress_floor)
-                ranks = _centred_ranks(s[1:])
-                plus, minus = ranks[:cfg.pairs], ranks[cfg.pairs:]
-                grad += ((plus - minus).float()[:, None] * eps).sum(0) / (
-                    2 * cfg.pairs * cfg.sigma * cfg.instances)
-                centre_scores.append(float(s[0]))
-                names.append(family.name)
-            it += 1
-            m = 0.9 * m + 0.1 * grad
-            v = 0.999 * v + 0.001 * grad * grad
-            theta = theta - cfg.lr * (m / (1 - 0.9 ** it)) / (
-                (v / (1 - 0.999 ** it)).sqrt() + 1e-8)
-            average = cfg.ema * average + (1 - cfg.ema) * theta
-            record: dict[str, Any] = {"iteration": it, "families": names,
-                                      "scores": [round(x, 4) for x in centre_scores],
-                                      "seconds": round(time.time() - started, 2)}
-            if it % cfg.val_every == 0:
-                val = validate(average, like, arch, cfg)
-                gain = float((val - base_val).mean())
-                record["val"] = round(float(val.mean()), 4)
-                record["val_by_family"] = [round(float(x), 3) for x in
-                                           val.view(-1, cfg.val_instances).mean(1)]
-                record["val_vs_start"] = round(gain, 4)
-                # every check's weights, so that a checkpoint can be chosen afterwards on
-                # more instances than one check affords (benchmarks.generalist on val)
-                (out / "checks").mkdir(exist_ok=True)
-                _save(out / "checks" / f"{it}.pt", {"theta": average, "iteration": it,
-                                                    "val": val})
-                if gain < best:
-                    best = gain
-                    _save(out / "best.pt", {"theta": average, "iteration": it, "val": val})
-                log(f"iteration {it}: validation {float(val.mean()):.3f} "
-                    f"({gain:+.3f} against the start; best {best:+.3f})")
-            history.write(json.dumps(record) + "\n")
-            history.flush()
-            if time.time() - last_save > cfg.checkpoint_s:
-                checkpoint()
-                last_save = time.time()
-    checkpoint()
-    return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
-
-
-def export(out: Path, path: Path, command: str, query_net: bool = True,
-           sgd_mix: float | None = None, mix_gain: float = 0.0,
-           max_step: float = 0.0, sigma_rate: float | None = None,
-           check: int | None = None, directions_kind: str | None = None) -> dict[str, Any]:
-    """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
-    (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
-    the seconds of ES iterations up to it, and for a run started from another, that run's).
-    ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
-    every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
-    direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
-    zero; the weight is chosen on the validation families, docs/research-log.md), and
-    ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
-    sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
-    ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
-    ``None``: the run's). ``check``: write the run's saved check at this iteration
-    (``checks/N.pt``, chosen afterwards on more instances) instead of its best.
-    ``directions_kind``: the query directions the exported optimizer runs with
-    (``Arch.directions_kind``; ``None``: the run's)."""
-    from ..pretrained import save, sha256
-
-    if sgd_mix is not None and not 0 <= sgd_mix <= 1:
-        raise ValueError(f"sgd_mix must be in [0, 1], got {sgd_mix}")
-    if max_step < 0:
-        raise ValueError(f"max_step must be >= 0, got {max_step}")
-    if mix_gain and sgd_mix is None:
-        raise ValueError("mix_gain adapts the SGD mix: give sgd_mix too")
-
-    config = json.loads((out / "config.json").read_text())
-    source = out / "best.pt" if check is None else out / "checks" / f"{check}.pt"
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: no such check of run {out}")
-    best = torch.load(source, weights_only=True)
-    it = int(best["iteration"])
-    runs = [(out, it)]  # each run that led here, and its iteration the next one took
-    if config.get("init"):
-        init = Path(config["init"])
-        start = init if init.is_file() else init / "best.pt"  # a check, or a run's best
-        runs.insert(0, (init.parent.parent if init.is_file() else init,
-                        int(torch.load(start, weights_only=True)["iteration"])))
-    commands, seconds = [], 0.0
-    for run, limit in runs:
-        listed = run / "commands.txt"
-        commands += listed.read_text().split("\n") if listed.exists() else []
-        history = run / "history.jsonl"
-        rows = [json.loads(r) for r in history.read_text().splitlines() if r] \
-            if history.exists() else []
-        seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
-    nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
-    changes: dict[str, Any] = {}
-    if not query_net:
-        changes["query_net"] = False
-    if sgd_mix is not None:
-        changes.update(sgd_mix=True, mix_gain=float(mix_gain))
-    if max_step:
-        changes["max_step"] = float(max_step)
-    if sigma_rate is not None:
-        changes["sigma_rate"] = float(sigma_rate)
-    if directions_kind is not None:
-        changes["directions_kind"] = directions_kind
-    if changes:  # the run's weights in the exported architecture (dropped, grown or as they are)
-        target = LearnedZO(arch=replace(nets.arch, **changes))
-        weights = _grown(nets.weights(), target.weights(), str(out))
-        if sgd_mix is not None:
-            weights["mix"] = torch.tensor(float(sgd_mix))
-        target.load_state_dict(weights, strict=True)
-        nets = target
-    meta: dict[str, Any] = {
-        "task": "generalist", "preset": "es", "arch": "general",
-        "command": " && ".join([c for c in commands if c] + [command]),
-        "es_iteration": it, "config": config, "val_final_loss": None,
-        "val_final_log_progress": round(float(best["val"].mean()), 4),
-        "train_seconds": round(seconds, 1), "torch": str(torch.__version__),
-        "machine": f"{platform.machine()}, 1 torch thread",
-        "query_net": nets.arch.query_net,
-        "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
-        "mix_gain": nets.arch.mix_gain, "max_step": nets.arch.max_step,
-        "sigma_rate": nets.arch.sigma_rate, "directions_kind": nets.arch.directions_kind,
-    }
-    save(nets, path, meta)
-    meta["sha256"] = sha256(path)
-    Path(f"{path}.json").write_text(json.dumps(meta, indent=1))
-    return meta
-
-
-def load_best(out: Path) -> LearnedZO:
-    """The best-on-validation weights of the ES run in folder ``out``."""
-    return load_check(out / "best.pt", out)
-
-
-def load_check(path: Path, out: Path | None = None) -> LearnedZO:
-    """The weights of a saved check of an ES run (``best.pt``, or ``checks/N.pt``), laid
-    out by the architecture in the run's ``config.json``; ``out``: the run folder (default:
-    the one ``checks/N.pt`` sits in)."""
-    out = Path(path).parent.parent if out is None else out
-    config = json.loads((out / "config.json").read_text())
-    theta = torch.load(path, weights_only=True)["theta"]
-    return weights_of(theta, Arch.from_dict(config["arch"]))
-
-
-def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
-    """A :class:`LearnedZO` of ``arch`` holding the flat weights ``theta``."""
-    nets = LearnedZO(arch=arch)
-    like = {k: v.detach() for k, v in nets.weights().items()}
-    nets.load_state_dict(unflatten(theta, like), strict=True)
-    return nets
+    best = loop.run(resume, deadline)
+    return weights_of(best["theta"], arch)

@@ -1,85 +1,35 @@
-"""Meta-training ZO-LSTM on a task: two stages, truncated BPTT, best-on-validation checkpoints.
+"""Meta-training ZO-LSTM on a task: two stages, truncated BPTT, best-on-validation weights.
 
 Stage ``update`` trains the UpdateRNN with standard Gaussian queries; stage ``query`` freezes it
 and trains the QueryRNN through the reparameterised directions u = |s| z. Each stage runs
-``epochs`` epochs of ``problems`` training problems; a problem is optimized for ``horizon``
-steps, cut into truncations of ``unroll`` steps, after each of which the meta-loss (paper
-eq. 4: sum_t w_t f(x_t) + lambda sum_t sum o_t^2, w_t = t, all divided by sum_t w_t over the
-horizon so that its scale does not grow with the horizon) is backpropagated, its gradient
-clipped and applied by Adam. After every epoch the actual ``ZOLSTM`` optimizer is run on the
-validation problems; the weights with the lowest mean final loss are kept.
+``epochs`` epochs of ``problems`` training problems under one :class:`~torchzo.meta.loop.MetaLoop`:
+:class:`~torchzo.meta.tbptt.TruncatedGradient` gives each truncation's clipped meta-gradient,
+which Adam applies. After every epoch the actual ``ZOLSTM`` optimizer is run on the validation
+problems; the weights with the lowest mean final loss are kept.
 """
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.nets import LearnedZO
 from ..optim.zolstm import ZOLSTM
-from ..tasks import Task
-from .rollout import Rollout, RolloutConfig
+from ..tasks import Problem, Task
+from .loop import LoopConfig, MetaLoop, Validation
 from .run import run_optimizer
+from .seeding import build_seeded
+from .tbptt import MetaConfig, StageConfig, TruncatedGradient, meta_loss_term
 
-__all__ = ["MetaConfig", "StageConfig", "evaluate", "meta_train"]
-
-WEIGHTINGS = ("linear", "uniform")
+__all__ = ["MetaConfig", "StageConfig", "evaluate", "meta_loss_term", "meta_train"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StageConfig:
-    epochs: int
-    problems: int
-    lr: float
-
-
-@dataclass
-class MetaConfig:
-    """Everything that determines a meta-training run (the paper's recipe by default)."""
-
-    arch: Arch = field(default_factory=Arch)
-    q: int = 20
-    mu: float | None = None
-    estimator: str = "forward"
-    horizon: int | None = None  # None: the task's
-    unroll: int | None = None  # None: the task's
-    update_stage: StageConfig = field(default_factory=lambda: StageConfig(20, 10, 1e-3))
-    query_stage: StageConfig = field(default_factory=lambda: StageConfig(40, 10, 5e-3))
-    clip: float = 1.0
-    clip_mode: str = "elementwise"
-    meta_batch: int = 1
-    reg: float = 0.005
-    query_grad: str = "full"
-    grad_mode: str = "true"
-    val_problems: int = 10
-    val_query_prob: float = 0.5
-    seed: int = 0
-    #: How the meta-loss weights step t's objective: ``"linear"`` (paper eq. 4, weight t: the
-    #: final loss counts most) or ``"uniform"`` (the area under the loss curve, which rewards
-    #: getting low early). Validation follows it: the final loss, or the curve's mean.
-    weighting: str = "linear"
-
-    def __post_init__(self) -> None:
-        if self.clip_mode not in ("elementwise", "norm"):
-            raise ValueError(f"clip_mode must be 'elementwise' or 'norm', got {self.clip_mode!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if self.meta_batch < 1:
-            raise ValueError(f"meta_batch must be >= 1, got {self.meta_batch}")
-
-    def rollout(self, use_query: bool) -> RolloutConfig:
-        """The per-problem rollout settings of a stage (with or without the QueryRNN)."""
-        return RolloutConfig(q=self.q, mu=self.mu, estimator=self.estimator,
-                             use_query=use_query, query_grad=self.query_grad,
-                             grad_mode=self.grad_mode, reg=self.reg)
 
 
 def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query: bool,
@@ -100,49 +50,6 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
     return sum(scores) / len(scores)
 
 
-def meta_loss_term(t: int, loss: torch.Tensor, reg: torch.Tensor,
-                   total_weight: float, weighting: str = "linear") -> torch.Tensor:
-    """Step ``t``'s share of the meta-loss: ``w_t f(x_t) + reg_t`` over ``sum_t w_t``.
-
-    ``w_t = t`` (paper eq. 4) or 1 (``weighting="uniform"``). The division rescales the whole
-    objective (both terms alike, so the regulariser keeps its weight relative to the loss) and
-    keeps its size independent of the horizon.
-    """
-    return ((t if weighting == "linear" else 1) * loss + reg) / total_weight
-
-
-def _train_batch(params: list[torch.nn.Parameter], meta_opt: torch.optim.Adam,
-                 rollouts: list[Rollout], horizon: int, unroll: int, cfg: MetaConfig) -> float:
-    """Meta-train on a batch of problems in lockstep over the horizon; their mean loss.
-
-    Each truncation's meta-loss is averaged over the batch before one backward pass.
-    """
-    total_weight = horizon * (horizon + 1) / 2 if cfg.weighting == "linear" else horizon
-    seen = 0.0
-    t = 0
-    while t < horizon:
-        meta_loss = torch.zeros(())
-        for _ in range(min(unroll, horizon - t)):
-            t += 1
-            for rollout in rollouts:
-                loss, reg = rollout.step()
-                meta_loss = meta_loss + meta_loss_term(t, loss, reg, total_weight,
-                                                           cfg.weighting) / len(rollouts)
-                seen += float(loss.detach()) / len(rollouts)
-        meta_opt.zero_grad()
-        meta_loss.backward()
-        grads = [p.grad for p in params if p.grad is not None]
-        if cfg.clip_mode == "elementwise":
-            for g in grads:
-                g.clamp_(-cfg.clip, cfg.clip)
-        else:
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-        meta_opt.step()
-        for rollout in rollouts:
-            rollout.detach()
-    return seen / horizon
-
-
 def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
                stages: tuple[str, ...] = ("update", "query"),
                checkpoint: Path | None = None, progress: bool = True,
@@ -151,79 +58,113 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
 
     With ``checkpoint``, the full trainer state is saved there after every epoch and a run
     started with an existing checkpoint resumes from it (bit-identically: same seeds).
+    ``on_epoch`` sees each epoch's history row. The networks' initial weights (when ``nets``
+    is not given) are drawn from a generator seeded with ``cfg.seed``, not the global one.
     """
-    horizon, unroll = cfg.horizon or task.horizon, cfg.unroll or task.unroll
-    torch.manual_seed(cfg.seed)
-    nets = nets if nets is not None else LearnedZO(arch=cfg.arch)
-    history: dict[str, Any] = {"config": _plain(asdict(cfg)), "epochs": []}
+    if nets is None:
+        nets = build_seeded(lambda: LearnedZO(arch=cfg.arch),
+                            torch.Generator().manual_seed(cfg.seed))
+    run = _Run(task, list(task.problems("train")), cfg, nets,
+               {"config": _plain(asdict(cfg)), "epochs": []}, checkpoint, progress, on_epoch)
     resume = _load_checkpoint(checkpoint) if checkpoint and checkpoint.is_file() else None
     if resume:
         nets.load_state_dict(resume["nets"])
-        history = resume["history"]
-    train = list(task.problems("train"))
+        run.history = resume["history"]
     for stage in stages:
+        if resume and stages.index(stage) < stages.index(resume["stage"]):
+            continue
+        run.stage(stage, resume if resume and resume["stage"] == stage else None)
+        resume = None
+    for p in nets.parameters():
+        p.requires_grad_(False)
+    return nets, run.history
+
+
+@dataclass
+class _Run:
+    """What the stages of one :func:`meta_train` call share."""
+
+    task: Task
+    train: list[Problem]
+    cfg: MetaConfig
+    nets: LearnedZO
+    history: dict[str, Any]
+    checkpoint: Path | None
+    progress: bool
+    on_epoch: Callable[[dict[str, Any]], None] | None
+
+    def stage(self, stage: str, resume: dict[str, Any] | None) -> None:
+        """Train stage ``stage`` (from ``resume``, a checkpoint of it) and keep its best."""
+        task, cfg, nets = self.task, self.cfg, self.nets
         use_query = stage == "query"
         scfg = cfg.query_stage if use_query else cfg.update_stage
         if use_query and nets.query is None:
             raise ValueError("the query stage needs networks with a query net")
-        params = list(nets.query.parameters()) if nets.query is not None and use_query \
+        chosen = list(nets.query.parameters()) if nets.query is not None and use_query \
             else nets.update_parameters()
+        names = {id(p): name for name, p in nets.named_parameters()}
+        params = {names[id(p)]: p for p in chosen}
         for p in nets.parameters():
             p.requires_grad_(False)
-        for p in params:
+        for p in chosen:
             p.requires_grad_(True)
-        meta_opt = torch.optim.Adam(params, lr=scfg.lr)
+        estimator = TruncatedGradient(nets, self.train, cfg, stage,
+                                      cfg.horizon or task.horizon, cfg.unroll or task.unroll)
+        per_epoch = estimator.per_epoch
         metric = "final" if cfg.weighting == "linear" else "mean"
-        best = (evaluate(nets, task, "val", cfg, use_query, cfg.val_problems, metric=metric), 0)
-        best_state = copy.deepcopy(nets.state_dict())
-        first_epoch = 0
-        if resume and resume["stage"] == stage:
-            meta_opt.load_state_dict(resume["meta_opt"])
-            best, best_state = tuple(resume["best"]), resume["best_state"]  # type: ignore[assignment]
-            first_epoch = resume["epoch"] + 1
-        elif resume and stages.index(stage) < stages.index(resume["stage"]):
-            continue
-        resume = None
-        for epoch in range(first_epoch, scfg.epochs):
-            start = time.time()
-            picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(
-                cfg.seed * 7919 + epoch + (10_000 if use_query else 0)))[: scfg.problems]
-            batches = -(-len(picks) // cfg.meta_batch)
-            bar = _bar(batches, f"{stage} {epoch + 1}/{scfg.epochs}", progress)
-            losses = []
-            chosen = picks.tolist()
-            for b in range(0, len(chosen), cfg.meta_batch):
-                rollouts = []
-                for i, k in enumerate(chosen[b:b + cfg.meta_batch], start=b):
-                    seed = cfg.seed * 1_000_003 + epoch * 1009 + i * 31 + (7 if use_query else 0)
-                    rollouts.append(Rollout(train[k], nets, cfg.rollout(use_query), seed,
-                                            seed + 1))
-                losses.append(_train_batch(params, meta_opt, rollouts, horizon, unroll, cfg))
-                bar(f"meta-loss {losses[-1]:.4f}")
+
+        def validate(weights: dict[str, torch.Tensor], start: torch.Tensor | None) -> Validation:
+            # the loop keeps no average here, so ``weights`` are the networks' own
             val = evaluate(nets, task, "val", cfg, use_query, cfg.val_problems, metric=metric)
-            if val < best[0]:
-                best, best_state = (val, epoch + 1), copy.deepcopy(nets.state_dict())
-            row = {"stage": stage, "epoch": epoch + 1, "train_loss": sum(losses) / len(losses),
-                   "val": val, "best_val": best[0], "seconds": time.time() - start}
-            history["epochs"].append(row)
-            log.info("%s epoch %d: train %.4f val %.4f (best %.4f)", stage, epoch + 1,
-                     row["train_loss"], val, best[0])
-            if checkpoint:
-                torch.save({"nets": nets.state_dict(), "meta_opt": meta_opt.state_dict(),
-                            "stage": stage, "epoch": epoch, "best": list(best),
-                            "best_state": best_state, "history": history}, checkpoint)
-            if on_epoch:
-                on_epoch(row)
-        nets.load_state_dict(best_state)
-        history[f"{stage}_best_val"] = best[0]
-        history[f"{stage}_best_epoch"] = best[1]
-    for p in nets.parameters():
-        p.requires_grad_(False)
-    return nets, history
+            return Validation(val, torch.tensor(val, dtype=torch.float64), {"val": val})
+
+        epoch_started = time.time()
+        bar = None
+
+        def record(row: dict[str, Any]) -> None:
+            nonlocal epoch_started, bar
+            epoch = (row["iteration"] - 1) // per_epoch + 1
+            if "meta_loss" in row:
+                if bar is None:
+                    bar = _bar(estimator.batches, f"{stage} {epoch}/{scfg.epochs}",
+                               self.progress)
+                bar(f"meta-loss {row['meta_loss']:.4f}")
+            if "val" not in row:
+                return
+            assert loop.best is not None
+            out = {"stage": stage, "epoch": epoch, "train_loss": row["train_loss"],
+                   "val": row["val"], "best_val": loop.best.score,
+                   "seconds": time.time() - epoch_started}
+            epoch_started, bar = time.time(), None
+            self.history["epochs"].append(out)
+            log.info("%s epoch %d: train %.4f val %.4f (best %.4f)", stage, epoch,
+                     out["train_loss"], out["val"], out["best_val"])
+            if self.on_epoch:
+                self.on_epoch(out)
+
+        loop = MetaLoop(params, torch.optim.Adam(chosen, lr=scfg.lr), estimator, validate,
+                        LoopConfig(scfg.epochs * per_epoch, per_epoch, cfg.seed,
+                                   checkpoint_s=math.inf, checkpoint_every=per_epoch),
+                        checkpoint=self.checkpoint, record=record,
+                        log=lambda line: log.debug("%s %s", stage, line),
+                        extra=lambda: {"stage": stage, "nets": nets.state_dict(),
+                                       "history": self.history})
+        best = loop.run(resume)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(best[name])
+        assert loop.best is not None
+        self.history[f"{stage}_best_val"] = loop.best.score
+        self.history[f"{stage}_best_epoch"] = loop.best.iteration // per_epoch
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "meta_opt" in state:
+        raise ValueError(f"{path} is a checkpoint of the trainer before its outer loop was "
+                         "rewritten; finish that run with the torchzo that wrote it, or start "
+                         "afresh")
+    return state  # type: ignore[no-any-return]
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
