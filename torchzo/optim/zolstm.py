@@ -40,10 +40,11 @@ class ZOLSTM(ZOOptimizer):
 
     The step is :func:`torchzo.learned.plan` and :func:`torchzo.learned.update`, the functions
     that ``torchzo.meta`` trains. All coordinates of the parameters that share an estimate
-    share one normalisation of the QueryRNN's output. Every argument but ``pretrained``, ``seed``, ``generator`` and
-    ``distributed`` is a per-group hyperparameter: in ``param_groups`` (schedulers see them)
-    and in ``state_dict()``; groups that differ in ``directions``, ``query_prob``,
-    ``guide_alpha`` or ``directions_kind`` are estimated separately.
+    share one normalisation of the QueryRNN's output. Every argument but ``pretrained``,
+    ``seed``, ``generator`` and ``distributed`` is a per-group hyperparameter: in
+    ``param_groups`` (schedulers see them) and in ``state_dict()``; groups that differ in
+    ``directions``, ``query_prob``, ``guide_alpha`` or ``directions_kind`` are estimated
+    separately.
 
     Args:
         params: parameters or param groups.
