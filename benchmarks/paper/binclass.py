@@ -1,6 +1,6 @@
 """Binary classification: tuned ZO baselines against ZO-LSTM (paper Fig. 3a, 3b-d and 4c).
 
-    python -m benchmarks.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
+    python -m benchmarks.paper.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
                                   [--quick] [--trials N] [--sweep-trials N]
                                   [--no-sweeps] [--no-plots]
 
@@ -46,8 +46,8 @@ from torchzo.oracle import KINDS, Batched
 from torchzo.tasks.base import Problem
 from torchzo.tasks.binclass import BinaryClassification
 
-from ._common import OUT, machine, md_table, pyplot, save_figure, write_results
-from ._common import band as _band
+from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
+from .._common import band as _band
 from ._protocol import (
     ABLATIONS,
     BASELINES,
@@ -67,7 +67,7 @@ from ._protocol import (
     tune_alpha,
 )
 
-log = logging.getLogger("benchmarks.binclass")
+log = logging.getLogger("benchmarks.paper.binclass")
 
 QUICK = replace(FULL, steps=30, tune_datasets=2, test_datasets=2, trials=1,
                 coarse=(1.0, 10.0, 100.0), fine_per_decade=2, beta2=(0.99, 0.999), max_extend=2,
@@ -136,7 +136,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Reproduces Fig. 3a, 3b-d and the binary-classification ablation of Fig. 4c of Ruan et "
         "al., *Learning to Learn by Zeroth-Order Oracle* (ICLR 2020), with "
-        "`python -m benchmarks.binclass`"
+        "`python -m benchmarks.paper.binclass`"
         + (" (**--quick smoke run: tiny grids, not results**)" if data["quick"] else "") + ".",
         "",
         f"Task: non-convex least squares `mean (y - sigmoid(theta.x))^2`, d = {cfg['dim']}, "
@@ -335,7 +335,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.binclass",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paper.binclass",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                     help="a ZO-LSTM weights file (or shipped name, or 'untrained'); repeatable. "
