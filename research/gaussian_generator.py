@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--out", default=str(OUT), help="'' to write nothing")
+    ap.add_argument("--out", default=str(OUT),
+                    help="'' to write nothing; by default the docs, which quote the result")
     args = ap.parse_args(argv)
     if args.quick:
         args.d, args.reps, args.keys = 4096, 2, 2

@@ -1,6 +1,6 @@
 """Antithetic evolution strategies over a learned optimizer's weights, resumable.
 
-Truncated backprop through rollouts lost to short-horizon bias here (docs/research-log.md), so
+Truncated backprop through rollouts lost to short-horizon bias here (research/log.md), so
 the generalist is meta-trained with ES over whole runs: each iteration draws instances of the
 training families (augmented, see :mod:`torchzo.tasks.families`), a random horizon and q, and
 runs the current weights and ``pairs`` antithetic perturbations of them in one
@@ -296,7 +296,7 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
     every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
     direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
-    zero; the weight is chosen on the validation families, docs/research-log.md), and
+    zero; the weight is chosen on the validation families, research/log.md), and
     ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
     sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
     ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
