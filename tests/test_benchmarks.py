@@ -278,3 +278,52 @@ def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
         assert lr * math.exp(float(opt.state[x]["log_sigma"])) == pytest.approx(0.02 * rms0,
                                                                                  rel=1e-5)
     assert data["generalist_sigma_over_rms0"]["quantiles_10_50_90"][0][0] != 0.02
+
+
+def test_one_tuning_protocol_replays_the_committed_tunings_of_both_benchmarks():
+    """benchmarks._tuning, fed the scores the committed runs recorded, asks for exactly the
+    candidates they ran and picks their settings: the paper's protocol (binclass) and the
+    generalist's (per beta1, exponents of 10) are the one protocol on two grids."""
+    from pathlib import Path
+
+    from benchmarks._tuning import canon, tune_adam, tune_step
+    from benchmarks.generalist.heldout import _grid
+    from benchmarks.paper._protocol import Config, grid
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+    run = json.loads((docs / "binclass.json").read_text())
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
+                    for k, v in run["config"].items()})
+    recorded = {(kind, r["delta"], tuple(r.get("betas", ()))): r["score"] or math.inf
+                for kind, rs in run["tuning"]["candidates"].items() for r in rs}
+    asked = set()
+
+    def score(kind, delta, betas=()):
+        key = (kind, canon(delta), tuple(canon(b) for b in betas))
+        asked.add(key)
+        return recorded[key]
+
+    best = run["tuning"]["best"]
+    for kind in ("zosgd", "zosignsgd"):
+        assert tune_step(lambda d, k=kind: score(k, d), grid(cfg))[0] == best[kind]["delta"]
+    delta, betas, _ = tune_adam(lambda d, b: score("zoadam", d, b), grid(cfg))
+    assert (delta, list(betas)) == (best["zoadam"]["delta"], best["zoadam"]["betas"])
+    assert asked == set(recorded)
+
+    for family in json.loads((docs / "generalist.json").read_text())["families"].values():
+        tuned = family["tuned"]
+        tables = {b: {float(e): s for e, s in tuned[f"adam_beta1_{b}"].items()}
+                  for b in (0.9, 0.5)}
+        e, (b1, _), _ = tune_adam(lambda e, b, t=tables: t[b[0]][e],
+                                  _grid([-5.0, -4.0, -3.0, -2.0, -1.0, 0.0], (0.9, 0.5)))
+        assert (10 ** e, b1) == (tuned["adam"]["lr"], tuned["adam"]["beta1"])
+        sgd = {float(e): s for e, s in tuned["sgd_grid"].items()}
+        e, _ = tune_step(sgd.__getitem__, _grid([-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]))
+        assert 10 ** e == tuned["sgd"]["lr"]
+
+
+def test_the_gpu_check_keeps_its_short_name():
+    from benchmarks import cuda
+    from benchmarks.perf import cuda as script
+
+    assert cuda.main is script.main

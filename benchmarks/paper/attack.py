@@ -41,6 +41,7 @@ from torchzo.tasks.attack import AttackProblem, AttackTask
 
 from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
 from .._common import band as _band
+from .._report import bullets, figures, section
 from ._protocol import (
     BASELINES,
     FULL,
@@ -151,8 +152,6 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
         f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} attack runs).",
         "",
-        "## Results on the test images",
-        "",
     ]
     rows = []
     for label, r in cmp_["rows"].items():
@@ -164,20 +163,19 @@ def markdown(data: dict[str, Any]) -> str:
                      fmt_mean_std(r["final_mean"], r["final_std"]), f"{r['ratio']:.3f}", wins,
                      "never" if reach is None else reach,
                      f"{100 * o['success_rate']:.0f}%", "-" if dist is None else f"{dist:.2f}"])
-    lines += [md_table(["method", "hyperparameters", "final loss (mean ± std over images)",
-                        f"ratio to {best}", f"lower than {best}", "iters to its final loss",
-                        "success", "l1 distortion (successes)"], rows), ""]
+    lines += section("Results on the test images", md_table(
+        ["method", "hyperparameters", "final loss (mean ± std over images)", f"ratio to {best}",
+         f"lower than {best}", "iters to its final loss", "success",
+         "l1 distortion (successes)"], rows))
     if data["cosine"]:
-        lines += ["## Fig. 4d: cosine similarity of the estimate with the true gradient", "",
-                  f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
-                  f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
-                  ""]
-        lines += [md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
-                           [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
-                             f"{r['ratio']:.3f}"] for r in data["cosine"]]), ""]
-    lines += ["## Notes", "", *[f"- {s}" for s in data["notes"]], ""]
-    if data["plots"]:
-        lines += ["## Plots", "", *[f"![{p}]({p})" for p in data["plots"]], ""]
+        lines += section(
+            "Fig. 4d: cosine similarity of the estimate with the true gradient",
+            f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
+            f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
+            md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
+                     [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
+                       f"{r['ratio']:.3f}"] for r in data["cosine"]]))
+    lines += [*bullets("Notes", data["notes"]), *figures(data["plots"])]
     return "\n".join(lines)
 
 
