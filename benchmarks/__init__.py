@@ -1,6 +1,8 @@
-"""Benchmarks of torchzo, each run as a module: ``python -m benchmarks.<name>``.
+"""Benchmarks of torchzo by purpose, each run as a module from a checkout's root:
+``benchmarks.paper`` (the paper's experiments and their ablations), ``benchmarks.perf`` (what a
+step costs) and ``benchmarks.generalist`` (the generalist on held-out problem families).
 
 Each writes its raw numbers and the machine it ran on to ``docs/benchmarks/<name>.json`` and
-its tables to ``docs/benchmarks/<name>.md``; for example ``overhead`` (per-step time and memory
-of the ZO optimizers next to ``torch.optim.Adam``).
+its report, rendered from that JSON alone, to ``docs/benchmarks/<name>.md``. The baselines are
+tuned by one protocol (``benchmarks._tuning``).
 """

@@ -19,6 +19,10 @@ from tools import ROOT
 __all__ = ["OUT", "faults_per_call", "fmt_spread", "fmt_time", "machine", "malloc_settings",
            "md_table", "minor_faults", "sig3", "spread", "write_results"]
 
+# Tables are the reports' (benchmarks._report); imported here so that every script has one
+# place for its helpers.
+from ._report import md_table  # noqa: E402
+
 # Where the benchmarks write by default: the repository's docs, whatever the working directory.
 OUT = ROOT / "docs" / "benchmarks"
 
@@ -108,12 +112,6 @@ def sig3(x: float) -> str:
 def fmt_spread(s: dict[str, float], fmt: Any = sig3) -> str:
     """``median (p25–p75)``."""
     return f"{fmt(s['median'])} ({fmt(s['p25'])}–{fmt(s['p75'])})"
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 def write_results(out_dir: str | Path, name: str, data: dict[str, Any],

@@ -106,7 +106,7 @@ def test_attack_tasks_are_registered_and_name_the_missing_target(tmp_path, monke
 
 @needs_data
 def test_attack_benchmark_quick_reports_every_method(tmp_path):
-    from benchmarks import attack
+    from benchmarks.paper import attack
 
     torch.manual_seed(0)
     target = tmp_path / "target.pt"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torchzo
-from benchmarks import overhead
+from benchmarks.perf import overhead
 from torchzo.learned import LearnedZO
 from torchzo.oracle import kernels
 
@@ -49,7 +49,7 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
 
 
 def test_binclass_quick_writes_tables_and_plots(tmp_path):
-    from benchmarks import binclass
+    from benchmarks.paper import binclass
 
     binclass.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "binclass.json").read_text())
@@ -59,7 +59,7 @@ def test_binclass_quick_writes_tables_and_plots(tmp_path):
 
 
 def test_binclass_directions_kind_reaches_every_method(tmp_path):
-    from benchmarks import binclass
+    from benchmarks.paper import binclass
 
     runs = {}
     for kind in ("gaussian", "rademacher"):
@@ -72,7 +72,7 @@ def test_binclass_directions_kind_reaches_every_method(tmp_path):
 
 
 def test_schedules_quick_runs_every_schedule(tmp_path):
-    from benchmarks import schedules
+    from benchmarks.paper import schedules
 
     data = schedules.main(["--quick", "--out", str(tmp_path)])
     assert len(data["runs"]) == 11
@@ -80,7 +80,7 @@ def test_schedules_quick_runs_every_schedule(tmp_path):
 
 
 def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
-    from benchmarks import batched
+    from benchmarks.perf import batched
 
     data = batched.main(["--quick", "--out", str(tmp_path)])
     default, kept = data["cases"]  # this machine's malloc is glibc's
@@ -103,7 +103,7 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
 def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
     # The GPU check runs on a short loan of a machine: its smoke test here keeps it from
     # rotting between loans.
-    from benchmarks import cuda
+    from benchmarks.perf import cuda
 
     data = cuda.main(["--device", "cpu", "--quick", "--no-tests", "--out", str(tmp_path)])
     (case,) = data["overhead"]
@@ -118,7 +118,7 @@ def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
 
 @pytest.mark.skipif(not kernels.available(), reason="needs a C compiler (as the kernels do)")
 def test_gaussian_generator_prototype_keeps_its_bits_and_its_statistics(tmp_path):
-    from benchmarks import gaussian_generator
+    from research import gaussian_generator
 
     data = gaussian_generator.main(["--quick", "--out", str(tmp_path)])
     assert data["bits"]["identical"]  # the vector build is the plain-C definition
@@ -133,7 +133,7 @@ def test_gaussian_generator_prototype_keeps_its_bits_and_its_statistics(tmp_path
 def test_gaussian_generator_prototype_is_swapped_in_for_the_step_only():
     # The what-if replaces the oracle's private draw inside a step: it must find it, and
     # put it back.
-    from benchmarks import gaussian_generator
+    from research import gaussian_generator
     from torchzo.oracle import directions
 
     before = directions._draw_seeded
@@ -143,7 +143,7 @@ def test_gaussian_generator_prototype_is_swapped_in_for_the_step_only():
 
 
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
-    from benchmarks import batched_mlp
+    from benchmarks.perf import batched_mlp
 
     data = batched_mlp.main(["--quick", "--out", str(tmp_path)])
     assert [c["malloc"] for c in data["cases"]] == ["default", "kept"]  # glibc here
@@ -160,7 +160,7 @@ def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path)
 
 
 def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
-    from benchmarks import lr_scan
+    from benchmarks.paper import lr_scan
 
     data = lr_scan.main(["--task", "binclass", "--weights", "binclass", "--lr", "0.5", "1.0",
                          "--adam-lr", "0.0562", "--adam-betas", "0.6", "0.99975",
@@ -175,7 +175,7 @@ def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
 
 
 def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
-    from benchmarks import generalist
+    from benchmarks.generalist import heldout as generalist
 
     # Weights with a query net, so that its ablation runs too.
     data = generalist.main(["--quick", "--families", "hinge,matrix-factorization",
@@ -196,7 +196,7 @@ def test_generalist_shows_what_orthogonal_directions_buy_beside_weights_that_use
     run with Gaussian ones: the same runs as those weights told to use Gaussian directions."""
     import dataclasses
 
-    from benchmarks import generalist
+    from benchmarks.generalist import heldout as generalist
 
     nets = torchzo.pretrained.load("generalist")
     kinds = {}
@@ -220,7 +220,7 @@ def test_generalist_shows_what_orthogonal_directions_buy_beside_weights_that_use
 def test_generalist_candidates_run_the_same_optimizer_as_the_main_row(tmp_path):
     """An ES check file as a candidate is the very optimizer its weights make: its finals
     equal the main row's for the same weights given as a file."""
-    from benchmarks import generalist
+    from benchmarks.generalist import heldout as generalist
     from torchzo.meta.es import flatten
 
     nets = torchzo.pretrained.load("generalist")
@@ -243,7 +243,7 @@ def test_generalist_candidates_run_the_same_optimizer_as_the_main_row(tmp_path):
 
 
 def test_generalist_floors_solved_gaps_and_counts_divergence():
-    from benchmarks.generalist import FLOOR, log_progress, summarize
+    from benchmarks.generalist.heldout import FLOOR, log_progress, summarize
 
     assert log_progress([10.0, 0.0], 0.0) == pytest.approx(math.log(FLOOR))
     assert log_progress([10.0, math.inf], 0.0) == math.inf
@@ -257,7 +257,7 @@ def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
     """The silenced controller keeps sigma at c * rms(x0) exactly; the shipped one moves it."""
     import math
 
-    from benchmarks import step_size
+    from benchmarks.paper import step_size
     from torchzo.tasks.binclass import BinaryClassification
 
     data = step_size.main(["--datasets", "1", "--trials", "1", "--steps", "50",
@@ -278,3 +278,52 @@ def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
         assert lr * math.exp(float(opt.state[x]["log_sigma"])) == pytest.approx(0.02 * rms0,
                                                                                  rel=1e-5)
     assert data["generalist_sigma_over_rms0"]["quantiles_10_50_90"][0][0] != 0.02
+
+
+def test_one_tuning_protocol_replays_the_committed_tunings_of_both_benchmarks():
+    """benchmarks._tuning, fed the scores the committed runs recorded, asks for exactly the
+    candidates they ran and picks their settings: the paper's protocol (binclass) and the
+    generalist's (per beta1, exponents of 10) are the one protocol on two grids."""
+    from pathlib import Path
+
+    from benchmarks._tuning import canon, tune_adam, tune_step
+    from benchmarks.generalist.heldout import _grid
+    from benchmarks.paper._protocol import Config, grid
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+    run = json.loads((docs / "binclass.json").read_text())
+    cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
+                    for k, v in run["config"].items()})
+    recorded = {(kind, r["delta"], tuple(r.get("betas", ()))): r["score"] or math.inf
+                for kind, rs in run["tuning"]["candidates"].items() for r in rs}
+    asked = set()
+
+    def score(kind, delta, betas=()):
+        key = (kind, canon(delta), tuple(canon(b) for b in betas))
+        asked.add(key)
+        return recorded[key]
+
+    best = run["tuning"]["best"]
+    for kind in ("zosgd", "zosignsgd"):
+        assert tune_step(lambda d, k=kind: score(k, d), grid(cfg))[0] == best[kind]["delta"]
+    delta, betas, _ = tune_adam(lambda d, b: score("zoadam", d, b), grid(cfg))
+    assert (delta, list(betas)) == (best["zoadam"]["delta"], best["zoadam"]["betas"])
+    assert asked == set(recorded)
+
+    for family in json.loads((docs / "generalist.json").read_text())["families"].values():
+        tuned = family["tuned"]
+        tables = {b: {float(e): s for e, s in tuned[f"adam_beta1_{b}"].items()}
+                  for b in (0.9, 0.5)}
+        e, (b1, _), _ = tune_adam(lambda e, b, t=tables: t[b[0]][e],
+                                  _grid([-5.0, -4.0, -3.0, -2.0, -1.0, 0.0], (0.9, 0.5)))
+        assert (10 ** e, b1) == (tuned["adam"]["lr"], tuned["adam"]["beta1"])
+        sgd = {float(e): s for e, s in tuned["sgd_grid"].items()}
+        e, _ = tune_step(sgd.__getitem__, _grid([-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]))
+        assert 10 ** e == tuned["sgd"]["lr"]
+
+
+def test_the_gpu_check_keeps_its_short_name():
+    from benchmarks import cuda
+    from benchmarks.perf import cuda as script
+
+    assert cuda.main is script.main

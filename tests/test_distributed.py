@@ -352,7 +352,7 @@ def test_option_is_validated_and_needs_an_initialised_group():
 
 
 def test_benchmark_quick_writes_json_and_markdown(tmp_path):
-    from benchmarks import distributed as bench
+    from benchmarks.perf import distributed as bench
 
     data = bench.main(["--quick", "--out", str(tmp_path)])
     assert data is not None and data["machine"]

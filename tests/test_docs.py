@@ -12,7 +12,8 @@ import torchzo
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-         *sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ROOT / "pretrained" / "README.md"]
+         *sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ROOT / "pretrained" / "README.md",
+         *sorted((ROOT / "research").glob("*.md"))]
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))

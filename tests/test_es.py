@@ -509,7 +509,7 @@ def test_a_new_run_can_train_with_the_step_cap(tmp_path):
 
 
 def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tmp_path):
-    from benchmarks.generalist import _DIGEST_FIELDS, weights_digest
+    from benchmarks.generalist.heldout import _DIGEST_FIELDS, weights_digest
 
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)
@@ -571,7 +571,7 @@ def test_progress_floor_bounds_validation_and_is_what_a_resumed_run_keeps(tmp_pa
 
 
 def test_export_of_a_chosen_check_writes_that_check(tmp_path):
-    from benchmarks.generalist import weights_digest
+    from benchmarks.generalist.heldout import weights_digest
 
     run = tmp_path / "run"
     train_es(_tiny(4), run, log=lambda _: None)

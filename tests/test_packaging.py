@@ -17,7 +17,7 @@ from torchzo.__main__ import main as demo_main
 
 ROOT = Path(__file__).resolve().parent.parent
 # Repository-level packages for maintainers, run from a checkout: never in the wheel.
-CHECKOUT_ONLY = ("benchmarks", "tools")
+CHECKOUT_ONLY = ("benchmarks", "research", "tools")
 
 
 def _listed_packages() -> set[str]:

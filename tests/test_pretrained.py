@@ -127,7 +127,7 @@ def test_wrong_weights_are_refused(tmp_path):
 
 
 def test_shipped_generalist_holds_the_weights_its_benchmark_measured():
-    from benchmarks.generalist import weights_digest
+    from benchmarks.generalist.heldout import weights_digest
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
     bench = json.loads((docs / "generalist.json").read_text())
@@ -139,7 +139,7 @@ def test_weights_digest_tells_apart_architectures_that_step_differently_with_one
     """The step cap changes the step, not the weights: the digest must see it."""
     from dataclasses import replace
 
-    from benchmarks.generalist import weights_digest
+    from benchmarks.generalist.heldout import weights_digest
 
     shipped = pretrained.load("generalist")
     other = LearnedZO(arch=replace(shipped.arch, max_step=0.0))

@@ -1,7 +1,7 @@
 """Start Python processes that import this checkout: local gloo ranks and one-off probes.
 
 The distributed benchmark, the overhead benchmark's memory probes and the distributed tests
-start workers as ``python -m benchmarks.NAME`` or ``python tests/FILE.py``; with the repository
+start workers as ``python -m benchmarks.perf.NAME`` or ``python tests/FILE.py``; with the repository
 root on ``PYTHONPATH`` those import ``benchmarks`` and ``tools`` from any working directory.
 """
 from __future__ import annotations

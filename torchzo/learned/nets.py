@@ -72,7 +72,7 @@ class Arch:
     max_step: float = 0.0
     #: ``general`` only: the factor on each step's change of log sigma (the hand rule plus
     #: the controller's read-out, clipped to [-1, 1] before it). Below 1, sigma moves more
-    #: slowly and wanders less under noisy estimates (docs/research-log.md).
+    #: slowly and wanders less under noisy estimates (research/log.md).
     sigma_rate: float = 1.0
     #: The query directions the optimizer is meant to run with (``ZOLSTM``'s
     #: ``directions_kind`` when not given; meta-training's populations use it too): one of

@@ -1,6 +1,6 @@
 """Meta-training the generalist with evolution strategies over whole runs, resumable.
 
-Truncated backprop through rollouts lost to short-horizon bias here (docs/research-log.md), so
+Truncated backprop through rollouts lost to short-horizon bias here (research/log.md), so
 the generalist is meta-trained with ES: :class:`~torchzo.meta.es_gradient.ESGradient` estimates
 the search gradient of the flat weights from antithetic populations run on instances of the
 training families, and :class:`~torchzo.meta.loop.MetaLoop` applies it with Adam, validates on

@@ -41,7 +41,7 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
     ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
     every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
     direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
-    zero; the weight is chosen on the validation families, docs/research-log.md), and
+    zero; the weight is chosen on the validation families, research/log.md), and
     ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
     sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
     ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;

@@ -22,7 +22,7 @@ from .base import SPLITS, Problem, Task
 
 # The start |delta| ~ 1e-4 is below float32's default mu = 1e-3, where the l1 term has a kink:
 # each query's difference then carries ~ c * mu * sum_i |u_i| from it, which at d = 3072
-# swamps the margin's change and stalls every ZO method (docs/research-log.md). MNIST keeps
+# swamps the margin's change and stalls every ZO method (research/log.md). MNIST keeps
 # the default, with which its results and shipped optimizer were measured.
 DEFAULT_MU: dict[str, float | None] = {"mnist": None, "cifar10": 1e-5}
 

@@ -1,6 +1,6 @@
 """Batched module queries vs the closure path on small MLPs: the step time of each path.
 
-    python -m benchmarks.batched_mlp [--reps N] [--number N] [--threads N ...]
+    python -m benchmarks.perf.batched_mlp [--reps N] [--number N] [--threads N ...]
                                      [--malloc default|kept ...] [--out DIR] [--quick]
 
 One ZOAdam step (q = 20) on the cross-entropy of an MLP (32 inputs, 64 tanh units, 10 classes;
@@ -32,7 +32,7 @@ from torchzo.optim import ZOAdam
 from torchzo.oracle import module_objective
 from torchzo.progress import Progress
 
-from ._common import (
+from .._common import (
     OUT,
     faults_per_call,
     finish,
@@ -128,7 +128,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.batched_mlp",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf.batched_mlp",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--q", type=int, default=20)
     ap.add_argument("--reps", type=int, default=30)
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     else (SIZES, args.reps, args.threads, args.number))
     data: dict[str, Any] = {
         "benchmark": "batched_mlp", "quick": args.quick, "machine": machine(),
-        "command": " ".join(["python -m benchmarks.batched_mlp",
+        "command": " ".join(["python -m benchmarks.perf.batched_mlp",
                              *(sys.argv[1:] if argv is None else argv)]),
         "cases": []}
     # Between cases only: nothing is written while a case is timed.

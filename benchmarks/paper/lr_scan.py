@@ -7,7 +7,7 @@ end, averaged over steps 1..horizon, and the first step at which the mean curve 
 ZO-Adam's final loss. This is how the output scale baked into the shipped ``mnist-attack``
 was chosen (``docs/pretrained.md``); no test problem is touched.
 
-    python -m benchmarks.lr_scan --task mnist-attack --weights FILE --lr 0.3 0.5
+    python -m benchmarks.paper.lr_scan --task mnist-attack --weights FILE --lr 0.3 0.5
         --adam-lr 0.00717 --adam-betas 0.2 0.999 [--problems 50] [--out docs/benchmarks]
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torchzo.optim import ZOLSTM, ZOAdam
 from torchzo.progress import Progress
 from torchzo.tasks import get_task
 
-from ._common import finish, machine, md_table
+from .._common import finish, machine, md_table
 
 
 def curves(task: Any, problems: list[Any], make: Any, progress: Progress | None = None,
@@ -63,7 +63,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.lr_scan",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paper.lr_scan",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--task", required=True)
     ap.add_argument("--weights", required=True, help="a weights file or a shipped name")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "machine": machine(), "task": args.task, "weights": args.weights,
         "problems": len(problems), "horizon": task.horizon, "q": task.q, "runs": runs,
-        "command": "python -m benchmarks.lr_scan "
+        "command": "python -m benchmarks.paper.lr_scan "
                    + " ".join(sys.argv[1:] if argv is None else argv)}
     return finish(data, start, args.name or f"lr-scan-{args.task}", args.out, render)
 

@@ -1,13 +1,13 @@
 """Black-box attacks: tuned ZO baselines against ZO-LSTM (paper Fig. 2, 4a-b and 4d).
 
-    python -m benchmarks.attack --data mnist|cifar10 [--weights NAME=PATH ...]
+    python -m benchmarks.paper.attack --data mnist|cifar10 [--weights NAME=PATH ...]
                                 [--test-images N] [--trials N] [--tune-images N]
                                 [--quick] [--no-cosine] [--no-plots] [--out DIR]
 
 The task is :class:`torchzo.tasks.AttackTask` (untargeted, c = 0.1, l1 distortion, 200 steps;
 q = 20 on MNIST, 50 on CIFAR-10) against the target trained by
 ``python -m torchzo.tasks.targets``. Baselines are tuned by the paper's protocol on training
-images only (the tuner of :mod:`benchmarks.binclass`: ``lr = delta / d``, decade grid
+images only (the tuner of :mod:`benchmarks.paper.binclass`: ``lr = delta / d``, decade grid
 then a fine grid, edges extended; ZO-Adam's betas too). Every method then attacks the same test
 images from the same start points with the same query seeds per trial; reported: final loss,
 paired wins against the best baseline, iterations to reach its final loss, success rate and the
@@ -39,8 +39,9 @@ from torchzo.oracle.estimator import estimate_batched
 from torchzo.oracle.schemes import Scheme
 from torchzo.tasks.attack import AttackProblem, AttackTask
 
-from ._common import OUT, machine, md_table, pyplot, save_figure, write_results
-from ._common import band as _band
+from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
+from .._common import band as _band
+from .._report import bullets, figures, section
 from ._protocol import (
     BASELINES,
     FULL,
@@ -60,7 +61,7 @@ from ._protocol import (
     tune_alpha,
 )
 
-log = logging.getLogger("benchmarks.attack")
+log = logging.getLogger("benchmarks.paper.attack")
 
 VARIANTS = ("", " no-query", " no-update", " GuidedES")  # Fig. 4a-b
 DIMS = {"mnist": 784, "cifar10": 3072}
@@ -136,7 +137,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"# Black-box attack on {data['data_name']}: tuned ZO baselines vs ZO-LSTM",
         "",
         "Reproduces Fig. 2, 4a-b and 4d of Ruan et al., *Learning to Learn by Zeroth-Order "
-        f"Oracle* (ICLR 2020), with `python -m benchmarks.attack --data {data['data']}`"
+        f"Oracle* (ICLR 2020), with `python -m benchmarks.paper.attack --data {data['data']}`"
         + (" (**--quick smoke run: not results**)" if data["quick"] else "") + ".",
         "",
         f"Target: {data['target']}. Loss: untargeted margin on log-probabilities (kappa = 0) + "
@@ -152,8 +153,6 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
         f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} attack runs).",
         "",
-        "## Results on the test images",
-        "",
     ]
     rows = []
     for label, r in cmp_["rows"].items():
@@ -165,20 +164,19 @@ def markdown(data: dict[str, Any]) -> str:
                      fmt_mean_std(r["final_mean"], r["final_std"]), f"{r['ratio']:.3f}", wins,
                      "never" if reach is None else reach,
                      f"{100 * o['success_rate']:.0f}%", "-" if dist is None else f"{dist:.2f}"])
-    lines += [md_table(["method", "hyperparameters", "final loss (mean ± std over images)",
-                        f"ratio to {best}", f"lower than {best}", "iters to its final loss",
-                        "success", "l1 distortion (successes)"], rows), ""]
+    lines += section("Results on the test images", md_table(
+        ["method", "hyperparameters", "final loss (mean ± std over images)", f"ratio to {best}",
+         f"lower than {best}", "iters to its final loss", "success",
+         "l1 distortion (successes)"], rows))
     if data["cosine"]:
-        lines += ["## Fig. 4d: cosine similarity of the estimate with the true gradient", "",
-                  f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
-                  f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
-                  ""]
-        lines += [md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
-                           [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
-                             f"{r['ratio']:.3f}"] for r in data["cosine"]]), ""]
-    lines += ["## Notes", "", *[f"- {s}" for s in data["notes"]], ""]
-    if data["plots"]:
-        lines += ["## Plots", "", *[f"![{p}]({p})" for p in data["plots"]], ""]
+        lines += section(
+            "Fig. 4d: cosine similarity of the estimate with the true gradient",
+            f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
+            f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
+            md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
+                     [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
+                       f"{r['ratio']:.3f}"] for r in data["cosine"]]))
+    lines += [*bullets("Notes", data["notes"]), *figures(data["plots"])]
     return "\n".join(lines)
 
 
@@ -248,7 +246,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.attack",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paper.attack",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=sorted(DIMS), default="mnist")
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",

@@ -1,10 +1,10 @@
-"""What a Gaussian generator of our own would buy: issue 18's question for steering.
+"""What a Gaussian generator of our own would buy.
 
-    python -m benchmarks.gaussian_generator [--d 1000000] [--reps 40] [--keys 20] [--out DIR]
+    python -m research.gaussian_generator [--d 1000000] [--reps 40] [--keys 20] [--out DIR]
 
 The package draws Gaussian directions with torch's ``randn``; the issue's bar for them (a ZO-SGD
 query at d = 1e6 within 3 add passes of the parameters) is out of its reach. This measures the
-alternative that changes their bits: ``benchmarks/gaussian_generator.c``, a counter-based
+alternative that changes their bits: ``research/gaussian_generator.c``, a counter-based
 Box-Muller (see its header), compiled with the flags of the package's kernels (AVX-512 where
 the CPU has it).
 
@@ -37,10 +37,9 @@ from typing import Any
 import torch
 
 import torchzo.oracle.directions as directions
+from benchmarks._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
 from torchzo.optim import ZOSGD
 from torchzo.oracle import kernels
-
-from ._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
 
 SOURCE = Path(__file__).with_suffix(".c")
 Q = 20
@@ -171,8 +170,8 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
 def render(data: dict[str, Any]) -> str:
     m, t, s, b = data["machine"], data["timings"], data["statistics"], data["bits"]
     lines = ["# A Gaussian generator of our own: what it would buy", "",
-             "Written by `python -m benchmarks.gaussian_generator` (what each part measures: "
-             "its docstring); the generator is `benchmarks/gaussian_generator.c`, not used by "
+             "Written by `python -m research.gaussian_generator` (what each part measures: "
+             "its docstring); the generator is `research/gaussian_generator.c`, not used by "
              f"the package. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch "
              f"{m['torch']}, one thread; built with `cc {' '.join(data['flags'])}`; "
              f"{data['elapsed_s']:.0f} s.", "",
@@ -207,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (smoke test)")
-    ap.add_argument("--out", default=str(OUT), help="'' to write nothing")
+    ap.add_argument("--out", default=str(OUT),
+                    help="'' to write nothing; by default the docs, which quote the result")
     args = ap.parse_args(argv)
     if args.quick:
         args.d, args.reps, args.keys = 4096, 2, 2

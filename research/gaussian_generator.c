@@ -1,5 +1,5 @@
-/* A counter-based Gaussian generator, prototyped for issue 18: what a generator of our own
-   would cost against torch's randn (benchmarks/gaussian_generator.py). Not used by the package.
+/* A counter-based Gaussian generator, prototyped to measure what a generator of our own
+   would cost against torch's randn (research/gaussian_generator.py). Not used by the package.
 
    Entry i of gauss_fill(out, n, key) depends on (key, i) alone. Pairs of normals by Box-Muller:
    two 32-bit hashes of the pair's counter (two multiply-xorshift rounds, keyed), u = (w1 >> 8 + 1)

@@ -1,6 +1,6 @@
 """Distributed queries (``opt.distributed``): steps with 1 and 2 gloo processes.
 
-    python -m benchmarks.distributed [--q 20] [--steps 5] [--sleep-ms 50]
+    python -m benchmarks.perf.distributed [--q 20] [--steps 5] [--sleep-ms 50]
                                      [--out docs/benchmarks] [--quick]
 
 Sharded steps: ZOAdam steps with 1 process and with 2 gloo processes on this machine (loopback
@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from tools.launch import exit_worker, launch_ranks
 from torchzo.optim import ZOAdam
 
-from ._common import (
+from .._common import (
     OUT,
     finish,
     fmt_spread,
@@ -46,7 +46,7 @@ from ._common import (
 )
 from .batched_mlp import make_mlp
 
-MODULE = "benchmarks.distributed"
+MODULE = "benchmarks.perf.distributed"
 
 
 # -- the objectives -------------------------------------------------------------------------------

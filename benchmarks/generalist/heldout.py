@@ -49,7 +49,8 @@ from torchzo.oracle import KINDS, ClosureError
 from torchzo.tasks import Problem
 from torchzo.tasks.families import FAMILIES, FAMILY_SPLITS
 
-from ._common import OUT, finish, machine, md_table, pyplot, save_figure
+from .._common import OUT, finish, machine, md_table, pyplot, save_figure
+from .._tuning import Grid, tune_adam, tune_step
 
 MakeOpt = Callable[[list[Tensor], int, float | None], ZOOptimizer]
 _TUNE_SEED, _TEST_SEED = 3_000_000, 2_000_000
@@ -109,71 +110,65 @@ def log_progress(curve: Sequence[float], f_min: float) -> float:
     return math.log(max(gap / max(gap0, 1e-30), FLOOR))
 
 
-def _tune(problems: Sequence[Problem], grid: Callable[[float], MakeOpt], exponents: list[float],
-          steps: int) -> tuple[float, float, dict[str, float]]:
-    """The best lr exponent: a decade grid, extended while its best is on an edge, then the
-    half-decades either side of the best decade."""
-    tried: dict[float, float] = {}
-
-    def score(e: float) -> float:
-        if e not in tried:
-            runs = [run(p, grid(10 ** e), steps, i, steps)[0] for i, p in enumerate(problems)]
-            tried[e] = sum(log_progress(c, p.f_min) for c, p in zip(runs, problems)) / len(runs)
-        return tried[e]
-
-    def best() -> float:
-        return min(tried, key=lambda e: (tried[e], -e))
-
-    for e in exponents:
-        score(e)
-    while best() in (min(tried), max(tried)) and -12 < best() < 4:
-        edge = best()
-        score(edge - 1 if edge == min(tried) else edge + 1)
-        if best() == edge:
-            break
-    centre = best()
-    score(centre - 0.5)
-    score(centre + 0.5)
-    e = best()
-    return e, tried[e], {f"{e:g}": round(s, 4) for e, s in sorted(tried.items())}
+def _grid(exponents: Sequence[float], beta1: tuple[float, ...] = (0.9,)) -> Grid:
+    """lr = 10 ** e: e on ``exponents``, extended by decades within [1e-12, 1e4], then the
+    half-decades either side of the best decade; each beta1 tuned on its own, beta2 0.999."""
+    return Grid(coarse=tuple(exponents), per_decade=2, max_extend=16, bounds=(-12.0, 4.0),
+                exponents=True, beta1=beta1, beta2=(0.999,), rounds=0, refine=None)
 
 
-def _tune_adam(problems: Sequence[Problem], grid: list[float], steps: int, kind: str
-               ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """ZO-Adam with ``kind`` directions tuned over lr on ``grid`` and beta1 in {0.9, 0.5}:
-    the best setting, and every candidate's score per beta1."""
-    tried_all: dict[str, Any] = {}
-    best = None
-    for beta1 in (0.9, 0.5):
-        def adam(lr: float, beta1: float = beta1) -> MakeOpt:
-            return lambda p, s, mu: torchzo.ZOAdam(p, lr=lr, mu=mu, betas=(beta1, 0.999),
-                                                   seed=s, directions_kind=kind)
-        e, sc, tried = _tune(problems, adam, grid, steps)
-        tried_all[f"beta1_{beta1}"] = tried
-        if best is None or sc < best[2]:
-            best = (10 ** e, beta1, sc)
-    assert best is not None
-    return {"lr": best[0], "beta1": best[1], "score": best[2]}, tried_all
+class _Scores:
+    """The tuning criterion of ``lr = 10 ** e`` for an optimizer family ``make(lr)``,
+    memoised per family and e."""
+
+    def __init__(self, problems: Sequence[Problem], steps: int) -> None:
+        self.problems, self.steps = problems, steps
+        self.tried: dict[tuple[Callable[[float], MakeOpt], float], float] = {}
+
+    def __call__(self, make: Callable[[float], MakeOpt], e: float) -> float:
+        if (make, e) not in self.tried:
+            runs = [run(p, make(10 ** e), self.steps, i, self.steps)[0]
+                    for i, p in enumerate(self.problems)]
+            self.tried[make, e] = sum(log_progress(c, p.f_min)
+                                      for c, p in zip(runs, self.problems)) / len(runs)
+        return self.tried[make, e]
+
+    def record(self, make: Callable[[float], MakeOpt]) -> dict[str, float]:
+        """Every e tried with ``make``: its score, rounded."""
+        return {f"{e:g}": round(s, 4) for (m, e), s in sorted(self.tried.items(),
+                                                              key=lambda i: i[0][1])
+                if m is make}
+
+
+def _adam(beta1: float, kind: str) -> Callable[[float], MakeOpt]:
+    def make(lr: float) -> MakeOpt:
+        return lambda p, s, mu: torchzo.ZOAdam(p, lr=lr, mu=mu, betas=(beta1, 0.999), seed=s,
+                                               directions_kind=kind)
+    return make
 
 
 def tune_family(problems: Sequence[Problem], steps: int, quick: bool,
                 kind: str = "gaussian") -> dict[str, Any]:
     """Tuned ZO-Adam and ZO-SGD on ``problems``; for another ``kind`` than Gaussian, also
-    ZO-Adam with ``kind`` directions (how much of a learned optimizer's lead its oracle buys)."""
+    ZO-Adam with ``kind`` directions (how much of a learned optimizer's lead its oracle buys).
+    Beside each best setting, every candidate's score (per beta1 for ZO-Adam)."""
     adam_grid = [-4.0, -2.0] if quick else [-5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
     sgd_grid = [-5.0, -3.0] if quick else [-7.0, -6.0, -5.0, -4.0, -3.0, -2.0, -1.0, 0.0]
+    score = _Scores(problems, steps)
     out: dict[str, Any] = {}
-    out["adam"], tried = _tune_adam(problems, adam_grid, steps, "gaussian")
-    out.update({f"adam_{k}": v for k, v in tried.items()})
-    if kind != "gaussian":
-        out[f"adam_{kind}"], tried = _tune_adam(problems, adam_grid, steps, kind)
-        out.update({f"adam_{kind}_{k}": v for k, v in tried.items()})
+    for directions in dict.fromkeys(("gaussian", kind)):
+        adams = {b1: _adam(b1, directions) for b1 in (0.9, 0.5)}
+        e, (b1, _), _ = tune_adam(lambda e, b, a=adams: score(a[b[0]], e),  # type: ignore[misc]
+                                  _grid(adam_grid, tuple(adams)))
+        name = "adam" if directions == "gaussian" else f"adam_{directions}"
+        out[name] = {"lr": 10 ** e, "beta1": b1, "score": score(adams[b1], e)}
+        out.update({f"{name}_beta1_{b}": score.record(make) for b, make in adams.items()})
 
     def sgd(lr: float) -> MakeOpt:
         return lambda p, s, mu: torchzo.ZOSGD(p, lr=lr, mu=mu, seed=s)
-    e, sc, tried_sgd = _tune(problems, sgd, sgd_grid, steps)
-    out["sgd_grid"] = tried_sgd
-    out["sgd"] = {"lr": 10 ** e, "score": sc}
+    e, _ = tune_step(lambda e: score(sgd, e), _grid(sgd_grid))
+    out["sgd_grid"] = score.record(sgd)
+    out["sgd"] = {"lr": 10 ** e, "score": score(sgd, e)}
     return out
 
 

@@ -1,6 +1,6 @@
 """Binary classification: tuned ZO baselines against ZO-LSTM (paper Fig. 3a, 3b-d and 4c).
 
-    python -m benchmarks.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
+    python -m benchmarks.paper.binclass [--weights NAME=PATH ...] [--out docs/benchmarks]
                                   [--quick] [--trials N] [--sweep-trials N]
                                   [--no-sweeps] [--no-plots]
 
@@ -46,8 +46,9 @@ from torchzo.oracle import KINDS, Batched
 from torchzo.tasks.base import Problem
 from torchzo.tasks.binclass import BinaryClassification
 
-from ._common import OUT, machine, md_table, pyplot, save_figure, write_results
-from ._common import band as _band
+from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
+from .._common import band as _band
+from .._report import bullets, figures, section
 from ._protocol import (
     ABLATIONS,
     BASELINES,
@@ -67,7 +68,7 @@ from ._protocol import (
     tune_alpha,
 )
 
-log = logging.getLogger("benchmarks.binclass")
+log = logging.getLogger("benchmarks.paper.binclass")
 
 QUICK = replace(FULL, steps=30, tune_datasets=2, test_datasets=2, trials=1,
                 coarse=(1.0, 10.0, 100.0), fine_per_decade=2, beta2=(0.99, 0.999), max_extend=2,
@@ -136,7 +137,7 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Reproduces Fig. 3a, 3b-d and the binary-classification ablation of Fig. 4c of Ruan et "
         "al., *Learning to Learn by Zeroth-Order Oracle* (ICLR 2020), with "
-        "`python -m benchmarks.binclass`"
+        "`python -m benchmarks.paper.binclass`"
         + (" (**--quick smoke run: tiny grids, not results**)" if data["quick"] else "") + ".",
         "",
         f"Task: non-convex least squares `mean (y - sigmoid(theta.x))^2`, d = {cfg['dim']}, "
@@ -163,8 +164,7 @@ def markdown(data: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
         f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} optimizer runs).",
         "",
-        "## Tuned hyperparameters",
-        "",
+        *section("Tuned hyperparameters"),
     ]
     rows = []
     for kind, label in BASELINES.items():
@@ -177,14 +177,15 @@ def markdown(data: dict[str, Any]) -> str:
     if tuned["unresolved_edges"]:
         lines.append(f"Still on a grid edge after {cfg['max_extend']} extensions: "
                      + ", ".join(tuned["unresolved_edges"]) + ".\n")
-    lines += ["## Fig. 3a and Fig. 4c: final loss on the test datasets", "",
-              f"Mean ± std over the {cfg['test_datasets']} test datasets (each averaged over "
-              f"{cfg['trials']} trial(s)). Ratio, wins and iterations are against the best tuned "
-              f"baseline on the test datasets, **{best}** ({cmp_['target']:.4f}): wins = "
-              "datasets where the method's mean final loss is lower; iterations = first step at "
-              "which the method's mean curve reaches the best baseline's mean final loss. The "
-              "JSON holds the mean and std curves (over all runs) at "
-              f"{len(data['curve_steps'])} iterations and every run's final loss.", ""]
+    lines += section(
+        "Fig. 3a and Fig. 4c: final loss on the test datasets",
+        f"Mean ± std over the {cfg['test_datasets']} test datasets (each averaged over "
+        f"{cfg['trials']} trial(s)). Ratio, wins and iterations are against the best tuned "
+        f"baseline on the test datasets, **{best}** ({cmp_['target']:.4f}): wins = "
+        "datasets where the method's mean final loss is lower; iterations = first step at "
+        "which the method's mean curve reaches the best baseline's mean final loss. The "
+        "JSON holds the mean and std curves (over all runs) at "
+        f"{len(data['curve_steps'])} iterations and every run's final loss.")
     n = cfg["test_datasets"]
     rows = []
     for name, r in cmp_["rows"].items():
@@ -215,11 +216,12 @@ def markdown(data: dict[str, Any]) -> str:
                          for w, t in data["transfer"].items()) + ".\n")
     if data["sweeps"]:
         labels = list(next(iter(data["sweeps"].values()))[0]["methods"])
-        lines += ["## Fig. 3b-d: varying q, b and d", "",
-                  f"Final loss, mean ± std over {cfg['test_datasets']} test datasets x "
-                  f"{cfg['sweep_trials']} trial(s); the other two settings at q = {cfg['q']}, "
-                  f"b = {cfg['batch']}, d = {cfg['dim']}. ZO-SGD keeps the tuned delta "
-                  "(lr = delta / d), ZO-LSTM its output scale 1.", ""]
+        lines += section(
+            "Fig. 3b-d: varying q, b and d",
+            f"Final loss, mean ± std over {cfg['test_datasets']} test datasets x "
+            f"{cfg['sweep_trials']} trial(s); the other two settings at q = {cfg['q']}, "
+            f"b = {cfg['batch']}, d = {cfg['dim']}. ZO-SGD keeps the tuned delta "
+            "(lr = delta / d), ZO-LSTM its output scale 1.")
         for axis, name in (("q", "q"), ("batch", "b"), ("dim", "d")):
             rows = []
             for row in data["sweeps"][axis]:
@@ -231,9 +233,7 @@ def markdown(data: dict[str, Any]) -> str:
                 rows.append(cells)
             header = [name, *labels] + ([f"{labels[-1]} wins"] if len(labels) == 2 else [])
             lines.append(md_table(header, rows))
-    lines += ["## Notes", "", *[f"- {note}" for note in data["notes"]], ""]
-    if data["plots"]:
-        lines += ["## Plots", "", *[f"![{p}]({p})" for p in data["plots"]], ""]
+    lines += [*bullets("Notes", data["notes"]), *figures(data["plots"])]
     return "\n".join(lines)
 
 
@@ -335,7 +335,7 @@ def plot(data: dict[str, Any], out: Path) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.binclass",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paper.binclass",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                     help="a ZO-LSTM weights file (or shipped name, or 'untrained'); repeatable. "

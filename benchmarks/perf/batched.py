@@ -1,6 +1,6 @@
 """Batched vs sequential queries on the MNIST attack: the step time of each path.
 
-    python -m benchmarks.batched [--reps N] [--number N] [--q Q ...] [--threads N ...]
+    python -m benchmarks.perf.batched [--reps N] [--number N] [--q Q ...] [--threads N ...]
                                  [--malloc default|kept ...] [--out DIR] [--quick]
 
 One ZOAdam step on the black-box attack of one 28 x 28 image against the paper's MNIST CNN
@@ -45,7 +45,7 @@ from torchzo.progress import Progress
 from torchzo.tasks.attack import attack_loss
 from torchzo.tasks.targets import for_queries, make_model
 
-from ._common import (
+from .._common import (
     OUT,
     faults_per_call,
     fmt_spread,
@@ -273,7 +273,7 @@ def render(data: dict[str, Any]) -> str:
         "# Batched vs sequential queries: MNIST attack", "",
         *[para.replace("\n", " ") + "\n"
           for para in (__doc__ or "").split("\n\n", 2)[2].strip().split("\n\n")],
-        "Written by `python -m benchmarks.batched`"
+        "Written by `python -m benchmarks.perf.batched`"
         + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
         f"torch {m['torch']}, {m.get('logical_cpus', '?')} logical CPUs, load average "
         f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}; *threads*: torch intra-op threads "
@@ -341,7 +341,7 @@ def _render_loops(loops: dict[str, Any] | None) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.batched",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf.batched",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--q", type=int, nargs="+", default=[5, 20, 50])
     ap.add_argument("--reps", type=int, default=50)

@@ -6,7 +6,7 @@ the tuned betas (0.6, 0.999) and lr 0.056 (``docs/benchmarks/binclass.md``), on 
 datasets, with constant, cosine, linear-decay and linear-ramp schedules; ZO-SGD with and
 without momentum for reference. Mean full-data loss at steps 250 and 500.
 
-    python -m benchmarks.schedules --out docs/benchmarks
+    python -m benchmarks.paper.schedules --out docs/benchmarks
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from torchzo.oracle import Batched
 from torchzo.progress import Progress
 from torchzo.tasks import BinaryClassification
 
-from ._common import finish, machine, md_table
+from .._common import finish, machine, md_table
 
 Schedule = Callable[[int], float]
 
@@ -88,7 +88,7 @@ def render(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.schedules")
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.paper.schedules")
     ap.add_argument("--datasets", type=int, default=6)
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", default=None)
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     problems = list(BinaryClassification().problems("train"))[: args.datasets]
     data: dict[str, Any] = {"machine": machine(), "datasets": args.datasets,
                             "steps": args.steps, "runs": {},
-                            "command": "python -m benchmarks.schedules"
+                            "command": "python -m benchmarks.paper.schedules"
                                        + (" --quick" if args.quick else "")}
     runs = _runs(args.steps)
     with Progress(total=len(runs), desc="schedules", unit="schedule") as progress:

@@ -1,11 +1,11 @@
 """Direction or step size? The generalist's step with its size held fixed, on binary classification.
 
-    python -m benchmarks.step_size [--sizes 0.003,0.01,0.02,0.03,0.05,0.1] [--datasets 10]
+    python -m benchmarks.paper.step_size [--sizes 0.003,0.01,0.02,0.03,0.05,0.1] [--datasets 10]
                                    [--trials 2] [--weights NAME_OR_PATH] [--also A,B]
-                                   [--out docs/benchmarks/selection]
+                                   [--out docs/benchmarks]
 
 The paper's binary classification (d = 100, minibatch 64, q = 20, 500 steps), on its
-*training* datasets: the test datasets are issue 15's bar and are not looked at here.
+*training* datasets: the test datasets, on which the generalist is judged, are not looked at here.
 Methods, on the same datasets, direction seeds and minibatches:
 
 - the generalist (``--weights``, default the shipped ``generalist``) at lr 1, as it ships;
@@ -35,7 +35,7 @@ import torchzo
 from torchzo.learned import LearnedZO
 from torchzo.tasks.binclass import BinaryClassification
 
-from ._common import OUT, finish, machine, md_table
+from .._common import OUT, finish, machine, md_table
 
 _CHECKPOINTS = (50, 100, 200, 300, 400, 500)
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--datasets", type=int, default=10, help="the first N training datasets")
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--steps", type=int, default=500)
-    ap.add_argument("--out", default=str(OUT / "selection"))
+    ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--name", default="step-size-binclass")
     args = ap.parse_args(argv)
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if track:
                     sigmas.append(track)
     data: dict[str, Any] = {
-        "command": "python -m benchmarks.step_size " + " ".join(
+        "command": "python -m benchmarks.paper.step_size " + " ".join(
             sys.argv[1:] if argv is None else argv),
         "machine": machine(), "config": vars(args), "tuned_adam": tuned,
         "datasets": [p.seed for p in problems], "finals": finals,

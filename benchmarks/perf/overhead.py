@@ -1,6 +1,6 @@
 """Per-step overhead and memory of torchzo's optimizers, next to ``torch.optim.Adam``.
 
-    python -m benchmarks.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
+    python -m benchmarks.perf.overhead [--dims 1000 100000 1000000] [--q 20] [--reps 80]
                                   [--split-dims D ...] [--out docs/benchmarks] [--quick]
 
 Time: the closure returns a precomputed 0-dim tensor, and the time of ``q + 1`` bare closure
@@ -45,7 +45,7 @@ from torchzo.learned import Arch, LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure, kernels
 
-from ._common import OUT, finish, machine, spread
+from .._common import OUT, finish, machine, spread
 from ._overhead_report import (
     GENERALIST,
     KEY,
@@ -60,7 +60,7 @@ __all__ = ["KEY", "PARTS", "main", "render"]
 
 # ZOLSTM with untrained paper-size networks: its cost does not depend on the weights. The
 # generalist's architecture likewise, with its query net; the shipped generalist as it runs
-# (issue 15's bar: at most 3x ZOAdam's overhead).
+# (its bar: at most 3x ZOAdam's overhead).
 ZO: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
     RADEMACHER_TORCH: functools.partial(ZOSGD, directions_kind="rademacher"),
@@ -324,7 +324,7 @@ def rss_check(d: int, q: int) -> list[dict[str, Any]]:
     env = checkout_env()
     rows = []
     for name in ALL:
-        cmd = [sys.executable, "-m", "benchmarks.overhead", "--rss-probe", name,
+        cmd = [sys.executable, "-m", "benchmarks.perf.overhead", "--rss-probe", name,
                "--q", str(q), "--rss-d", str(d)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         try:
@@ -335,7 +335,7 @@ def rss_check(d: int, q: int) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.perf.overhead",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--dims", type=int, nargs="+", default=[1000, 100_000, 1_000_000])
     ap.add_argument("--model-dims", type=int, nargs="*", default=[100_000],
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     start = time.perf_counter()
     data: dict[str, Any] = {
         "benchmark": "overhead",
-        "command": " ".join(["python -m benchmarks.overhead", *argv]),
+        "command": " ".join(["python -m benchmarks.perf.overhead", *argv]),
         "machine": machine(),
         "kernels": kernels.info(),
         "config": {"dims": args.dims, "model_dims": args.model_dims, "q": args.q,

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from torchzo.optim import ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.progress import Progress
 from torchzo.tasks.base import Problem
+
+from .._tuning import Grid, canon, tune_adam, tune_step
 
 log = logging.getLogger("benchmarks")
 
@@ -66,15 +68,12 @@ class Config:
     sweep_dim: tuple[int, ...] = (50, 100, 150)
     sweep_trials: int = 3
     mu: float | None = None  # None: every optimizer's default for the dtype
-    #: Every method's base draw (issue 18: its effect). ``None``: each method's own default,
+    #: Every method's base draw. ``None``: each method's own default,
     #: Gaussian for the baselines and the kind a ZO-LSTM's weights name.
     directions_kind: str | None = None
 
 
 FULL = Config()
-def canon(x: float) -> float:
-    """Grid values reached by different products (10 * 10**0.25 ...) must hit the same cache."""
-    return float(f"{x:.6g}")
 
 
 def _finite_or_inf(x: float) -> float:
@@ -183,100 +182,36 @@ class Tuner:
         return self._scores[key]
 
 
-def _line_search(score: Callable[[float], float], values: Sequence[float], factor: float,
-                 max_extend: int, upper: float = math.inf) -> tuple[float, bool]:
-    """Best of ``values``; while it sits on an edge, add the next value beyond that edge.
-
-    Returns the best value and whether it is still on an edge (extensions exhausted or bound).
-    """
-    vals = sorted({canon(v) for v in values})
-    for extension in range(max_extend + 1):
-        scores = [score(v) for v in vals]
-        i = min(range(len(vals)), key=scores.__getitem__)
-        if 0 < i < len(vals) - 1:
-            return vals[i], False
-        beyond = canon(vals[0] / factor) if i == 0 else canon(vals[-1] * factor)
-        if extension == max_extend or beyond > upper:
-            log.warning("best value %.4g is still on the edge of %s", vals[i], vals)
-            return vals[i], True
-        vals = sorted([*vals, beyond])
-    raise AssertionError("unreachable")
-
-
-def _fine_grid(center: float, per_decade: int) -> list[float]:
-    """Log-spaced points between the decade neighbours of ``center`` (both included)."""
-    return [center * 10 ** (k / per_decade) for k in range(-per_decade, per_decade + 1)]
-
-
-def _tune_delta(tuner: Tuner, kind: str, cfg: Config) -> tuple[float, list[str]]:
-    edges = []
-    score = lambda d: tuner.score(kind, d)  # noqa: E731
-    tuner.stage = "coarse"
-    delta, stuck = _line_search(score, cfg.coarse, 10.0, cfg.max_extend)
-    if stuck:
-        edges.append(f"{BASELINES[kind]} coarse delta")
-    tuner.stage = "fine"
-    delta, stuck = _line_search(score, _fine_grid(delta, cfg.fine_per_decade),
-                                10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-    if stuck:
-        edges.append(f"{BASELINES[kind]} fine delta")
-    return delta, edges
-
-
-def _tune_adam(tuner: Tuner, cfg: Config) -> tuple[float, tuple[float, float], list[str]]:
-    """Joint coarse grid, then coordinate descent (delta, beta1, beta2) until it settles."""
-    tuner.stage = "coarse"
-    coarse = {(d, b1, b2): tuner.score("zoadam", d, (b1, b2))
-              for d in cfg.coarse for b1 in cfg.beta1 for b2 in cfg.beta2}
-    delta, b1, b2 = min(coarse, key=coarse.__getitem__)
-    edges: list[str] = []
-    for rnd in range(1, cfg.adam_rounds + 1):
-        before = (delta, b1, b2)
-        by_delta = lambda d, b=(b1, b2): tuner.score("zoadam", d, b)  # noqa: E731
-        tuner.stage = f"round {rnd}: delta"
-        if rnd == 1:  # the coarse decade grid may itself need extending
-            delta, stuck = _line_search(by_delta, cfg.coarse, 10.0, cfg.max_extend)
-            if stuck:
-                edges.append("ZO-Adam coarse delta")
-        delta, stuck = _line_search(by_delta, _fine_grid(delta, cfg.fine_per_decade),
-                                    10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-        if stuck:
-            edges.append(f"ZO-Adam fine delta (round {rnd})")
-        # Betas are searched in 1 - beta, which is what sets Adam's averaging horizon.
-        tuner.stage = f"round {rnd}: beta1"
-        gap, stuck = _line_search(lambda g, d=delta, b=b2: tuner.score(  # type: ignore[misc]
-                                      "zoadam", d, (1 - g, b)),
-                                  [1 - b for b in (*cfg.beta1, b1)], 2.0, cfg.max_extend, 1.0)
-        b1 = canon(1 - gap)
-        if stuck:
-            edges.append(f"ZO-Adam beta1 (round {rnd})")
-        tuner.stage = f"round {rnd}: beta2"
-        gap, stuck = _line_search(lambda g, d=delta, b=b1: tuner.score(  # type: ignore[misc]
-                                      "zoadam", d, (b, 1 - g)),
-                                  [1 - b for b in (*cfg.beta2, b2)], 2.0, cfg.max_extend, 1.0)
-        b2 = canon(1 - gap)
-        if stuck:
-            edges.append(f"ZO-Adam beta2 (round {rnd})")
-        if (delta, b1, b2) == before:
-            break
-    return delta, (b1, b2), edges
+def grid(cfg: Config) -> Grid:
+    """The paper's grids: delta (``lr = delta / d``) on decades, then ``fine_per_decade``."""
+    return Grid(coarse=cfg.coarse, per_decade=cfg.fine_per_decade, max_extend=cfg.max_extend,
+                beta1=cfg.beta1, beta2=cfg.beta2, rounds=cfg.adam_rounds)
 
 
 def tune(runner: Runner, problems: Sequence[Problem]) -> dict[str, Any]:
     cfg = runner.cfg
     tuner = Tuner(runner, problems)
     t0 = time.perf_counter()
-    sgd, sgd_edges = _tune_delta(tuner, "zosgd", cfg)
-    sign, sign_edges = _tune_delta(tuner, "zosignsgd", cfg)
-    adam, betas, adam_edges = _tune_adam(tuner, cfg)
-    best: dict[str, dict[str, Any]] = {"zosgd": {"delta": sgd}, "zosignsgd": {"delta": sign},
-            "zoadam": {"delta": adam, "betas": list(betas)}}
+    best: dict[str, dict[str, Any]] = {}
+    edges: list[str] = []
+
+    def stage(name: str) -> None:
+        tuner.stage = name
+    for kind in ("zosgd", "zosignsgd"):
+        delta, stuck = tune_step(lambda d, k=kind: tuner.score(k, d),  # type: ignore[misc]
+                                 grid(cfg), "delta", stage=stage)
+        best[kind] = {"delta": delta}
+        edges += [f"{BASELINES[kind]} {e}" for e in stuck]
+    delta, betas, stuck = tune_adam(lambda d, b: tuner.score("zoadam", d, b), grid(cfg),
+                                    "delta", stage)
+    best["zoadam"] = {"delta": delta, "betas": list(betas)}
+    edges += [f"ZO-Adam {e}" for e in stuck]
     for kind, hp in best.items():
         hp["lr"] = hp["delta"] / problems[0].dim
         hp["score"] = tuner.score(kind, hp["delta"], betas if kind == "zoadam" else None)
         hp["candidates"] = len(tuner.records[kind])
     return {"datasets": [p.seed for p in problems], "best": best,  # type: ignore[attr-defined]
-            "candidates": tuner.records, "unresolved_edges": sgd_edges + sign_edges + adam_edges,
+            "candidates": tuner.records, "unresolved_edges": edges,
             "seconds": time.perf_counter() - t0}
 
 
@@ -298,11 +233,8 @@ def tune_alpha(runner: Runner, problems: Sequence[Problem], weights: str) -> dic
             log.info("tune alpha of %s: %.4g  score %.5f", weights, spec["alpha"], s)
         return s
 
-    alpha, stuck = _line_search(score, (0.1, 1.0, 10.0), 10.0, cfg.max_extend)
-    alpha, stuck_fine = _line_search(score, _fine_grid(alpha, cfg.fine_per_decade),
-                                     10 ** (1 / cfg.fine_per_decade), cfg.max_extend)
-    return {"alpha": alpha, "score": score(alpha), "candidates": records,
-            "on_edge": stuck or stuck_fine}
+    alpha, stuck = tune_step(score, replace(grid(cfg), coarse=(0.1, 1.0, 10.0)), "alpha")
+    return {"alpha": alpha, "score": score(alpha), "candidates": records, "on_edge": bool(stuck)}
 
 
 def transfer_specs(tuned: dict[str, dict[str, Any]]) -> dict[str, Spec]:

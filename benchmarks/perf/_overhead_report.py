@@ -1,9 +1,9 @@
-"""The Markdown report of :mod:`benchmarks.overhead` (a function of its JSON data only)."""
+"""The Markdown report of :mod:`benchmarks.perf.overhead` (a function of its JSON data only)."""
 from __future__ import annotations
 
 from typing import Any
 
-from ._common import fmt_spread, fmt_time, md_table
+from .._common import fmt_spread, fmt_time, md_table
 
 __all__ = ["GENERALIST", "KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER",
            "RADEMACHER_TORCH", "render"]
@@ -14,10 +14,10 @@ RADEMACHER = "ZOSGD (Rademacher)"
 RADEMACHER_TORCH = "ZOSGD (Rademacher, torch ops)"
 #: The timed configuration with orthogonal directions (a QR of each group of q draws).
 ORTHOGONAL = "ZOSGD (orthogonal)"
-#: The shipped generalist as it runs (issue 15's bar: at most 3x ZOAdam's step overhead).
+#: The shipped generalist as it runs (its bar: at most 3x ZOAdam's step overhead).
 GENERALIST = "ZOLSTM (generalist)"
 
-# The oracle's parts timed beside ZOSGD's step (see ``benchmarks.overhead._contenders``).
+# The oracle's parts timed beside ZOSGD's step (see ``benchmarks.perf.overhead._contenders``).
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]
 PART_NAMES = {
     "wrapper": "call_closure wrapper",

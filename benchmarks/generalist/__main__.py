@@ -1,0 +1,3 @@
+from .heldout import main
+
+main()
