@@ -1,4 +1,4 @@
-"""load_state_dict is atomic (issue 16): everything is checked before anything changes, and a
+"""load_state_dict is atomic: everything is checked before anything changes, and a
 state dict that fails leaves parameters, state, RNG and counters bit-identical."""
 from __future__ import annotations
 

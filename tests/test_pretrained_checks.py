@@ -1,4 +1,4 @@
-"""Weights are checked before they are trusted (issue 16): shapes against the declared
+"""Weights are checked before they are trusted: shapes against the declared
 architecture before anything is allocated, finite values of sane size, a PretrainedError that
 says what is wrong for every malformed input, str paths like Path, an optional sha256."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 16's holes in step(): closures that write parameters or gradients, batched objectives
+"""What step() refuses: closures that write parameters or gradients, batched objectives
 that call backward(), odd parameters, non-finite updates; and the zero-signal warning."""
 from __future__ import annotations
 
