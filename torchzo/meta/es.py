@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.arch import Architecture, GeneralConfig, from_dict
+from ..learned.nets import LearnedZO
 from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families, sample_instance
 from .population import run_population
 
@@ -40,7 +41,7 @@ _WORST = math.log(1e4)   # a diverged member's per-step score: 10^4 times the st
 class ESConfig:
     """An ES meta-training run (saved in its checkpoint)."""
 
-    arch: dict[str, Any] = field(default_factory=lambda: Arch(kind="general", hidden=8).to_dict())
+    arch: dict[str, Any] = field(default_factory=lambda: GeneralConfig(hidden=8).to_dict())
     pairs: int = 16
     sigma: float = 0.02
     lr: float = 0.01
@@ -111,7 +112,7 @@ def _centred_ranks(x: Tensor) -> Tensor:
     return mean[inverse] / max(x.numel() - 1, 1) - 0.5
 
 
-def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
+def validate(theta: Tensor, like: dict[str, Tensor], arch: Architecture, cfg: ESConfig,
              split: str = "val") -> Tensor:
     """Final-loss log progress of one weight vector on fixed instances of ``split``:
     ``val_instances`` per family, seeded apart from training's."""
@@ -143,9 +144,9 @@ def _init_theta(start: Path, like: dict[str, Tensor]) -> Tensor:
 def _grown(old: dict[str, Tensor], like: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     """``old`` in another architecture's layout ``like``. Weights ``like`` lacks are dropped
     (the query net, for an export without it); weights that grew (the controller's input
-    columns for the noise inputs, its read-out rows for the SGD mix) keep the old entries and
-    start at zero in the new ones; weights new to the architecture start as ``like``'s (the
-    mix weight: zero). So the new architecture steps as the old optimizer did."""
+    columns for the noise inputs) keep the old entries and start at zero in the new ones;
+    weights new to the architecture start as ``like``'s. So the new architecture steps as
+    the old optimizer did."""
     out = {}
     for name, w in like.items():
         if name not in old:
@@ -194,7 +195,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     if unknown:
         raise ValueError(f"unknown validation families {unknown}; the families are "
                          f"{sorted(FAMILIES)}")
-    arch = Arch.from_dict(cfg.arch)
+    arch = from_dict(cfg.arch)
     with torch.random.fork_rng():  # the initial weights from the run's seed, not the caller's
         torch.manual_seed(cfg.seed)
         nets = LearnedZO(arch=arch)
@@ -286,34 +287,24 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     return weights_of(torch.load(out / "best.pt", weights_only=True)["theta"], arch)
 
 
-def export(out: Path, path: Path, command: str, query_net: bool = True,
-           sgd_mix: float | None = None, mix_gain: float = 0.0,
-           max_step: float = 0.0, sigma_rate: float | None = None,
-           check: int | None = None, directions_kind: str | None = None) -> dict[str, Any]:
+def export(out: Path, path: Path, command: str, overrides: dict[str, Any] | None = None,
+           check: int | None = None) -> dict[str, Any]:
     """Write the best weights of run ``out`` to ``path`` (a weights file) and ``path.json``
     (what ``python -m tools.ship`` records: the commands that made it, its validation scores,
     the seconds of ES iterations up to it, and for a run started from another, that run's).
-    ``query_net=False`` leaves the query net out (its directions become the Gaussian ones;
-    every other weight is the run's). ``sgd_mix``: give the exported optimizer ZO-SGD's
-    direction at this constant weight in [0, 1] (``Arch(sgd_mix=True)``, its controller row
-    zero; the weight is chosen on the validation families, docs/research-log.md), and
-    ``mix_gain`` the gain of its hypergradient rule (``Arch.mix_gain``). ``max_step``: cap
-    sigma at this multiple of the parameters' RMS (``Arch.max_step``; 0: no cap).
-    ``sigma_rate``: the factor on each step's change of log sigma (``Arch.sigma_rate``;
-    ``None``: the run's). ``check``: write the run's saved check at this iteration
-    (``checks/N.pt``, chosen afterwards on more instances) instead of its best.
-    ``directions_kind``: the query directions the exported optimizer runs with
-    (``Arch.directions_kind``; ``None``: the run's)."""
+    ``overrides``: settings of the run's architecture to export with, e.g.
+    ``{"query_net": False, "max_step": 0.5}`` (see
+    :class:`~torchzo.learned.arch.GeneralConfig`); weights the new settings drop are left
+    out (the query net: its directions become the Gaussian ones) and weights that grow
+    start at zero in their new entries, so every other weight is the run's. ``check``: write
+    the run's saved check at this iteration (``checks/N.pt``, chosen afterwards on more
+    instances) instead of its best."""
     from ..pretrained import save, sha256
 
-    if sgd_mix is not None and not 0 <= sgd_mix <= 1:
-        raise ValueError(f"sgd_mix must be in [0, 1], got {sgd_mix}")
-    if max_step < 0:
-        raise ValueError(f"max_step must be >= 0, got {max_step}")
-    if mix_gain and sgd_mix is None:
-        raise ValueError("mix_gain adapts the SGD mix: give sgd_mix too")
-
     config = json.loads((out / "config.json").read_text())
+    arch = from_dict(config["arch"])
+    if overrides:
+        arch = replace(arch, **overrides)  # type: ignore[type-var]  # checks them first
     source = out / "best.pt" if check is None else out / "checks" / f"{check}.pt"
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such check of run {out}")
@@ -333,36 +324,20 @@ def export(out: Path, path: Path, command: str, query_net: bool = True,
         rows = [json.loads(r) for r in history.read_text().splitlines() if r] \
             if history.exists() else []
         seconds += sum(r["seconds"] for r in rows if r["iteration"] <= limit)
-    nets = weights_of(best["theta"], Arch.from_dict(config["arch"]))
-    changes: dict[str, Any] = {}
-    if not query_net:
-        changes["query_net"] = False
-    if sgd_mix is not None:
-        changes.update(sgd_mix=True, mix_gain=float(mix_gain))
-    if max_step:
-        changes["max_step"] = float(max_step)
-    if sigma_rate is not None:
-        changes["sigma_rate"] = float(sigma_rate)
-    if directions_kind is not None:
-        changes["directions_kind"] = directions_kind
-    if changes:  # the run's weights in the exported architecture (dropped, grown or as they are)
-        target = LearnedZO(arch=replace(nets.arch, **changes))
-        weights = _grown(nets.weights(), target.weights(), str(out))
-        if sgd_mix is not None:
-            weights["mix"] = torch.tensor(float(sgd_mix))
-        target.load_state_dict(weights, strict=True)
+    nets = weights_of(best["theta"], from_dict(config["arch"]))
+    if overrides:  # the run's weights in the exported architecture (dropped, grown or as they are)
+        target = LearnedZO(arch=arch)
+        target.load_state_dict(_grown(nets.weights(), target.weights(), str(out)), strict=True)
         nets = target
     meta: dict[str, Any] = {
-        "task": "generalist", "preset": "es", "arch": "general",
+        "task": "generalist", "preset": "es", "arch": nets.arch.kind,
         "command": " && ".join([c for c in commands if c] + [command]),
         "es_iteration": it, "config": config, "val_final_loss": None,
         "val_final_log_progress": round(float(best["val"].mean()), 4),
         "train_seconds": round(seconds, 1), "torch": str(torch.__version__),
         "machine": f"{platform.machine()}, 1 torch thread",
-        "query_net": nets.arch.query_net,
-        "sgd_mix": float(nets.mix.detach()) if nets.arch.sgd_mix else None,
-        "mix_gain": nets.arch.mix_gain, "max_step": nets.arch.max_step,
-        "sigma_rate": nets.arch.sigma_rate, "directions_kind": nets.arch.directions_kind,
+        # the exported architecture's settings, as its file stores them
+        **nets.arch.to_dict()["config"],
     }
     save(nets, path, meta)
     meta["sha256"] = sha256(path)
@@ -382,10 +357,10 @@ def load_check(path: Path, out: Path | None = None) -> LearnedZO:
     out = Path(path).parent.parent if out is None else out
     config = json.loads((out / "config.json").read_text())
     theta = torch.load(path, weights_only=True)["theta"]
-    return weights_of(theta, Arch.from_dict(config["arch"]))
+    return weights_of(theta, from_dict(config["arch"]))
 
 
-def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
+def weights_of(theta: Tensor, arch: Architecture) -> LearnedZO:
     """A :class:`LearnedZO` of ``arch`` holding the flat weights ``theta``."""
     nets = LearnedZO(arch=arch)
     like = {k: v.detach() for k, v in nets.weights().items()}

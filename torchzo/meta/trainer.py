@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.arch import Architecture, PaperConfig
+from ..learned.nets import LearnedZO
 from ..optim.zolstm import ZOLSTM
 from ..tasks import Task
 from .rollout import Rollout, RolloutConfig
@@ -45,7 +46,7 @@ class StageConfig:
 class MetaConfig:
     """Everything that determines a meta-training run (the paper's recipe by default)."""
 
-    arch: Arch = field(default_factory=Arch)
+    arch: Architecture = field(default_factory=PaperConfig)
     q: int = 20
     mu: float | None = None
     estimator: str = "forward"
@@ -155,7 +156,8 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
     horizon, unroll = cfg.horizon or task.horizon, cfg.unroll or task.unroll
     torch.manual_seed(cfg.seed)
     nets = nets if nets is not None else LearnedZO(arch=cfg.arch)
-    history: dict[str, Any] = {"config": _plain(asdict(cfg)), "epochs": []}
+    history: dict[str, Any] = {"config": {**_plain(asdict(cfg)), "arch": cfg.arch.to_dict()},
+                               "epochs": []}
     resume = _load_checkpoint(checkpoint) if checkpoint and checkpoint.is_file() else None
     if resume:
         nets.load_state_dict(resume["nets"])
