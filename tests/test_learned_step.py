@@ -66,7 +66,7 @@ def _run(weights, arch, x, state, generator, directions, steps, in_place):
 
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("directions", ["learned", "gaussian"])
-@pytest.mark.parametrize("kind", ["paper", "adam"])
+@pytest.mark.parametrize("kind", ["paper", "general"])
 def test_population_members_step_as_their_own_weights_do(kind, directions, in_place):
     """A population of one is the unbatched step, bit for bit; one call over three weight sets
     gives each the step it takes alone, up to float32 rounding."""
@@ -106,7 +106,7 @@ def test_one_weight_set_computes_the_lstm_cells_states():
 
 
 def test_step_is_differentiable_in_the_weights_and_changes_nothing_out_of_place():
-    nets = _nets(1, "adam")
+    nets = _nets(1, "general")
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in nets.weights().items()}
     x = torch.zeros(D)
     state = core.init_state(x, nets.arch)
