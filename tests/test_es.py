@@ -14,14 +14,15 @@ from hypothesis import strategies as st
 from zo_testing import FAST, FEW
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO
+from torchzo.learned.arch import from_dict
 from torchzo.meta import es, es_gradient
 from torchzo.meta.__main__ import main
 from torchzo.meta.es import ESConfig, flatten, score, train_es, unflatten, validate, weights_of
 from torchzo.meta.es_gradient import centred_ranks
 from torchzo.meta.population import PopulationRun
 
-ARCH = Arch(kind="general", hidden=8)
+ARCH = GeneralConfig(hidden=8)
 
 
 def _like() -> dict[str, torch.Tensor]:
@@ -243,7 +244,7 @@ def test_a_run_neither_draws_from_nor_depends_on_the_global_generator(tmp_path):
     train_es(_tiny(2, val_every=1), run, log=quiet)
     train_es(_tiny(3, val_every=1), run, log=quiet)  # a resumed run too
     es.load_best(run)
-    es.export(run, tmp_path / "w.pt", "cmd", query_net=False)
+    es.export(run, tmp_path / "w.pt", "cmd", {"query_net": False})
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(7)  # another global state: the same run
     train_es(_tiny(3, val_every=1), tmp_path / "again", log=quiet)
@@ -405,8 +406,8 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     rows = [json.loads(r) for r in (averaged / "history.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2]
     cfg = _tiny(2, val_every=1, ema=0.5)
-    like = {k: v.detach() for k, v in LearnedZO(arch=Arch.from_dict(cfg.arch)).weights().items()}
-    val = es.validate(b["average"]["theta"], like, Arch.from_dict(cfg.arch), cfg)
+    like = {k: v.detach() for k, v in LearnedZO(arch=from_dict(cfg.arch)).weights().items()}
+    val = es.validate(b["average"]["theta"], like, from_dict(cfg.arch), cfg)
     assert rows[-1]["val"] == round(float(val.mean()), 4)  # the average is what was validated
 
 
@@ -415,7 +416,7 @@ def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path
     quiet = lambda line: None  # noqa: E731
     old = tmp_path / "old"
     train_es(_tiny(1), old, log=quiet)
-    noisy = Arch.from_dict({**_tiny(1).arch, "noise_inputs": True})
+    noisy = dataclasses.replace(from_dict(_tiny(1).arch), noise_inputs=True)
     new = tmp_path / "new"
     train_es(_tiny(0, arch=noisy.to_dict(), init=str(old)), new, log=quiet)
     before, after = es.load_best(old), es.load_best(new)
@@ -433,23 +434,19 @@ def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
 
 
-def test_a_run_with_the_sgd_mix_starts_from_a_saved_check_step_for_step(tmp_path):
-    """--init may name a check file; the controller's new read-out row and the mix weight
-    start at zero, so the new architecture steps as the old weights."""
+def test_a_run_starts_from_a_saved_check_step_for_step(tmp_path):
+    """--init may name a check file; the new run starts as those weights."""
     quiet = lambda line: None  # noqa: E731
     old = tmp_path / "old"
     train_es(_tiny(2, val_every=1), old, log=quiet)
     check = old / "checks" / "1.pt"
-    mixed = Arch.from_dict({**_tiny(1).arch, "sgd_mix": True})
     new = tmp_path / "new"
-    train_es(_tiny(0, arch=mixed.to_dict(), init=str(check)), new, log=quiet)
+    train_es(_tiny(0, init=str(check)), new, log=quiet)
     before, after = es.load_check(check), es.load_best(new)
-    assert after.control.head.weight.shape[0] == 2 and float(after.mix.detach()) == 0
-    assert torch.equal(after.control.head.weight[:1], before.control.head.weight)
-    assert not after.control.head.weight[1].any()
-    with torch.no_grad():  # make the step-size read-out matter; the mix's row stays zero
+    assert torch.equal(after.control.head.weight, before.control.head.weight)
+    with torch.no_grad():  # make the step-size read-out matter
         before.control.head.weight.fill_(0.3)
-        after.control.head.weight[0].fill_(0.3)
+        after.control.head.weight.fill_(0.3)
     curves = []
     for nets in (before, after):
         x = torch.linspace(-1, 1, 12)
@@ -458,46 +455,17 @@ def test_a_run_with_the_sgd_mix_starts_from_a_saved_check_step_for_step(tmp_path
     assert curves[0] == pytest.approx(curves[1], rel=1e-6)
 
 
-def test_export_with_a_sgd_mix_weight_steps_as_that_mix(tmp_path):
-    """--sgd-mix-weight W exports the run's weights with ZO-SGD's direction mixed in at W:
-    W = 0 steps as the plain export, W > 0 moves elsewhere, and the file records W."""
+def test_export_with_a_step_cap_records_it(tmp_path):
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)
-    paths = {w: tmp_path / f"mix{w}.pt" for w in ("none", "0", "0.75")}
-    main(["es", "--out", str(run), "--export", str(paths["none"]), "--threads", "1"])
-    for w in ("0", "0.75"):
-        main(["es", "--out", str(run), "--export", str(paths[w]), "--sgd-mix-weight", w,
-              "--threads", "1"])
-    meta = json.loads((tmp_path / "mix0.75.pt.json").read_text())
-    assert meta["sgd_mix"] == 0.75 and "--sgd-mix-weight 0.75" in meta["command"]
-    ends = {}
-    for w, path in paths.items():
-        x = torch.randn(12, generator=torch.Generator().manual_seed(3))
-        opt = torchzo.ZOLSTM([x], pretrained=path, q=4, seed=1)
-        for _ in range(5):
-            opt.step(lambda x=x: ((x - 1) ** 4).sum())
-        ends[w] = x.clone()
-    assert torch.allclose(ends["none"], ends["0"], rtol=1e-6, atol=0)
-    assert not torch.allclose(ends["none"], ends["0.75"], rtol=1e-3)
-    adapted = tmp_path / "adapted.pt"
-    main(["es", "--out", str(run), "--export", str(adapted), "--sgd-mix-weight", "0.5",
-          "--sgd-mix-gain", "0.1", "--threads", "1"])
-    loaded = torchzo.ZOLSTM([torch.zeros(3)], pretrained=adapted).nets
-    assert loaded.arch.mix_gain == 0.1 and float(loaded.mix.detach()) == 0.5
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        es.export(run, tmp_path / "bad.pt", "cmd", sgd_mix=1.5)
-    with pytest.raises(ValueError, match="give sgd_mix"):
-        es.export(run, tmp_path / "bad.pt", "cmd", mix_gain=0.1)
-    with pytest.raises(SystemExit, match="--export"):
-        main(["es", "--out", str(run), "--sgd-mix-weight", "0.5", "--threads", "1"])
     capped = tmp_path / "capped.pt"
     main(["es", "--out", str(run), "--export", str(capped), "--max-step", "0.1",
           "--threads", "1"])
     nets = torchzo.ZOLSTM([torch.zeros(3)], pretrained=capped).nets
-    assert nets.arch.max_step == 0.1 and not nets.arch.sgd_mix
+    assert nets.arch.max_step == 0.1
     assert json.loads((tmp_path / "capped.pt.json").read_text())["max_step"] == 0.1
     with pytest.raises(ValueError, match="max_step"):
-        es.export(run, tmp_path / "bad.pt", "cmd", max_step=-1)
+        es.export(run, tmp_path / "bad.pt", "cmd", {"max_step": -1})
 
 
 def test_a_new_run_can_train_with_the_step_cap(tmp_path):
@@ -509,7 +477,7 @@ def test_a_new_run_can_train_with_the_step_cap(tmp_path):
 
 
 def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tmp_path):
-    from benchmarks.generalist.heldout import _DIGEST_FIELDS, weights_digest
+    from benchmarks.generalist.heldout import _DIGEST_FIELDS, flat_arch, weights_digest
 
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)
@@ -524,7 +492,7 @@ def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tm
     # a digest committed before the setting existed is still the one of rate 1
     import hashlib
 
-    legacy = {k: v for k, v in a.arch.to_dict().items() if k in _DIGEST_FIELDS}
+    legacy = {k: v for k, v in flat_arch(a.arch).items() if k in _DIGEST_FIELDS}
     digest = hashlib.sha256(json.dumps(legacy, sort_keys=True).encode())
     for name, w in sorted(a.state_dict().items()):
         digest.update(name.encode())
@@ -547,8 +515,8 @@ def test_directions_kind_is_an_exported_files_and_a_new_runs_architecture(tmp_pa
     main(["es", "--out", str(fresh), "--iterations", "1", "--pairs", "2", "--instances", "1",
           "--steps", "5", "10", "--val-every", "5", "--directions-kind", "orthogonal",
           "--threads", "1"])
-    assert json.loads((fresh / "config.json").read_text())["arch"]["directions_kind"] \
-        == "orthogonal"
+    assert json.loads((fresh / "config.json").read_text())["arch"]["config"][
+        "directions_kind"] == "orthogonal"
     with pytest.raises(SystemExit):
         main(["es", "--out", str(fresh), "--directions-kind", "sphere"])
 

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from zo_testing import FEW, deep_equal
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO
 from torchzo.meta.population import run_population
 from torchzo.oracle import Layout, Part, Scheme, draw_seeds, estimate_batched
 from torchzo.tasks import Problem, learning, synthetic
 
-ARCH = Arch(kind="general", hidden=8)
+ARCH = GeneralConfig(hidden=8)
 D = 16
 
 
@@ -28,7 +28,7 @@ def _untrained() -> LearnedZO:
     return LearnedZO(arch=ARCH)
 
 
-def _nets(seed: int, std: float = 0.3, arch: Arch = ARCH) -> LearnedZO:
+def _nets(seed: int, std: float = 0.3, arch: GeneralConfig = ARCH) -> LearnedZO:
     """General nets with every weight (read-outs included) moved by seeded noise of ``std``:
     the update MLP, the query MLP and the controller all act."""
     torch.manual_seed(seed)
@@ -195,95 +195,6 @@ def test_trajectory_ignores_a_loss_offset(b, seed):
     ref = _reference(seed)
     run = _scaled_run(seed, 1.0, 1.0, b)
     assert _relative_to_displacement(run, ref) < 1e-5
-
-
-MIX = Arch(kind="general", hidden=8, sgd_mix=True)
-HYPER_MIX = Arch(kind="general", hidden=8, sgd_mix=True, mix_gain=0.1)
-
-
-def _mixing(seed: int, arch: Arch = MIX) -> LearnedZO:
-    """Random nets whose SGD mix weight is inside (0, 1) and moves with the controller."""
-    nets = _nets(seed, arch=arch)
-    with torch.no_grad():
-        nets.mix.fill_(0.5)
-    return nets
-
-
-@pytest.mark.parametrize("arch", [MIX, HYPER_MIX], ids=["learned", "hypergradient"])
-@pytest.mark.parametrize("k,j,b", [(3, -7, 0.0), (-5, 9, 0.0), (0, 0, 37.5)])
-def test_the_sgd_mix_keeps_the_step_scale_free(k, j, b, arch):
-    """ZO-SGD's direction is normalised by the group's RMS estimate, and the mix weight's
-    hypergradient rule reads a cosine, so mixing keeps the trajectory equivariant to
-    parameter and loss scale, and blind to a loss offset."""
-    ref = _scaled_run(2, 1.0, 1.0, 0.0, nets=_mixing(2, arch))
-    run = _scaled_run(2, 2.0 ** k, 2.0 ** j, b, nets=_mixing(2, arch))
-    assert _relative_to_displacement(run, ref) < 1e-5
-    plain = _scaled_run(2, 1.0, 1.0, 0.0, nets=_nets(2, arch=arch))  # mix weight 0.3 * noise
-    assert _relative_to_displacement(plain, ref) > 1e-3  # the mix changes the trajectory
-
-
-def test_the_mix_weight_follows_its_hypergradient_within_zero_and_one():
-    """Untrained controller: each step, shift += gain * clip(cos(g_t, sgd - adam of the last
-    step) * sqrt((d + q + 1) / q), -1, 1), kept so that mix + shift stays in [0, 1]; the
-    step's direction is adam + (mix + shift) * (sgd - adam)."""
-    torch.manual_seed(0)
-    nets = LearnedZO(arch=HYPER_MIX)
-    with torch.no_grad():
-        nets.mix.fill_(0.5)
-    d, q = 10, 4
-    w = torch.linspace(0.5, 8.0, d)
-    x = torch.ones(d)
-    opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, seed=1)
-    fn = torchzo.Batched(lambda X: (w * X ** 2).sum(-1))
-    opt.step(fn)
-    assert float(opt.state[x]["mix_shift"]) == 0  # no last difference yet: cos = 0
-    moved = 0.0
-    for _ in range(12):
-        before = opt.state[x]["mix_shift"].clone(), opt.state[x]["prev_diff"].clone()
-        opt.step(fn)
-        g = opt.state[x]["prev_estimate"]
-        cos = float(g @ before[1] / (g.norm() * before[1].norm()))
-        pull = 0.1 * min(max(cos * math.sqrt((d + q + 1) / q), -1.0), 1.0)
-        expected = min(max(float(before[0]) + pull, -0.5), 0.5)
-        assert float(opt.state[x]["mix_shift"]) == pytest.approx(expected, abs=1e-6)
-        moved = max(moved, abs(expected))
-    assert moved > 0.05  # the rule acted
-
-
-def test_the_sgd_mix_at_weight_zero_is_the_step_without_it():
-    """Zero mix weight and zero read-out row: the nets step as the same weights without it."""
-    base = _nets(4)
-    mixed = LearnedZO(arch=MIX)
-    with torch.no_grad():
-        for name, w in mixed.named_parameters():
-            if name == "control.head.weight":
-                w.zero_()[:1] = base.control.head.weight
-            elif name == "mix":
-                w.zero_()
-            else:
-                w.copy_(dict(base.named_parameters())[name])
-    assert _relative_to_displacement(_scaled_run(4, 1.0, 1.0, 0.0, nets=mixed),
-                                     _scaled_run(4, 1.0, 1.0, 0.0, nets=base)) < 1e-6
-
-
-@pytest.mark.parametrize("weight", [1.0, 0.25])
-def test_the_sgd_mix_moves_along_the_momentum_over_the_group_rms(weight):
-    """Untrained controller, mix weight w: the first step is -sigma0 ((1 - w) g / (|g| + eps
-    mean|g|) + w g / rms(g)), since at t = 1 the bias-corrected momentum and RMS are g's."""
-    torch.manual_seed(0)
-    nets = LearnedZO(arch=MIX)
-    with torch.no_grad():
-        nets.mix.fill_(weight)
-    x0 = 4 * torch.randn(10, generator=torch.Generator().manual_seed(3))
-    x = x0.clone()
-    opt = torchzo.ZOLSTM([x], pretrained=nets, q=5, mu=1e-3, seed=11)
-    opt.step(torchzo.Batched(_quadratic32))
-    g = opt.state[x]["prev_estimate"]
-    adam = g / (g.abs() + ARCH.eps * g.abs().mean())
-    sgd = g / g.pow(2).mean().sqrt()
-    expected = -_sigma0(nets, x0) * ((1 - weight) * adam + weight * sgd)
-    torch.testing.assert_close(opt.state[x]["prev_update"], expected, rtol=1e-5, atol=0)
-    assert not torch.allclose(adam, sgd, rtol=1e-2)  # the two directions differ here
 
 
 def test_scale_equivariance_check_detects_an_absolute_step():
@@ -520,10 +431,9 @@ def _steps(x: torch.Tensor) -> torch.Tensor:
     return ((4 * x).floor() ** 2).sum(-1)
 
 
-@pytest.mark.parametrize("arch", [ARCH, HYPER_MIX], ids=["general", "hypergradient-mix"])
-def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller(arch):
+def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
     """9 steps, save, 6 more; a fresh optimizer (other nets, other seed) loads and runs 6."""
-    d, q = 8, 4
+    d, q, arch = 8, 4, ARCH
     x0 = torch.randn(d, generator=torch.Generator().manual_seed(2))
     xa = x0.clone()
     full = torchzo.ZOLSTM([xa], pretrained=_nets(3, arch=arch), q=q, mu=1e-3, seed=5)
@@ -543,8 +453,6 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller(ar
             full.step(torchzo.Batched(_steps))
         xb = saved_x.clone()
         buffer.seek(0)
-        if arch.mix_gain:
-            assert float(st["mix_shift"]) != 0 and st["prev_diff"].abs().sum() > 0
         resumed = torchzo.ZOLSTM([xb], pretrained=_nets(9, arch=arch), q=q, mu=1e-3, seed=77)
         resumed.load_state_dict(torch.load(buffer, weights_only=True))
         radius = float(resumed.state[xb]["log_radius"])
@@ -559,10 +467,10 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller(ar
 
 
 def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
-    """Arch(query_net=False) drops the query net's weights, and its default (learned)
+    """GeneralConfig(query_net=False) drops the query net's weights, and its default (learned)
     directions step exactly as the full architecture with directions='gaussian'."""
-    full = LearnedZO(arch=Arch(kind="general", hidden=8))
-    lean = LearnedZO(arch=Arch(kind="general", hidden=8, query_net=False))
+    full = LearnedZO(arch=GeneralConfig(hidden=8))
+    lean = LearnedZO(arch=GeneralConfig(hidden=8, query_net=False))
     assert not any(k.startswith("query.") for k in lean.state_dict())
     with torch.no_grad():
         for name, w in lean.named_parameters():
@@ -578,11 +486,11 @@ def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
 
 
 def test_max_step_keeps_sigma_within_a_multiple_of_the_parameters_rms():
-    """On a linear objective the hand rule grows sigma every step; Arch(max_step=c) holds it
-    at c * rms(x) (the parameters before the step), and without a cap it outgrows that."""
+    """On a linear objective the hand rule grows sigma every step; GeneralConfig(max_step=c)
+    holds it at c * rms(x) (the parameters before the step), and without a cap it outgrows that."""
     def run(cap: float) -> list[tuple[float, float]]:
         torch.manual_seed(0)
-        nets = LearnedZO(arch=Arch(kind="general", hidden=8, max_step=cap))
+        nets = LearnedZO(arch=GeneralConfig(hidden=8, max_step=cap))
         w = torch.linspace(-2.0, 3.0, 10)
         x = torch.ones(10)
         opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=1)
@@ -601,11 +509,9 @@ def test_max_step_keeps_sigma_within_a_multiple_of_the_parameters_rms():
 @FEW
 @given(rate=st.floats(0.05, 1.0), seed=st.integers(0, 2**16))
 def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
-    """Arch(sigma_rate=r): from the same state and estimate, log sigma moves r times as far
+    """GeneralConfig(sigma_rate=r): from the same state and estimate, log sigma moves r times as far
     as at rate 1 (the controller's read-out included), and rate 1 is the step without it."""
     from dataclasses import replace
-
-    from torchzo.learned import general
 
     nets = _nets(seed % 7)
     x = torch.randn(D, generator=torch.Generator().manual_seed(seed))
@@ -618,8 +524,7 @@ def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
     for r in (1.0, rate):
         arch = replace(nets.arch, sigma_rate=r)
         with torch.no_grad():
-            _, new = general.update(nets.weights(), arch, [g], [state], [x], 1.0,
-                                    torch.tensor(2.0), 4)
+            _, new = arch.update(nets.weights(), [g], [state], [x], 1.0, torch.tensor(2.0), 4)
         moves[r] = float(new[0]["log_sigma"] - state["log_sigma"])
     assert moves[1.0] != 0
     # log sigma is float32: adding and subtracting it again costs a few of its ulps
@@ -630,4 +535,4 @@ def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
 def test_sigma_rate_outside_its_range_is_refused():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="sigma_rate"):
-            Arch(kind="general", sigma_rate=bad)
+            GeneralConfig(sigma_rate=bad)

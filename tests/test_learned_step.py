@@ -28,12 +28,14 @@ def _loss(X: torch.Tensor) -> torch.Tensor:
     return ((X - 1.0) ** 2 * torch.linspace(0.5, 2.0, X.shape[-1])).sum(-1)
 
 
-def _estimate_population(x: torch.Tensor, query: Query) -> list[torch.Tensor]:
-    """An estimate for each member of a population (x: (P, d)), all with the same seeds."""
-    grads = [estimate_batched(_loss, x[m], replace(
-                 query, scale=None if query.scale is None else (query.scale[0][m],)))[1]
+def _estimate_population(x: torch.Tensor, query: Query
+                         ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """An estimate for each member of a population (x: (P, d)), all with the same seeds, and
+    each member's loss at its point."""
+    found = [estimate_batched(_loss, x[m], replace(
+                 query, scale=None if query.scale is None else (query.scale[0][m],)))
              for m in range(x.shape[0])]
-    return [torch.stack(grads)]
+    return [torch.stack([g for _, g in found])], torch.stack([f for f, _ in found])
 
 
 def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -51,7 +53,7 @@ def _run(weights, arch, x, state, generator, directions, steps, in_place):
             found = estimate_gradient(torchzo.Batched(_loss), [x], planned.queries)
             grads, loss = found.grads, found.loss
         else:
-            grads, loss = _estimate_population(x, planned.queries[0]), None
+            grads, loss = _estimate_population(x, planned.queries[0])
         result = learned.update(weights, arch, [x], [state], groups, grads, loss, planned,
                                 in_place=in_place)
         (x,), (state,) = result.params, result.states
@@ -62,7 +64,7 @@ def _run(weights, arch, x, state, generator, directions, steps, in_place):
 
 @pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("directions", ["learned", "gaussian"])
-@pytest.mark.parametrize("kind", ["paper", "adam"])
+@pytest.mark.parametrize("kind", ["paper", "general"])
 def test_population_members_step_as_their_own_weights_do(kind, directions, in_place):
     """A population of one is the unbatched step, bit for bit; one call over three weight sets
     gives each the step it takes alone, up to float32 rounding."""
@@ -80,11 +82,13 @@ def test_population_members_step_as_their_own_weights_do(kind, directions, in_pl
                               core.init_state(x0, arch, (size,)),
                               torch.Generator().manual_seed(7), directions, 5, in_place)
             for m in range(size):
-                # A population of one is bit-exact at every step. In a larger one the batched
-                # read-out can round in another order; the random nets here amplify that
-                # over steps, so a member is compared to its own first step only.
+                # A population of one is bit-exact at every step with the paper's networks
+                # (the general controller's one-row LSTM rounds in another order when it
+                # runs batched). In a larger one the batched read-out can round in another
+                # order too; the random nets here amplify that over steps, so a member is
+                # compared to its own first step only.
                 for t in range(5 if size == 1 else 1):
-                    same = torch.equal if size == 1 else _close
+                    same = torch.equal if size == 1 and kind == "paper" else _close
                     assert same(xs[t][m], alone[m][0][t]), (size, m, t)
                     for key, value in alone[m][1][t].items():
                         assert same(states[t][key][m], value), (size, m, t, key)
@@ -102,7 +106,10 @@ def test_one_weight_set_computes_the_lstm_cells_states():
 
 
 def test_step_is_differentiable_in_the_weights_and_changes_nothing_out_of_place():
-    nets = _nets(1, "adam")
+    # The paper's networks: meta-training backpropagates through them. The general ones are
+    # trained by ES, and with these random weights their update and query nets get NaN
+    # gradients here.
+    nets = _nets(1, "paper")
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in nets.weights().items()}
     x = torch.zeros(D)
     state = core.init_state(x, nets.arch)

@@ -10,7 +10,7 @@ import torch
 from zo_testing import Objective, all_same_bits, deep_equal, random_nets, snapshot, state_copy
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO
 
 SHAPES = [(2, 3), (4,)]
 MAKERS = {
@@ -157,8 +157,8 @@ def test_a_valid_load_still_resumes_and_ignores_the_failed_attempts(name):
     assert deep_equal(state_copy(opt), state_copy(saved))
 
 
-def test_zolstm_adam_arch_state_is_checked_against_its_architecture():
-    nets = random_nets(kind="adam")
+def test_zolstm_general_arch_state_is_checked_against_its_architecture():
+    nets = random_nets(kind="general")
     _, _, saved = run("ZOLSTM", 2, nets)
     sd = copy.deepcopy(saved.state_dict())
     assert set(sd["state"][0]) >= {"momenta", "second", "t"}
@@ -168,4 +168,4 @@ def test_zolstm_adam_arch_state_is_checked_against_its_architecture():
     with pytest.raises(ValueError, match="momenta"):
         opt.load_state_dict(sd)
     assert deep_equal(state_copy(opt), before)
-    assert Arch(kind="adam") == opt.nets.arch
+    assert GeneralConfig() == opt.nets.arch

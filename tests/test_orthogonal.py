@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from zo_testing import FAST, Objective, all_same_bits, random_nets, snapshot
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO
+from torchzo.learned.arch import from_dict
 from torchzo.oracle import (
     Layout,
     ParameterBackup,
@@ -275,20 +276,20 @@ def test_zolstm_runs_with_the_kind_its_weights_name_unless_told_otherwise():
     paper = random_nets()
     assert torchzo.ZOLSTM([torch.zeros(3)], pretrained=paper).defaults["directions_kind"] \
         == "gaussian"
-    nets = LearnedZO(arch=Arch(kind="general", hidden=4, query_net=False,
-                               directions_kind="orthogonal"))
+    nets = LearnedZO(arch=GeneralConfig(hidden=4, query_net=False,
+                                        directions_kind="orthogonal"))
     x = torch.zeros(5)
     opt = torchzo.ZOLSTM([x], pretrained=nets, q=3, seed=1)
     assert opt.param_groups[0]["directions_kind"] == "orthogonal"
     told = torchzo.ZOLSTM([torch.zeros(5)], pretrained=nets, directions_kind="rademacher")
     assert told.param_groups[0]["directions_kind"] == "rademacher"
     # The kind is in the architecture, so it travels with a saved file and a state dict.
-    again = LearnedZO(arch=Arch.from_dict(nets.arch.to_dict()))
+    again = LearnedZO(arch=from_dict(nets.arch.to_dict()))
     assert again.arch.directions_kind == "orthogonal"
     opt.step(lambda: ((x - 1) ** 2).sum())
     assert opt.state_dict()["param_groups"][0]["directions_kind"] == "orthogonal"
     with pytest.raises(ValueError, match="directions_kind must be one of"):
-        Arch(kind="general", directions_kind="sphere")
+        GeneralConfig(directions_kind="sphere")
 
 
 def test_a_population_of_one_steps_as_zolstm_with_the_kind_of_its_arch():
@@ -296,8 +297,8 @@ def test_a_population_of_one_steps_as_zolstm_with_the_kind_of_its_arch():
     from torchzo.tasks.synthetic import RotatedQuadratic
 
     problem = RotatedQuadratic(torch.Generator().manual_seed(4))
-    nets = LearnedZO(arch=Arch(kind="general", hidden=4, query_net=False,
-                               directions_kind="orthogonal"))
+    nets = LearnedZO(arch=GeneralConfig(hidden=4, query_net=False,
+                                        directions_kind="orthogonal"))
     weights = {k: v.detach()[None] for k, v in nets.weights().items()}
     pop = run_population(weights, nets.arch, problem, steps=5, q=4, seed=6)
     x = problem.x0.detach().clone().float()
@@ -310,7 +311,7 @@ def test_a_population_of_one_steps_as_zolstm_with_the_kind_of_its_arch():
         losses.append(float(problem.loss(x)))
     torch.testing.assert_close(pop.losses[0].double(), torch.tensor(losses, dtype=F64),
                                rtol=1e-4, atol=1e-6)
-    gauss = LearnedZO(arch=Arch(kind="general", hidden=4, query_net=False))
+    gauss = LearnedZO(arch=GeneralConfig(hidden=4, query_net=False))
     gauss.load_state_dict(nets.state_dict())
     other = run_population({k: v.detach()[None] for k, v in gauss.weights().items()},
                            gauss.arch, problem, steps=5, q=4, seed=6)

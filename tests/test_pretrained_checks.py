@@ -15,7 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from torchzo import pretrained
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO, PaperConfig
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.pretrained import PretrainedError
 
@@ -96,7 +96,12 @@ def test_a_small_file_declaring_a_huge_head_is_refused_quickly_in_bounded_memory
     ({"weights": weights(), "arch": {"colour": 3}}, "invalid architecture"),
     ({"weights": weights(), "arch": {"horizon": 0}}, "horizon=0"),
     ({"weights": weights(), "arch": [1, 2]}, "invalid architecture"),
-    ({"weights": weights(), "arch": {"kind": "adam"}}, "missing \\['log_lr'\\]"),
+    ({"weights": weights(), "arch": {"kind": "general"}}, "missing \\['log_lr'"),
+    ({"weights": weights(), "arch": {"kind": "adam"}}, "invalid architecture.*'adam'"),
+    ({"weights": weights(), "arch": {"kind": "general", "config": {"colour": 3}}},
+     "invalid architecture"),
+    ({"weights": weights(), "arch": {"kind": "paper", "config": {"hidden": 0}}}, "hidden=0"),
+    ({"weights": weights(), "arch": {"kind": "general", "sgd_mix": True}}, "sgd_mix"),
 ])
 def test_every_malformed_file_raises_a_pretrained_error_saying_what(tmp_path, blob, match):
     torch.save(blob, tmp_path / "w.pt")
@@ -175,9 +180,33 @@ def test_a_malformed_manifest_raises_a_pretrained_error(no_manifest, text, match
 
 
 def test_a_valid_manifest_of_ones_own_still_loads(no_manifest):
-    pretrained.save(LearnedZO(arch=Arch(kind="adam")), no_manifest / "shipped" / "a.pt")
+    pretrained.save(LearnedZO(arch=GeneralConfig(hidden=4)), no_manifest / "shipped" / "a.pt")
     digest = pretrained.sha256(no_manifest / "shipped" / "a.pt")
     (no_manifest / "shipped" / "manifest.json").write_text(json.dumps(
         {"default": "a", "weights": [{"name": "a", "file": "a.pt", "sha256": digest}]}))
-    assert pretrained.load().arch.kind == "adam"
-    assert ZOLSTM([torch.zeros(2)], pretrained="a").nets.arch.kind == "adam"
+    assert pretrained.load().arch == GeneralConfig(hidden=4)
+    assert ZOLSTM([torch.zeros(2)], pretrained="a").nets.arch.kind == "general"
+
+
+def test_files_with_the_flat_architecture_of_older_versions_load_as_they_stepped(tmp_path):
+    """A flat dict keeps its kind's own settings and drops the ones the kind never read (a
+    paper file's horizon and momenta), or that sat at the value that made them do nothing."""
+    sd = LearnedZO(8).state_dict()
+    flat = {"kind": "paper", "hidden": 8, "horizon": 200, "momenta": [0.5, 0.9, 0.99],
+            "base": 2, "beta2": 0.999, "eps": 1e-8, "init_lr": 0.03}
+    torch.save({"weights": sd, "arch": flat}, tmp_path / "paper.pt")
+    assert pretrained.load_file(tmp_path / "paper.pt").arch == PaperConfig(hidden=8)
+    general = LearnedZO(arch=GeneralConfig(hidden=4, max_step=0.5))
+    flat = {**flat, "kind": "general", "hidden": 4, "coord_hidden": 8, "floor": 1e-3,
+            "gain": 0.15, "noise_inputs": False, "query_net": True, "sgd_mix": False,
+            "mix_gain": 0.0, "max_step": 0.5, "sigma_rate": 1.0, "directions_kind": "gaussian"}
+    torch.save({"weights": general.state_dict(), "arch": flat}, tmp_path / "general.pt")
+    assert pretrained.load_file(tmp_path / "general.pt").arch == general.arch
+    torch.save({"weights": general.state_dict(), "arch": {**flat, "mix_gain": 0.1}},
+               tmp_path / "mixed.pt")
+    with pytest.raises(PretrainedError, match="no longer has 'mix_gain'"):
+        pretrained.load_file(tmp_path / "mixed.pt")
+    pretrained.save(general, tmp_path / "new.pt")
+    stored = torch.load(tmp_path / "new.pt", weights_only=True)["arch"]
+    assert stored == {"kind": "general", "config": {**general.arch.to_dict()["config"]}}
+    assert set(stored["config"]) == {f for f in vars(general.arch)}

@@ -10,7 +10,7 @@ from hypothesis import settings
 from torch import Tensor
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import ARCHITECTURES, LearnedZO
 
 # Small, fast property runs: every property test uses this (<= 25 examples, no deadline, and no
 # example database written into the working tree).
@@ -119,10 +119,10 @@ class CountingClosure:
 def random_nets(seed: int = 1, gain: float = 5.0, kind: str = "paper") -> LearnedZO:
     """Random ZO-LSTM nets whose outputs are large enough that a wrong step would show."""
     torch.manual_seed(seed)
-    nets = LearnedZO(arch=Arch(kind=kind))
+    nets = LearnedZO(arch=ARCHITECTURES[kind]())
     with torch.no_grad():
         for p in nets.parameters():
-            if p.dim() and not p.any():  # the adam arch's zero-initialised read-outs
+            if p.dim() and not p.any():  # the general arch's zero-initialised read-outs
                 p.normal_(0, 0.05)
             p.mul_(gain if p.dim() else 1.0)
     return nets

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tools import ROOT
+from torchzo.learned import PaperConfig
 from torchzo.pretrained import load_file, save, sha256
 
 PROG = "python -m tools.ship"
@@ -54,7 +55,7 @@ def ship(args: argparse.Namespace) -> dict[str, Any]:
         shutil.copyfile(args.weights, target)
     else:
         # The paper's step is lr * head(h): scaling the read-out is the same step at lr = 1.
-        if nets.arch.kind != "paper":
+        if not isinstance(nets.arch, PaperConfig):
             raise SystemExit("--alpha needs the paper architecture (its step is lr * output)")
         with torch.no_grad():
             nets.update.head.weight.mul_(args.alpha)  # type: ignore[union-attr, operator]

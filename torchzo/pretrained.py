@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .learned.nets import Arch, LearnedZO
+from .learned.arch import Architecture, from_dict
+from .learned.nets import LearnedZO
 
 __all__ = ["MAX_ABS_WEIGHT", "MAX_FILE_BYTES", "PretrainedError", "available", "check_nets",
            "check_weights", "default_name", "from_state_dict", "info", "load", "load_file",
@@ -164,12 +165,14 @@ def _archive_problem(data: bytes) -> str | None:
     return None
 
 
-def from_state_dict(weights: Any, arch: dict[str, Any] | Arch | None = None,
+def from_state_dict(weights: Any, arch: dict[str, Any] | Architecture | None = None,
                     source: str = "state dict") -> LearnedZO:
     """A :class:`LearnedZO` of architecture ``arch`` (default: the paper's) holding ``weights``.
 
-    Without ``arch`` the hidden size is read from the UpdateRNN's read-out (files from before
-    the architecture was saved). The weights are checked against the architecture before
+    ``arch``: an architecture, or its stored form (:func:`torchzo.learned.arch.from_dict`:
+    ``{"kind": ..., "config": {...}}``, or the flat dict of older files). Without ``arch``
+    the hidden size is read from the UpdateRNN's read-out (files from before the
+    architecture was saved). The weights are checked against the architecture before
     anything is allocated.
     """
     if not isinstance(weights, Mapping):
@@ -177,31 +180,43 @@ def from_state_dict(weights: Any, arch: dict[str, Any] | Arch | None = None,
                               f"{type(weights).__name__}, not a state dict (name -> tensor)")
     declared = arch is not None
     try:
-        arch = arch if isinstance(arch, Arch) else Arch.from_dict(arch)
+        built = arch if isinstance(arch, Architecture) else from_dict(arch)
     except (TypeError, ValueError, AttributeError) as err:
         raise PretrainedError(f"{source} declares an invalid architecture: {err}") from err
-    hidden = arch.hidden
+    hidden = built.hidden
     head = weights.get("update.head.weight")
     if not declared and isinstance(head, Tensor) and head.dim() == 2:
         hidden = int(head.shape[1])
-    problem = _arch_problem(arch, hidden)
+    problem = _arch_problem(_settings(arch, built), hidden)
     if problem:
         raise PretrainedError(f"{source} declares an invalid architecture: {problem}")
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in LearnedZO(hidden, arch).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in LearnedZO(hidden, built).state_dict().items()}
     except (TypeError, ValueError, RuntimeError) as err:
         raise PretrainedError(f"{source} declares an invalid architecture: {err}") from err
     _check_tensors(weights, expected, f"{source} does not hold ZO-LSTM weights of its "
-                   f"architecture ({arch.kind}, hidden {hidden})")
-    nets = LearnedZO(hidden, arch)
+                   f"architecture ({built.kind}, hidden {hidden})")
+    nets = LearnedZO(hidden, built)
     with torch.no_grad():
         nets.load_state_dict(dict(weights))
     return nets
 
 
-def _arch_problem(arch: Arch, hidden: Any) -> str | None:
-    """What is out of range in ``arch`` (with hidden size ``hidden``), if anything."""
+def _settings(stored: Any, built: Architecture) -> dict[str, Any]:
+    """Every setting a file declares (those its architecture drops from an older file's
+    flat form included: they are held to the same bounds), over ``built``'s own."""
+    settings = dict(vars(built))
+    if isinstance(stored, dict):
+        declared = stored.get("config") if set(stored) == {"kind", "config"} else stored
+        if isinstance(declared, dict):
+            settings.update({k: v for k, v in declared.items() if k != "kind"})
+    return settings
+
+
+def _arch_problem(settings: dict[str, Any], hidden: Any) -> str | None:
+    """What is out of range in an architecture's ``settings`` (with hidden size ``hidden``),
+    if anything."""
     def integer(v: Any, low: int, high: int) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
@@ -209,17 +224,24 @@ def _arch_problem(arch: Arch, hidden: Any) -> str | None:
         return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 and low <= v and (v <= high if closed else v < high))
 
-    checks = {"hidden": integer(hidden, 1, _MAX_HIDDEN),
-              "coord_hidden": integer(arch.coord_hidden, 1, _MAX_HIDDEN),
-              "horizon": integer(arch.horizon, 1, 2**62), "base": integer(arch.base, 0, 2**10),
-              "momenta": all(real(m, 0, 1, closed=False) for m in arch.momenta),
-              "beta2": real(arch.beta2, 0, 1, closed=False), "eps": real(arch.eps, 0, 1),
-              "init_lr": real(arch.init_lr, 1e-30, 1e30), "floor": real(arch.floor, 1e-30, 1e30),
-              "gain": real(arch.gain, -1e30, 1e30)}
-    bad = [k for k, ok in checks.items() if not ok]
+    bounds = {"coord_hidden": lambda v: integer(v, 1, _MAX_HIDDEN),
+              "horizon": lambda v: integer(v, 1, 2**62), "base": lambda v: integer(v, 0, 2**10),
+              "momenta": lambda v: isinstance(v, (list, tuple)) and len(v) <= 2**10
+              and all(real(m, 0, 1, closed=False) for m in v),
+              "beta2": lambda v: real(v, 0, 1, closed=False), "eps": lambda v: real(v, 0, 1),
+              "init_lr": lambda v: real(v, 1e-30, 1e30), "floor": lambda v: real(v, 1e-30, 1e30),
+              "gain": lambda v: real(v, -1e30, 1e30), "max_step": lambda v: real(v, 0, 1e30)}
+    values = {**settings, "hidden": hidden}
+
+    def fits(key: str, value: Any) -> bool:
+        if key == "hidden":
+            return integer(value, 1, _MAX_HIDDEN)
+        return key not in bounds or bounds[key](value)
+
+    bad = [k for k, v in values.items() if not fits(k, v)]
     if not bad:
         return None
-    values = {k: hidden if k == "hidden" else getattr(arch, k) for k in bad}
+    values = {k: values[k] for k in bad}
     return "out of range or of the wrong type: " + ", ".join(f"{k}={v!r}"
                                                              for k, v in values.items())
 

@@ -16,9 +16,9 @@ ablation (Gaussian directions) and the untrained architecture (its hand-set step
 the paper's ``mnist-attack`` ZOLSTM at lr 1, ZO-Adam at its default lr 1e-3, and ZO-Adam and
 ZO-SGD tuned per family on the tuning instances: lr on a half-decade grid, extended while the
 best is on an edge; ZO-Adam also over beta1 in {0.9, 0.5}. Where the weights name other than
-Gaussian directions (``Arch.directions_kind``), ZO-Adam tuned the same way with that kind of
-directions and the ZOLSTM with Gaussian ones run too, so that the oracle's share of a lead
-shows. The tuning criterion is the mean
+Gaussian directions (their architecture's ``directions_kind``), ZO-Adam tuned the same way
+with that kind of directions and the ZOLSTM with Gaussian ones run too, so that the
+oracle's share of a lead shows. The tuning criterion is the mean
 over tuning instances of ``log((f_T - f_min) / (f_0 - f_min))`` (a run that diverges scores
 infinity).
 
@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 import torchzo
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import Architecture, GeneralConfig, LearnedZO
 from torchzo.learned.core import has_query
 from torchzo.optim import ZOOptimizer
 from torchzo.oracle import KINDS, ClosureError
@@ -188,7 +188,7 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
     }
     if candidates:
         return {**{name: _zolstm(_weights(name)) for name in candidates}, **baselines}
-    untrained = LearnedZO(arch=Arch(kind="general", hidden=8))
+    untrained = LearnedZO(arch=GeneralConfig(hidden=8))
     out = {"ZOLSTM": _zolstm(weights)}
     arch = _nets(weights).arch
     if has_query(arch):  # without a query net the ablation is the same run
@@ -260,7 +260,7 @@ def render(data: dict[str, Any]) -> str:
              f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
              "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
              "above their start (↑). Query directions are each method's default: Gaussian, "
-             "and for a ZOLSTM the kind its weights name (`Arch.directions_kind`); where that "
+             "and for a ZOLSTM the kind its weights name (`nets.arch.directions_kind`); where that "
              "is not Gaussian, ZO-Adam tuned with that kind and `ZOLSTM Gaussian directions` "
              "show what the directions alone buy.\n"]
     rows = []
@@ -341,18 +341,30 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
 _DIGEST_FIELDS = ("kind", "hidden", "horizon", "momenta", "base", "beta2", "eps", "init_lr",
                   "coord_hidden", "floor", "gain", "noise_inputs", "query_net", "sgd_mix",
                   "mix_gain", "max_step")
+#: The flat form the digest hashes, with the values of settings an architecture lacks as
+#: the flat form held them before each architecture had its own settings.
+_FLAT_DEFAULTS = {"kind": "paper", "hidden": 10, "horizon": 500, "momenta": [0.5, 0.9, 0.99],
+                  "base": 2, "beta2": 0.999, "eps": 1e-8, "init_lr": 0.03, "coord_hidden": 8,
+                  "floor": 1e-3, "gain": 0.15, "noise_inputs": False, "query_net": True,
+                  "sgd_mix": False, "mix_gain": 0.0, "max_step": 0.0, "sigma_rate": 1.0,
+                  "directions_kind": "gaussian"}
+
+
+def flat_arch(arch: Architecture) -> dict[str, Any]:
+    """``arch`` in the flat form that the digest hashes."""
+    stored = arch.to_dict()
+    return {**_FLAT_DEFAULTS, "kind": stored["kind"], **stored["config"]}
 
 
 def weights_digest(nets: LearnedZO) -> str:
     """sha256 of the architecture and of the weights' values in name order: the same for any
     file holding them. The architecture counts because some of its settings change the step
-    with the same weights (``max_step``, ``mix_gain``)."""
+    with the same weights (``max_step``, ``sigma_rate``)."""
     import hashlib
     import json
 
-    defaults = Arch().to_dict()
-    arch = {k: v for k, v in nets.arch.to_dict().items()
-            if k in _DIGEST_FIELDS or v != defaults[k]}
+    arch = {k: v for k, v in flat_arch(nets.arch).items()
+            if k in _DIGEST_FIELDS or v != _FLAT_DEFAULTS[k]}
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     for name, w in sorted(nets.state_dict().items()):
         digest.update(name.encode())

@@ -41,7 +41,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tools.launch import checkout_env
-from torchzo.learned import Arch, LearnedZO
+from torchzo.learned import GeneralConfig, LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure, kernels
 
@@ -68,7 +68,7 @@ ZO: dict[str, Callable[..., Any]] = {
     "ZOSignSGD": ZOSignSGD, "ZOAdam": ZOAdam,
     "ZOLSTM": functools.partial(ZOLSTM, pretrained=LearnedZO()),
     "ZOLSTM (general)": functools.partial(
-        ZOLSTM, pretrained=LearnedZO(arch=Arch(kind="general", hidden=8))),
+        ZOLSTM, pretrained=LearnedZO(arch=GeneralConfig(hidden=8))),
     GENERALIST: functools.partial(ZOLSTM, pretrained="generalist"),
 }
 ALL = ["Adam", *ZO]

@@ -1,7 +1,10 @@
 """The learned networks of ZO-LSTM and the one learned step that ZOLSTM and meta-training run."""
-from . import core
-from .nets import ARCH_KINDS, Arch, CoordLSTM, LearnedZO
+from . import arch, core
+from .arch import ARCHITECTURES, PRESETS, Architecture, GeneralConfig, PaperConfig
+from .blocks import CoordLSTM
+from .nets import LearnedZO
 from .step import DIRECTIONS, Group, Plan, StepResult, plan, update
 
-__all__ = ["ARCH_KINDS", "DIRECTIONS", "Arch", "CoordLSTM", "Group", "LearnedZO", "Plan",
-           "StepResult", "core", "plan", "update"]
+__all__ = ["ARCHITECTURES", "DIRECTIONS", "PRESETS", "Architecture", "CoordLSTM",
+           "GeneralConfig", "Group", "LearnedZO", "PaperConfig", "Plan", "StepResult", "arch",
+           "core", "plan", "update"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..oracle import Guide, Part, Query, draw_seeds
 from . import core
-from .nets import Arch
+from .arch import Architecture
 
 __all__ = ["DIRECTIONS", "Group", "Plan", "StepResult", "plan", "update"]
 
@@ -77,12 +77,12 @@ class StepResult:
     states: list[core.State]
 
 
-def _learned(arch: Arch, g: Group) -> bool:
+def _learned(arch: Architecture, g: Group) -> bool:
     """Whether ``g``'s directions come from the QueryRNN."""
-    return g.directions == "learned" and core.has_query(arch)
+    return g.directions == "learned" and arch.has_query
 
 
-def plan(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
+def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
          states: Sequence[core.State], groups: Sequence[Group], parts: Sequence[Part],
          generator: torch.Generator) -> Plan:
     """The step's queries for ``params``, one per part (each part's tensors in one group's
@@ -119,7 +119,7 @@ def plan(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
     return Plan(queries, outputs, query_states)
 
 
-def update(weights: core.Weights, arch: Arch, params: Sequence[Tensor],
+def update(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
            states: Sequence[core.State], groups: Sequence[Group], estimates: Sequence[Tensor],
            loss: Any, planned: Plan, *, in_place: bool = False) -> StepResult:
     """Every group's update from the step's ``estimates`` (one per tensor, in ``params``'

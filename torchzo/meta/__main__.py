@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import logging
 import platform
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..learned.nets import Arch
+from ..learned.arch import GeneralConfig, from_dict
 from ..oracle.directions import KINDS
 from ..pretrained import load_file, save, sha256
 from ..tasks import TASK_NAMES, get_task
@@ -54,10 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--horizon", type=int)
     tr.add_argument("--unroll", type=int)
     tr.add_argument("--val-problems", type=int)
-    tr.add_argument("--arch", choices=["paper", "adam"], help="network architecture")
-    tr.add_argument("--init-lr", type=float, help="adam arch: the step size it starts from")
-    tr.add_argument("--momenta", type=float, nargs="+", help="adam arch: momentum time scales")
-    tr.add_argument("--base", type=int, help="adam arch: index of the momentum it steps along")
     tr.add_argument("--meta-batch", type=int, help="problems per meta-gradient")
     tr.add_argument("--weighting", choices=["linear", "uniform"],
                     help="meta-loss weight of step t: t (paper eq. 4) or 1 (area under the curve)")
@@ -86,33 +83,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated families to validate on (default: the val split)")
     es.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="training horizons, log-uniform between MIN and MAX")
-    es.add_argument("--noise-inputs", action="store_true",
-                    help="a new run: the controller also reads the estimate's consistency")
-    es.add_argument("--no-query-net", action="store_true",
-                    help="a new run: the general architecture without its query net; with "
-                         "--export: the exported weights without it")
-    es.add_argument("--sgd-mix", action="store_true",
-                    help="a new run: the controller also mixes in ZO-SGD's direction")
-    es.add_argument("--sgd-mix-weight", type=float, metavar="W",
-                    help="with --export: the exported weights mix in ZO-SGD's direction at "
-                         "the constant weight W")
-    es.add_argument("--sgd-mix-gain", type=float, default=0.0, metavar="G",
-                    help="with --sgd-mix-weight: the weight starts at W and follows its "
-                         "hypergradient with gain G")
-    es.add_argument("--max-step", type=float, default=0.0, metavar="C",
-                    help="cap the step size at C times the parameters' RMS: a new run's "
-                         "architecture, or with --export the exported file's")
-    es.add_argument("--sigma-rate", type=float, default=None, metavar="R",
-                    help="scale each step's change of log sigma by R in (0, 1]: a new run's "
-                         "architecture, or with --export the exported file's")
-    es.add_argument("--directions-kind", choices=KINDS, default=None,
-                    help="the query directions the optimizer runs with: a new run's "
-                         "architecture (its populations use them), or with --export the "
-                         "exported file's")
+    _add_arch_flags(es)
     es.add_argument("--check", type=int, metavar="N",
                     help="with --export: write the run's check at iteration N, not its best")
     es.add_argument("--threads", type=int, default=2)
     return ap
+
+
+def _add_arch_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of the generalist's architecture (``--max-step``,
+    ``--no-query-net``, ...): a new run's architecture, or with ``--export`` the exported
+    file's. The setting's documentation is :class:`~torchzo.learned.arch.GeneralConfig`."""
+    group = parser.add_argument_group(
+        "architecture", "settings of torchzo.learned.arch.GeneralConfig: a new run's "
+        "architecture, or with --export the exported file's")
+    for f in dataclasses.fields(GeneralConfig):
+        flag, dest, metavar = "--" + f.name.replace("_", "-"), "arch_" + f.name, f.name.upper()
+        if isinstance(f.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, dest=dest)
+        elif isinstance(f.default, tuple):
+            group.add_argument(flag, type=float, nargs="+", dest=dest, metavar=metavar)
+        elif f.name == "directions_kind":
+            group.add_argument(flag, choices=KINDS, dest=dest)
+        else:
+            group.add_argument(flag, type=type(f.default), dest=dest, metavar=metavar)
+
+
+def _arch_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The architecture flags given, by setting."""
+    return {f.name: tuple(v) if isinstance(v, list) else v
+            for f in dataclasses.fields(GeneralConfig)
+            if (v := getattr(args, "arch_" + f.name)) is not None}
 
 
 def run_es(args: argparse.Namespace) -> None:
@@ -121,14 +122,10 @@ def run_es(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.export:
-        meta = export(args.out, args.export, args.invocation, query_net=not args.no_query_net,
-                      sgd_mix=args.sgd_mix_weight, mix_gain=args.sgd_mix_gain,
-                      max_step=args.max_step, sigma_rate=args.sigma_rate, check=args.check,
-                      directions_kind=args.directions_kind)
+        meta = export(args.out, args.export, args.invocation, _arch_overrides(args),
+                      check=args.check)
         print(f"wrote {args.export} and {args.export}.json (iteration {meta['es_iteration']})")
         return
-    if args.sgd_mix_weight is not None:
-        raise SystemExit("--sgd-mix-weight sets an exported file's mix: use it with --export")
     if args.check is not None:
         raise SystemExit("--check chooses the check an export writes: use it with --export")
     cfg = ESConfig()
@@ -146,18 +143,10 @@ def run_es(args: argparse.Namespace) -> None:
             setattr(cfg, name, getattr(args, name))
     if args.steps is not None:
         cfg.steps = tuple(args.steps)
-    if args.noise_inputs:
-        cfg.arch = {**cfg.arch, "noise_inputs": True}
-    if args.no_query_net:
-        cfg.arch = {**cfg.arch, "query_net": False}
-    if args.sgd_mix:
-        cfg.arch = {**cfg.arch, "sgd_mix": True}
-    if args.max_step:
-        cfg.arch = {**cfg.arch, "max_step": args.max_step}
-    if args.sigma_rate is not None:
-        cfg.arch = {**cfg.arch, "sigma_rate": args.sigma_rate}
-    if args.directions_kind is not None:
-        cfg.arch = {**cfg.arch, "directions_kind": args.directions_kind}
+    overrides = _arch_overrides(args)
+    if overrides:
+        arch = from_dict(cfg.arch)
+        cfg.arch = dataclasses.replace(arch, **overrides).to_dict()  # type: ignore[type-var]
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "commands.txt").open("a") as f:  # what the export records
@@ -173,18 +162,10 @@ def config_from_args(args: argparse.Namespace) -> MetaConfig:
                  "clip", "clip_mode", "mu", "weighting"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    arch = cfg.arch.to_dict()
-    if args.arch:
-        arch["kind"] = args.arch
-    for name in ("init_lr", "momenta", "base"):
-        if getattr(args, name) is not None:
-            arch[name] = getattr(args, name)
     task = get_task(args.task)
     cfg.q = args.q or task.q
     if args.mu is None:
         cfg.mu = task.mu
-    arch["horizon"] = cfg.horizon or task.horizon
-    cfg.arch = Arch.from_dict(arch)
     u, q = base.update_stage, base.query_stage
     cfg.update_stage = StageConfig(args.update_epochs or u.epochs, args.problems or u.problems,
                                    args.update_lr or u.lr)

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.arch import Architecture, GeneralConfig, from_dict
+from ..learned.nets import LearnedZO
 from ..tasks.families import FAMILIES, FAMILY_SPLITS, augment, families
 from .es_gradient import WORST, ESGradient, score
 from .export import export, load_best, load_check
@@ -37,7 +38,7 @@ __all__ = ["ESConfig", "export", "flatten", "load_best", "load_check", "score", 
 class ESConfig:
     """An ES meta-training run (saved in its checkpoint)."""
 
-    arch: dict[str, Any] = field(default_factory=lambda: Arch(kind="general", hidden=8).to_dict())
+    arch: dict[str, Any] = field(default_factory=lambda: GeneralConfig(hidden=8).to_dict())
     pairs: int = 16
     sigma: float = 0.02
     lr: float = 0.01
@@ -68,7 +69,7 @@ class ESConfig:
     progress_floor: float = 1e-8
 
 
-def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
+def validate(theta: Tensor, like: dict[str, Tensor], arch: Architecture, cfg: ESConfig,
              split: str = "val") -> Tensor:
     """Final-loss log progress of one weight vector on fixed instances of ``split``:
     ``val_instances`` per family, seeded apart from training's."""
@@ -90,7 +91,7 @@ def validate(theta: Tensor, like: dict[str, Tensor], arch: Arch, cfg: ESConfig,
     return torch.stack(out)
 
 
-def _validation(like: dict[str, Tensor], arch: Arch, cfg: ESConfig) -> Validate:
+def _validation(like: dict[str, Tensor], arch: Architecture, cfg: ESConfig) -> Validate:
     """Validation for the loop: its score is the mean change of the final log progress
     against the start weights'."""
     def run(weights: dict[str, Tensor], start: Tensor | None) -> Validation:
@@ -145,7 +146,7 @@ def train_es(cfg: ESConfig, out: Path, log: Callable[[str], None] = print,
     if unknown:
         raise ValueError(f"unknown validation families {unknown}; the families are "
                          f"{sorted(FAMILIES)}")
-    arch = Arch.from_dict(cfg.arch)
+    arch = from_dict(cfg.arch)
     # the initial weights from the run's seed, not the caller's
     nets = build_seeded(lambda: LearnedZO(arch=arch), torch.Generator().manual_seed(cfg.seed))
     like = {k: v.detach() for k, v in nets.weights().items()}

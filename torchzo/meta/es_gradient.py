@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..learned.nets import Arch
+from ..learned.arch import Architecture
 from ..tasks.families import sample_instance
 from .flat import unflatten
 from .loop import Estimate
@@ -64,7 +64,7 @@ class ESGradient:
     """
 
     like: dict[str, Tensor]
-    arch: Arch
+    arch: Architecture
     pairs: int = 16
     sigma: float = 0.02
     instances: int = 4

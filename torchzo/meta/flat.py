@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.arch import Architecture
+from ..learned.nets import LearnedZO
 from .seeding import build_seeded
 
 __all__ = ["blank", "flatten", "grown", "unflatten", "weights_of"]
@@ -25,13 +26,13 @@ def unflatten(theta: Tensor, like: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def blank(arch: Arch) -> LearnedZO:
+def blank(arch: Architecture) -> LearnedZO:
     """Networks of ``arch`` whose weights are about to be overwritten (drawn from a generator
     of their own, not the global one)."""
     return build_seeded(lambda: LearnedZO(arch=arch), torch.Generator())
 
 
-def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
+def weights_of(theta: Tensor, arch: Architecture) -> LearnedZO:
     """A :class:`LearnedZO` of ``arch`` holding the flat weights ``theta``."""
     nets = blank(arch)
     like = {k: v.detach() for k, v in nets.weights().items()}
@@ -42,9 +43,9 @@ def weights_of(theta: Tensor, arch: Arch) -> LearnedZO:
 def grown(old: dict[str, Tensor], like: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     """``old`` in another architecture's layout ``like``. Weights ``like`` lacks are dropped
     (the query net, for an export without it); weights that grew (the controller's input
-    columns for the noise inputs, its read-out rows for the SGD mix) keep the old entries and
-    start at zero in the new ones; weights new to the architecture start as ``like``'s (the
-    mix weight: zero). So the new architecture steps as the old optimizer did."""
+    columns for the noise inputs) keep the old entries and start at zero in the new ones;
+    weights new to the architecture start as ``like``'s. So the new architecture steps as
+    the old optimizer did."""
     out = {}
     for name, w in like.items():
         if name not in old:

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Group, core, general, plan, update
-from ..learned.nets import Arch
+from ..learned import Architecture, Group, core, plan, update
 from ..oracle import Part, Scheme, default_mu, estimate_population
 from ..tasks import Problem
 
@@ -33,8 +32,8 @@ class PopulationRun:
 
 
 @torch.no_grad()
-def run_population(weights: core.Weights, arch: Arch, problem: Problem, steps: int, q: int = 20,
-                   seed: int = 0, lr: float = 1.0, estimator: str = "forward",
+def run_population(weights: core.Weights, arch: Architecture, problem: Problem, steps: int,
+                   q: int = 20, seed: int = 0, lr: float = 1.0, estimator: str = "forward",
                    directions: str = "learned", query_prob: float = 0.5,
                    mu: float | None = None) -> PopulationRun:
     """Run every member of ``weights`` (leading dimension P) for ``steps`` on ``problem``.
@@ -58,7 +57,7 @@ def run_population(weights: core.Weights, arch: Arch, problem: Problem, steps: i
     curve = [problem.loss(x)]
     for _ in range(steps):
         batch = problem.sample_batch(data)
-        radius = base_mu * general.radius(state) if arch.kind == "general" else base_mu
+        radius = base_mu * arch.radius(state)
         part = Part((0,), scheme, radius, arch.directions_kind)  # type: ignore[arg-type]
         planned = plan(weights, arch, [x], [state], [group], [part], generator)
         f0, g = estimate_population(functools.partial(problem.loss, batch=batch), x,

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..learned.nets import Arch, LearnedZO
+from ..learned.arch import Architecture, PaperConfig
+from ..learned.nets import LearnedZO
 from ..tasks import Problem
 from .loop import Estimate
 from .rollout import Rollout, RolloutConfig
@@ -37,7 +38,7 @@ class StageConfig:
 class MetaConfig:
     """Everything that determines a meta-training run (the paper's recipe by default)."""
 
-    arch: Arch = field(default_factory=Arch)
+    arch: Architecture = field(default_factory=PaperConfig)
     q: int = 20
     mu: float | None = None
     estimator: str = "forward"

@@ -65,7 +65,8 @@ def meta_train(task: Task, cfg: MetaConfig, nets: LearnedZO | None = None,
         nets = build_seeded(lambda: LearnedZO(arch=cfg.arch),
                             torch.Generator().manual_seed(cfg.seed))
     run = _Run(task, list(task.problems("train")), cfg, nets,
-               {"config": _plain(asdict(cfg)), "epochs": []}, checkpoint, progress, on_epoch)
+               {"config": {**_plain(asdict(cfg)), "arch": cfg.arch.to_dict()},
+                "epochs": []}, checkpoint, progress, on_epoch)
     resume = _load_checkpoint(checkpoint) if checkpoint and checkpoint.is_file() else None
     if resume:
         nets.load_state_dict(resume["nets"])

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import learned
-from ..learned import core, general
+from ..learned import core
 from ..learned.nets import LearnedZO
 from ..learned.step import DIRECTIONS
 from ..oracle import Batched, Estimate, Part, Scheme
@@ -22,8 +22,6 @@ from .base import ParamsT, ZOOptimizer
 
 __all__ = ["DIRECTIONS", "ZOLSTM"]
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# The per-coordinate LSTM states: 40 of the 43 numbers ZO-LSTM keeps per coordinate.
-_LSTM_KEYS = ("update_h", "update_c", "query_h", "query_c")
 
 
 class ZOLSTM(ZOOptimizer):
@@ -35,8 +33,9 @@ class ZOLSTM(ZOOptimizer):
     of the paper). The UpdateRNN maps the estimate to the update, which is added to the
     parameters after scaling by ``lr`` (the paper's output scale alpha; schedulers work on it).
     That is the paper's architecture. The default weights are the generalist's
-    (``Arch(kind="general")``): scale-free inputs, a normalised direction and a step size it
-    sets and adapts itself, so ``lr=1`` is right on problems it never saw (docs/generalist.md).
+    (:class:`~torchzo.learned.GeneralConfig`): scale-free inputs, a normalised direction and
+    a step size it sets and adapts itself, so ``lr=1`` is right on problems it never saw
+    (docs/generalist.md).
 
     The step is :func:`torchzo.learned.plan` and :func:`torchzo.learned.update`, the functions
     that ``torchzo.meta`` trains. All coordinates of the parameters that share an estimate
@@ -75,7 +74,7 @@ class ZOLSTM(ZOOptimizer):
             ``"orthogonal"`` (a step's Gaussian draws orthogonalised) or ``"auto"``
             (orthogonal where q is a sizeable fraction of d, Gaussian otherwise; see
             :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
-            (``Arch.directions_kind``: what they are meant to run with; ``"auto"`` for the
+            (``nets.arch.directions_kind``: what they are meant to run with; ``"auto"`` for the
             shipped ``generalist``, Gaussian for the paper's files). ``directions="gaussian"``
             means unscaled ``z`` of this kind.
     """
@@ -117,23 +116,21 @@ class ZOLSTM(ZOOptimizer):
         return group["directions"], group["query_prob"], group["guide_alpha"]
 
     def _parts(self) -> list[Part]:
-        """The base parts, with ``mu`` times the radius factor of the ``general``
-        architecture's state (of the part's first tensor: grown on zero-signal steps)."""
-        parts = super()._parts()
-        if self.nets.arch.kind != "general":
-            return parts
-        params = self._params()
+        """The base parts, with ``mu`` times the architecture's radius factor (from the
+        state of the part's first tensor; the generalist grows it on zero-signal steps)."""
+        params, arch = self._params(), self.nets.arch
         out = []
-        for part in parts:
+        for part in super()._parts():
             st = self.state.get(params[part.index[0]])
-            factor = float(general.radius(st)) if st else 1.0
-            out.append(dataclasses.replace(part, mu=part.mu * factor))
+            factor = float(arch.radius(st)) if st else 1.0
+            out.append(part if factor == 1.0 else dataclasses.replace(part, mu=part.mu * factor))
         return out
 
     def _state_of(self, p: Tensor, group: dict[str, Any]) -> core.State:
         if p in self.state and self.state[p]:
             return self.state[p]
-        return _stored(core.init_state(p, self.nets.arch), group["state_dtype"])
+        return _stored(core.init_state(p, self.nets.arch), group["state_dtype"],
+                       self.nets.arch.compact_keys)
 
     @torch.no_grad()
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
@@ -158,7 +155,7 @@ class ZOLSTM(ZOOptimizer):
                                 plan, in_place=True)
         dtypes = [g["state_dtype"] for g in active for _ in g["params"]]
         for p, st, dtype in zip(params, result.states, dtypes):
-            self.state[p] = _stored(st, dtype)
+            self.state[p] = _stored(st, dtype, arch.compact_keys)
         return found
 
     @torch.no_grad()
@@ -234,10 +231,10 @@ class ZOLSTM(ZOOptimizer):
         params = [(p, g) for g in self.param_groups for p in g["params"]]
         for key, entry in saved.items():
             p, g = params[positions[key]]
-            for k in (*core.STATE_KEYS, "query_out"):
-                if k in entry:
-                    dtype = g["state_dtype"] if k in _LSTM_KEYS else torch.float32
-                    self.state[p][k] = entry[k].to(p.device, dtype)
+            compact = self.nets.arch.compact_keys
+            for k, value in entry.items():  # checked against the architecture's entries
+                dtype = g["state_dtype"] if k in compact else torch.float32
+                self.state[p][k] = value.to(p.device, dtype)
 
 
 def _state_shapes(p: Tensor, arch: Any) -> dict[str, tuple[int, ...]]:
@@ -249,11 +246,12 @@ def _state_shapes(p: Tensor, arch: Any) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in fresh.items()}
 
 
-def _stored(st: core.State, dtype: torch.dtype) -> core.State:
-    """The state as kept between steps: LSTM states in ``dtype``, the rest in float32."""
+def _stored(st: core.State, dtype: torch.dtype, compact: tuple[str, ...]) -> core.State:
+    """The state as kept between steps: the ``compact`` entries (the recurrent states) in
+    ``dtype``, the rest in float32."""
     if dtype == torch.float32:
         return st
-    return {k: v.to(dtype) if k in _LSTM_KEYS else v for k, v in st.items()}
+    return {k: v.to(dtype) if k in compact else v for k, v in st.items()}
 
 
 def _load_nets(pretrained: Any) -> LearnedZO:
