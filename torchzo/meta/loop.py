@@ -214,6 +214,9 @@ class MetaLoop:
             yield f
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs: the iteration, the parameters, Adam's state, the run's
+        generator, the averaged weights, the best on validation so far and the estimator's
+        own state."""
         assert self.best is not None
         return {"iteration": self.iteration, "params": self._copy(self.params),
                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.get_state(),

@@ -118,11 +118,13 @@ class TruncatedGradient:
         return not self.rollouts
 
     def state_dict(self) -> dict[str, Any]:
+        """Where in the epoch the estimator is and the losses so far (between batches only)."""
         if not self.idle:
             raise RuntimeError("a truncated rollout is under way: checkpoint between batches")
         return {"position": self.position, "losses": list(self.losses)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict`, with no rollout under way."""
         self.position, self.losses = int(state["position"]), list(state["losses"])
         self.rollouts = []
 
