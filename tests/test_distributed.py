@@ -67,7 +67,7 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torchzo.ZOOptimizer:
         return torchzo.ZOLSTM(params, pretrained=_nets(), q=4, query_prob=0.5, seed=8)
     if name == "zolstm-guided":
         return torchzo.ZOLSTM(params, pretrained=_nets(), q=4, estimator="antithetic",
-                              directions="guided_es", seed=9)
+                              covariance="guided", seed=9)
     raise KeyError(name)
 
 

@@ -343,7 +343,7 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
     assert "log_radius" in opt.state[x]
 
 
-def test_export_without_the_query_net_steps_as_the_run_with_gaussian_directions(tmp_path):
+def test_export_without_the_query_net_steps_as_the_run_with_identity_covariance(tmp_path):
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)
     (run / "commands.txt").write_text("python -m torchzo.meta es --out run\n")
@@ -353,9 +353,9 @@ def test_export_without_the_query_net_steps_as_the_run_with_gaussian_directions(
     meta = json.loads((tmp_path / "lean.pt.json").read_text())
     assert meta["query_net"] is False and "--no-query-net" in meta["command"]
     trajectories = []
-    for path, directions in ((full, "gaussian"), (lean, "learned")):
+    for path, directions in ((full, "identity"), (lean, "learned")):
         x = torch.randn(12, generator=torch.Generator().manual_seed(3))
-        opt = torchzo.ZOLSTM([x], pretrained=path, q=4, seed=1, directions=directions)
+        opt = torchzo.ZOLSTM([x], pretrained=path, q=4, seed=1, covariance=directions)
         for _ in range(5):
             opt.step(lambda x=x: ((x - 1) ** 4).sum())
         trajectories.append(x.clone())

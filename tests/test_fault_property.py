@@ -32,7 +32,7 @@ from torchzo.oracle import ClosureError
 from torchzo.oracle.estimator import chunk_plan
 
 SHAPES = [(2, 3), (), (4,)]
-NETS = {"paper": random_nets(seed=1), "adam": random_nets(seed=2, kind="adam")}
+NETS = {"paper": random_nets(seed=1), "general": random_nets(seed=2, kind="general")}
 KWARGS = {
     "ZOSGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01),
     "ZOSignSGD": dict(lr=0.02),
@@ -77,7 +77,7 @@ class Run:
                   for j, kw in enumerate(kws)]
         extra = dict(KWARGS[name])
         if name == "ZOLSTM":
-            extra.update(pretrained=NETS[case["arch"]], directions=case["directions"])
+            extra.update(pretrained=NETS[case["arch"]], covariance=case["covariance"])
         self.opt = getattr(torchzo, name)(groups, seed=case["seed"], **extra)
         for _ in range(case["warm"]):
             self.opt.step(self.objective())
@@ -178,7 +178,7 @@ def cases(name):
         "victim": st.integers(0, len(SHAPES) - 1),
         "dtype": st.sampled_from([torch.float32, torch.float64]),
         "arch": st.sampled_from(list(NETS)),
-        "directions": st.sampled_from(["learned", "gaussian", "guided_es"]),
+        "covariance": st.sampled_from(["learned", "identity", "guided"]),
         "fault": st.sampled_from(list(BATCHED_FAULTS if b else CLOSURE_FAULTS)),
     }))
 

@@ -252,7 +252,7 @@ def test_zero_signal_doubles_the_radius_up_to_its_cap_then_shrinks_it():
     d, q, mu, seed = 6, 3, 1e-3, 21
     x = torch.randn(d, generator=torch.Generator().manual_seed(0))
     x0 = x.clone()
-    opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, mu=mu, seed=seed, directions="gaussian")
+    opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, mu=mu, seed=seed, covariance="identity")
     objective = _Recorder()
     # Gaussian directions: the generator only draws each step's seeds, so u is reproducible.
     replica = torch.Generator().manual_seed(seed)
@@ -379,7 +379,7 @@ def _optimizer_losses_with(nets: LearnedZO, problem: Problem, steps: int, seed: 
 
 @pytest.mark.parametrize("settings", [dict(estimator="central"), dict(estimator="antithetic"),
                                       dict(query_prob=1.0, lr=0.5), dict(query_prob=0.0, lr=2.0),
-                                      dict(directions="gaussian")])
+                                      dict(covariance="identity")])
 def test_population_of_one_is_the_optimizer_with_its_settings(settings):
     problem = _problem("least-squares")
     nets = _nets(MEMBERS[0], 0.2)
@@ -388,13 +388,13 @@ def test_population_of_one_is_the_optimizer_with_its_settings(settings):
     torch.testing.assert_close(run.losses[0], ref, rtol=1e-5, atol=0)
 
 
-def test_population_refuses_guided_es_directions():
-    """ES populations run learned or Gaussian directions; GuidedES is the optimizer's
-    ablation only, and a population must not quietly run Gaussian ones in its place."""
+def test_population_refuses_the_guided_covariance():
+    """ES populations run the learned or the identity covariance; GuidedES is the optimizer's
+    ablation only, and a population must not quietly run unguided directions in its place."""
     problem = _problem("rotated-quadratic")
     nets = _nets(MEMBERS[0], 0.2)
-    with pytest.raises(ValueError, match="guided_es"):
-        run_population(_weights([nets]), ARCH, problem, 10, 4, 7, directions="guided_es")
+    with pytest.raises(ValueError, match="'guided'"):
+        run_population(_weights([nets]), ARCH, problem, 10, 4, 7, covariance="guided")
 
 
 @pytest.mark.parametrize("name", ["rotated-quadratic", "noisy-quadratic"])
@@ -466,9 +466,9 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
     assert deep_equal(full.state_dict()["zo"], resumed.state_dict()["zo"])
 
 
-def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
+def test_without_a_query_net_learned_directions_are_the_identity_ablation():
     """GeneralConfig(query_net=False) drops the query net's weights, and its default (learned)
-    directions step exactly as the full architecture with directions='gaussian'."""
+    directions step exactly as the full architecture with covariance='identity'."""
     full = LearnedZO(arch=GeneralConfig(hidden=8))
     lean = LearnedZO(arch=GeneralConfig(hidden=8, query_net=False))
     assert not any(k.startswith("query.") for k in lean.state_dict())
@@ -477,9 +477,9 @@ def test_without_a_query_net_learned_directions_are_the_gaussian_ablation():
             w.copy_(full.get_parameter(name) + 0.3 * torch.randn_like(w))
             full.get_parameter(name).copy_(w)
     curves = []
-    for nets, directions in ((full, "gaussian"), (lean, "learned")):
+    for nets, directions in ((full, "identity"), (lean, "learned")):
         x = torch.linspace(-1, 1, 16)
-        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=5, directions=directions)
+        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=5, covariance=directions)
         curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(12)])
     assert curves[0] == curves[1]
     assert torch.equal(opt.next_query_scales()[0], torch.ones(16))

@@ -42,10 +42,10 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _run(weights, arch, x, state, generator, directions, steps, in_place):
+def _run(weights, arch, x, state, generator, covariance, steps, in_place):
     scheme = Scheme("forward", 6)
     xs, states = [], []
-    groups = [learned.Group((0,), 0.5, directions=directions, query_prob=0.7)]
+    groups = [learned.Group((0,), 0.5, covariance=covariance, query_prob=0.7)]
     for _ in range(steps):
         planned = learned.plan(weights, arch, [x], [state], groups, [Part((0,), scheme, 1e-3)],
                                generator)
@@ -63,9 +63,9 @@ def _run(weights, arch, x, state, generator, directions, steps, in_place):
 
 
 @pytest.mark.parametrize("in_place", [False, True])
-@pytest.mark.parametrize("directions", ["learned", "gaussian"])
+@pytest.mark.parametrize("covariance", ["learned", "identity"])
 @pytest.mark.parametrize("kind", ["paper", "general"])
-def test_population_members_step_as_their_own_weights_do(kind, directions, in_place):
+def test_population_members_step_as_their_own_weights_do(kind, covariance, in_place):
     """A population of one is the unbatched step, bit for bit; one call over three weight sets
     gives each the step it takes alone, up to float32 rounding."""
     members = [_nets(seed, kind) for seed in (1, 2, 3)]
@@ -73,14 +73,14 @@ def test_population_members_step_as_their_own_weights_do(kind, directions, in_pl
     x0 = torch.linspace(-1, 1, D)
     with torch.no_grad():
         alone = [_run(n.weights(), arch, x0.clone(), core.init_state(x0, arch),
-                      torch.Generator().manual_seed(7), directions, 5, in_place)
+                      torch.Generator().manual_seed(7), covariance, 5, in_place)
                  for n in members]
         for size in (1, 3):
             weights = {k: torch.stack([n.weights()[k] for n in members[:size]])
                        for k in members[0].weights()}
             xs, states = _run(weights, arch, x0.repeat(size, 1),
                               core.init_state(x0, arch, (size,)),
-                              torch.Generator().manual_seed(7), directions, 5, in_place)
+                              torch.Generator().manual_seed(7), covariance, 5, in_place)
             for m in range(size):
                 # A population of one is bit-exact at every step with the paper's networks
                 # (the general controller's one-row LSTM rounds in another order when it
@@ -138,11 +138,11 @@ def test_no_second_copy_of_the_step_order():
 def test_settings_are_hyperparameters_in_groups_and_state_dict():
     nets = _nets(1, "paper")
     x, y = torch.zeros(4), torch.zeros(3)
-    opt = torchzo.ZOLSTM([{"params": [x]}, {"params": [y], "directions": "gaussian",
+    opt = torchzo.ZOLSTM([{"params": [x]}, {"params": [y], "covariance": "identity",
                                             "state_dtype": torch.bfloat16}],
                          pretrained=nets, q=4, seed=0, query_prob=0.25)
     groups = opt.state_dict()["param_groups"]
-    assert groups[0]["directions"] == "learned" and groups[1]["directions"] == "gaussian"
+    assert groups[0]["covariance"] == "learned" and groups[1]["covariance"] == "identity"
     assert groups[0]["query_prob"] == 0.25 and groups[1]["state_dtype"] == torch.bfloat16
     for key in ("use_update", "guide_alpha"):
         assert all(key in g for g in groups)
@@ -182,7 +182,7 @@ def test_checkpoint_without_the_settings_loads_and_resumes():
         part.step(lambda: f(xb))
     sd = part.state_dict()
     for g in sd["param_groups"]:
-        for key in ("query_prob", "directions", "use_update", "guide_alpha", "state_dtype"):
+        for key in ("query_prob", "covariance", "use_update", "guide_alpha", "state_dtype"):
             del g[key]
     buf = io.BytesIO()
     torch.save(sd, buf)
@@ -190,7 +190,7 @@ def test_checkpoint_without_the_settings_loads_and_resumes():
     xc = xb.clone()
     resumed = torchzo.ZOLSTM([xc], pretrained=copy.deepcopy(nets), q=4, seed=9)
     resumed.load_state_dict(torch.load(buf, weights_only=True))
-    assert resumed.param_groups[0]["directions"] == "learned"
+    assert resumed.param_groups[0]["covariance"] == "learned"
     for _ in range(4):
         resumed.step(lambda: f(xc))
     assert torch.equal(xa, xc)
@@ -219,3 +219,35 @@ def test_oracle_entry_point_closure_and_batched_agree_and_restore():
     with pytest.raises(ValueError, match="share"):
         estimate_gradient(torchzo.Batched(_loss), [a, b],
                           [part.draw(torch.Generator()) for part in parts])
+
+
+def test_the_covariance_setting_still_answers_to_its_old_name():
+    """``directions`` (values learned, gaussian, guided_es) was the covariance setting's name:
+    as an argument or a group key it warns and means the same; a state dict saved under it
+    loads as the new name; a bad old value is refused."""
+    nets = _nets(1, "paper")
+    f = lambda x: ((x - 1.5) ** 2).sum()  # noqa: E731
+    runs = []
+    for old, new in (("gaussian", "identity"), ("guided_es", "guided")):
+        xa, xb, xc = torch.zeros(5), torch.zeros(5), torch.zeros(5)
+        with pytest.warns(FutureWarning, match=f"covariance={new!r}"):
+            a = torchzo.ZOLSTM([xa], pretrained=nets, q=4, seed=3, directions=old)
+        with pytest.warns(FutureWarning):
+            b = torchzo.ZOLSTM([{"params": [xb], "directions": old}], pretrained=nets, q=4,
+                               seed=3)
+        c = torchzo.ZOLSTM([xc], pretrained=nets, q=4, seed=3, covariance=new)
+        for opt, x in ((a, xa), (b, xb), (c, xc)):
+            assert opt.param_groups[0]["covariance"] == new
+            for _ in range(3):
+                opt.step(lambda x=x: f(x))
+        assert torch.equal(xa, xc) and torch.equal(xb, xc)
+        runs.append(xc.clone())
+    assert not torch.equal(*runs)
+    sd = c.state_dict()
+    sd["param_groups"][0]["directions"] = "guided_es"
+    del sd["param_groups"][0]["covariance"]
+    d = torchzo.ZOLSTM([torch.zeros(5)], pretrained=nets, q=4, seed=0)
+    d.load_state_dict(sd)
+    assert d.param_groups[0]["covariance"] == "guided" and "directions" not in d.param_groups[0]
+    with pytest.raises(ValueError, match="directions"):
+        torchzo.ZOLSTM([torch.zeros(2)], pretrained=nets, directions="sphere")

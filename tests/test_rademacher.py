@@ -332,7 +332,7 @@ def test_a_state_dict_from_before_the_kind_loads_with_this_optimizers_value():
 def test_zolstm_isotropic_no_update_equals_zosgd_with_the_same_kind():
     nets = random_nets()
     xa, xb = torch.zeros(70), torch.zeros(70)
-    a = torchzo.ZOLSTM([xa], pretrained=nets, use_update=False, directions="gaussian", lr=0.1,
+    a = torchzo.ZOLSTM([xa], pretrained=nets, use_update=False, covariance="identity", lr=0.1,
                        q=3, seed=4, directions_kind="rademacher")
     b = torchzo.ZOSGD([xb], lr=0.1, q=3, seed=4, directions_kind="rademacher")
     for _ in range(4):
@@ -342,13 +342,13 @@ def test_zolstm_isotropic_no_update_equals_zosgd_with_the_same_kind():
     assert not torch.equal(xa, torch.zeros(70))
 
 
-@pytest.mark.parametrize("directions", ["learned", "guided_es"])
-def test_zolstm_closure_batched_and_resume_with_rademacher_directions(directions):
+@pytest.mark.parametrize("covariance", ["learned", "guided"])
+def test_zolstm_closure_batched_and_resume_with_rademacher_directions(covariance):
     nets = random_nets()
     # In float64 (the parameters are float32): the two paths' losses then differ only in
     # float64 rounding, which (f(x + mu u) - f(x)) / mu does not amplify past float32's.
     f = lambda X: ((X.double() - 1.5) ** 2).sum(-1) + X[..., 0].double().sin()  # noqa: E731
-    kw = dict(pretrained=nets, q=4, seed=2, directions=directions, query_prob=0.7,
+    kw = dict(pretrained=nets, q=4, seed=2, covariance=covariance, query_prob=0.7,
               directions_kind="rademacher")
     xs = [torch.zeros(70) for _ in range(3)]
     closure = torchzo.ZOLSTM([xs[0]], **kw)

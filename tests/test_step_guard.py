@@ -270,7 +270,7 @@ def test_an_estimate_that_overflows_is_refused():
     assert torch.equal(x, torch.zeros(3, dtype=torch.float64)) and opt.steps == 0
 
 
-def test_zolstm_non_finite_learned_update_restores_parameters_and_rng():
+def test_zolstm_non_finite_update_learned_restores_parameters_and_rng():
     x = torch.randn(4)
     opt = torchzo.ZOLSTM([x], q=2, seed=0)
     opt.step(lambda: (x**2).sum())

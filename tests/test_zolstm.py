@@ -34,7 +34,7 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
                       data_seed=6)
     x = problem.x0.clone()
     opt = ZOLSTM([x], pretrained=nets, q=6, query_prob=1.0, seed=5,
-                 directions="learned" if use_query else "gaussian")
+                 covariance="learned" if use_query else "identity")
     data = torch.Generator().manual_seed(6)
     for _ in range(15):
         if use_query:  # what the optimizer says it will use is what the rollout uses
@@ -240,7 +240,7 @@ def test_ablations_and_mix_probability_change_the_trajectory():
     f = lambda x: ((x - 1) ** 2).sum()  # noqa: E731
     finals = {}
     for name, kw in {"full": {}, "p1": {"query_prob": 1.0}, "p0": {"query_prob": 0.0},
-                     "no_query": {"directions": "gaussian"}, "guided": {"directions": "guided_es"},
+                     "no_query": {"covariance": "identity"}, "guided": {"covariance": "guided"},
                      "no_update": {"use_update": False, "lr": 0.05}}.items():
         x = torch.zeros(8)
         opt = ZOLSTM([x], pretrained=nets, q=4, seed=0, **kw)
@@ -259,7 +259,7 @@ def test_ablations_and_mix_probability_change_the_trajectory():
 def test_no_update_equals_zosgd_when_queries_are_isotropic():
     nets = _nets()
     xa, xb = torch.zeros(5), torch.zeros(5)
-    a = ZOLSTM([xa], pretrained=nets, use_update=False, directions="gaussian", lr=0.1, q=3, seed=4)
+    a = ZOLSTM([xa], pretrained=nets, use_update=False, covariance="identity", lr=0.1, q=3, seed=4)
     b = torchzo.ZOSGD([xb], lr=0.1, q=3, seed=4)
     for _ in range(6):
         a.step(lambda: ((xa - 1) ** 2).sum())
@@ -267,7 +267,7 @@ def test_no_update_equals_zosgd_when_queries_are_isotropic():
     assert torch.equal(xa, xb)
 
 
-def test_lr_scales_the_learned_update_and_schedulers_work():
+def test_lr_scales_the_update_learned_and_schedulers_work():
     nets = _nets()
     steps = []
     for lr in (1.0, 0.5):
@@ -296,7 +296,7 @@ def test_maximize_ascends_what_minimize_descends():
 
 
 @pytest.mark.parametrize("bad", [dict(query_prob=1.5), dict(query_prob=-0.1),
-                                 dict(directions="sphere"), dict(use_update=1), dict(lr=-1.0),
+                                 dict(covariance="sphere"), dict(use_update=1), dict(lr=-1.0),
                                  dict(q=0), dict(guide_alpha=2.0),
                                  dict(pretrained=3.0), dict(state_dtype=torch.float64),
                                  dict(state_dtype="bfloat16")])

@@ -193,7 +193,7 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
     arch = _nets(weights).arch
     if has_query(arch):  # without a query net the ablation is the same run
         out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
-            p, pretrained=weights, mu=mu, seed=s, directions="gaussian")
+            p, pretrained=weights, mu=mu, seed=s, covariance="identity")
     if arch.directions_kind != "gaussian":  # the oracle's share of the lead
         out["ZOLSTM Gaussian directions"] = lambda p, s, mu: torchzo.ZOLSTM(
             p, pretrained=weights, mu=mu, seed=s, directions_kind="gaussian")

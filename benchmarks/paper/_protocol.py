@@ -37,11 +37,11 @@ log = logging.getLogger("benchmarks")
 
 BASELINES = {"zosgd": "ZO-SGD", "zosignsgd": "ZO-signSGD", "zoadam": "ZO-Adam"}
 ABLATIONS = {  # label suffix -> ZOLSTM settings; no-update steps with the tuned ZO-SGD lr
-    "": dict(directions="learned", use_update=True, query_prob=0.5),
-    " no-query": dict(directions="gaussian", use_update=True, query_prob=0.5),
-    " no-update": dict(directions="learned", use_update=False, query_prob=0.5),
-    " GuidedES": dict(directions="guided_es", use_update=True, query_prob=0.5),
-    " p=1": dict(directions="learned", use_update=True, query_prob=1.0),
+    "": dict(covariance="learned", use_update=True, query_prob=0.5),
+    " no-query": dict(covariance="identity", use_update=True, query_prob=0.5),
+    " no-update": dict(covariance="learned", use_update=False, query_prob=0.5),
+    " GuidedES": dict(covariance="guided", use_update=True, query_prob=0.5),
+    " p=1": dict(covariance="learned", use_update=True, query_prob=1.0),
 }
 UNTRAINED = "untrained"
 
@@ -110,7 +110,7 @@ class Runner:
             nets = self.nets[spec["weights"]]
             lr = spec["alpha"] if spec["use_update"] else spec["delta"] / dim
             return lambda ps: ZOLSTM(ps, pretrained=nets, lr=lr, q=q, mu=mu,
-                                     query_prob=spec["query_prob"], directions=spec["directions"],
+                                     query_prob=spec["query_prob"], covariance=spec["covariance"],
                                      use_update=spec["use_update"], seed=seed,
                                      directions_kind=given)
         lr = spec["delta"] / dim
@@ -226,7 +226,7 @@ def tune_alpha(runner: Runner, problems: Sequence[Problem], weights: str) -> dic
 
     def score(alpha: float) -> float:
         spec: Spec = {"kind": "zolstm", "weights": weights, "alpha": canon(alpha),
-                      "directions": "learned", "use_update": True, "query_prob": 0.5}
+                      "covariance": "learned", "use_update": True, "query_prob": 0.5}
         s = _finite_or_inf(float(runner.curves(spec, problems, cfg.q, 1)[:, 0, -1].mean()))
         if all(r["alpha"] != spec["alpha"] for r in records):
             records.append({"alpha": spec["alpha"], "score": s})
@@ -240,7 +240,7 @@ def tune_alpha(runner: Runner, problems: Sequence[Problem], weights: str) -> dic
 def transfer_specs(tuned: dict[str, dict[str, Any]]) -> dict[str, Spec]:
     """Methods for transferred weights, each with its tuned alpha."""
     return {f"ZO-LSTM transfer ({w}, alpha {t['alpha']:.3g})": {
-        "kind": "zolstm", "weights": w, "alpha": canon(t["alpha"]), "directions": "learned",
+        "kind": "zolstm", "weights": w, "alpha": canon(t["alpha"]), "covariance": "learned",
         "use_update": True, "query_prob": 0.5} for w, t in tuned.items()}
 
 

@@ -242,7 +242,7 @@ def _update(opt: Any, grads: list[torch.Tensor]) -> Callable[[], None]:
         params, states, groups = opt._learned_groups()
         plan = learned.plan(opt.nets.weights(), opt.nets.arch, params, states, groups,
                             opt._parts(), opt._generator)
-        opt._learned_update(params, states, groups, plan, grads, None)
+        opt._update_learned(params, states, groups, plan, grads, None)
     return learned_update
 
 

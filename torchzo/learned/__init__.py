@@ -3,8 +3,8 @@ from . import arch, core
 from .arch import ARCHITECTURES, PRESETS, Architecture, GeneralConfig, PaperConfig
 from .blocks import CoordLSTM
 from .nets import LearnedZO
-from .step import DIRECTIONS, Group, Plan, StepResult, plan, update
+from .step import COVARIANCES, Group, Plan, StepResult, plan, update
 
-__all__ = ["ARCHITECTURES", "DIRECTIONS", "PRESETS", "Architecture", "CoordLSTM",
+__all__ = ["ARCHITECTURES", "COVARIANCES", "PRESETS", "Architecture", "CoordLSTM",
            "GeneralConfig", "Group", "LearnedZO", "PaperConfig", "Plan", "StepResult", "arch",
            "core", "plan", "update"]

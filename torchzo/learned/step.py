@@ -33,16 +33,20 @@ from ..oracle import Guide, Part, Query, draw_seeds
 from . import core
 from .arch import Architecture
 
-__all__ = ["DIRECTIONS", "Group", "Plan", "StepResult", "plan", "update"]
+__all__ = ["COVARIANCES", "Group", "Plan", "StepResult", "plan", "update"]
 
-DIRECTIONS = ("learned", "gaussian", "guided_es")
+#: How a group's query directions are shaped: by the QueryRNN's learned covariance (mixed with
+#: the identity, see ``query_prob``), the identity (the paper's no-query ablation: the
+#: unscaled draws), or guided towards the span of the previous estimate and update (the
+#: GuidedES ablation).
+COVARIANCES = ("learned", "identity", "guided")
 
 
 @dataclass(frozen=True)
 class Group:
     """The settings of a set of tensors (a param group): positions in the step's tensor list.
 
-    Tensors that share an estimate must agree on ``directions``, ``query_prob`` and
+    Tensors that share an estimate must agree on ``covariance``, ``query_prob`` and
     ``guide_alpha`` (the optimizer partitions its groups so).
     """
 
@@ -50,7 +54,7 @@ class Group:
     lr: float = 1.0
     maximize: bool = False
     use_update: bool = True
-    directions: str = "learned"
+    covariance: str = "learned"
     query_prob: float = 0.5
     guide_alpha: float = 0.5
     #: Directions per estimate (the ``general`` architecture's step-size signal needs it).
@@ -79,7 +83,7 @@ class StepResult:
 
 def _learned(arch: Architecture, g: Group) -> bool:
     """Whether ``g``'s directions come from the QueryRNN."""
-    return g.directions == "learned" and arch.has_query
+    return g.covariance == "learned" and arch.has_query
 
 
 def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
@@ -100,7 +104,7 @@ def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
         seeds = draw_seeds(generator, part.scheme.directions)
         g = group_of[part.index[0]]
         sts = [states[i] for i in part.index]
-        if g.directions == "guided_es":
+        if g.covariance == "guided":
             history = [[st["prev_estimate"] for st in sts], [st["prev_update"] for st in sts]]
             queries.append(part.query(seeds, guide=Guide.orthonormal(history, g.guide_alpha)))
             continue

@@ -34,7 +34,7 @@ class PopulationRun:
 @torch.no_grad()
 def run_population(weights: core.Weights, arch: Architecture, problem: Problem, steps: int,
                    q: int = 20, seed: int = 0, lr: float = 1.0, estimator: str = "forward",
-                   directions: str = "learned", query_prob: float = 0.5,
+                   covariance: str = "learned", query_prob: float = 0.5,
                    mu: float | None = None) -> PopulationRun:
     """Run every member of ``weights`` (leading dimension P) for ``steps`` on ``problem``.
 
@@ -42,9 +42,9 @@ def run_population(weights: core.Weights, arch: Architecture, problem: Problem, 
     point or loss stops being finite is frozen at non-finite losses (counted in
     ``diverged``), never an error: scoring it is the trainer's job.
     """
-    if directions not in ("learned", "gaussian"):
-        raise ValueError(f"a population runs 'learned' or 'gaussian' directions, got "
-                         f"{directions!r}")
+    if covariance not in ("learned", "identity"):
+        raise ValueError(f"a population runs the 'learned' or 'identity' covariance, got "
+                         f"{covariance!r}")
     members = next(iter(weights.values())).shape[0]
     x = problem.x0.detach().float().expand(members, -1).clone()
     state = core.init_state(problem.x0, arch, (members,))
@@ -53,7 +53,7 @@ def run_population(weights: core.Weights, arch: Architecture, problem: Problem, 
     scheme = Scheme(estimator, q)
     base_mu = mu if mu is not None else (problem.mu if problem.mu is not None
                                          else default_mu(torch.float32))
-    group = Group((0,), lr, directions=directions, query_prob=query_prob, q=scheme.directions)
+    group = Group((0,), lr, covariance=covariance, query_prob=query_prob, q=scheme.directions)
     curve = [problem.loss(x)]
     for _ in range(steps):
         batch = problem.sample_batch(data)

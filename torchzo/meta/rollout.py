@@ -84,8 +84,8 @@ class Rollout:
                     return batch_loss(X)
             return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
 
-        directions = "learned" if cfg.use_query else "gaussian"
-        groups = [Group((0,), cfg.lr, directions=directions, query_prob=1.0,
+        covariance = "learned" if cfg.use_query else "identity"
+        groups = [Group((0,), cfg.lr, covariance=covariance, query_prob=1.0,
                         q=self.part.scheme.directions)]
         arch = self.nets.arch
         planned = plan(self.weights, arch, [self.x], [self.state], groups, [self.part],

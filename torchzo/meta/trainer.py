@@ -43,7 +43,7 @@ def evaluate(nets: LearnedZO, task: Task, split: str, cfg: MetaConfig, use_query
     for k, problem in enumerate(problems):
         def make(params: list[torch.Tensor], k: int = k) -> ZOLSTM:
             return ZOLSTM(params, pretrained=nets, q=cfg.q, mu=cfg.mu, estimator=cfg.estimator,
-                          directions="learned" if use_query else "gaussian",
+                          covariance="learned" if use_query else "identity",
                           query_prob=cfg.val_query_prob, seed=seed + k)
         curve = run_optimizer(problem, make, cfg.horizon or task.horizon, data_seed=seed + k)
         scores.append(float(curve[-1] if metric == "final" else curve[1:].mean()))

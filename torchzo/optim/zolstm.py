@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,18 @@ from torch import Tensor
 from .. import learned
 from ..learned import core
 from ..learned.nets import LearnedZO
-from ..learned.step import DIRECTIONS
+from ..learned.step import COVARIANCES
 from ..oracle import Batched, Estimate, Part, Scheme
 from ._checkpoint import saved_positions
 from ._guard import all_finite
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
 
-__all__ = ["DIRECTIONS", "ZOLSTM"]
+__all__ = ["COVARIANCES", "ZOLSTM"]
 STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# ``covariance`` was called ``directions``, with these values, before the word meant only the
+# query vectors themselves; the old name still works, with a warning.
+_OLD_COVARIANCE = {"learned": "learned", "gaussian": "identity", "guided_es": "guided"}
 
 
 class ZOLSTM(ZOOptimizer):
@@ -56,12 +60,14 @@ class ZOLSTM(ZOOptimizer):
         q, mu, estimator, maximize: as for :class:`ZOSGD`.
         query_prob: probability that a step samples from the learned covariance (one draw per
             step and estimate).
-        directions: ``"learned"`` (the QueryRNN), ``"gaussian"`` (the paper's no-query ablation:
-            standard Gaussian directions) or ``"guided_es"`` (the GuidedES ablation: directions
-            guided towards the span of the previous estimate and update, see
-            :class:`torchzo.oracle.Guide`).
+        covariance: how the query directions are shaped: ``"learned"`` (the QueryRNN's),
+            ``"identity"`` (the paper's no-query ablation: the unscaled draws ``z``) or
+            ``"guided"`` (the GuidedES ablation: directions guided towards the span of the
+            previous estimate and update, see :class:`torchzo.oracle.Guide`). Called
+            ``directions`` (values ``"learned"``, ``"gaussian"``, ``"guided_es"``) before; that
+            name still works, with a ``FutureWarning``.
         use_update: ``False`` is the no-update ablation (the queries above, a ZO-SGD step).
-        guide_alpha: GuidedES's weight of the full space (``directions="guided_es"`` only).
+        guide_alpha: GuidedES's weight of the full space (``covariance="guided"`` only).
         seed, generator: the source of query directions and of the mix draws.
         state_dtype: storage dtype of the per-coordinate LSTM states (``torch.float32``,
             ``torch.bfloat16`` or ``torch.float16``). They are computed in float32 either way;
@@ -69,13 +75,13 @@ class ZOLSTM(ZOOptimizer):
             docs/benchmarks/overhead.md), at the cost of rounding the states between steps
             (the shipped weights were trained in float32).
         directions_kind: the distribution of the base draw ``z`` that every setting of
-            ``directions`` scales or guides: ``"gaussian"`` (standard normal),
+            ``covariance`` scales or guides: ``"gaussian"`` (standard normal),
             ``"rademacher"`` (independent signs +-1, the same unit variance),
             ``"orthogonal"`` (a step's Gaussian draws orthogonalised) or ``"auto"``
             (orthogonal where q is a sizeable fraction of d, Gaussian otherwise; see
             :mod:`torchzo.oracle.directions`). ``None``: the kind the weights name
             (``nets.arch.directions_kind``: what they are meant to run with; ``"auto"`` for the
-            shipped ``generalist``, Gaussian for the paper's files). ``directions="gaussian"``
+            shipped ``generalist``, Gaussian for the paper's files). ``covariance="identity"``
             means unscaled ``z`` of this kind.
     """
 
@@ -83,16 +89,18 @@ class ZOLSTM(ZOOptimizer):
 
     def __init__(self, params: ParamsT, pretrained: Any = None, lr: float = 1.0, q: int = 20,
                  mu: float | None = None, estimator: str = "forward", query_prob: float = 0.5,
-                 directions: str = "learned", use_update: bool = True, maximize: bool = False, *,
-                 guide_alpha: float = 0.5, seed: int | None = None,
+                 covariance: str = "learned", use_update: bool = True, maximize: bool = False,
+                 *, guide_alpha: float = 0.5, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: Any = None, state_dtype: torch.dtype = torch.float32,
-                 directions_kind: str | None = None) -> None:
+                 directions_kind: str | None = None, directions: str | None = None) -> None:
+        if directions is not None:
+            covariance = _renamed({"directions": directions})["covariance"]
         self.nets = _load_nets(pretrained)
         if directions_kind is None:
             directions_kind = self.nets.arch.directions_kind
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize,
-                        query_prob=query_prob, directions=directions, use_update=use_update,
+                        query_prob=query_prob, covariance=covariance, use_update=use_update,
                         guide_alpha=guide_alpha, state_dtype=state_dtype,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
@@ -103,9 +111,9 @@ class ZOLSTM(ZOOptimizer):
         if group["state_dtype"] not in STATE_DTYPES:
             raise ValueError(f"state_dtype must be one of {STATE_DTYPES}, "
                              f"got {group['state_dtype']!r}")
-        if group["directions"] not in DIRECTIONS:
-            raise ValueError(f"directions must be one of {DIRECTIONS}, "
-                             f"got {group['directions']!r}")
+        if group["covariance"] not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, "
+                             f"got {group['covariance']!r}")
         if not isinstance(group["use_update"], bool):
             raise ValueError(f"use_update must be a bool, got {group['use_update']!r}")
         for name in ("query_prob", "guide_alpha"):
@@ -113,7 +121,7 @@ class ZOLSTM(ZOOptimizer):
 
     def _partition_key(self, group: dict[str, Any]) -> tuple[Any, ...]:
         # Tensors that share an estimate share its query distribution.
-        return group["directions"], group["query_prob"], group["guide_alpha"]
+        return group["covariance"], group["query_prob"], group["guide_alpha"]
 
     def _parts(self) -> list[Part]:
         """The base parts, with ``mu`` times the architecture's radius factor (from the
@@ -143,7 +151,7 @@ class ZOLSTM(ZOOptimizer):
             index = tuple(range(start, start + len(g["params"])))
             start += len(index)
             groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
-                                        g["directions"], g["query_prob"], g["guide_alpha"],
+                                        g["covariance"], g["query_prob"], g["guide_alpha"],
                                         Scheme(g["estimator"], g["q"]).directions))
         return params, states, groups
 
@@ -154,11 +162,11 @@ class ZOLSTM(ZOOptimizer):
         plan = learned.plan(self.nets.weights(), self.nets.arch, params, states, groups,
                             self._parts(), self._generator)
         found = self._estimate(objective, plan.queries)
-        self._learned_update(params, states, groups, plan, found.grads, float(found.loss))
+        self._update_learned(params, states, groups, plan, found.grads, float(found.loss))
         return found
 
     @torch.no_grad()
-    def _learned_update(self, params: list[Tensor], states: list[core.State],
+    def _update_learned(self, params: list[Tensor], states: list[core.State],
                         groups: list[learned.Group], plan: learned.Plan, grads: list[Tensor],
                         loss: float | None) -> None:
         """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
@@ -201,9 +209,22 @@ class ZOLSTM(ZOOptimizer):
         A file saved before the ZO-LSTM settings were hyperparameters keeps this optimizer's.
         As for every torchzo optimizer, everything is checked first (here also the network
         weights against these networks, and each state's entries and shapes against their
-        architecture), and a state dict that fails changes nothing.
+        architecture), and a state dict that fails changes nothing. A file that names the
+        covariance setting by its old name (``directions``) loads as its new one.
         """
+        groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+        if isinstance(groups, list) and any(isinstance(g, Mapping) and "directions" in g
+                                            for g in groups):
+            state_dict = {**state_dict, "param_groups": [
+                _renamed(g, warn=False) if isinstance(g, Mapping) else g for g in groups]}
         super().load_state_dict(state_dict)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As for every torchzo optimizer; a group may still name ``covariance`` by its old
+        name ``directions`` (with a ``FutureWarning``)."""
+        if "directions" in param_group:
+            param_group = _renamed(param_group)
+        super().add_param_group(param_group)
 
     def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
                            where: str) -> None:
@@ -294,3 +315,19 @@ def _load_nets(pretrained: Any) -> LearnedZO:
         return shipped.from_state_dict(pretrained)
     raise ValueError(f"pretrained must be a shipped name, a path, a state dict or a LearnedZO, "
                      f"got {type(pretrained).__name__}")
+
+
+def _renamed(group: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
+    """``group`` with its old ``directions`` setting as ``covariance`` (values translated)."""
+    out = {k: v for k, v in group.items() if k != "directions"}
+    old = group["directions"]
+    if "covariance" in group:
+        raise ValueError("give covariance or its old name directions, not both")
+    if not isinstance(old, str) or old not in _OLD_COVARIANCE:
+        raise ValueError(f"directions (now covariance) must be one of "
+                         f"{tuple(_OLD_COVARIANCE)}, got {old!r}")
+    out["covariance"] = _OLD_COVARIANCE[old]
+    if warn:
+        warnings.warn(f"ZOLSTM's directions={old!r} is now covariance="
+                      f"{out['covariance']!r}", FutureWarning, stacklevel=3)
+    return out
