@@ -41,6 +41,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from tools.launch import checkout_env
+from torchzo import learned
 from torchzo.learned import GeneralConfig, LearnedZO
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure, kernels
@@ -229,6 +230,22 @@ def split_reps(d: int, reps: int) -> int:
     return max(5, min(reps, int(2e7 // d)))
 
 
+def _update(opt: Any, grads: list[torch.Tensor]) -> Callable[[], None]:
+    """What ``opt``'s step runs once its estimate is ``grads``: the update rule of each group;
+    for ZOLSTM the plan of the step (its QueryRNN's scales, computed ahead, and mix draw) and
+    the learned update, the next step's QueryRNN included."""
+    if not isinstance(opt, ZOLSTM):
+        return functools.partial(opt._update, grads)
+
+    @torch.no_grad()
+    def learned_update() -> None:
+        params, states, groups = opt._learned_groups()
+        plan = learned.plan(opt.nets.weights(), opt.nets.arch, params, states, groups,
+                            opt._parts(), opt._generator)
+        opt._learned_update(params, states, groups, plan, grads, None)
+    return learned_update
+
+
 def split_case(d: int, q: int, reps: int, min_sample_s: float) -> dict[str, Any]:
     """One flat tensor of ``d``: each ZO optimizer's step split into closure calls, update
     and oracle (the rest: seeds, directions, perturb/restore, accumulation)."""
@@ -238,7 +255,7 @@ def split_case(d: int, q: int, reps: int, min_sample_s: float) -> dict[str, Any]
         (x,) = opt.param_groups[0]["params"]
         estimate = {x: torch.randn(d, generator=torch.Generator().manual_seed(2))}
         # What a step runs after its estimate (ZOLSTM's next QueryRNN included).
-        fns[f"step:{name}"], fns[f"update:{name}"] = step, functools.partial(opt._apply, estimate)
+        fns[f"step:{name}"], fns[f"update:{name}"] = step, _update(opt, [estimate[x]])
     samples, _ = _interleaved(fns, reps, min_sample_s)
     closure = samples["closure"]
     out: dict[str, Any] = {"d": d, "reps": reps, "closure_s": spread(closure), "optimizers": {}}

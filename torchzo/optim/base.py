@@ -335,13 +335,18 @@ class ZOOptimizer(Optimizer):
         estimate = self._estimate(objective, queries)
         if self._guard is not None:
             self._guard.save_state()
-        params = self._params()
-        grads = dict(zip(params, estimate.grads))
+        self._update(estimate.grads)
+        return estimate
+
+    @torch.no_grad()
+    def _update(self, grads: list[Tensor]) -> None:
+        """Every group's update rule applied to its estimates (``grads``: one per parameter, in
+        param-group order)."""
+        by_param = dict(zip(self._params(), grads))
         for group in self.param_groups:
             if group["params"]:
                 self._update_group(group, group["params"],
-                                   [grads[p].to(p.dtype) for p in group["params"]])
-        return estimate
+                                   [by_param[p].to(p.dtype) for p in group["params"]])
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:

@@ -132,10 +132,9 @@ class ZOLSTM(ZOOptimizer):
         return _stored(core.init_state(p, self.nets.arch), group["state_dtype"],
                        self.nets.arch.compact_keys)
 
-    @torch.no_grad()
-    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
-        """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`
-        over every group; stores the new states."""
+    def _learned_groups(self) -> tuple[list[Tensor], list[core.State], list[learned.Group]]:
+        """The learned step's view of the param groups: every parameter, its state, and each
+        group's settings (positions in that list)."""
         active = [g for g in self.param_groups if g["params"]]
         params = [p for g in active for p in g["params"]]
         states = [self._state_of(p, g) for g in active for p in g["params"]]
@@ -146,17 +145,31 @@ class ZOLSTM(ZOOptimizer):
             groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
                                         g["directions"], g["query_prob"], g["guide_alpha"],
                                         Scheme(g["estimator"], g["q"]).directions))
-        weights, arch = self.nets.weights(), self.nets.arch
-        plan = learned.plan(weights, arch, params, states, groups, self._parts(),
-                            self._generator)
+        return params, states, groups
+
+    @torch.no_grad()
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+        """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`."""
+        params, states, groups = self._learned_groups()
+        plan = learned.plan(self.nets.weights(), self.nets.arch, params, states, groups,
+                            self._parts(), self._generator)
         found = self._estimate(objective, plan.queries)
-        grads = [g.to(p.dtype) for g, p in zip(found.grads, params)]
-        result = learned.update(weights, arch, params, states, groups, grads, float(found.loss),
+        self._learned_update(params, states, groups, plan, found.grads, float(found.loss))
+        return found
+
+    @torch.no_grad()
+    def _learned_update(self, params: list[Tensor], states: list[core.State],
+                        groups: list[learned.Group], plan: learned.Plan, grads: list[Tensor],
+                        loss: float | None) -> None:
+        """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
+        group's ``state_dtype``)."""
+        arch = self.nets.arch
+        grads = [g.to(p.dtype) for g, p in zip(grads, params)]
+        result = learned.update(self.nets.weights(), arch, params, states, groups, grads, loss,
                                 plan, in_place=True)
-        dtypes = [g["state_dtype"] for g in active for _ in g["params"]]
+        dtypes = [g["state_dtype"] for g in self.param_groups for _ in g["params"]]
         for p, st, dtype in zip(params, result.states, dtypes):
             self.state[p] = _stored(st, dtype, arch.compact_keys)
-        return found
 
     @torch.no_grad()
     def next_query_scales(self, params: list[Tensor] | None = None) -> list[Tensor]:
