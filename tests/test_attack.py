@@ -104,6 +104,7 @@ def test_attack_tasks_are_registered_and_name_the_missing_target(tmp_path, monke
         _ = task.model
 
 
+@pytest.mark.slow
 @needs_data
 def test_attack_benchmark_quick_reports_every_method(tmp_path):
     from benchmarks.paper import attack

@@ -12,7 +12,14 @@ from benchmarks.perf import overhead
 from torchzo.learned import LearnedZO
 from torchzo.oracle import kernels
 
+# Each benchmark's tiny version still runs for seconds, more on a busy machine.
+pytestmark = pytest.mark.slow
 
+# Benchmarks that time a step on a constant objective warn that it learns nothing, by design.
+ZERO_SIGNAL = pytest.mark.filterwarnings("ignore::torchzo.ZeroSignalWarning")
+
+
+@ZERO_SIGNAL
 def test_overhead_quick_writes_json_and_markdown(tmp_path):
     result = overhead.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "overhead.json").read_text())
@@ -58,6 +65,9 @@ def test_binclass_quick_writes_tables_and_plots(tmp_path):
     assert "ZO-Adam" in text and "ZO-LSTM" in text
 
 
+# Its coarse tuning grid holds ZO-Adam at lr 1, which with Rademacher directions saturates
+# the logistic loss: a step there is flat, and the optimizer says so.
+@pytest.mark.filterwarnings("ignore::torchzo.ZeroSignalWarning")
 def test_binclass_directions_kind_reaches_every_method(tmp_path):
     from benchmarks.paper import binclass
 
@@ -100,6 +110,7 @@ def test_batched_quick_times_both_paths_on_the_same_directions(tmp_path):
     assert "| 20 | 1 | kept |" in text and "| batched | 2 | kept |" in text
 
 
+@ZERO_SIGNAL
 def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
     # The GPU check runs on a short loan of a machine: its smoke test here keeps it from
     # rotting between loans.
@@ -116,6 +127,7 @@ def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
     assert "| 1e+03 | ZOSGD (Rademacher) |" in text and "| gloo | 1000 | True (3) |" in text
 
 
+@ZERO_SIGNAL
 @pytest.mark.skipif(not kernels.available(), reason="needs a C compiler (as the kernels do)")
 def test_gaussian_generator_prototype_keeps_its_bits_and_its_statistics(tmp_path):
     from research import gaussian_generator
@@ -174,6 +186,9 @@ def test_lr_scan_scores_each_scale_against_zo_adam(tmp_path):
     assert "| ZOLSTM lr 0.5 |" in (tmp_path / "lr-scan-binclass.md").read_text()
 
 
+# ZO-SGD's tuning grid reaches lr 100, which diverges on matrix factorization: at f ~ 1e27
+# float32 rounds every query difference to zero, and the optimizer says so.
+@pytest.mark.filterwarnings("ignore::torchzo.ZeroSignalWarning")
 def test_generalist_quick_scores_every_method_against_tuned_adam(tmp_path):
     from benchmarks.generalist import heldout as generalist
 

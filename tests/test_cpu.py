@@ -44,6 +44,7 @@ def _run(mode: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_keep_freed_memory_stops_the_page_faults_of_repeated_forward_passes():
     if not _glibc():
         # Not this project's CI machine: the call must then report that it did nothing.

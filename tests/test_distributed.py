@@ -233,6 +233,7 @@ def ranks(tmp_path_factory) -> list[dict[str, Any]]:
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_ranks_take_the_single_process_steps_bit_for_bit(ranks, name):
     single = run_scenario(name, None)
@@ -246,6 +247,7 @@ def test_ranks_take_the_single_process_steps_bit_for_bit(ranks, name):
         assert deep_equal(got["state"], single["state"]), f"rank {r}"
 
 
+@pytest.mark.slow
 def test_module_objective_is_sharded_bit_for_bit(ranks):
     single = run_module_scenario(None)
     for r in range(WORLD):
@@ -253,6 +255,7 @@ def test_module_objective_is_sharded_bit_for_bit(ranks):
         assert ranks[r]["module-objective"]["losses"] == single["losses"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
 def test_a_sharded_step_keeps_its_memory_for_the_next_as_one_process_does(ranks, kind):
     # The estimate a step lends the scratch is the next step's (a fresh one every step would
@@ -263,6 +266,7 @@ def test_a_sharded_step_keeps_its_memory_for_the_next_as_one_process_does(ranks,
         assert len(held[0]) == 2 and held[1] == held[0] and held[2] == held[0], f"rank {r}"
 
 
+@pytest.mark.slow
 def test_explicit_groups_world_and_single_rank(ranks):
     assert all_same_bits(ranks[0]["explicit-group"]["params"],
                          run_scenario("adam-forward", None)["params"])
@@ -281,6 +285,7 @@ def _reference_after_failure() -> list[torch.Tensor]:
     return snapshot(params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label, failing, own_type, message", [
     ("closure-raises-on-one-rank", 1, "ValueError", "boom on rank 1"),
     ("nan-f(x)-on-one-rank", 0, "ClosureError", "non-finite"),
@@ -302,6 +307,7 @@ def test_a_failure_on_one_rank_raises_on_every_rank_and_restores(ranks, label, f
         assert all_same_bits(got["after"], expected), f"rank {r}"
 
 
+@pytest.mark.slow
 def test_ranks_that_disagree_raise_everywhere(ranks):
     expected = _reference_after_failure()
     for r in range(WORLD):
@@ -351,6 +357,7 @@ def test_option_is_validated_and_needs_an_initialised_group():
     assert issubclass(RankFailedError, ClosureError)
 
 
+@pytest.mark.slow
 def test_benchmark_quick_writes_json_and_markdown(tmp_path):
     from benchmarks.perf import distributed as bench
 

@@ -500,6 +500,7 @@ def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tm
     assert weights_digest(a) == digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_directions_kind_is_an_exported_files_and_a_new_runs_architecture(tmp_path):
     run = tmp_path / "run"
     train_es(_tiny(2), run, log=lambda _: None)

@@ -32,6 +32,7 @@ def test_nondifferentiable_reduces_the_zero_one_error():
     assert out["last"] < out["first"] - 0.05
 
 
+@pytest.mark.slow
 def test_policy_search_improves_the_return():
     out = _load("policy_search").main(["--steps", "8"])
     assert out["last"] > out["first"]
@@ -51,6 +52,7 @@ def test_meta_train_example_runs_and_compares():
     assert len(out) == 2 and all(v > 0 for v in out.values())
 
 
+@pytest.mark.slow
 @needs_mnist
 def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))  # no cached target: the example trains one
@@ -61,6 +63,7 @@ def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypat
         assert 0 <= s["success_rate"] <= 1 and s["queries_per_image"] == 30 * 21
 
 
+@pytest.mark.slow
 def test_distributed_example_under_torchrun_takes_the_single_process_steps():
     args = [str(EXAMPLES / "distributed.py"), "--steps", "4", "--delay-ms", "0"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",

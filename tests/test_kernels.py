@@ -302,6 +302,7 @@ PROBE = """
 """
 
 
+@pytest.mark.slow
 def test_without_the_kernels_the_oracle_runs_on_torch_ops_and_says_why(tmp_path):
     off = run_python(PROBE, TORCHZO_KERNELS="0")
     assert off.returncode == 0, off.stderr
@@ -318,6 +319,7 @@ def test_without_the_kernels_the_oracle_runs_on_torch_ops_and_says_why(tmp_path)
         assert list((tmp_path / "kernels").glob("signs-*.so"))  # built into the given cache
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path):
     fake = tmp_path / "cc"
     fake.write_text("#!/bin/sh\necho 'fake compiler: no' >&2\nexit 1\n")

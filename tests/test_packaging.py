@@ -48,6 +48,7 @@ def test_the_package_neither_lists_nor_imports_the_checkout_only_packages():
                 assert name.split(".")[0] not in CHECKOUT_ONLY, f"{path} imports {name}"
 
 
+@pytest.mark.slow
 def test_the_built_wheel_holds_the_package_and_weights_only(tmp_path):
     # Built offline, by this environment's setuptools: one that can build wheels by itself.
     pytest.importorskip("setuptools.command.bdist_wheel")
