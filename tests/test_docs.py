@@ -38,14 +38,7 @@ def test_the_guides_have_code():
     assert {p.name for p in WITH_CODE} >= {"meta-training.md", "zolstm.md", "pretrained.md"}
 
 
-# getting-started.md counts a step's queries at b = 0, where a central estimate of b ** 2 is
-# exactly zero: its warning is part of that snippet.
-ZERO_SIGNAL_PAGES = {"getting-started.md"}
-
-
-@pytest.mark.parametrize("page", [
-    pytest.param(p, marks=pytest.mark.filterwarnings("ignore::torchzo.ZeroSignalWarning"))
-    if p.name in ZERO_SIGNAL_PAGES else p for p in WITH_CODE], ids=lambda p: p.name)
+@pytest.mark.parametrize("page", WITH_CODE, ids=lambda p: p.name)
 def test_python_blocks_run(page, tmp_path, monkeypatch):
     """Each page's Python blocks run in order in one namespace (with training made tiny)."""
     blocks = _blocks(page)
