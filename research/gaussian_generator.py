@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 
-import torchzo.oracle.directions as directions
 from benchmarks._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
 from torchzo.optim import ZOSGD
 from torchzo.oracle import kernels
+from torchzo.oracle.directions import Gaussian
 
 SOURCE = Path(__file__).with_suffix(".c")
 Q = 20
@@ -108,18 +108,15 @@ def moments(lib: ctypes.CDLL, d: int, keys: int) -> dict[str, Any]:
 @contextmanager
 def own_gaussian(lib: ctypes.CDLL) -> Iterator[None]:
     """The oracle's Gaussian draws from the prototype, keyed by each block's seed."""
-    original = directions._draw_seeded
+    original = Gaussian.fill
 
-    def draw(b: Any, out: torch.Tensor, seed: int, kind: str) -> None:
-        if kind == "gaussian":
-            fill(lib, out, b.seed_for(seed))
-        else:
-            original(b, out, seed, kind)
-    directions._draw_seeded = draw
+    def draw(self: Gaussian, block: Any, out: torch.Tensor, seed: int) -> None:
+        fill(lib, out, block.seed_for(seed))
+    Gaussian.fill = draw  # type: ignore[method-assign]
     try:
         yield
     finally:
-        directions._draw_seeded = original
+        Gaussian.fill = original  # type: ignore[method-assign]
 
 
 def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:

@@ -148,10 +148,10 @@ def test_gaussian_generator_prototype_is_swapped_in_for_the_step_only():
     from research import gaussian_generator
     from torchzo.oracle import directions
 
-    before = directions._draw_seeded
+    before = directions.Gaussian.fill
     with gaussian_generator.own_gaussian(object()):  # the library is only called by a draw
-        assert directions._draw_seeded is not before
-    assert directions._draw_seeded is before
+        assert directions.Gaussian.fill is not before
+    assert directions.Gaussian.fill is before
 
 
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):

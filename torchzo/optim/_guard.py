@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..oracle import ParameterBackup, Query, kernels
-from ..oracle.closure import Scratch
+from ..oracle.scratch import Scratch
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer

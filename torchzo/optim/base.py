@@ -20,9 +20,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..oracle import Batched, Estimate, Part, Query, Scheme, default_mu, estimate_gradient
-from ..oracle.closure import Scratch, guard_batched
+from ..oracle.closure import guard_batched
 from ..oracle.directions import check_kind
 from ..oracle.distributed import check_distributed
+from ..oracle.scratch import Scratch
 from ._checkpoint import check_entry, check_state_dict
 from ._guard import NonFiniteUpdateError, StepGuard, check_estimate, check_hyperparameters
 from ._validation import check_number, check_params
@@ -51,7 +52,7 @@ class ZOOptimizer(Optimizer):
     """
 
     #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):
-    #: if not, their memory is kept for the next step's (see ``torchzo.oracle.closure.Scratch``).
+    #: if not, their memory is kept for the next step's (see ``torchzo.oracle.scratch.Scratch``).
     _keeps_estimates = False
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,

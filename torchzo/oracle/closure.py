@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .directions import Direction, Signs
+from .scratch import Scratch
 
-__all__ = ["ClosureError", "ParameterBackup", "Scratch", "call_batched", "call_closure",
-           "check_losses", "guard_batched", "loss_value"]
+# Scratch lived here once; it stays importable from here.
+__all__ = ["ClosureError", "Scratch", "call_batched", "call_closure", "check_losses",
+           "guard_batched", "loss_value"]
 
 Closure = Callable[[], Any]
 
@@ -140,95 +141,3 @@ def check_losses(values: Tensor, rows: int, first_query: int, finite: bool = Tru
         row = int((~finite_values).nonzero()[0, 0])
         raise ClosureError(
             f"the batched objective returned a non-finite loss at query {first_query + row}")
-
-
-class ParameterBackup:
-    """An exact copy of parameters, for perturbing them in place and putting them back.
-
-    ``restore()`` copies the saved bits back, so a step that fails at any query leaves every
-    parameter bit-identical to where it started (adding and subtracting ``mu * u`` would not).
-    """
-
-    def __init__(self, params: Sequence[Tensor], scratch: Scratch | None = None) -> None:
-        self.params = list(params)
-        with torch.no_grad():
-            if scratch is None:
-                self.saved = [p.detach().clone() for p in self.params]
-            else:
-                self.saved = scratch.take(self.params)
-                torch._foreach_copy_(self.saved, [p.detach() for p in self.params])
-
-    @torch.no_grad()
-    def restore(self, index: Sequence[int] | None = None) -> None:
-        """Put back every parameter, or those in ``index``."""
-        if index is None:
-            torch._foreach_copy_(self.params, self.saved)
-        else:
-            torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])
-
-    def perturb(self, index: Sequence[int], direction: Direction, alpha: float) -> None:
-        """Set ``params[i] = saved[i] + alpha * direction`` for ``i`` in ``index``."""
-        if isinstance(direction, Signs):  # writes under no_grad itself, where it uses torch
-            direction.perturb([self.params[i] for i in index], [self.saved[i] for i in index],
-                              alpha)
-            return
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                self._perturb(index, direction, alpha)
-        else:  # the optimizers' case (as in call_closure): a query's no_grad is its Python
-            self._perturb(index, direction, alpha)
-
-    def _perturb(self, index: Sequence[int], direction: Sequence[Tensor], alpha: float) -> None:
-        for i, u in zip(index, direction):
-            torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
-
-
-class Scratch:
-    """The memory of one step's copies (of the parameters, and of the state it may undo), kept
-    for the next step's.
-
-    A new tensor's pages are mapped on its first write, one page fault per 4 KiB. glibc hands
-    large blocks back to the system when they are freed (always beyond its 32 MiB mmap
-    threshold, and at smaller sizes too, depending on the heap's state), so a copy made afresh
-    every step can pay those faults every step: on a virtual machine as much time as several
-    passes over the parameters (``docs/benchmarks/overhead.md``). An optimizer keeps one
-    ``Scratch``; between steps it holds one copy's worth of memory.
-    """
-
-    def __init__(self) -> None:
-        self._kept: dict[tuple[Any, ...], list[Tensor]] = {}
-
-    @staticmethod
-    def _key(t: Tensor) -> tuple[Any, ...]:
-        return (t.shape, t.stride(), t.dtype, t.device)
-
-    def take(self, like: Sequence[Tensor]) -> list[Tensor]:
-        """Uninitialised tensors as ``torch.empty_like`` gives (shape, strides, dtype, device),
-        from what was kept where one matches."""
-        out = []
-        for t in like:
-            found = self._kept.get(self._key(t))
-            out.append(found.pop() if found else torch.empty_like(t))
-        return out
-
-    def empty(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """An uninitialised contiguous tensor, as ``torch.empty`` gives, from what was kept
-        where one matches."""
-        shape = torch.Size(shape)
-        stride, step = [], 1
-        for n in reversed(shape):
-            stride.append(step)
-            step *= max(n, 1)
-        found = self._kept.get((shape, tuple(reversed(stride)), dtype, torch.device(device)))
-        return found.pop() if found else torch.empty(shape, dtype=dtype, device=device)
-
-    def keep(self, tensors: Sequence[Tensor]) -> None:
-        """Hold ``tensors`` (which nothing else may use any more) for the next step's
-        :meth:`take`, and nothing else."""
-        self._kept = {}
-        for t in tensors:
-            self._kept.setdefault(self._key(t), []).append(t)
-
-    def nbytes(self) -> int:
-        """The bytes held between steps."""
-        return sum(t.nbytes for ts in self._kept.values() for t in ts)

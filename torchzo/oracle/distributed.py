@@ -56,7 +56,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ClosureError, ParameterBackup, Scratch, call_closure, check_losses
+from .backup import ParameterBackup
+from .closure import ClosureError, call_closure, check_losses
 from .directions import Direction, Layout
 from .estimator import (
     assemble_batched,
@@ -66,6 +67,7 @@ from .estimator import (
     query_closure,
 )
 from .query import Query
+from .scratch import Scratch
 
 __all__ = ["RankFailedError", "Ranks", "check_distributed",
            "estimate_batched_sharded", "estimate_closure_sharded", "ranks_for"]

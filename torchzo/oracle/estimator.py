@@ -21,10 +21,12 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .closure import ParameterBackup, Scratch, call_batched, call_closure, check_losses
+from .backup import ParameterBackup
+from .closure import call_batched, call_closure, check_losses
 from .directions import Direction, Layout, Signs
 from .query import Query
 from .schemes import Scheme
+from .scratch import Scratch
 
 __all__ = ["Batched", "assemble_batched", "assemble_closure", "chunk_plan",
            "chunk_rows", "estimate_batched", "estimate_closure", "query_closure"]

@@ -16,11 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .closure import ParameterBackup, Scratch, call_closure
+from .backup import ParameterBackup
+from .closure import call_closure
 from .directions import Layout
 from .distributed import Ranks, estimate_batched_sharded, estimate_closure_sharded, ranks_for
 from .estimator import Batched, estimate_batched, estimate_closure
 from .query import Query
+from .scratch import Scratch
 
 __all__ = ["Estimate", "estimate_gradient"]
 

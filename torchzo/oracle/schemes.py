@@ -13,12 +13,14 @@ coordinate (Gaussian or Rademacher, see :mod:`torchzo.oracle.directions`), not u
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
 from torch import Tensor
 
-__all__ = ["SCHEMES", "Scheme"]
+__all__ = ["SCHEMES", "Scheme", "default_mu"]
 
 SCHEMES = ("forward", "central", "antithetic")
 
@@ -64,3 +66,13 @@ class Scheme:
         if self.name == "forward":
             return (values[0] - f0) / (n * mu)  # type: ignore[operator]
         return (values[0] - values[1]) / (2 * n * mu)  # type: ignore[operator]
+
+
+def default_mu(dtype: torch.dtype) -> float:
+    """The smallest power of ten not below ``sqrt(eps)`` of ``dtype``.
+
+    ``sqrt(eps)`` balances truncation and rounding error of a forward difference on a function of
+    unit scale. float32 gives 1e-3, float64 1e-7, bfloat16 and float16 1e-1.
+    """
+    eps = torch.finfo(dtype).eps
+    return 10.0 ** math.ceil(math.log10(math.sqrt(eps)) - 1e-12)

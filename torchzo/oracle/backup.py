@@ -1,0 +1,53 @@
+"""An exact copy of the parameters a step perturbs in place, and the perturbation itself."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .directions import Direction, Signs
+from .scratch import Scratch
+
+__all__ = ["ParameterBackup"]
+
+
+class ParameterBackup:
+    """An exact copy of parameters, for perturbing them in place and putting them back.
+
+    ``restore()`` copies the saved bits back, so a step that fails at any query leaves every
+    parameter bit-identical to where it started (adding and subtracting ``mu * u`` would not).
+    """
+
+    def __init__(self, params: Sequence[Tensor], scratch: Scratch | None = None) -> None:
+        self.params = list(params)
+        with torch.no_grad():
+            if scratch is None:
+                self.saved = [p.detach().clone() for p in self.params]
+            else:
+                self.saved = scratch.take(self.params)
+                torch._foreach_copy_(self.saved, [p.detach() for p in self.params])
+
+    @torch.no_grad()
+    def restore(self, index: Sequence[int] | None = None) -> None:
+        """Put back every parameter, or those in ``index``."""
+        if index is None:
+            torch._foreach_copy_(self.params, self.saved)
+        else:
+            torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])
+
+    def perturb(self, index: Sequence[int], direction: Direction, alpha: float) -> None:
+        """Set ``params[i] = saved[i] + alpha * direction`` for ``i`` in ``index``."""
+        if isinstance(direction, Signs):  # writes under no_grad itself, where it uses torch
+            direction.perturb([self.params[i] for i in index], [self.saved[i] for i in index],
+                              alpha)
+            return
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                self._perturb(index, direction, alpha)
+        else:  # the optimizers' case (as in call_closure): a query's no_grad is its Python
+            self._perturb(index, direction, alpha)
+
+    def _perturb(self, index: Sequence[int], direction: Sequence[Tensor], alpha: float) -> None:
+        for i, u in zip(index, direction):
+            torch.add(self.saved[i], u, alpha=alpha, out=self.params[i])
