@@ -16,7 +16,7 @@ from .. import kernels
 from ..scratch import Scratch
 from .blocks import Block
 from .guided import Guide
-from .kinds import check_kind, kind_named
+from .kinds import kind_named
 from .orthogonal import Frames
 from .rademacher import Signs
 
@@ -59,8 +59,8 @@ class Layout:
     """
 
     def __init__(self, tensors: Sequence[Tensor], kind: str = "gaussian") -> None:
-        self.kind = check_kind(kind)
         self._kind = kind_named(kind)
+        self.kind = kind
         self.shapes = [t.shape for t in tensors]
         self.dtypes = [t.dtype for t in tensors]
         by_device: dict[torch.device, list[int]] = {}
