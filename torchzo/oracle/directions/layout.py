@@ -157,10 +157,10 @@ class Layout:
                 buf.copy_(self._frames.row(j, seeds, k))
             else:
                 self._kind.fill(b, buf, seeds[k])
+            if scale is not None:  # per block: one foreach call stays on one device
+                views = _scaled(views, [scale[i] for i in b.index], own=False)
             for v, i in zip(views, b.index):
                 out[i] = v
-        if scale is not None:
-            out = _scaled(out, scale, own=False)
         if guide is not None and guide.basis:
             guide.apply(out, seeds[k])
         return out
