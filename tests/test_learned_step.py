@@ -232,9 +232,10 @@ def test_the_covariance_setting_still_answers_to_its_old_name():
         xa, xb, xc = torch.zeros(5), torch.zeros(5), torch.zeros(5)
         with pytest.warns(FutureWarning, match=f"covariance={new!r}"):
             a = torchzo.ZOLSTM([xa], pretrained=nets, q=4, seed=3, directions=old)
-        with pytest.warns(FutureWarning):
+        with pytest.warns(FutureWarning) as warned:
             b = torchzo.ZOLSTM([{"params": [xb], "directions": old}], pretrained=nets, q=4,
                                seed=3)
+        assert warned[0].filename == __file__  # points at the caller, not into torch
         c = torchzo.ZOLSTM([xc], pretrained=nets, q=4, seed=3, covariance=new)
         for opt, x in ((a, xa), (b, xb), (c, xc)):
             assert opt.param_groups[0]["covariance"] == new

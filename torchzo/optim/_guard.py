@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
 
 __all__ = ["NonFiniteUpdateError", "StepGuard", "ZeroSignalWarning", "all_finite",
-           "check_estimate", "check_hyperparameters", "max_abs", "non_finite"]
+           "check_estimate", "check_hyperparameters", "max_abs", "non_finite", "user_stacklevel"]
 
 
 class ZeroSignalWarning(UserWarning):
@@ -164,7 +164,7 @@ def check_estimate(grads: Sequence[Tensor], parts: Sequence[Query],
                 f"step learns nothing: at the scale mu={part.mu:g} the objective is flat or "
                 "piecewise constant (or, for a two-sided estimator, exactly symmetric about "
                 "x). Try a larger mu (or a smoother loss). (Warned once per optimizer.)"),
-                stacklevel=_user_stacklevel())
+                stacklevel=user_stacklevel())
             return True
     return False
 
@@ -172,7 +172,7 @@ def check_estimate(grads: Sequence[Tensor], parts: Sequence[Query],
 _LIBRARIES = (str(Path(__file__).resolve().parent.parent), str(Path(torch.__file__).parent))
 
 
-def _user_stacklevel() -> int:
+def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the first caller outside torchzo and
     torch (the user's ``opt.step(...)``), counted from the caller of ``warnings.warn``."""
     frame, level = sys._getframe(1), 1

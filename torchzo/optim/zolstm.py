@@ -17,7 +17,7 @@ from ..learned.nets import LearnedZO
 from ..learned.step import COVARIANCES
 from ..oracle import Batched, Estimate, Part, Scheme
 from ._checkpoint import saved_positions
-from ._guard import all_finite
+from ._guard import all_finite, user_stacklevel
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
 
@@ -329,5 +329,5 @@ def _renamed(group: Mapping[str, Any], warn: bool = True) -> dict[str, Any]:
     out["covariance"] = _OLD_COVARIANCE[old]
     if warn:
         warnings.warn(f"ZOLSTM's directions={old!r} is now covariance="
-                      f"{out['covariance']!r}", FutureWarning, stacklevel=3)
+                      f"{out['covariance']!r}", FutureWarning, stacklevel=user_stacklevel())
     return out
