@@ -3,6 +3,7 @@
 step costs) and ``benchmarks.generalist`` (the generalist on held-out problem families).
 
 Each writes its raw numbers and the machine it ran on to ``docs/benchmarks/<name>.json`` and
-its report, rendered from that JSON alone, to ``docs/benchmarks/<name>.md``. The baselines are
+its report, rendered from that JSON alone (each script's ``render(data)``, with the helpers of
+``benchmarks._report``), to ``docs/benchmarks/<name>.md``. The baselines are
 tuned by one protocol (``benchmarks._tuning``).
 """

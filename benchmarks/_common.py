@@ -17,11 +17,7 @@ import torch
 from tools import ROOT
 
 __all__ = ["OUT", "faults_per_call", "fmt_spread", "fmt_time", "machine", "malloc_settings",
-           "md_table", "minor_faults", "sig3", "spread", "write_results"]
-
-# Tables are the reports' (benchmarks._report); imported here so that every script has one
-# place for its helpers.
-from ._report import md_table  # noqa: E402
+           "minor_faults", "sig3", "spread", "write_results"]
 
 # Where the benchmarks write by default: the repository's docs, whatever the working directory.
 OUT = ROOT / "docs" / "benchmarks"

@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
+from benchmarks._common import OUT, finish, fmt_time, interleaved_times, machine, spread
+from benchmarks._report import md_table, section
 from torchzo.optim import ZOSGD
 from torchzo.oracle import kernels
 from torchzo.oracle.directions import Gaussian
@@ -164,37 +165,42 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
                                  if k.startswith("step")}}
 
 
+def _timing_sections(t: dict[str, Any]) -> list[str]:
+    fills = [["add pass", fmt_time(t["median_s"]["add pass"]), "1"]] + [
+        [k.removeprefix("fill: "), fmt_time(t["median_s"][k]), f"{v:.3g}"]
+        for k, v in t["over_add_pass"].items()]
+    steps = [[k.removeprefix("step: "), fmt_time(t["median_s"][k]), f"{v:.3g}"]
+             for k, v in t["per_query_floors"].items()]
+    return [*section(f"Filling d = {t['d']:.0e} floats",
+                     f"Medians of {t['reps']} interleaved repetitions, each sample {Q + 1} calls "
+                     "back to back.",
+                     md_table(["what", "time", "/ add pass"], fills)),
+            *section(f"A ZO-SGD step (q = {t['q']}, free closure, one flat tensor of d = "
+                     f"{t['d']:.0e})",
+                     "A step's time (its closure costs nothing) over q + 1 add passes of the "
+                     "same repetitions, i.e. per query, in add passes.",
+                     md_table(["directions", "step", "per query / floor"], steps))]
+
+
 def render(data: dict[str, Any]) -> str:
-    m, t, s, b = data["machine"], data["timings"], data["statistics"], data["bits"]
-    lines = ["# A Gaussian generator of our own: what it would buy", "",
-             "Written by `python -m research.gaussian_generator` (what each part measures: "
-             "its docstring); the generator is `research/gaussian_generator.c`, not used by "
-             f"the package. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch "
-             f"{m['torch']}, one thread; built with `cc {' '.join(data['flags'])}`; "
-             f"{data['elapsed_s']:.0f} s.", "",
-             f"Bits: the vector build equals the plain-C definition at lengths {b['lengths']} "
-             f"and a shorter fill is a prefix of a longer one: **{b['identical']}**.", "",
-             f"## Filling d = {t['d']:.0e} floats", "",
-             f"Medians of {t['reps']} interleaved repetitions, each sample {Q + 1} calls back "
-             "to back.", "",
-             md_table(["what", "time", "/ add pass"],
-                      [["add pass", fmt_time(t["median_s"]["add pass"]), "1"]]
-                      + [[k.removeprefix("fill: "), fmt_time(t["median_s"][k]), f"{v:.3g}"]
-                         for k, v in t["over_add_pass"].items()]), "",
-             f"## A ZO-SGD step (q = {t['q']}, free closure, one flat tensor of d = "
-             f"{t['d']:.0e})", "",
-             "A step's time (its closure costs nothing) over q + 1 add passes of the same "
-             "repetitions, i.e. per query, in add passes.", "",
-             md_table(["directions", "step", "per query / floor"],
-                      [[k.removeprefix("step: "), fmt_time(t["median_s"][k]), f"{v:.3g}"]
-                       for k, v in t["per_query_floors"].items()]), "",
-             f"## Statistics ({s['keys']} keys of {s['d']:.0e} numbers)", "",
-             "Root mean square over the keys of each statistic's z-score against its N(0, 1) "
-             f"value (about 1 where the numbers behave like N(0, 1)); largest |z| drawn: "
-             f"{s['max_abs']:.2f}.", "",
-             md_table(["statistic", "RMS z-score"],
-                      [[k, f"{v:.2f}"] for k, v in s["rms_z"].items()]), ""]
-    return "\n".join(lines)
+    m, s, b = data["machine"], data["statistics"], data["bits"]
+    return "\n".join([
+        *section("A Gaussian generator of our own: what it would buy",
+                 "Written by `python -m research.gaussian_generator` (what each part measures: "
+                 "its docstring); the generator is `research/gaussian_generator.c`, not used by "
+                 f"the package. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch "
+                 f"{m['torch']}, one thread; built with `cc {' '.join(data['flags'])}`; "
+                 f"{data['elapsed_s']:.0f} s.",
+                 f"Bits: the vector build equals the plain-C definition at lengths "
+                 f"{b['lengths']} and a shorter fill is a prefix of a longer one: "
+                 f"**{b['identical']}**.", level=1),
+        *_timing_sections(data["timings"]),
+        *section(f"Statistics ({s['keys']} keys of {s['d']:.0e} numbers)",
+                 "Root mean square over the keys of each statistic's z-score against its "
+                 "N(0, 1) value (about 1 where the numbers behave like N(0, 1)); largest |z| "
+                 f"drawn: {s['max_abs']:.2f}.",
+                 md_table(["statistic", "RMS z-score"],
+                          [[k, f"{v:.2f}"] for k, v in s["rms_z"].items()]))])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -49,7 +49,8 @@ from torchzo.oracle import KINDS, ClosureError
 from torchzo.tasks import Problem
 from torchzo.tasks.families import FAMILIES, FAMILY_SPLITS
 
-from .._common import OUT, finish, machine, md_table, pyplot, save_figure
+from .._common import OUT, finish, machine, pyplot, save_figure
+from .._report import md_table, paragraphs, section
 from .._tuning import Grid, tune_adam, tune_step
 
 MakeOpt = Callable[[list[Tensor], int, float | None], ZOOptimizer]
@@ -247,45 +248,50 @@ def _short(digest: str | dict[str, str]) -> str:
     return digest[:16]
 
 
-def render(data: dict[str, Any]) -> str:
+def _ratios_table(data: dict[str, Any]) -> str:
     names = list(next(iter(data["families"].values()))["summary"])
-    lines = ["# The generalist ZOLSTM on held-out families\n",
-             f"`{data['command']}`; weights: `{data['weights']}`. Machine: "
-             f"{data['machine']['cpu']}, one torch thread per family "
-             f"({data['config']['jobs']} in parallel). {data['config']['instances']} "
-             f"instances per family, {data['config']['steps']} steps, q = 20. Weights digest "
-             f"`{_short(data.get('weights_digest', '?'))}` (`weights_digest`: equal for any file "
-             "holding the same architecture and weights).\n",
-             "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction of "
-             f"the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is better; "
-             "1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs that ended "
-             "above their start (↑). Query directions are each method's default: Gaussian, "
-             "and for a ZOLSTM the kind its weights name (`nets.arch.directions_kind`); where that "
-             "is not Gaussian, ZO-Adam tuned with that kind and `ZOLSTM Gaussian directions` "
-             "show what the directions alone buy.\n"]
-    rows = []
-    for fam, entry in data["families"].items():
-        rows.append([fam] + [
-            f"{s['geomean_ratio_to_tuned_adam']:.3g} ({s['wins_vs_tuned_adam']}/"
-            f"{s['instances']}, {s['ended_above_start']}↑)"
-            for s in (entry["summary"][n] for n in names)])
-    overall = data["overall"]
-    rows.append(["**geometric mean**"] + [f"**{overall[n]:.3g}**" for n in names])
-    lines.append(md_table(["family"] + names, rows))
-    lines.append("\nTuned settings per family (on separate tuning instances):\n")
+    rows = [[fam] + [f"{s['geomean_ratio_to_tuned_adam']:.3g} ({s['wins_vs_tuned_adam']}/"
+                     f"{s['instances']}, {s['ended_above_start']}↑)"
+                     for s in (entry["summary"][n] for n in names)]
+            for fam, entry in data["families"].items()]
+    rows.append(["**geometric mean**"] + [f"**{data['overall'][n]:.3g}**" for n in names])
+    return md_table(["family"] + names, rows)
+
+
+def _tuned_table(families: dict[str, Any]) -> str:
     kinds = [k for k in KINDS if k != "gaussian"
-             and all(f"adam_{k}" in e["tuned"] for e in data["families"].values())]
-    lines.append(md_table(
+             and all(f"adam_{k}" in e["tuned"] for e in families.values())]
+    return md_table(
         ["family", "ZO-Adam lr", "beta1", "ZO-SGD lr"]
         + [h for k in kinds for h in (f"ZO-Adam ({k}) lr", "beta1")],
         [[fam, f"{e['tuned']['adam']['lr']:.3g}", e["tuned"]["adam"]["beta1"],
           f"{e['tuned']['sgd']['lr']:.3g}"]
          + [c for k in kinds for c in (f"{e['tuned'][f'adam_{k}']['lr']:.3g}",
                                        e["tuned"][f"adam_{k}"]["beta1"])]
-         for fam, e in data["families"].items()]))
-    if data.get("figure"):
-        lines.append(f"\n![ratios per family]({data['figure']})\n")
-    return "\n".join(lines)
+         for fam, e in families.items()])
+
+
+def render(data: dict[str, Any]) -> str:
+    cfg, figure = data["config"], data.get("figure")
+    return "\n".join([
+        *section("The generalist ZOLSTM on held-out families",
+                 f"`{data['command']}`; weights: `{data['weights']}`. Machine: "
+                 f"{data['machine']['cpu']}, one torch thread per family ({cfg['jobs']} in "
+                 f"parallel). {cfg['instances']} instances per family, {cfg['steps']} steps, "
+                 f"q = 20. Weights digest `{_short(data.get('weights_digest', '?'))}` "
+                 "(`weights_digest`: equal for any file holding the same architecture and "
+                 "weights).",
+                 "Geometric mean over instances of the final gap `f_T - f_min` (as a fraction "
+                 f"of the start gap, floored at {FLOOR:g}) divided by tuned ZO-Adam's (lower is "
+                 "better; 1 = tuned ZO-Adam), with instances won against tuned ZO-Adam and runs "
+                 "that ended above their start (↑). Query directions are each method's default: "
+                 "Gaussian, and for a ZOLSTM the kind its weights name "
+                 "(`nets.arch.directions_kind`); where that is not Gaussian, ZO-Adam tuned with "
+                 "that kind and `ZOLSTM Gaussian directions` show what the directions alone buy.",
+                 _ratios_table(data), level=1),
+        "Tuned settings per family (on separate tuning instances):", "",
+        _tuned_table(data["families"]),
+        *(["", *paragraphs(f"![ratios per family]({figure})")] if figure else [])])
 
 
 def plot(data: dict[str, Any], path: Any) -> str | None:

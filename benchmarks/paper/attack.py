@@ -39,9 +39,9 @@ from torchzo.oracle.estimator import estimate_batched
 from torchzo.oracle.schemes import Scheme
 from torchzo.tasks.attack import AttackProblem, AttackTask
 
-from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
+from .._common import OUT, machine, pyplot, save_figure, write_results
 from .._common import band as _band
-from .._report import bullets, figures, section
+from .._report import bullets, figures, md_table, section
 from ._protocol import (
     BASELINES,
     FULL,
@@ -129,55 +129,60 @@ def cosine(nets: LearnedZO, problems: Sequence[AttackProblem], qs: Sequence[int]
 # -- output ------------------------------------------------------------------------------------
 
 
-def markdown(data: dict[str, Any]) -> str:
-    cfg, sizes, cmp_ = data["config"], data["sizes"], data["comparison"]
-    best, m = cmp_["best_baseline"], data["machine"]
-    n = sizes["test_images"]
-    lines = [
-        f"# Black-box attack on {data['data_name']}: tuned ZO baselines vs ZO-LSTM",
-        "",
+def _intro(data: dict[str, Any]) -> list[str]:
+    cfg, sizes, m = data["config"], data["sizes"], data["machine"]
+    return section(
+        f"Black-box attack on {data['data_name']}: tuned ZO baselines vs ZO-LSTM",
         "Reproduces Fig. 2, 4a-b and 4d of Ruan et al., *Learning to Learn by Zeroth-Order "
         f"Oracle* (ICLR 2020), with `python -m benchmarks.paper.attack --data {data['data']}`"
         + (" (**--quick smoke run: not results**)" if data["quick"] else "") + ".",
-        "",
         f"Target: {data['target']}. Loss: untargeted margin on log-probabilities (kappa = 0) + "
         f"0.1 * l1 distortion, d = {cfg['dim']}, q = {cfg['q']} (q + 1 queries per step, one "
         f"batched forward pass), mu = {cfg.get('mu') or '1e-3 (the float32 default)'}, "
         f"{cfg['steps']} steps, start delta = 1e-4 N(0, I). "
-        f"Test: {n} held-out correctly classified test images x {sizes['trials']} trial(s) "
-        "(query seeds), every method from the same start point and, per trial, the same seeds "
-        "(the paper used 100 images x 10 trials). Baselines tuned on "
+        f"Test: {sizes['test_images']} held-out correctly classified test images x "
+        f"{sizes['trials']} trial(s) (query seeds), every method from the same start point and, "
+        "per trial, the same seeds (the paper used 100 images x 10 trials). Baselines tuned on "
         f"{sizes['tune_images']} training images (paper protocol, see "
         "`docs/benchmarks/binclass.md`; every candidate is in the JSON).",
-        "",
         f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
         f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} attack runs).",
-        "",
-    ]
+        level=1)
+
+
+def _results(data: dict[str, Any]) -> list[str]:
+    cmp_, n = data["comparison"], data["sizes"]["test_images"]
+    best = cmp_["best_baseline"]
     rows = []
     for label, r in cmp_["rows"].items():
-        o = data["outcomes"][label]
-        wins = "best" if label == best else f"{r['wins']}/{n}"
-        reach = r["iters_to_best_baseline"]
+        o, reach = data["outcomes"][label], r["iters_to_best_baseline"]
         dist = o["distortion_mean"]
         rows.append([label, data["hyper"].get(label, ""),
-                     fmt_mean_std(r["final_mean"], r["final_std"]), f"{r['ratio']:.3f}", wins,
+                     fmt_mean_std(r["final_mean"], r["final_std"]), f"{r['ratio']:.3f}",
+                     "best" if label == best else f"{r['wins']}/{n}",
                      "never" if reach is None else reach,
                      f"{100 * o['success_rate']:.0f}%", "-" if dist is None else f"{dist:.2f}"])
-    lines += section("Results on the test images", md_table(
+    return section("Results on the test images", md_table(
         ["method", "hyperparameters", "final loss (mean ± std over images)", f"ratio to {best}",
          f"lower than {best}", "iters to its final loss", "success",
          "l1 distortion (successes)"], rows))
-    if data["cosine"]:
-        lines += section(
-            "Fig. 4d: cosine similarity of the estimate with the true gradient",
-            f"Along ZO-LSTM's trajectory on {sizes['cosine_images']} test images, "
-            f"{cfg['steps']} steps each; both estimates from the same seeds at every step.",
-            md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
-                     [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}",
-                       f"{r['ratio']:.3f}"] for r in data["cosine"]]))
-    lines += [*bullets("Notes", data["notes"]), *figures(data["plots"])]
-    return "\n".join(lines)
+
+
+def _cosine(data: dict[str, Any]) -> list[str]:
+    if not data["cosine"]:
+        return []
+    return section(
+        "Fig. 4d: cosine similarity of the estimate with the true gradient",
+        f"Along ZO-LSTM's trajectory on {data['sizes']['cosine_images']} test images, "
+        f"{data['config']['steps']} steps each; both estimates from the same seeds at every step.",
+        md_table(["q", "learned covariance (QueryRNN)", "standard Gaussian", "ratio"],
+                 [[r["q"], f"{r['learned']:.4f}", f"{r['gaussian']:.4f}", f"{r['ratio']:.3f}"]
+                  for r in data["cosine"]]))
+
+
+def render(data: dict[str, Any]) -> str:
+    return "\n".join([*_intro(data), *_results(data), *_cosine(data),
+                      *bullets("Notes", data["notes"]), *figures(data["plots"])])
 
 
 def notes(data: dict[str, Any]) -> list[str]:
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0
-    js, md = write_results(args.out, f"attack-{args.data}", jsonable(data), markdown(data))
+    js, md = write_results(args.out, f"attack-{args.data}", jsonable(data), render(data))
     log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
     return data
 

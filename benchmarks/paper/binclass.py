@@ -46,9 +46,9 @@ from torchzo.oracle import KINDS, Batched
 from torchzo.tasks.base import Problem
 from torchzo.tasks.binclass import BinaryClassification
 
-from .._common import OUT, machine, md_table, pyplot, save_figure, write_results
+from .._common import OUT, machine, pyplot, save_figure, write_results
 from .._common import band as _band
-from .._report import bullets, figures, section
+from .._report import bullets, figures, md_table, paragraphs, section
 from ._protocol import (
     ABLATIONS,
     BASELINES,
@@ -128,30 +128,24 @@ def query_spread(nets: LearnedZO, problem: Problem, steps: int, q: int) -> dict[
 # -- output ------------------------------------------------------------------------------------
 
 
-def markdown(data: dict[str, Any]) -> str:
-    cfg, tuned, cmp_ = data["config"], data["tuning"], data["comparison"]
-    best = cmp_["best_baseline"]
-    m = data["machine"]
-    lines = [
-        "# Binary classification: tuned ZO baselines vs ZO-LSTM",
-        "",
+def _intro(data: dict[str, Any]) -> list[str]:
+    cfg, tuned, m = data["config"], data["tuning"], data["machine"]
+    return section(
+        "Binary classification: tuned ZO baselines vs ZO-LSTM",
         "Reproduces Fig. 3a, 3b-d and the binary-classification ablation of Fig. 4c of Ruan et "
         "al., *Learning to Learn by Zeroth-Order Oracle* (ICLR 2020), with "
         "`python -m benchmarks.paper.binclass`"
         + (" (**--quick smoke run: tiny grids, not results**)" if data["quick"] else "") + ".",
-        "",
         f"Task: non-convex least squares `mean (y - sigmoid(theta.x))^2`, d = {cfg['dim']}, "
         f"minibatch b = {cfg['batch']}, q = {cfg['q']} queries per step (forward differences, "
         f"q + 1 function values), {cfg['steps']} steps; loss is the full-data loss. "
         f"Test: {cfg['test_datasets']} test datasets x {cfg['trials']} trial(s) (optimizer "
-        "seeds); "
-        "every method starts from each dataset's own `x0` and sees the same minibatch sequence "
-        "and, per trial, the same query seeds. Query directions: "
+        "seeds); every method starts from each dataset's own `x0` and sees the same minibatch "
+        "sequence and, per trial, the same query seeds. Query directions: "
         + (f"{cfg['directions_kind']}, for every method (tuning included)."
            if cfg.get("directions_kind") else
            "each method's default (Gaussian; for a ZO-LSTM, the kind its weights name, "
            "`Arch.directions_kind`)."),
-        "",
         "Baselines are tuned on training datasets only "
         f"({len(tuned['datasets'])} datasets, one run each, the same seeds for every candidate; "
         "criterion: mean final loss): lr = delta / d, delta over the decades "
@@ -160,81 +154,98 @@ def markdown(data: dict[str, Any]) -> str:
         f"it is interior. ZO-Adam: joint coarse grid with beta1 in {list(cfg['beta1'])} and "
         f"beta2 in {list(cfg['beta2'])}, then coordinate descent on (delta, beta1, beta2), beta "
         "grids extended by factors of 2 in 1 - beta. Every candidate's score is in the JSON.",
-        "",
         f"Machine: {m['cpu']}, torch {m['torch']}, {m['torch_threads']} thread(s). "
         f"Wall time: {data['wall_seconds'] / 60:.1f} min ({data['runs']} optimizer runs).",
-        "",
-        *section("Tuned hyperparameters"),
-    ]
-    rows = []
+        level=1)
+
+
+def _tuned(data: dict[str, Any]) -> list[str]:
+    tuned, rows = data["tuning"], []
     for kind, label in BASELINES.items():
         hp = tuned["best"][kind]
         betas = f"({hp['betas'][0]}, {hp['betas'][1]})" if "betas" in hp else "—"
         rows.append([label, f"{hp['delta']:.4g}", f"{hp['lr']:.4g}", betas,
                      f"{hp['score']:.4f}", hp["candidates"]])
-    lines.append(md_table(["method", "delta", "lr = delta/d", "betas", "tuning loss",
-                           "candidates"], rows))
-    if tuned["unresolved_edges"]:
-        lines.append(f"Still on a grid edge after {cfg['max_extend']} extensions: "
-                     + ", ".join(tuned["unresolved_edges"]) + ".\n")
-    lines += section(
+    edges = tuned["unresolved_edges"]
+    note = [f"Still on a grid edge after {data['config']['max_extend']} extensions: "
+            + ", ".join(edges) + "."] if edges else []
+    return [*section("Tuned hyperparameters"),
+            md_table(["method", "delta", "lr = delta/d", "betas", "tuning loss", "candidates"],
+                     rows),
+            *paragraphs(*note)]
+
+
+def _comparison(data: dict[str, Any]) -> list[str]:
+    cfg, cmp_ = data["config"], data["comparison"]
+    best, n, rows = cmp_["best_baseline"], cfg["test_datasets"], []
+    for name, r in cmp_["rows"].items():
+        reach = "never" if r["iters_to_best_baseline"] is None else r["iters_to_best_baseline"]
+        se = "—" if r["seed_se"] is None or math.isnan(r["seed_se"]) else f"{r['seed_se']:.4f}"
+        rows.append([name, fmt_mean_std(r["final_mean"], r["final_std"]), se,
+                     f"{r['ratio']:.2f}", "—" if r["wins"] is None else f"{r['wins']}/{n}",
+                     reach])
+    return [*section(
         "Fig. 3a and Fig. 4c: final loss on the test datasets",
-        f"Mean ± std over the {cfg['test_datasets']} test datasets (each averaged over "
+        f"Mean ± std over the {n} test datasets (each averaged over "
         f"{cfg['trials']} trial(s)). Ratio, wins and iterations are against the best tuned "
         f"baseline on the test datasets, **{best}** ({cmp_['target']:.4f}): wins = "
         "datasets where the method's mean final loss is lower; iterations = first step at "
         "which the method's mean curve reaches the best baseline's mean final loss. The "
         "JSON holds the mean and std curves (over all runs) at "
-        f"{len(data['curve_steps'])} iterations and every run's final loss.")
-    n = cfg["test_datasets"]
-    rows = []
-    for name, r in cmp_["rows"].items():
-        wins = "—" if r["wins"] is None else f"{r['wins']}/{n}"
-        reach = "never" if r["iters_to_best_baseline"] is None else r["iters_to_best_baseline"]
-        se = "—" if math.isnan(r["seed_se"]) else f"{r['seed_se']:.4f}"
-        rows.append([name, fmt_mean_std(r["final_mean"], r["final_std"]), se,
-                     f"{r['ratio']:.2f}", wins, reach])
-    lines.append(md_table(["method", "final loss", "seed s.e.", "ratio to best baseline",
-                           f"wins vs {best}", "iterations to reach it"], rows))
-    lines.append("Seed s.e.: the standard error of the mean final loss that comes from the "
-                 "optimizer seeds alone (trial-to-trial variance within a dataset); differences "
-                 "of a few s.e. between methods are within run-to-run noise.\n")
+        f"{len(data['curve_steps'])} iterations and every run's final loss."),
+        md_table(["method", "final loss", "seed s.e.", "ratio to best baseline",
+                  f"wins vs {best}", "iterations to reach it"], rows),
+        *paragraphs("Seed s.e.: the standard error of the mean final loss that comes from the "
+                    "optimizer seeds alone (trial-to-trial variance within a dataset); "
+                    "differences of a few s.e. between methods are within run-to-run noise.",
+                    *_weights(data))]
+
+
+def _weights(data: dict[str, Any]) -> list[str]:
+    """Where the ZO-LSTM weights come from, and what the ablations and transfers are."""
+    out = []
     if data["weights"]:
-        lines.append("ZO-LSTM weights: " + "; ".join(
+        out.append("ZO-LSTM weights: " + "; ".join(
             f"`{k}` = {v['source']}" for k, v in data["weights"].items())
             + ". `no-query`: standard Gaussian queries with the UpdateRNN; `no-update`: learned "
             "queries with a ZO-SGD step at the tuned lr; `GuidedES`: the UpdateRNN with "
             "GuidedES directions (alpha = 0.5, guided by the previous estimate and update); "
             "`p=1`: the learned covariance at every step (the default mixes it with the "
-            "identity with probability 0.5).\n")
+            "identity with probability 0.5).")
     if data.get("transfer"):
-        lines.append("Transfer (the paper's generalisation test): weights trained on another "
-                     "task, their output scale alpha tuned on the training datasets like a "
-                     "learning rate: " + "; ".join(
-                         f"`{w}` = {data['weights'][w]['source']}, alpha {t['alpha']:.3g} "
-                         f"({len(t['candidates'])} candidates)"
-                         for w, t in data["transfer"].items()) + ".\n")
-    if data["sweeps"]:
-        labels = list(next(iter(data["sweeps"].values()))[0]["methods"])
-        lines += section(
-            "Fig. 3b-d: varying q, b and d",
-            f"Final loss, mean ± std over {cfg['test_datasets']} test datasets x "
-            f"{cfg['sweep_trials']} trial(s); the other two settings at q = {cfg['q']}, "
-            f"b = {cfg['batch']}, d = {cfg['dim']}. ZO-SGD keeps the tuned delta "
-            "(lr = delta / d), ZO-LSTM its output scale 1.")
-        for axis, name in (("q", "q"), ("batch", "b"), ("dim", "d")):
-            rows = []
-            for row in data["sweeps"][axis]:
-                cells = [row["setting"][axis]] + [
-                    fmt_mean_std(row["methods"][lb]["final_mean"], row["methods"][lb]["final_std"])
-                    for lb in labels]
-                if "second_wins" in row:
-                    cells.append(f"{row['second_wins']}/{n}")
-                rows.append(cells)
-            header = [name, *labels] + ([f"{labels[-1]} wins"] if len(labels) == 2 else [])
-            lines.append(md_table(header, rows))
-    lines += [*bullets("Notes", data["notes"]), *figures(data["plots"])]
-    return "\n".join(lines)
+        out.append("Transfer (the paper's generalisation test): weights trained on another "
+                   "task, their output scale alpha tuned on the training datasets like a "
+                   "learning rate: " + "; ".join(
+                       f"`{w}` = {data['weights'][w]['source']}, alpha {t['alpha']:.3g} "
+                       f"({len(t['candidates'])} candidates)"
+                       for w, t in data["transfer"].items()) + ".")
+    return out
+
+
+def _sweeps(data: dict[str, Any]) -> list[str]:
+    if not data["sweeps"]:
+        return []
+    cfg, n = data["config"], data["config"]["test_datasets"]
+    labels = list(next(iter(data["sweeps"].values()))[0]["methods"])
+    out = section(
+        "Fig. 3b-d: varying q, b and d",
+        f"Final loss, mean ± std over {n} test datasets x {cfg['sweep_trials']} trial(s); the "
+        f"other two settings at q = {cfg['q']}, b = {cfg['batch']}, d = {cfg['dim']}. ZO-SGD "
+        "keeps the tuned delta (lr = delta / d), ZO-LSTM its output scale 1.")
+    for axis, name in (("q", "q"), ("batch", "b"), ("dim", "d")):
+        rows = [[row["setting"][axis]]
+                + [fmt_mean_std(row["methods"][lb]["final_mean"], row["methods"][lb]["final_std"])
+                   for lb in labels]
+                + ([f"{row['second_wins']}/{n}"] if "second_wins" in row else [])
+                for row in data["sweeps"][axis]]
+        out.append(md_table([name, *labels] + ([f"{labels[-1]} wins"] if len(labels) == 2 else []),
+                            rows))
+    return out
+
+
+def render(data: dict[str, Any]) -> str:
+    return "\n".join([*_intro(data), *_tuned(data), *_comparison(data), *_sweeps(data),
+                      *bullets("Notes", data["notes"]), *figures(data["plots"])])
 
 
 def notes(data: dict[str, Any]) -> list[str]:
@@ -421,7 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["notes"] = notes(data)
     data["plots"] = [] if args.no_plots else plot(data, args.out)
     data["wall_seconds"] = time.perf_counter() - t0
-    js, md = write_results(args.out, "binclass", jsonable(data), markdown(data))
+    js, md = write_results(args.out, "binclass", jsonable(data), render(data))
     log.info("wrote %s and %s in %.1f min", js, md, data["wall_seconds"] / 60)
     return data
 

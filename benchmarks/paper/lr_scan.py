@@ -24,7 +24,8 @@ from torchzo.optim import ZOLSTM, ZOAdam
 from torchzo.progress import Progress
 from torchzo.tasks import get_task
 
-from .._common import finish, machine, md_table
+from .._common import finish, machine
+from .._report import md_table, section
 
 
 def curves(task: Any, problems: list[Any], make: Any, progress: Progress | None = None,
@@ -52,14 +53,14 @@ def render(data: dict[str, Any]) -> str:
     rows = [[name, f"{r['half']:.4f}", f"{r['final']:.4f}", f"{r['curve_mean']:.4f}",
              r["reaches_adam_final"] if r["reaches_adam_final"] is not None else "never"]
             for name, r in data["runs"].items()]
-    return (
-        f"# Output-scale scan: {data['weights']} on {data['task']}\n\n"
-        + (__doc__ or "").split("\n\n    python")[0] + "\n\n"
-        + f"Problems: the first {data['problems']} of the validation split, "
-        + f"horizon {data['horizon']}, q = {data['q']}. Machine: {data['machine']['cpu']}. "
-        + f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n\n"
-        + md_table(["run", f"loss at step {half}", f"loss at step {data['horizon']}",
-                    "mean over steps", "reaches ZO-Adam's final at"], rows) + "\n")
+    return "\n".join(section(
+        f"Output-scale scan: {data['weights']} on {data['task']}",
+        (__doc__ or "").split("\n\n    python")[0],
+        f"Problems: the first {data['problems']} of the validation split, "
+        f"horizon {data['horizon']}, q = {data['q']}. Machine: {data['machine']['cpu']}. "
+        f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).",
+        md_table(["run", f"loss at step {half}", f"loss at step {data['horizon']}",
+                  "mean over steps", "reaches ZO-Adam's final at"], rows), level=1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from torchzo.oracle import Batched
 from torchzo.progress import Progress
 from torchzo.tasks import BinaryClassification
 
-from .._common import finish, machine, md_table
+from .._common import finish, machine
+from .._report import md_table, section
 
 Schedule = Callable[[int], float]
 
@@ -76,15 +77,14 @@ def run(make: Callable[[list[torch.Tensor], int], ZOOptimizer], schedule: Schedu
 
 def render(data: dict[str, Any]) -> str:
     rows = [[name, f"{r['mid']:.4f}", f"{r['final']:.4f}"] for name, r in data["runs"].items()]
-    half = data["steps"] // 2
-    return (
-        "# Step-size schedules for ZO-Adam (binary classification)\n\n"
-        + (__doc__ or "").split("\n\n    python")[0] + "\n\n"
-        + f"Datasets: the first {data['datasets']} training datasets, one run each, "
-        + f"{data['steps']} steps, q = 20. Machine: {data['machine']}. "
-        + f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).\n\n"
-        + md_table(["run", f"loss at step {half}", f"loss at step {data['steps']}"], rows)
-        + "\n")
+    return "\n".join(section(
+        "Step-size schedules for ZO-Adam (binary classification)",
+        (__doc__ or "").split("\n\n    python")[0],
+        f"Datasets: the first {data['datasets']} training datasets, one run each, "
+        f"{data['steps']} steps, q = 20. Machine: {data['machine']}. "
+        f"Command: `{data['command']}` ({data['elapsed_s']:.0f} s).",
+        md_table(["run", f"loss at step {data['steps'] // 2}", f"loss at step {data['steps']}"],
+                 rows), level=1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -35,7 +35,8 @@ import torchzo
 from torchzo.learned import LearnedZO
 from torchzo.tasks.binclass import BinaryClassification
 
-from .._common import OUT, finish, machine, md_table
+from .._common import OUT, finish, machine
+from .._report import md_table, paragraphs, section
 
 _CHECKPOINTS = (50, 100, 200, 300, 400, 500)
 
@@ -141,26 +142,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def render(data: dict[str, Any]) -> str:
-    cfg = data["config"]
+    cfg, tuned, sig = data["config"], data["tuned_adam"], data["generalist_sigma_over_rms0"]
     adam = data["mean_final"]["ZOAdam tuned"]
     rows = [[name, f"{m:.4f}", f"{m / adam:.2f}"] for name, m in data["mean_final"].items()]
-    sig = data["generalist_sigma_over_rms0"]
-    srows = [[t, *(f"{v:.2g}" for v in q)] for t, q in zip(sig["steps"],
-                                                          sig["quantiles_10_50_90"])]
-    tuned = data["tuned_adam"]
-    return (
-        "# Direction or step size: the generalist with its step size held fixed\n\n"
-        f"`{data['command']}`. Binary classification (the paper's task), the first "
-        f"{cfg['datasets']} *training* datasets x {cfg['trials']} trials, {cfg['steps']} steps, "
-        f"q = 20; weights `{cfg['weights']}`. Machine: {data['machine']['cpu']}, one torch "
-        "thread. *sigma c x rms(x0)*: the same weights with the step-size controller silenced "
-        "(gain and read-out zero), sigma held at c times the start point's RMS. ZO-Adam: "
-        f"lr {tuned['lr']:.4g}, betas {tuple(tuned['betas'])}, tuned on these datasets "
-        "(`binclass.json`).\n\n"
-        + md_table(["method", "mean final loss", "ratio to tuned ZO-Adam"], rows)
-        + f"\nThe sigma of `{cfg['weights']}` over the start point's RMS along its runs "
-        "(10%, 50%, 90% quantiles over runs):\n\n"
-        + md_table(["step", "10%", "median", "90%"], srows))
+    sigmas = [[t, *(f"{v:.2g}" for v in q)]
+              for t, q in zip(sig["steps"], sig["quantiles_10_50_90"])]
+    return "\n".join([
+        *section(
+            "Direction or step size: the generalist with its step size held fixed",
+            f"`{data['command']}`. Binary classification (the paper's task), the first "
+            f"{cfg['datasets']} *training* datasets x {cfg['trials']} trials, {cfg['steps']} "
+            f"steps, q = 20; weights `{cfg['weights']}`. Machine: {data['machine']['cpu']}, one "
+            "torch thread. *sigma c x rms(x0)*: the same weights with the step-size controller "
+            "silenced (gain and read-out zero), sigma held at c times the start point's RMS. "
+            f"ZO-Adam: lr {tuned['lr']:.4g}, betas {tuple(tuned['betas'])}, tuned on these "
+            "datasets (`binclass.json`).", level=1),
+        md_table(["method", "mean final loss", "ratio to tuned ZO-Adam"], rows),
+        *paragraphs(f"The sigma of `{cfg['weights']}` over the start point's RMS along its runs "
+                    "(10%, 50%, 90% quantiles over runs):"),
+        md_table(["step", "10%", "median", "90%"], sigmas)])
 
 
 if __name__ == "__main__":

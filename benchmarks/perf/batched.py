@@ -53,11 +53,11 @@ from .._common import (
     interleaved_times,
     machine,
     malloc_settings,
-    md_table,
     minor_faults,
     spread,
     write_results,
 )
+from .._report import doc_paragraphs, md_table, paragraphs, section
 
 # Switching oneDNN off warns (once) about TF32 on Intel GPUs, which has nothing to do with it.
 warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
@@ -235,89 +235,98 @@ def best_threads(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render(data: dict[str, Any]) -> str:
-    m = data["machine"]
-    kept = [c["malloc_delta_diff"] for c in data["cases"]
+def _ratio(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def _cases_section(data: dict[str, Any]) -> list[str]:
+    """Every case's step times, and how far the paths' results are apart."""
+    cases, m = data["cases"], data["machine"]
+    kept = [c["malloc_delta_diff"] for c in cases
             if c["malloc"] == "kept" and c.get("malloc_delta_diff") is not None]
-    best = [[b["q"], b["malloc"],
-             f"{fmt_time(b['sequential_s'])} ({b['sequential_threads']}, "
-             f"{b['sequential_malloc']})",
-             f"{fmt_time(b['batched_s'])} ({b['batched_threads']}, {b['batched_malloc']})",
-             f"{b['speedup']:.2f}",
-             f"{fmt_time(b['native_s'])} ({b['native_threads']}, {b['native_malloc']})"
-             if "native_s" in b else "-",
-             f"{b['speedup_over_native']:.2f}" if "native_s" in b else "-"]
-            for b in best_threads(data["cases"])]
     rows = [[c["q"], c.get("threads", 1), c.get("malloc", "default"),
              f"{c['faults_per_step']['batched']:.0f}" if "faults_per_step" in c else "-",
              fmt_spread(c["step_s"]["sequential"], fmt_time),
-             fmt_spread(c["step_s"]["batched"], fmt_time),
-             fmt_spread(c["speedup"], lambda x: f"{x:.2f}"),
-             fmt_spread(c["channels_last_gain"], lambda x: f"{x:.2f}"),
-             f"{c['max_abs_delta_diff']:.1e}"]
-            for c in data["cases"]]
-    parts = []
-    for c in data["cases"]:
-        med = {k: v["median"] for k, v in c["step_s"].items()}
-        if "objective only" in med:
-            parts.append([c["q"], c["threads"], c["malloc"], fmt_time(med["batched"]),
-                          fmt_time(med["objective only"]), fmt_time(med["step, free objective"]),
-                          f"{100 * med['objective only'] / med['batched']:.0f}%"])
-    native = [[c["q"], c["threads"], c["malloc"],
-               fmt_spread(c["step_s"]["sequential"], fmt_time),
-               fmt_spread(c["step_s"]["sequential, oneDNN off"], fmt_time),
-               fmt_spread(c["speedup_over_native"], lambda x: f"{x:.2f}"),
-               f"{c['native_delta_diff']:.1e}"]
-              for c in data["cases"] if "speedup_over_native" in c]
-    return "\n".join([
-        "# Batched vs sequential queries: MNIST attack", "",
-        *[para.replace("\n", " ") + "\n"
-          for para in (__doc__ or "").split("\n\n", 2)[2].strip().split("\n\n")],
+             fmt_spread(c["step_s"]["batched"], fmt_time), fmt_spread(c["speedup"], _ratio),
+             fmt_spread(c["channels_last_gain"], _ratio), f"{c['max_abs_delta_diff']:.1e}"]
+            for c in cases]
+    return section(
+        "Batched vs sequential queries: MNIST attack", *doc_paragraphs(__doc__),
         "Written by `python -m benchmarks.perf.batched`"
         + (" (**--quick: not results**)" if data["quick"] else "") + f". Machine: {m['cpu']}, "
         f"torch {m['torch']}, {m.get('logical_cpus', '?')} logical CPUs, load average "
         f"{m['loadavg'][0] if m['loadavg'] else 'n/a'}; *threads*: torch intra-op threads "
-        f"for every path; each sample is the mean of {data['cases'][0].get('number', 1)} "
-        "back-to-back steps.", "",
-        md_table(["q", "threads", "malloc", "faults", "sequential step (IQR)", "batched step (IQR)",
-                  "speed-up: sequential / batched (IQR)",
+        f"for every path; each sample is the mean of {cases[0].get('number', 1)} "
+        "back-to-back steps.",
+        md_table(["q", "threads", "malloc", "faults", "sequential step (IQR)",
+                  "batched step (IQR)", "speed-up: sequential / batched (IQR)",
                   "batched, NCHW / channels-last model (IQR)",
-                  f"max |delta| difference after {CHECK_STEPS} steps"], rows), "",
+                  f"max |delta| difference after {CHECK_STEPS} steps"], rows),
         "The paths see the same directions; the last column is float32 rounding between "
         f"a batch of images and single images carried through {CHECK_STEPS} of Adam's steps "
-        "(fresh copies, not the timed ones). The two layouts "
-        "end at the same delta up to "
-        f"{max(c.get('layout_delta_diff', 0.0) for c in data['cases']):.1e}"
+        "(fresh copies, not the timed ones). The two layouts end at the same delta up to "
+        f"{max(c.get('layout_delta_diff', 0.0) for c in cases):.1e}"
         + ("" if not kept else ", and each path ends at the same delta under both malloc "
-           f"settings up to {max(kept):.1e}") + ".", "",
-        *(["Where the batched step's time goes: one call of its objective (the forward "
-           "pass of q + 1 images and the attack loss) and the same step with an objective "
-           "that costs nothing (seeds, directions, query rows, checks, the estimate, Adam's "
-           "update), each timed on its own in the same repetitions (medians):", "",
-           md_table(["q", "threads", "malloc", "batched step", "objective only",
-                     "step, free objective", "objective share"], parts), ""]
-          if parts else []),
-        *(["The closure path with oneDNN switched off (`torch.backends.mkldnn.flags("
-           "enabled=False)` around the step) and the model in its default layout: torch's own "
-           "convolution is faster on one image, so this is the closure path at its fastest "
-           "backend; the batched path keeps oneDNN and channels-last, its fastest. The last "
-           f"column: the two closure paths' delta after {CHECK_STEPS} steps.", "",
-           md_table(["q", "threads", "malloc", "sequential step (IQR)",
-                     "sequential, oneDNN off (IQR)",
-                     "speed-up: sequential, oneDNN off / batched (IQR)",
-                     "max |delta| difference"], native), ""] if native else []),
-        *(["Each path at its own fastest thread count (medians; threads and malloc in "
-           "brackets); *any*: at its fastest of every setting measured. One image is too little "
-           "work to share between threads: the sequential path gains nothing from a second "
-           "one, so it is fastest on one or within noise of it:", "",
-           md_table(["q", "malloc", "sequential step", "batched step",
-                     "speed-up: sequential / batched", "sequential, oneDNN off",
-                     "speed-up: sequential, oneDNN off / batched"], best), ""]
-          if best else []),
-        *_render_loops(data.get("plain_loops"))])
+           f"settings up to {max(kept):.1e}") + ".", level=1)
 
 
-def _render_loops(loops: dict[str, Any] | None) -> list[str]:
+def _parts_section(cases: list[dict[str, Any]]) -> list[str]:
+    """The batched step split into its objective and the rest."""
+    rows = []
+    for c in cases:
+        med = {k: v["median"] for k, v in c["step_s"].items()}
+        if "objective only" in med:
+            rows.append([c["q"], c["threads"], c["malloc"], fmt_time(med["batched"]),
+                         fmt_time(med["objective only"]), fmt_time(med["step, free objective"]),
+                         f"{100 * med['objective only'] / med['batched']:.0f}%"])
+    return paragraphs(
+        "Where the batched step's time goes: one call of its objective (the forward "
+        "pass of q + 1 images and the attack loss) and the same step with an objective "
+        "that costs nothing (seeds, directions, query rows, checks, the estimate, Adam's "
+        "update), each timed on its own in the same repetitions (medians):",
+        md_table(["q", "threads", "malloc", "batched step", "objective only",
+                  "step, free objective", "objective share"], rows)) if rows else []
+
+
+def _native_section(cases: list[dict[str, Any]]) -> list[str]:
+    """The closure path on its fastest backend for one image."""
+    rows = [[c["q"], c["threads"], c["malloc"], fmt_spread(c["step_s"]["sequential"], fmt_time),
+             fmt_spread(c["step_s"]["sequential, oneDNN off"], fmt_time),
+             fmt_spread(c["speedup_over_native"], _ratio), f"{c['native_delta_diff']:.1e}"]
+            for c in cases if "speedup_over_native" in c]
+    return paragraphs(
+        "The closure path with oneDNN switched off (`torch.backends.mkldnn.flags("
+        "enabled=False)` around the step) and the model in its default layout: torch's own "
+        "convolution is faster on one image, so this is the closure path at its fastest "
+        "backend; the batched path keeps oneDNN and channels-last, its fastest. The last "
+        f"column: the two closure paths' delta after {CHECK_STEPS} steps.",
+        md_table(["q", "threads", "malloc", "sequential step (IQR)",
+                  "sequential, oneDNN off (IQR)",
+                  "speed-up: sequential, oneDNN off / batched (IQR)",
+                  "max |delta| difference"], rows)) if rows else []
+
+
+def _best_section(cases: list[dict[str, Any]]) -> list[str]:
+    """Each path at its fastest thread count."""
+    def at(b: dict[str, Any], path: str) -> str:
+        return f"{fmt_time(b[f'{path}_s'])} ({b[f'{path}_threads']}, {b[f'{path}_malloc']})"
+
+    rows = [[b["q"], b["malloc"], at(b, "sequential"), at(b, "batched"), _ratio(b["speedup"]),
+             at(b, "native") if "native_s" in b else "-",
+             _ratio(b["speedup_over_native"]) if "native_s" in b else "-"]
+            for b in best_threads(cases)]
+    return paragraphs(
+        "Each path at its own fastest thread count (medians; threads and malloc in "
+        "brackets); *any*: at its fastest of every setting measured. One image is too little "
+        "work to share between threads: the sequential path gains nothing from a second "
+        "one, so it is fastest on one or within noise of it:",
+        md_table(["q", "malloc", "sequential step", "batched step",
+                  "speed-up: sequential / batched", "sequential, oneDNN off",
+                  "speed-up: sequential, oneDNN off / batched"], rows)) if rows else []
+
+
+def _loops_section(loops: dict[str, Any] | None) -> list[str]:
+    """Each path alone in fresh processes."""
     if not loops:
         return []
     by_path = {(lp["path"], lp["malloc"]): lp["step_s"]["median"] for lp in loops["loops"]}
@@ -325,19 +334,25 @@ def _render_loops(loops: dict[str, Any] | None) -> list[str]:
     native = by_path.get(("sequential, oneDNN off", "default"))
     rows = [[lp["path"], lp["threads"], lp["malloc"], fmt_spread(lp["step_s"], fmt_time),
              fmt_spread(lp["faults_per_step"], lambda x: f"{x:.0f}"),
-             f"{seq / lp['step_s']['median']:.2f}",
-             "-" if native is None else f"{native / lp['step_s']['median']:.2f}"]
+             _ratio(seq / lp["step_s"]["median"]),
+             "-" if native is None else _ratio(native / lp["step_s"]["median"])]
             for lp in loops["loops"]]
-    return [
+    return paragraphs(
         "Each path alone, as a user's script runs it (model, optimizer, objective, then the "
         f"loop; q = {loops['q']}; {loops['steps']} sequential or {5 * loops['steps']} batched "
         "steps timed in 10 blocks after as many warm-up steps, the median block per process): "
         f"{loops['runs']} fresh processes each, taking turns; medians over the processes "
         "(IQR). Unlike the interleaved cases above, these compare numbers from different "
-        "processes, so they carry the machine's process-to-process spread:", "",
+        "processes, so they carry the machine's process-to-process spread:",
         md_table(["path", "threads", "malloc", "step", "faults per step",
                   "speed-up over the sequential path",
-                  "speed-up over the sequential path, oneDNN off"], rows), ""]
+                  "speed-up over the sequential path, oneDNN off"], rows))
+
+
+def render(data: dict[str, Any]) -> str:
+    cases = data["cases"]
+    return "\n".join([*_cases_section(data), *_parts_section(cases), *_native_section(cases),
+                      *_best_section(cases), *_loops_section(data.get("plain_loops"))])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -41,9 +41,9 @@ from .._common import (
     interleaved_times,
     machine,
     malloc_settings,
-    md_table,
     spread,
 )
+from .._report import doc_paragraphs, md_table, section
 
 # Rows per vectorised call of each batched path (None: all of a step's).
 CHUNKS: dict[str, int | None] = {"batched": None, "batched-8": 8}
@@ -99,7 +99,7 @@ def case(size: tuple[int, int, int], q: int, reps: int, threads: int, number: in
 
 
 def render(data: dict[str, Any]) -> str:
-    m = data["machine"]
+    m, first = data["machine"], data["cases"][0]
     rows = []
     for c in data["cases"]:
         mlp = c["mlp"]
@@ -108,23 +108,20 @@ def render(data: dict[str, Any]) -> str:
                   fmt_spread(c["step_s"][k], fmt_time),
                   fmt_spread(c["speedup_vs_closure"][k], lambda x: f"{x:.2f}"),
                   f"{c['max_abs_param_diff_vs_closure'][k]:.2g}"] for k in c["step_s"]]
-    first = data["cases"][0]
-    doc = (__doc__ or "").split("\n\n", 2)[2].strip().split("\n\n")
-    return "\n".join([
-        "# Batched vs sequential queries: small MLPs", "",
-        *[para.replace("\n", " ") + "\n" for para in doc],
+    return "\n".join(section(
+        "Batched vs sequential queries: small MLPs", *doc_paragraphs(__doc__),
         f"`{data['command']}`" + (" (**--quick: not results**)" if data["quick"] else "")
         + f". Machine: {m['cpu']}, torch {m['torch']}, {m.get('logical_cpus', '?')} logical "
         f"CPUs, load average {m['loadavg'][0]:.2f} at the start and "
         f"{data['loadavg_end'][0]:.2f} at the end; q = {first['q']}, {first['reps']} "
-        f"repetitions of {first['number']} steps; *threads*: torch intra-op threads.", "",
+        f"repetitions of {first['number']} steps; *threads*: torch intra-op threads.",
         md_table(["MLP", "threads", "malloc", "objective", "faults per step", "step (IQR)",
-                  "speed-up vs closure (IQR)", "max |param diff| vs closure"], rows), "",
+                  "speed-up vs closure (IQR)", "max |param diff| vs closure"], rows),
         "The last column is the largest parameter difference from the closure path after "
         "the timed steps: the paths query the same directions, but float32 rounding differs "
         "between a vectorised and a plain forward pass, and Adam's normalised step turns it "
-        "into up to 2 lr = 0.002 on coordinates whose estimate is near zero.", "",
-        f"Total time {data['elapsed_s']:.0f} s.", ""])
+        "into up to 2 lr = 0.002 on coordinates whose estimate is near zero.",
+        f"Total time {data['elapsed_s']:.0f} s.", level=1))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -49,7 +49,8 @@ from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam
 from torchzo.oracle import Batched
 from torchzo.tasks.targets import make_model
 
-from .._common import OUT, finish, fmt_time, interleaved_times, machine, md_table, spread
+from .._common import OUT, finish, fmt_time, interleaved_times, machine, spread
+from .._report import md_table, section
 from .batched import _images, _one_image
 
 OPTIMIZERS: dict[str, Callable[..., Any]] = {
@@ -170,46 +171,47 @@ def nccl_case(d: int, q: int, steps: int, device: torch.device) -> dict[str, Any
             "median_s": {k: spread(v)["median"] for k, v in times.items()}}
 
 
-def render(data: dict[str, Any]) -> str:
-    m = data["machine"]
-    lines = ["# The oracle on a GPU", "",
-             "Written by `python -m benchmarks.cuda` (see its docstring for what each part "
-             f"measures). Device: {data['device_name']}; torch {m['torch']}; host CPU "
-             f"{m['cpu']}, {m['logical_cpus']} logical CPUs; {data['elapsed_s']:.0f} s.", ""]
-    t = data.get("tests")
-    if t is not None:
-        lines += [f"CUDA tests (`pytest -m cuda`): exit status {t['rc']}, `{t['summary']}`.", ""]
-    q = data["q"]
+def _overhead_section(data: dict[str, Any]) -> list[str]:
     rows = []
     for c in data["overhead"]:
         med = c["median_s"]
-        for name, why in c["skipped"].items():
-            rows.append([f"{c['d']:.0e}", name, why, "", "", "", ""])
-        for name in c["over_adam"]:
-            rows.append([f"{c['d']:.0e}", name, fmt_time(med[name]), fmt_time(med["Adam"]),
-                         fmt_time(med["add pass"]), f"{c['over_adam'][name]:.3g}",
-                         f"{c['per_query_floors'][name]:.3g}"])
-    lines += ["## Step overhead (free closure, one flat tensor)", "",
-              f"q = {q}, forward estimator; medians over {data['reps']} interleaved "
-              "repetitions. *per query / floor*: the step over q + 1 add passes.", "",
-              md_table(["d", "optimizer", "step", "Adam step", "add pass", "step / Adam",
-                        "per query / floor"], rows), ""]
-    a = data["attack"]
-    lines += ["## MNIST attack, ZOAdam", "",
-              md_table(["q", "sequential step", "batched step", "speed-up",
-                        f"max |delta| difference after {data['check_steps']} steps"],
-                       [[str(a["q"]), fmt_time(a["median_s"]["sequential"]),
-                         fmt_time(a["median_s"]["batched"]), f"{a['speedup']:.3g}",
-                         f"{a['max_delta_difference']:.1e}"]]), ""]
-    n = data["nccl"]
-    lines += ["## One process in a process group", "",
-              "A group of one rank is the same as `distributed` off: this checks that the "
-              "option runs under the backend, not the exchange of queries.", "",
-              md_table(["backend", "d", "bit-identical after steps", "step, off", "step, on"],
-                       [[n["backend"], str(n["d"]), f"{n['bit_identical']} ({n['steps']})",
-                         fmt_time(n["median_s"]["one process"]),
-                         fmt_time(n["median_s"]["NCCL group of one"])]]), ""]
-    return "\n".join(lines)
+        rows += [[f"{c['d']:.0e}", name, why, "", "", "", ""]
+                 for name, why in c["skipped"].items()]
+        rows += [[f"{c['d']:.0e}", name, fmt_time(med[name]), fmt_time(med["Adam"]),
+                  fmt_time(med["add pass"]), f"{c['over_adam'][name]:.3g}",
+                  f"{c['per_query_floors'][name]:.3g}"] for name in c["over_adam"]]
+    return section(
+        "Step overhead (free closure, one flat tensor)",
+        f"q = {data['q']}, forward estimator; medians over {data['reps']} interleaved "
+        "repetitions. *per query / floor*: the step over q + 1 add passes.",
+        md_table(["d", "optimizer", "step", "Adam step", "add pass", "step / Adam",
+                  "per query / floor"], rows))
+
+
+def render(data: dict[str, Any]) -> str:
+    m, t, a, n = data["machine"], data.get("tests"), data["attack"], data["nccl"]
+    tests = [] if t is None else [
+        f"CUDA tests (`pytest -m cuda`): exit status {t['rc']}, `{t['summary']}`."]
+    return "\n".join([
+        *section("The oracle on a GPU",
+                 "Written by `python -m benchmarks.cuda` (see its docstring for what each part "
+                 f"measures). Device: {data['device_name']}; torch {m['torch']}; host CPU "
+                 f"{m['cpu']}, {m['logical_cpus']} logical CPUs; {data['elapsed_s']:.0f} s.",
+                 *tests, level=1),
+        *_overhead_section(data),
+        *section("MNIST attack, ZOAdam", md_table(
+            ["q", "sequential step", "batched step", "speed-up",
+             f"max |delta| difference after {data['check_steps']} steps"],
+            [[str(a["q"]), fmt_time(a["median_s"]["sequential"]),
+              fmt_time(a["median_s"]["batched"]), f"{a['speedup']:.3g}",
+              f"{a['max_delta_difference']:.1e}"]])),
+        *section("One process in a process group",
+                 "A group of one rank is the same as `distributed` off: this checks that the "
+                 "option runs under the backend, not the exchange of queries.",
+                 md_table(["backend", "d", "bit-identical after steps", "step, off", "step, on"],
+                          [[n["backend"], str(n["d"]), f"{n['bit_identical']} ({n['steps']})",
+                            fmt_time(n["median_s"]["one process"]),
+                            fmt_time(n["median_s"]["NCCL group of one"])]]))])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -40,10 +40,10 @@ from .._common import (
     fmt_spread,
     fmt_time,
     machine,
-    md_table,
     sig3,
     spread,
 )
+from .._report import md_table, paragraphs, section
 from .batched_mlp import make_mlp
 
 MODULE = "benchmarks.perf.distributed"
@@ -175,58 +175,47 @@ def sharded_cases(cfg: dict[str, Any], worlds: list[int], timeout: float) -> lis
 
 # -- report ---------------------------------------------------------------------------------------
 
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
 def render(data: dict[str, Any]) -> str:
-    m = data["machine"]
-    cfg = data["config"]
-    lines = [
-        "# Distributed queries",
-        "",
-        f"`{data['command']}` on {m['cpu']} ({m['cpus_usable']} usable CPUs, shared with other "
-        f"jobs: load average {m['loadavg'][0]:.2f} at the start, "
-        f"{data['loadavg_end'][0]:.2f} at the end), torch {m['torch']}, one torch thread per "
-        "process.",
-        "",
-        f"## Sharded steps (ZOAdam, q={cfg['q']}, forward estimator, gloo on loopback)",
-        "",
-        f"Median of {cfg['steps']} steps after a warm-up step, rank 0's clock, each step "
-        "started after a barrier. *sleep*: the closure sleeps "
-        f"{cfg['sleep_ms']:g} ms (a remote black box), d={cfg['sleep_d']}; *mlp*: the "
-        f"cross-entropy of a {cfg['mlp'][1]}-{cfg['mlp'][2]}-10 MLP on a batch of "
-        f"{cfg['mlp'][0]} (compute-bound, d={data['mlp_d']}).",
-        "",
-    ]
-    sharded = [r for r in data["sharded"] if r["case"] != "allreduce"]
+    m, cfg = data["machine"], data["config"]
     latency = {r["world"]: r["allreduce_s"] for r in data["sharded"] if r["case"] == "allreduce"}
     rows = [[r["case"], r["world"], fmt_time(r["query_s"]), fmt_spread(r["step_s"], fmt_time),
-             fmt_time(r["overhead_s"]),
-             sig3(r["steps_per_s"]), f"{r['speedup']:.2f}", f"{r['ideal_speedup']:.2f}",
-             "yes" if r["ranks_identical"] else "NO",
-             "yes" if r["equals_single_process"] else "NO",
-             r["bytes_exchanged_per_rank_step"]]
-            for r in sharded]
-    lines.append(md_table(["case", "processes", "query", "step (IQR)", "beyond queries",
-                           "steps/s", "speed-up",
-                           "ideal", "ranks bit-identical", "= 1 process, bit for bit",
-                           "bytes exchanged / rank / step"], rows))
-    q = data["config"]["q"]
-    lines += [
-        "*query*: one closure call after the warm-up step (median of 3, median over ranks); "
-        "*beyond queries*: the step time minus the queries of the busiest rank (f(x) and "
-        f"ceil({q} / processes) others): the exchange, the barrier's skew, direction sampling "
-        "and the update. The bare `all_reduce` of the exchange, back to back: "
-        + ", ".join(f"{fmt_spread(v, fmt_time)} with {w} processes" for w, v in latency.items())
-        + "; within a step it mostly waits for the other rank, whose wake-up on a machine "
-        "with more runnable jobs than cores takes milliseconds.",
-        "",
-        "*sleep* shows the scaling when the ranks wait on a black box rather than compute. "
-        "*mlp* needs a free core per rank: where the second process makes each query slower "
-        "(compare the *query* column), the machine had no idle core to give it, and the "
-        "speed-up measures that rather than the sharding.",
-        "",
-        f"Total time {data['elapsed_s']:.0f} s.",
-        "",
-    ]
-    return "\n".join(lines)
+             fmt_time(r["overhead_s"]), sig3(r["steps_per_s"]), f"{r['speedup']:.2f}",
+             f"{r['ideal_speedup']:.2f}", _yes(r["ranks_identical"]),
+             _yes(r["equals_single_process"]), r["bytes_exchanged_per_rank_step"]]
+            for r in data["sharded"] if r["case"] != "allreduce"]
+    return "\n".join([
+        *section("Distributed queries",
+                 f"`{data['command']}` on {m['cpu']} ({m['cpus_usable']} usable CPUs, shared "
+                 f"with other jobs: load average {m['loadavg'][0]:.2f} at the start, "
+                 f"{data['loadavg_end'][0]:.2f} at the end), torch {m['torch']}, one torch "
+                 "thread per process.", level=1),
+        *section(f"Sharded steps (ZOAdam, q={cfg['q']}, forward estimator, gloo on loopback)",
+                 f"Median of {cfg['steps']} steps after a warm-up step, rank 0's clock, each "
+                 "step started after a barrier. *sleep*: the closure sleeps "
+                 f"{cfg['sleep_ms']:g} ms (a remote black box), d={cfg['sleep_d']}; *mlp*: the "
+                 f"cross-entropy of a {cfg['mlp'][1]}-{cfg['mlp'][2]}-10 MLP on a batch of "
+                 f"{cfg['mlp'][0]} (compute-bound, d={data['mlp_d']})."),
+        md_table(["case", "processes", "query", "step (IQR)", "beyond queries", "steps/s",
+                  "speed-up", "ideal", "ranks bit-identical", "= 1 process, bit for bit",
+                  "bytes exchanged / rank / step"], rows),
+        *paragraphs(
+            "*query*: one closure call after the warm-up step (median of 3, median over "
+            "ranks); *beyond queries*: the step time minus the queries of the busiest rank "
+            f"(f(x) and ceil({cfg['q']} / processes) others): the exchange, the barrier's skew, "
+            "direction sampling and the update. The bare `all_reduce` of the exchange, back to "
+            "back: " + ", ".join(f"{fmt_spread(v, fmt_time)} with {w} processes"
+                                 for w, v in latency.items())
+            + "; within a step it mostly waits for the other rank, whose wake-up on a machine "
+            "with more runnable jobs than cores takes milliseconds.",
+            "*sleep* shows the scaling when the ranks wait on a black box rather than compute. "
+            "*mlp* needs a free core per rank: where the second process makes each query slower "
+            "(compare the *query* column), the machine had no idle core to give it, and the "
+            "speed-up measures that rather than the sharding.",
+            f"Total time {data['elapsed_s']:.0f} s.")])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
