@@ -374,6 +374,18 @@ def test_a_truncated_library_is_refused_without_a_crash(tmp_path, torch_ops_bits
 
 
 @needs_kernels
+def test_a_library_anyone_may_write_is_refused(tmp_path):
+    lib = copy_installed(tmp_path)
+    lib.chmod(0o777)
+    with pytest.raises(RuntimeError, match="others may write it"):
+        kernels._open(lib)
+    lib.chmod(0o775)  # group-writable: refused only where the folder is the user's own
+    kernels._open(lib)
+    with pytest.raises(RuntimeError, match="others may write it"):
+        kernels._open(lib, private=True)
+
+
+@needs_kernels
 def test_a_library_built_from_another_source_is_refused(tmp_path):
     lib = copy_installed(tmp_path)
     record = json.loads(kernel_build.record_path(lib).read_text())

@@ -80,8 +80,10 @@ def _open(path: Path, private: bool = False) -> tuple[ctypes.CDLL, str | None]:
         raise _Unavailable(f"unreadable build record of {path}: {err}") from None
     if not stat.S_ISREG(info.st_mode):
         raise _Unavailable(f"refused {path}: not a regular file")
-    if private and (info.st_uid != os.getuid() or info.st_mode & 0o022):
-        raise _Unavailable(f"refused {path}: not this user's own file")
+    if info.st_mode & 0o002 or (private and (info.st_uid != os.getuid()
+                                              or info.st_mode & 0o020)):
+        raise _Unavailable(f"refused {path}: others may write it"
+                           + ("" if info.st_uid == os.getuid() else " (not this user's own)"))
     if not isinstance(record, dict) or kernel_build.sha256(path) != record.get("sha256"):
         raise _Unavailable(f"refused {path}: it does not match its build record (truncated or "
                            "replaced?); reinstall torchzo")
