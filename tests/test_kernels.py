@@ -336,6 +336,7 @@ def torch_ops_bits() -> str:
     return params
 
 
+@pytest.mark.slow
 @needs_kernels
 def test_the_installed_kernels_run_without_writing_to_the_cache(tmp_path, torch_ops_bits):
     line, params = probe(TORCHZO_CACHE=str(tmp_path))
@@ -345,6 +346,7 @@ def test_the_installed_kernels_run_without_writing_to_the_cache(tmp_path, torch_
     assert Path(kernels.info()["library"]) == kernels._INSTALLED
 
 
+@pytest.mark.slow
 def test_without_the_installed_library_the_oracle_runs_on_torch_ops_and_says_why(
         tmp_path, torch_ops_bits):
     # What an install without a C compiler leaves: no library beside kernels.py.
@@ -361,14 +363,23 @@ def copy_installed(tmp_path: Path) -> Path:
     return target
 
 
-@needs_kernels
-def test_a_truncated_library_is_refused_without_a_crash(tmp_path, torch_ops_bits):
+def truncated_copy(tmp_path: Path) -> Path:
     lib = copy_installed(tmp_path)
     data = lib.read_bytes()
     lib.write_bytes(data[:len(data) // 2])  # loading this one maps pages past its end: SIGBUS
+    return lib
+
+
+@needs_kernels
+def test_a_truncated_library_is_refused_without_a_crash(tmp_path):
     with pytest.raises(RuntimeError, match="does not match its build record"):
-        kernels._open(lib)
-    line, params = probe(installed_at(lib))
+        kernels._open(truncated_copy(tmp_path))
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_with_a_truncated_library_steps_run_on_torch_ops(tmp_path, torch_ops_bits):
+    line, params = probe(installed_at(truncated_copy(tmp_path)))
     assert line.startswith("False | refused") and "truncated or replaced" in line
     assert params == torch_ops_bits
 
@@ -404,15 +415,25 @@ def compile_c(tmp_path: Path, name: str, code: str) -> Path:
     return lib
 
 
-def test_a_library_missing_a_symbol_is_refused_and_every_step_runs(tmp_path, torch_ops_bits):
-    # A file that matches its record (as a planted or half-built one could) but lacks a kernel:
-    # the loader binds every symbol before it says yes.
+def symbol_less_library(tmp_path: Path) -> Path:
+    """A file that matches its record (as a planted or half-built one could) but lacks every
+    kernel but one."""
     lib = compile_c(tmp_path, "_signs", "void zo_sign_bits(void) {}\n")
     record = {"sha256": kernel_build.sha256(lib),
               "source_sha256": kernel_build.sha256(kernels._SOURCE)}
     kernel_build.record_path(lib).write_text(json.dumps(record))
+    return lib
+
+
+def test_a_library_missing_a_symbol_is_refused(tmp_path):
+    # The loader binds every symbol before it says yes.
     with pytest.raises(RuntimeError, match="undefined symbol"):
-        kernels._open(lib)
+        kernels._open(symbol_less_library(tmp_path))
+
+
+@pytest.mark.slow
+def test_with_a_library_missing_a_symbol_every_step_runs(tmp_path, torch_ops_bits):
+    lib = symbol_less_library(tmp_path)
     line, params = probe(installed_at(lib))
     assert line.startswith("False | refused") and "undefined symbol" in line
     assert params == torch_ops_bits
@@ -443,6 +464,7 @@ def developer_build(tmp_path, monkeypatch):
     kernels._load.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_developer_build_goes_to_a_private_folder_and_gives_the_same_bits(developer_build):
     lib = kernels.build()
     assert lib.parent == developer_build and kernels.info()["library"] == str(lib)
@@ -480,6 +502,7 @@ def test_a_developer_build_refuses_a_folder_others_may_use(developer_build):
     assert not kernels._built[0]
 
 
+@pytest.mark.slow
 def test_concurrent_developer_builds_compile_once(developer_build, tmp_path):
     # torchrun's ranks at once: one compiles under the lock, the other waits and loads it.
     log = tmp_path / "compiles.log"
@@ -497,6 +520,7 @@ def test_concurrent_developer_builds_compile_once(developer_build, tmp_path):
     assert log.read_text() == "x\n"
 
 
+@pytest.mark.slow
 def test_a_developer_build_that_crashes_its_check_is_never_loaded(developer_build, tmp_path,
                                                                   monkeypatch):
     # A "compiler" whose library dies when loaded (as a bad file or a missing instruction
@@ -513,6 +537,7 @@ def test_a_developer_build_that_crashes_its_check_is_never_loaded(developer_buil
     assert not kernels._built[0]
 
 
+@pytest.mark.slow
 def test_kernels_build_in_the_environment_builds_at_the_first_use(tmp_path, torch_ops_bits):
     if shutil.which("cc") is None:
         pytest.skip("needs a C compiler")
@@ -525,6 +550,7 @@ def test_kernels_build_in_the_environment_builds_at_the_first_use(tmp_path, torc
                     torch_ops_bits)
 
 
+@pytest.mark.slow
 def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path,
                                                                        torch_ops_bits):
     fake = tmp_path / "cc"
