@@ -2,16 +2,23 @@
 
 Every comparison runs the same computation with the kernels and under ``kernels.disabled()``
 (torch ops alone) and asks for identical bits: the kernels may change a step's time, never its
-result. Where no C compiler is present the kernel half of these tests cannot run, and they say
-so (a skip with the reason); CI's machine has one.
+result. Where torchzo was installed without a C compiler the kernel half of these tests cannot
+run, and they say so (a skip with the reason); CI's machine has one. The library comes from the
+install (setup.py) and is loaded only once it matches its build record; the developer build
+compiles it at run time into a private folder, under a lock, and tries it in a child process.
 """
 from __future__ import annotations
 
+import ast
+import json
 import math
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,12 +28,13 @@ from zo_testing import FAST, all_same_bits, snapshot
 
 import torchzo
 from torchzo.optim._guard import all_finite, max_abs
-from torchzo.oracle import Layout, kernels
+from torchzo.oracle import Layout, kernel_build, kernels
 from torchzo.oracle.directions import Signs, _draw_signs, _unpack
 
 needs_kernels = pytest.mark.skipif(not kernels.available(),
                                    reason=f"kernels unavailable: {kernels.reason()}")
 CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parent.parent
 FLOATS = [torch.float32, torch.float64]
 
 
@@ -122,21 +130,14 @@ def _same_as_torch_ops(n: int, offset: int, dtype: torch.dtype, m: int, seed: in
 
 
 @needs_kernels
-@pytest.mark.parametrize("isa", ["portable", "avx2"])
-def test_every_build_this_cpu_runs_gives_the_same_bits(isa, monkeypatch, tmp_path):
-    # The default build is what the other tests check; signs.c has a path per instruction set
-    # (AVX-512 masks, sign tables in AVX2 or plain vectors), so build the others too.
-    full = kernels._flags()
-    if isa == "avx2" and "-mavx2" not in full:
-        pytest.skip("this CPU has no AVX2")
-    keep = (lambda f: not f.startswith("-mavx512")) if isa == "avx2" else (
-        lambda f: not f.startswith("-m"))
-    monkeypatch.setattr(kernels, "_flags", lambda: [f for f in full if keep(f)])
-    monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))
-    kernels._load.cache_clear()
-    try:
-        assert kernels.available(), kernels.reason()
-        assert list((tmp_path / "kernels").glob("signs-*.so"))  # this build, not the default
+@pytest.mark.parametrize("variant", ["plain", "avx2", "avx512"])
+def test_every_variant_this_cpu_runs_gives_the_same_bits(variant):
+    # The library holds a variant per instruction set (AVX-512 masks, sign tables in AVX2 or
+    # plain vectors) and runs the best the CPU has, which the other tests check: run the others.
+    if variant not in kernels.info()["variants"]:
+        pytest.skip(f"this CPU does not run the {variant} variant")
+    with kernels._variant(variant):
+        assert kernels.info()["variant"] == variant
         for n in (1, 7, 64, 511, 513, 1000, 4099):
             for offset in (0, 3, 8, 13):
                 for dtype in FLOATS:
@@ -148,8 +149,19 @@ def test_every_build_this_cpu_runs_gives_the_same_bits(isa, monkeypatch, tmp_pat
             for i, v in enumerate(SPECIAL):  # each in turn the largest, at a vector's lane
                 t[517 + 37 * i] = torch.tensor(v, dtype=torch.float64).to(dtype)
                 assert _same_abs_max(t), (dtype, v)
-    finally:
-        kernels._load.cache_clear()
+        for n in (1, 63, 1000):
+            fast = _draw_signs(n, CPU, 2**63 - 1).clone()
+            with kernels.disabled():
+                assert torch.equal(fast, _draw_signs(n, CPU, 2**63 - 1))
+    assert kernels.info()["variant"] == kernels.info()["variants"][-1]  # the best, again
+
+
+@needs_kernels
+def test_a_variant_this_cpu_lacks_is_refused_and_the_variant_in_use_stays():
+    with pytest.raises(ValueError, match="does not run"):
+        with kernels._variant("no-such-isa"):
+            pass
+    assert kernels.info()["variant"] == kernels.info()["variants"][-1]
 
 
 @needs_kernels
@@ -281,7 +293,7 @@ def test_the_step_guard_checks_agree_with_and_without_the_kernels(tensors, seed)
         assert (math.isnan(got[0]) and math.isnan(largest)) or got[0] == largest, (got, largest)
 
 
-# -- without a compiler, or told not to ----------------------------------------------------------
+# -- where the library comes from, and what is refused ---------------------------------------------
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
@@ -289,44 +301,265 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300, env={**os.environ, **env})
 
 
+# Three steps; {setup} may point the loader at another library first. Prints whether the
+# kernels ran, why not, and the parameters' bits.
 PROBE = """
-    import torch, torchzo
-    from torchzo.oracle import kernels
-    print(kernels.available(), "|", kernels.reason())
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(300))
-    opt = torchzo.ZOSGD([p], q=9, directions_kind="rademacher")
-    for _ in range(3):
-        opt.step(lambda: (p ** 2).sum())
-    print(p.double().sum().item().hex())
+import pathlib, torch, torchzo
+from torchzo.oracle import kernels
+{setup}
+torch.manual_seed(0)
+p = torch.nn.Parameter(torch.randn(300))
+opt = torchzo.ZOSGD([p], q=9, directions_kind="rademacher")
+for _ in range(3):
+    opt.step(lambda: (p ** 2).sum())
+print(kernels.available(), "|", kernels.reason())
+print(p.double().sum().item().hex(), p.sum().item().hex())
 """
 
 
-@pytest.mark.slow
-def test_without_the_kernels_the_oracle_runs_on_torch_ops_and_says_why(tmp_path):
-    off = run_python(PROBE, TORCHZO_KERNELS="0")
-    assert off.returncode == 0, off.stderr
-    assert off.stdout.splitlines()[0] == "False | disabled by TORCHZO_KERNELS=0"
-    nocc = run_python(PROBE, CC=str(tmp_path / "no-such-cc"), TORCHZO_CACHE=str(tmp_path))
-    assert nocc.returncode == 0, nocc.stderr
-    assert nocc.stdout.splitlines()[0].startswith("False | no C compiler")
-    assert off.stdout.splitlines()[1] == nocc.stdout.splitlines()[1]
-    if kernels.available():  # the same trajectory where they run
-        on = run_python(PROBE, TORCHZO_CACHE=str(tmp_path))
-        assert on.returncode == 0, on.stderr
-        assert on.stdout.splitlines()[0] == "True | None"
-        assert on.stdout.splitlines()[1] == off.stdout.splitlines()[1]
-        assert list((tmp_path / "kernels").glob("signs-*.so"))  # built into the given cache
+def probe(setup: str = "", **env: str) -> tuple[str, str]:
+    """Run :data:`PROBE`; return its two lines (kernels, parameters)."""
+    out = run_python(PROBE.format(setup=setup), **env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    kernels_line, params = out.stdout.splitlines()[-2:]
+    return kernels_line, params
+
+
+def installed_at(path: Path) -> str:
+    return f"kernels._INSTALLED = pathlib.Path({str(path)!r})"
+
+
+@pytest.fixture(scope="module")
+def torch_ops_bits() -> str:
+    line, params = probe(TORCHZO_KERNELS="0")
+    assert line == "False | disabled by TORCHZO_KERNELS=0"
+    return params
 
 
 @pytest.mark.slow
-def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path):
+@needs_kernels
+def test_the_installed_kernels_run_without_writing_to_the_cache(tmp_path, torch_ops_bits):
+    line, params = probe(TORCHZO_CACHE=str(tmp_path))
+    assert line == "True | None"
+    assert params == torch_ops_bits  # the same trajectory as torch ops alone
+    assert not list(tmp_path.iterdir())  # nothing compiled, nothing cached
+    assert Path(kernels.info()["library"]) == kernels._INSTALLED
+
+
+@pytest.mark.slow
+def test_without_the_installed_library_the_oracle_runs_on_torch_ops_and_says_why(
+        tmp_path, torch_ops_bits):
+    # What an install without a C compiler leaves: no library beside kernels.py.
+    line, params = probe(installed_at(tmp_path / "_signs.so"), TORCHZO_CACHE=str(tmp_path))
+    assert line.startswith("False | not built") and "C compiler" in line
+    assert params == torch_ops_bits
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def copy_installed(tmp_path: Path) -> Path:
+    target = tmp_path / kernels._INSTALLED.name
+    shutil.copy(kernels._INSTALLED, target)
+    shutil.copy(kernel_build.record_path(kernels._INSTALLED), kernel_build.record_path(target))
+    return target
+
+
+def truncated_copy(tmp_path: Path) -> Path:
+    lib = copy_installed(tmp_path)
+    data = lib.read_bytes()
+    lib.write_bytes(data[:len(data) // 2])  # loading this one maps pages past its end: SIGBUS
+    return lib
+
+
+@needs_kernels
+def test_a_truncated_library_is_refused_without_a_crash(tmp_path):
+    with pytest.raises(RuntimeError, match="does not match its build record"):
+        kernels._open(truncated_copy(tmp_path))
+
+
+@pytest.mark.slow
+@needs_kernels
+def test_with_a_truncated_library_steps_run_on_torch_ops(tmp_path, torch_ops_bits):
+    line, params = probe(installed_at(truncated_copy(tmp_path)))
+    assert line.startswith("False | refused") and "truncated or replaced" in line
+    assert params == torch_ops_bits
+
+
+@needs_kernels
+def test_a_library_anyone_may_write_is_refused(tmp_path):
+    lib = copy_installed(tmp_path)
+    lib.chmod(0o777)
+    with pytest.raises(RuntimeError, match="others may write it"):
+        kernels._open(lib)
+    lib.chmod(0o775)  # group-writable: refused only where the folder is the user's own
+    kernels._open(lib)
+    with pytest.raises(RuntimeError, match="others may write it"):
+        kernels._open(lib, private=True)
+
+
+@needs_kernels
+def test_a_library_built_from_another_source_is_refused(tmp_path):
+    lib = copy_installed(tmp_path)
+    record = json.loads(kernel_build.record_path(lib).read_text())
+    kernel_build.record_path(lib).write_text(json.dumps({**record, "source_sha256": "0" * 64}))
+    with pytest.raises(RuntimeError, match="built from another signs.c"):
+        kernels._open(lib)
+
+
+def compile_c(tmp_path: Path, name: str, code: str) -> Path:
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    (tmp_path / f"{name}.c").write_text(code)
+    lib = tmp_path / f"{name}.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / f"{name}.c")],
+                   check=True)
+    return lib
+
+
+def symbol_less_library(tmp_path: Path) -> Path:
+    """A file that matches its record (as a planted or half-built one could) but lacks every
+    kernel but one."""
+    lib = compile_c(tmp_path, "_signs", "void zo_sign_bits(void) {}\n")
+    record = {"sha256": kernel_build.sha256(lib),
+              "source_sha256": kernel_build.sha256(kernels._SOURCE)}
+    kernel_build.record_path(lib).write_text(json.dumps(record))
+    return lib
+
+
+def test_a_library_missing_a_symbol_is_refused(tmp_path):
+    # The loader binds every symbol before it says yes.
+    with pytest.raises(RuntimeError, match="undefined symbol"):
+        kernels._open(symbol_less_library(tmp_path))
+
+
+@pytest.mark.slow
+def test_with_a_library_missing_a_symbol_every_step_runs(tmp_path, torch_ops_bits):
+    lib = symbol_less_library(tmp_path)
+    line, params = probe(installed_at(lib))
+    assert line.startswith("False | refused") and "undefined symbol" in line
+    assert params == torch_ops_bits
+    # Gaussian and orthogonal directions do not care either.
+    out = run_python(PROBE.format(setup=installed_at(lib)).replace('"rademacher"', '"gaussian"'))
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_the_flags_of_the_install_and_the_developer_build_agree():
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (flags,) = [ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "CFLAGS" for t in node.targets)]
+    assert flags == kernel_build.CFLAGS
+
+
+# -- the developer build: compiled at run time, in a private folder, under a lock ---------------
+
+
+@pytest.fixture
+def developer_build(tmp_path, monkeypatch):
+    """An empty ``TORCHZO_CACHE``; afterwards, this process back on the installed library."""
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    monkeypatch.setenv("TORCHZO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "cc")
+    yield tmp_path / "kernels"
+    kernels._built[0] = None
+    kernels._load.cache_clear()
+
+
+@pytest.mark.slow
+def test_a_developer_build_goes_to_a_private_folder_and_gives_the_same_bits(developer_build):
+    lib = kernels.build()
+    assert lib.parent == developer_build and kernels.info()["library"] == str(lib)
+    assert stat.S_IMODE(developer_build.stat().st_mode) == 0o700
+    assert developer_build.stat().st_uid == os.getuid()
+    assert sorted(p.name for p in developer_build.iterdir()) == sorted(
+        ["build.lock", lib.name, kernel_build.record_path(lib).name])  # no temporary left
+    assert kernels.available(), kernels.reason()
+    assert "-ffp-contract=off" in kernels.info()["command"]
+    for variant in kernels.info()["variants"]:
+        with kernels._variant(variant):
+            for n, offset, m in ((1000, 3, 8), (4099, 13, 5), (64, 0, 1)):
+                for dtype in FLOATS:
+                    assert _same_as_torch_ops(n, offset, dtype, m, seed=n), (variant, n, dtype)
+    assert kernels.build() == lib  # built once: the same source and command reuse it
+
+
+def test_a_developer_build_refuses_a_folder_others_may_use(developer_build):
+    developer_build.mkdir(mode=0o755)
+    developer_build.chmod(0o755)
+    with pytest.raises(RuntimeError, match="chmod 700"):
+        kernels.build()
+    assert not kernels._built[0]
+    developer_build.chmod(0o700)
+    try:
+        os.chown(developer_build, 65534, -1)
+    except PermissionError:
+        return  # only root can give a folder away; the mode check above stands
+    with pytest.raises(RuntimeError, match="belongs to uid 65534"):
+        kernels.build()
+    developer_build.rmdir()
+    developer_build.symlink_to(developer_build.parent)
+    with pytest.raises(RuntimeError, match="not a folder"):
+        kernels.build()
+    assert not kernels._built[0]
+
+
+@pytest.mark.slow
+def test_concurrent_developer_builds_compile_once(developer_build, tmp_path):
+    # torchrun's ranks at once: one compiles under the lock, the other waits and loads it.
+    log = tmp_path / "compiles.log"
+    cc = tmp_path / "logging-cc"
+    cc.write_text(f'#!/bin/sh\necho x >> {log}\nsleep 1\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    code = ("from torchzo.oracle import kernels; kernels.build(); "
+            "print(kernels.available(), kernels.info()['library'])")
+    env = {**os.environ, "CC": str(cc), "TORCHZO_CACHE": str(developer_build.parent)}
+    ranks = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks)
+    assert outs[0] == outs[1] and outs[0].startswith("True ")
+    assert log.read_text() == "x\n"
+
+
+@pytest.mark.slow
+def test_a_developer_build_that_crashes_its_check_is_never_loaded(developer_build, tmp_path,
+                                                                  monkeypatch):
+    # A "compiler" whose library dies when loaded (as a bad file or a missing instruction
+    # would): the child process that tries it dies, this one goes on without it.
+    trap = compile_c(tmp_path, "trap", "__attribute__((constructor)) static void f(void) "
+                     "{ __builtin_trap(); }\n")
+    cc = tmp_path / "trap-cc"
+    cc.write_text(f'#!/bin/sh\nwhile [ "$1" != -o ]; do shift; done\ncp {trap} "$2"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    with pytest.raises(RuntimeError, match="failed its check: signal"):
+        kernels.build()
+    assert [p.name for p in developer_build.iterdir()] == ["build.lock"]
+    assert not kernels._built[0]
+
+
+@pytest.mark.slow
+def test_kernels_build_in_the_environment_builds_at_the_first_use(tmp_path, torch_ops_bits):
+    if shutil.which("cc") is None:
+        pytest.skip("needs a C compiler")
+    line, params = probe(TORCHZO_KERNELS="build", TORCHZO_CACHE=str(tmp_path), CC="cc")
+    assert line == "True | None" and params == torch_ops_bits
+    assert list((tmp_path / "kernels").glob("signs-*.so"))
+    nocc = probe(TORCHZO_KERNELS="build", TORCHZO_CACHE=str(tmp_path),
+                 CC=str(tmp_path / "no-such-cc"))
+    assert nocc == ("False | no C compiler ('%s' not found; set CC)" % (tmp_path / "no-such-cc"),
+                    torch_ops_bits)
+
+
+@pytest.mark.slow
+def test_a_compiler_that_fails_leaves_the_kernels_off_with_its_message(tmp_path,
+                                                                       torch_ops_bits):
     fake = tmp_path / "cc"
     fake.write_text("#!/bin/sh\necho 'fake compiler: no' >&2\nexit 1\n")
     fake.chmod(0o755)
-    out = run_python(PROBE, CC=str(fake), TORCHZO_CACHE=str(tmp_path / "cache"))
-    assert out.returncode == 0, out.stderr
-    assert "could not build the kernels" in out.stdout and "fake compiler: no" in out.stdout
+    line, params = probe(TORCHZO_KERNELS="build", CC=str(fake),
+                         TORCHZO_CACHE=str(tmp_path / "cache"))
+    assert "could not build the kernels" in line and "fake compiler: no" in line
+    assert params == torch_ops_bits
 
 
 @pytest.mark.cuda

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -48,26 +49,47 @@ def test_the_package_neither_lists_nor_imports_the_checkout_only_packages():
                 assert name.split(".")[0] not in CHECKOUT_ONLY, f"{path} imports {name}"
 
 
-@pytest.mark.slow
-def test_the_built_wheel_holds_the_package_and_weights_only(tmp_path):
-    # Built offline, by this environment's setuptools: one that can build wheels by itself.
+def build_wheel(tmp_path: Path, **env: str) -> set[str]:
+    """The names in a wheel of this checkout, built offline by this environment's setuptools
+    (one that can build wheels by itself) with ``env`` added to the environment."""
     pytest.importorskip("setuptools.command.bdist_wheel")
     src = tmp_path / "src"
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "_signs.*")  # no built kernels
     for name in ("torchzo", "pretrained", *CHECKOUT_ONLY):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
-    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+    for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps",
                             "--no-build-isolation", "-q", "-w", str(tmp_path / "dist")],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, **env})
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {name.split("/")[0] for name in names}
-    assert tops == {"torchzo", wheel.name.split("-py")[0] + ".dist-info"}, tops
+    assert tops == {"torchzo", wheel.name.split("-py")[0].split("-cp")[0] + ".dist-info"}, tops
+    return names
+
+
+def kernel_files(names: set[str]) -> list[str]:
+    return sorted(n for n in names if n.startswith("torchzo/oracle/_signs"))
+
+
+@pytest.mark.slow
+def test_the_built_wheel_holds_the_package_the_weights_and_the_kernels_only(tmp_path):
+    names = build_wheel(tmp_path)
     assert {"torchzo/_weights/manifest.json", "torchzo/meta/__main__.py",
             "torchzo/oracle/signs.c"} <= names
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler: the wheel holds no kernels")
+    # The library and its build record (torchzo.oracle.kernels loads one only with the other).
+    assert [Path(n).suffix for n in kernel_files(names)] == [".json", ".so"], kernel_files(names)
+
+
+@pytest.mark.slow
+def test_without_a_compiler_the_wheel_builds_without_the_kernels(tmp_path):
+    names = build_wheel(tmp_path, CC="/bin/false")  # what setuptools compiles with
+    assert kernel_files(names) == [] and "torchzo/oracle/kernels.py" in names
 
 
 def test_ci_runs_the_readme_setup_commands_verbatim():

@@ -1,4 +1,4 @@
-"""Compiled kernels for the oracle's Rademacher queries, built on first use; optional.
+"""Compiled kernels for the oracle's Rademacher queries, built with the package; optional.
 
 In torch ops, a Rademacher query unpacks its d signs into floats, perturbs the parameters with
 them and adds them to the estimate: three passes over d floats, and a fourth for the torch
@@ -10,49 +10,149 @@ generator's bits. The kernels in ``signs.c`` work on the packed signs instead:
 whether they run changes the time of a step, never its result. :func:`abs_max`, the largest
 magnitude of a tensor in one read pass, serves the step's finiteness checks.
 
-The first use compiles ``signs.c`` with the system's C compiler (``$CC``, else ``cc``) into
-``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), keyed by the source, the
-compiler and its flags, and loads it with :mod:`ctypes`. Where that fails (no
-compiler, an unwritable cache), or with ``TORCHZO_KERNELS=0`` in the environment,
-:func:`available` is false, :func:`reason` says why, and the oracle uses torch ops.
+``pip install`` compiles ``signs.c`` (see ``setup.py``) into one library beside this module,
+holding a variant per instruction set (AVX-512, AVX2, plain) of which it runs the best the CPU
+has, and a record of its sha256. The first use loads it with :mod:`ctypes` once the file
+matches its record and holds every symbol; nothing is compiled then. Where that fails (no
+compiler at install time, a truncated or replaced file), or with ``TORCHZO_KERNELS=0`` in the
+environment, :func:`available` is false, :func:`reason` says why, and the oracle uses torch
+ops, which give the same bits.
+
+For development, :func:`build` (or ``TORCHZO_KERNELS=build``, at the first use) compiles
+``signs.c`` with ``$CC`` (else ``cc``) into ``$TORCHZO_CACHE/kernels`` (default
+``~/.cache/torchzo/kernels``), a folder that must be the user's own (mode 0700), under a file
+lock so that concurrent processes build once, and runs the new library in a child process
+before this one loads it.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import functools
-import hashlib
+import json
 import os
 import platform
-import shutil
+import stat
 import struct
-import subprocess
-import tempfile
+import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["GROUP", "abs_max", "available", "disabled", "fits", "info", "reason", "sign_query",
-           "sign_words"]
+from . import kernel_build
+from .kernel_build import Unavailable as _Unavailable
+
+__all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "info", "reason",
+           "sign_query", "sign_words"]
 
 #: Directions one :func:`sign_query` adds to an estimate in one pass (their packed signs are
 #: held until then: d bytes in all).
 GROUP = 8
 
 _SOURCE = Path(__file__).with_name("signs.c")
+_INSTALLED = Path(__file__).with_name("_signs" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _enabled = [True]
+_built: list[Path | None] = [None]  # the library build() made, used instead of the installed one
+
+
+class _Loaded(NamedTuple):
+    lib: ctypes.CDLL | None
+    reason: str | None
+    path: Path | None = None
+    command: str | None = None
+
+
+def _open(path: Path, private: bool = False) -> tuple[ctypes.CDLL, str | None]:
+    """Load the library at ``path`` if it is the file its record describes, built from this
+    ``signs.c``, and holds every symbol. ``private``: also the user's own, writable by no one
+    else (a developer build)."""
+    try:
+        record = json.loads(kernel_build.record_path(path).read_text())
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise _Unavailable(f"not built: no {path.name} with its record beside it (install "
+                           "torchzo where a C compiler works, or see kernels.build())") from None
+    except (OSError, ValueError) as err:
+        raise _Unavailable(f"unreadable build record of {path}: {err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _Unavailable(f"refused {path}: not a regular file")
+    if info.st_mode & 0o002 or (private and (info.st_uid != os.getuid()
+                                              or info.st_mode & 0o020)):
+        raise _Unavailable(f"refused {path}: others may write it"
+                           + ("" if info.st_uid == os.getuid() else " (not this user's own)"))
+    if not isinstance(record, dict) or kernel_build.sha256(path) != record.get("sha256"):
+        raise _Unavailable(f"refused {path}: it does not match its build record (truncated or "
+                           "replaced?); reinstall torchzo")
+    if _SOURCE.exists() and kernel_build.sha256(_SOURCE) != record.get("source_sha256"):
+        raise _Unavailable(f"refused {path}: built from another signs.c (rebuild: pip install "
+                           "-e ., or kernels.build())")
+    try:
+        lib = ctypes.CDLL(str(path))
+        _bind(lib)
+    except (OSError, AttributeError) as err:
+        raise _Unavailable(f"refused {path}: {err}") from None
+    command = record.get("command")
+    return lib, command if isinstance(command, str) else None
+
+
+def _bind(lib: ctypes.CDLL) -> None:
+    pointer, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    for suffix in _SUFFIX.values():
+        query = getattr(lib, f"zo_sign_query_{suffix}")
+        query.argtypes = [pointer, pointer, pointer, f64, pointer, pointer, pointer, i32, i32,
+                          i64, i64]
+        query.restype = None
+    words = lib.zo_sign_bits
+    words.argtypes, words.restype = [pointer, i64, ctypes.c_uint64], None
+    for suffix, word in (("f32", ctypes.c_uint32), ("f64", ctypes.c_uint64)):
+        largest = getattr(lib, f"zo_abs_max_{suffix}")
+        largest.argtypes, largest.restype = [pointer, i64], word
+    lib.zo_variant_name.argtypes, lib.zo_variant_name.restype = [i32], ctypes.c_char_p
+    for name in ("zo_variant_supported", "zo_select"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = [i32], i32
+    lib.zo_variant.argtypes, lib.zo_variant.restype = [], i32
+
+
+@functools.cache
+def _load() -> _Loaded:
+    mode = os.environ.get("TORCHZO_KERNELS", "1")
+    if mode == "0":
+        return _Loaded(None, "disabled by TORCHZO_KERNELS=0")
+    if mode not in ("1", "build"):
+        return _Loaded(None, f"TORCHZO_KERNELS={mode!r} is none of 0, 1, build")
+    try:
+        path = _built[0] or (kernel_build.build(_SOURCE) if mode == "build" else _INSTALLED)
+        lib, command = _open(path, private=path != _INSTALLED)
+    except (_Unavailable, OSError) as err:  # whatever it is, a step runs on torch ops
+        return _Loaded(None, str(err))
+    return _Loaded(lib, None, path, command)
+
+
+def build() -> Path:
+    """Compile ``signs.c`` now, for development, and use that library in this process.
+
+    ``pip install`` builds the kernels; this is for working on ``signs.c`` without reinstalling
+    (``TORCHZO_KERNELS=build`` in the environment does the same at the first use). The library
+    goes to ``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), which must be
+    this user's own folder with mode 0700, under a lock there, and runs once in a child process
+    before it is loaded. Returns its path; raises :class:`RuntimeError` saying why where it
+    cannot (no compiler, a shared folder, a failed check)."""
+    path = kernel_build.build(_SOURCE)
+    _open(path, private=True)
+    _built[0] = path
+    _load.cache_clear()
+    return path
 
 
 def _flags() -> list[str]:
-    # -ffp-contract=off keeps the compiler from fusing what the source keeps apart (the
-    # kernels' products are exact, so this is belt and braces); AVX2 and AVX-512 where the CPU
-    # has them, judged per run, so that a cache shared between machines never hands one the
-    # other's (the flags are part of the file's key).
-    flags = ["-O3", "-funroll-loops", "-std=c11", "-ffp-contract=off", "-shared", "-fPIC"]
+    """The kernels' compile flags, with ``-m`` flags for this CPU's vector instruction sets: what
+    a prototype compiled beside the kernels is built with (the kernels pick theirs at run
+    time)."""
+    flags = [*kernel_build.CFLAGS, "-shared", "-fPIC"]
     if platform.machine().lower() in ("x86_64", "amd64"):
         cpu = _cpu_flags()
         flags += [f"-m{f}" for f in ("avx2", "avx512f") if f in cpu]
@@ -68,58 +168,7 @@ def _cpu_flags() -> set[str]:
                  if line.startswith("flags")), set())
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("TORCHZO_CACHE") or os.path.join(Path.home(), ".cache", "torchzo")
-    return Path(root) / "kernels"
-
-
-class _Unavailable(Exception):
-    pass
-
-
-def _compile(cc: str, flags: list[str], target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        done = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE)], capture_output=True,
-                              text=True, timeout=120)
-        if done.returncode != 0:
-            raise _Unavailable(f"{cc} failed: {done.stderr.strip()[-500:]}")
-        os.replace(tmp, target)  # atomic: a concurrent process sees the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("TORCHZO_KERNELS", "1") == "0":
-        return None, "disabled by TORCHZO_KERNELS=0"
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        return None, f"no C compiler ({cc!r} not found; set CC)"
-    flags = _flags()
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), cc, *flags]).encode()).hexdigest()
-    target = _cache_dir() / f"signs-{key[:16]}.so"
-    try:
-        if not target.exists():
-            _compile(cc, flags, target)
-        lib = ctypes.CDLL(str(target))
-    except (_Unavailable, OSError, subprocess.SubprocessError) as err:
-        return None, f"could not build the kernels: {err}"
-    pointer, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    for suffix in _SUFFIX.values():
-        query = getattr(lib, f"zo_sign_query_{suffix}")
-        query.argtypes = [pointer, pointer, pointer, f64, pointer, pointer, pointer, i32, i32,
-                          i64, i64]
-        query.restype = None
-    words = lib.zo_sign_bits
-    words.argtypes, words.restype = [pointer, i64, ctypes.c_uint64], None
-    for suffix, word in (("f32", ctypes.c_uint32), ("f64", ctypes.c_uint64)):
-        largest = getattr(lib, f"zo_abs_max_{suffix}")
-        largest.argtypes, largest.restype = [pointer, i64], word
-    return lib, None
+# -- the kernels --------------------------------------------------------------------------------
 
 
 def available() -> bool:
@@ -135,10 +184,44 @@ def reason() -> str | None:
 
 
 def info() -> dict[str, Any]:
-    """Whether the kernels run, why not, and the command that builds them (for reports)."""
-    cc = os.environ.get("CC", "cc")
+    """Whether the kernels run, why not, which library and variant, and the command that built
+    it (for reports)."""
+    loaded = _load()
+    lib = loaded.lib
     return {"available": available(), "reason": reason(),
-            "command": " ".join([cc, *_flags(), "-o", "signs.so", "signs.c"])}
+            "library": None if loaded.path is None else str(loaded.path),
+            "command": loaded.command,
+            "variant": None if lib is None else _name(lib, lib.zo_variant()),
+            "variants": [] if lib is None else _variants(lib)}
+
+
+def _name(lib: ctypes.CDLL, v: int) -> str:
+    return lib.zo_variant_name(v).decode()
+
+
+def _variants(lib: ctypes.CDLL) -> list[str]:
+    """The variants of the library that this CPU runs, best last."""
+    out, v = [], 0
+    while lib.zo_variant_name(v) is not None:
+        if lib.zo_variant_supported(v):
+            out.append(_name(lib, v))
+        v += 1
+    return out
+
+
+@contextlib.contextmanager
+def _variant(name: str) -> Iterator[None]:
+    """Run the kernels' ``name`` variant inside the block (to test each one this CPU runs)."""
+    lib = _lib()
+    before, v = lib.zo_variant(), 0
+    while lib.zo_variant_name(v) is not None and _name(lib, v) != name:
+        v += 1
+    if lib.zo_select(v) != v:
+        raise ValueError(f"this CPU does not run the {name!r} variant ({_variants(lib)} it does)")
+    try:
+        yield
+    finally:
+        lib.zo_select(before)
 
 
 @contextlib.contextmanager

@@ -7,19 +7,34 @@
  *
  * Whole bytes go a vector of 8 entries at a time: with AVX-512 a byte (two, for float) is the
  * mask that picks -v or +v; elsewhere (GCC/Clang vector extensions, lowered to whatever the
- * target has) a byte indexes a table of 8 sign-bit masks, XORed into v. The ragged head and
- * tail of a stream, and short streams, go one entry at a time.
+ * variant's target has) a byte indexes a table of 8 sign-bit masks, XORed into v. The ragged
+ * head and tail of a stream, and short streams, go one entry at a time.
+ *
+ * One library holds every variant (x86: AVX-512, AVX2 and plain; elsewhere plain), each
+ * function compiled for its instruction set through a target attribute, and picks the best one
+ * the CPU runs when it is loaded, so that no build of it can stop on an illegal instruction.
+ * The variants compute the same bits; zo_select() switches between them (for the tests).
  */
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
+
+#if defined(__FAST_MATH__)
+#error "signs.c promises torch's bits: compile it without -ffast-math"
 #endif
 
+#define EXPORT __attribute__((visibility("default")))
 #define SIGNED(bits, j, v) ((((bits)[(j) >> 3] >> ((j) & 7)) & 1) ? -(v) : (v))
 /* Terms of one accumulation at most (kernels.GROUP). */
 #define MAX_TERMS 8
 #define INLINE static inline __attribute__((always_inline))
+
+#if defined(__x86_64__) || defined(__i386__)
+#define ZO_X86 1
+#include <immintrin.h>
+#define TARGET_avx2 __attribute__((target("avx2")))
+#define TARGET_avx512 __attribute__((target("avx2,avx512f")))
+#endif
+#define TARGET_plain
 
 /* SplitMix64's output function (Steele, Lea and Flood, 2014). */
 static inline uint64_t mix64(uint64_t z) {
@@ -30,24 +45,25 @@ static inline uint64_t mix64(uint64_t z) {
 
 /* words[i] = mix64(key + (i + 1) * golden) for i < n: a Rademacher direction's sign bits, a
  * pure function of the key and the word's index (directions.py gives the same in torch ops). */
-void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
-    const uint64_t golden = 0x9e3779b97f4a7c15ULL;
-    uint64_t state = key;
-    for (int64_t i = 0; i < n; ++i) {
-        state += golden;
-        words[i] = mix64(state);
+#define DEFINE_SIGN_BITS(ISA)                                                                  \
+    static TARGET_##ISA void sign_bits_##ISA(uint64_t *words, int64_t n, uint64_t key) {       \
+        const uint64_t golden = 0x9e3779b97f4a7c15ULL;                                         \
+        uint64_t state = key;                                                                  \
+        for (int64_t i = 0; i < n; ++i) {                                                      \
+            state += golden;                                                                   \
+            words[i] = mix64(state);                                                           \
+        }                                                                                      \
     }
-}
 
 /* The whole-byte part of a query for one float type: bytes [0, nb) of the streams (already
  * offset), entries [0, 8 nb) of out, base and g. Two versions of each: PERTURB writes
  * out = base + alpha u; ACCUMULATE adds the m terms c[q] u_q to g in order (from +0 with
  * fresh), m fixed at compile time through the always-inline body, so that the terms' loop
  * unrolls and g's rows are loaded and stored once for all of them. */
-#if defined(__AVX512F__)
+#if defined(ZO_X86)
 /* float: 16 entries (two bytes) a vector; a trailing odd byte is left to the caller. */
-#define F32_STEP 2
-INLINE void perturb_f32(float *o, const float *x, const uint8_t *bits, float alpha, int64_t nb) {
+TARGET_avx512 INLINE void perturb_f32_avx512(float *o, const float *x, const uint8_t *bits,
+                                             float alpha, int64_t nb) {
     const __m512 pos = _mm512_set1_ps(alpha), neg = _mm512_set1_ps(-alpha);
     for (int64_t i = 0; i + 2 <= nb; i += 2) {
         uint16_t k;
@@ -56,8 +72,8 @@ INLINE void perturb_f32(float *o, const float *x, const uint8_t *bits, float alp
                                                   _mm512_mask_blend_ps((__mmask16)k, pos, neg)));
     }
 }
-INLINE void accumulate_f32(float *g, const uint8_t *const *t, const float *c, int m, int fresh,
-                           int64_t nb) {
+TARGET_avx512 INLINE void accumulate_f32_avx512(float *g, const uint8_t *const *t,
+                                                const float *c, int m, int fresh, int64_t nb) {
     __m512 pos[MAX_TERMS], neg[MAX_TERMS];
     for (int q = 0; q < m; ++q) {
         pos[q] = _mm512_set1_ps(c[q]);
@@ -73,17 +89,15 @@ INLINE void accumulate_f32(float *g, const uint8_t *const *t, const float *c, in
         _mm512_storeu_ps(g + 8 * i, y);
     }
 }
-#define F64_STEP 1
-#define VEC_MIN 1
-INLINE void perturb_f64(double *o, const double *x, const uint8_t *bits, double alpha,
-                        int64_t nb) {
+TARGET_avx512 INLINE void perturb_f64_avx512(double *o, const double *x, const uint8_t *bits,
+                                             double alpha, int64_t nb) {
     const __m512d pos = _mm512_set1_pd(alpha), neg = _mm512_set1_pd(-alpha);
     for (int64_t i = 0; i < nb; ++i)
         _mm512_storeu_pd(o + 8 * i, _mm512_add_pd(_mm512_loadu_pd(x + 8 * i),
                                                   _mm512_mask_blend_pd(bits[i], pos, neg)));
 }
-INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, int m,
-                           int fresh, int64_t nb) {
+TARGET_avx512 INLINE void accumulate_f64_avx512(double *g, const uint8_t *const *t,
+                                                const double *c, int m, int fresh, int64_t nb) {
     __m512d pos[MAX_TERMS], neg[MAX_TERMS];
     for (int q = 0; q < m; ++q) {
         pos[q] = _mm512_set1_pd(c[q]);
@@ -96,12 +110,17 @@ INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, 
         _mm512_storeu_pd(g + 8 * i, y);
     }
 }
-#else
-#define SIGN_TABLE(T, U, SUFFIX)                                                               \
-    typedef T row_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                        \
-    typedef U bits_##SUFFIX __attribute__((vector_size(8 * sizeof(T))));                       \
+#endif
+
+typedef float row_f32 __attribute__((vector_size(8 * sizeof(float))));
+typedef uint32_t bits_f32 __attribute__((vector_size(8 * sizeof(float))));
+typedef double row_f64 __attribute__((vector_size(8 * sizeof(double))));
+typedef uint64_t bits_f64 __attribute__((vector_size(8 * sizeof(double))));
+
+#define SIGN_TABLE(T, U, SUFFIX, ISA)                                                          \
     /* table[b]: the sign-bit masks of byte b's 8 entries; v[q]: 8 copies of x[q]'s bits. */   \
-    static void fill_##SUFFIX(bits_##SUFFIX *table, bits_##SUFFIX *v, const T *x, int m) {     \
+    static TARGET_##ISA void fill_##SUFFIX##_##ISA(bits_##SUFFIX *table, bits_##SUFFIX *v,     \
+                                                   const T *x, int m) {                        \
         const U sign = (U)1 << (8 * sizeof(U) - 1);                                            \
         for (int b = 0; b < 256; ++b)                                                          \
             for (int k = 0; k < 8; ++k) table[b][k] = ((b >> k) & 1) ? sign : 0;               \
@@ -111,9 +130,10 @@ INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, 
             for (int k = 0; k < 8; ++k) v[q][k] = u;                                           \
         }                                                                                      \
     }                                                                                          \
-    INLINE void perturb_##SUFFIX(T *o, const T *x, const uint8_t *bits, T alpha, int64_t nb) { \
+    TARGET_##ISA INLINE void perturb_##SUFFIX##_##ISA(T *o, const T *x, const uint8_t *bits,   \
+                                                      T alpha, int64_t nb) {                   \
         bits_##SUFFIX table[256], a[1];                                                        \
-        fill_##SUFFIX(table, a, &alpha, 1);                                                    \
+        fill_##SUFFIX##_##ISA(table, a, &alpha, 1);                                            \
         for (int64_t i = 0; i < nb; ++i) {                                                     \
             row_##SUFFIX y, u;                                                                 \
             const bits_##SUFFIX s = a[0] ^ table[bits[i]];                                     \
@@ -123,10 +143,11 @@ INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, 
             memcpy(o + 8 * i, &y, sizeof y);                                                   \
         }                                                                                      \
     }                                                                                          \
-    INLINE void accumulate_##SUFFIX(T *g, const uint8_t *const *t, const T *c, int m,          \
-                                    int fresh, int64_t nb) {                                   \
+    TARGET_##ISA INLINE void accumulate_##SUFFIX##_##ISA(T *g, const uint8_t *const *t,        \
+                                                         const T *c, int m, int fresh,         \
+                                                         int64_t nb) {                         \
         bits_##SUFFIX table[256], cs[MAX_TERMS];                                               \
-        fill_##SUFFIX(table, cs, c, m);                                                        \
+        fill_##SUFFIX##_##ISA(table, cs, c, m);                                                \
         for (int64_t i = 0; i < nb; ++i) {                                                     \
             row_##SUFFIX y = {0}, u;                                                           \
             if (!fresh) memcpy(&y, g + 8 * i, sizeof y);                                       \
@@ -138,26 +159,21 @@ INLINE void accumulate_f64(double *g, const uint8_t *const *t, const double *c, 
             memcpy(g + 8 * i, &y, sizeof y);                                                   \
         }                                                                                      \
     }
-/* Whole bytes from which filling the table pays (fewer go one entry at a time). */
-#define VEC_MIN 64
-#define F32_STEP 1
-#define F64_STEP 1
-SIGN_TABLE(float, uint32_t, f32)
-SIGN_TABLE(double, uint64_t, f64)
-#endif
 
-#define DEFINE_QUERY(T, SUFFIX, STEP)                                                          \
-    static void accumulate_any_##SUFFIX(T *g, const uint8_t *const *t, const T *c, int m,      \
-                                        int fresh, int64_t nb) {                               \
+/* STEP: whole bytes a vector of the variant takes; VEC_MIN: whole bytes from which its vectors
+ * pay (the sign table costs a fill, so fewer go one entry at a time). */
+#define DEFINE_QUERY(T, SUFFIX, ISA, STEP, VEC_MIN)                                            \
+    static TARGET_##ISA void accumulate_any_##SUFFIX##_##ISA(                                  \
+        T *g, const uint8_t *const *t, const T *c, int m, int fresh, int64_t nb) {             \
         switch (m) { /* one unrolled loop per number of terms */                               \
-        case 1: accumulate_##SUFFIX(g, t, c, 1, fresh, nb); break;                             \
-        case 2: accumulate_##SUFFIX(g, t, c, 2, fresh, nb); break;                             \
-        case 3: accumulate_##SUFFIX(g, t, c, 3, fresh, nb); break;                             \
-        case 4: accumulate_##SUFFIX(g, t, c, 4, fresh, nb); break;                             \
-        case 5: accumulate_##SUFFIX(g, t, c, 5, fresh, nb); break;                             \
-        case 6: accumulate_##SUFFIX(g, t, c, 6, fresh, nb); break;                             \
-        case 7: accumulate_##SUFFIX(g, t, c, 7, fresh, nb); break;                             \
-        default: accumulate_##SUFFIX(g, t, c, MAX_TERMS, fresh, nb); break;                    \
+        case 1: accumulate_##SUFFIX##_##ISA(g, t, c, 1, fresh, nb); break;                     \
+        case 2: accumulate_##SUFFIX##_##ISA(g, t, c, 2, fresh, nb); break;                     \
+        case 3: accumulate_##SUFFIX##_##ISA(g, t, c, 3, fresh, nb); break;                     \
+        case 4: accumulate_##SUFFIX##_##ISA(g, t, c, 4, fresh, nb); break;                     \
+        case 5: accumulate_##SUFFIX##_##ISA(g, t, c, 5, fresh, nb); break;                     \
+        case 6: accumulate_##SUFFIX##_##ISA(g, t, c, 6, fresh, nb); break;                     \
+        case 7: accumulate_##SUFFIX##_##ISA(g, t, c, 7, fresh, nb); break;                     \
+        default: accumulate_##SUFFIX##_##ISA(g, t, c, MAX_TERMS, fresh, nb); break;            \
         }                                                                                      \
     }                                                                                          \
                                                                                                \
@@ -165,10 +181,10 @@ SIGN_TABLE(double, uint64_t, f64)
      * out is not NULL; and g += c[0] u_0, then c[1] u_1, ... in order, for the m terms (at    \
      * most MAX_TERMS; with init, g starts from +0, its contents unread). g is read and written \
      * once for all the terms. */                                                              \
-    void zo_sign_query_##SUFFIX(T *restrict out, const T *restrict base, const uint8_t *bits,  \
-                                double alpha_in, T *restrict g, const uint8_t *const *terms,   \
-                                const double *c_in, int m, int init, int64_t offset,           \
-                                int64_t n) {                                                   \
+    static TARGET_##ISA void sign_query_##SUFFIX##_##ISA(                                      \
+        T *restrict out, const T *restrict base, const uint8_t *bits, double alpha_in,         \
+        T *restrict g, const uint8_t *const *terms, const double *c_in, int m, int init,       \
+        int64_t offset, int64_t n) {                                                           \
         const T alpha = (T)alpha_in;                                                           \
         T c[MAX_TERMS];                                                                        \
         for (int q = 0; q < m; ++q) c[q] = (T)c_in[q];                                         \
@@ -177,7 +193,7 @@ SIGN_TABLE(double, uint64_t, f64)
         const int64_t head = n < ((8 - (offset & 7)) & 7) ? n : ((8 - (offset & 7)) & 7);      \
         /* whole bytes for the vectors, a multiple of STEP */                                  \
         const int64_t whole = (n - head) >> 3;                                                 \
-        const int64_t vec = whole >= VEC_MIN ? whole - whole % (STEP) : 0;                    \
+        const int64_t vec = whole >= (VEC_MIN) ? whole - whole % (STEP) : 0;                   \
         for (int64_t j = 0; j < n; ++j) {                                                      \
             if (j == head && vec) j += 8 * vec; /* the vectors' entries: below */              \
             if (j >= n) break;                                                                 \
@@ -190,23 +206,20 @@ SIGN_TABLE(double, uint64_t, f64)
         }                                                                                      \
         if (!vec) return;                                                                      \
         const int64_t first = (offset + head) >> 3;                                            \
-        if (out) perturb_##SUFFIX(out + head, base + head, bits + first, alpha, vec);          \
+        if (out) perturb_##SUFFIX##_##ISA(out + head, base + head, bits + first, alpha, vec);  \
         if (m) {                                                                               \
             const uint8_t *t[MAX_TERMS];                                                       \
             for (int q = 0; q < m; ++q) t[q] = terms[q] + first;                               \
-            accumulate_any_##SUFFIX(g + head, t, c, m, init, vec);                             \
+            accumulate_any_##SUFFIX##_##ISA(g + head, t, c, m, init, vec);                     \
         }                                                                                      \
     }
-
-DEFINE_QUERY(float, f32, F32_STEP)
-DEFINE_QUERY(double, f64, F64_STEP)
 
 /* The largest magnitude among x[0..n) as IEEE bits, the sign cleared: the bit patterns of
  * non-negative floats sort as their values, and NaN's above infinity's, so that one read pass,
  * integer compares only, gives max |x| exactly and whether every entry is finite. (For the
  * step guard's checks: torch's aminmax costs several passes' time.) */
-#define DEFINE_ABS_MAX(U, SUFFIX, MAGNITUDE)                                                   \
-    U zo_abs_max_##SUFFIX(const U *x, int64_t n) {                                             \
+#define DEFINE_ABS_MAX(U, SUFFIX, MAGNITUDE, ISA)                                              \
+    static TARGET_##ISA U abs_max_##SUFFIX##_##ISA(const U *x, int64_t n) {                    \
         U best = 0;                                                                            \
         for (int64_t i = 0; i < n; ++i) {                                                      \
             const U v = x[i] & (MAGNITUDE);                                                    \
@@ -214,5 +227,104 @@ DEFINE_QUERY(double, f64, F64_STEP)
         }                                                                                      \
         return best;                                                                           \
     }
-DEFINE_ABS_MAX(uint32_t, f32, 0x7fffffffu)
-DEFINE_ABS_MAX(uint64_t, f64, 0x7fffffffffffffffull)
+
+#define DEFINE_VARIANT(ISA, F32_STEP, F64_STEP, VEC_MIN)                                       \
+    DEFINE_SIGN_BITS(ISA)                                                                      \
+    DEFINE_QUERY(float, f32, ISA, F32_STEP, VEC_MIN)                                           \
+    DEFINE_QUERY(double, f64, ISA, F64_STEP, VEC_MIN)                                          \
+    DEFINE_ABS_MAX(uint32_t, f32, 0x7fffffffu, ISA)                                            \
+    DEFINE_ABS_MAX(uint64_t, f64, 0x7fffffffffffffffull, ISA)
+
+SIGN_TABLE(float, uint32_t, f32, plain)
+SIGN_TABLE(double, uint64_t, f64, plain)
+DEFINE_VARIANT(plain, 1, 1, 64)
+static int supports_plain(void) { return 1; }
+#if defined(ZO_X86)
+SIGN_TABLE(float, uint32_t, f32, avx2)
+SIGN_TABLE(double, uint64_t, f64, avx2)
+DEFINE_VARIANT(avx2, 1, 1, 64)
+DEFINE_VARIANT(avx512, 2, 1, 1)
+/* __builtin_cpu_supports also asks whether the OS saves the registers (XGETBV). */
+static int supports_avx2(void) { return __builtin_cpu_supports("avx2"); }
+static int supports_avx512(void) {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f");
+}
+#endif
+
+typedef struct {
+    const char *name;
+    int (*supported)(void);
+    void (*sign_bits)(uint64_t *, int64_t, uint64_t);
+    void (*query_f32)(float *restrict, const float *restrict, const uint8_t *, double,
+                      float *restrict, const uint8_t *const *, const double *, int, int,
+                      int64_t, int64_t);
+    void (*query_f64)(double *restrict, const double *restrict, const uint8_t *, double,
+                      double *restrict, const uint8_t *const *, const double *, int, int,
+                      int64_t, int64_t);
+    uint32_t (*abs_max_f32)(const uint32_t *, int64_t);
+    uint64_t (*abs_max_f64)(const uint64_t *, int64_t);
+} variant_t;
+
+#define VARIANT(ISA)                                                                           \
+    {#ISA, supports_##ISA, sign_bits_##ISA, sign_query_f32_##ISA, sign_query_f64_##ISA,        \
+     abs_max_f32_##ISA, abs_max_f64_##ISA}
+/* Best last. */
+static const variant_t VARIANTS[] = {
+    VARIANT(plain),
+#if defined(ZO_X86)
+    VARIANT(avx2),
+    VARIANT(avx512),
+#endif
+};
+#define N_VARIANTS ((int)(sizeof VARIANTS / sizeof VARIANTS[0]))
+static const variant_t *active = VARIANTS;
+
+/* The name of variant v (0: plain, then better ones), NULL past the last. */
+EXPORT const char *zo_variant_name(int v) {
+    return v >= 0 && v < N_VARIANTS ? VARIANTS[v].name : NULL;
+}
+
+/* Whether this CPU (and OS) runs variant v. */
+EXPORT int zo_variant_supported(int v) {
+#if defined(ZO_X86)
+    __builtin_cpu_init(); /* may run before libgcc's own constructor */
+#endif
+    return v >= 0 && v < N_VARIANTS && VARIANTS[v].supported();
+}
+
+/* Use variant v from now on (v < 0: the best this CPU runs); returns v, or -1 (and changes
+ * nothing) for a variant this CPU cannot run. */
+EXPORT int zo_select(int v) {
+    if (v < 0)
+        for (v = N_VARIANTS - 1; v > 0 && !zo_variant_supported(v);) --v;
+    if (!zo_variant_supported(v)) return -1;
+    active = VARIANTS + v;
+    return v;
+}
+
+/* The variant in use. */
+EXPORT int zo_variant(void) { return (int)(active - VARIANTS); }
+
+__attribute__((constructor)) static void choose_variant(void) { zo_select(-1); }
+
+EXPORT void zo_sign_bits(uint64_t *words, int64_t n, uint64_t key) {
+    active->sign_bits(words, n, key);
+}
+
+EXPORT void zo_sign_query_f32(float *restrict out, const float *restrict base,
+                              const uint8_t *bits, double alpha, float *restrict g,
+                              const uint8_t *const *terms, const double *c, int m, int init,
+                              int64_t offset, int64_t n) {
+    active->query_f32(out, base, bits, alpha, g, terms, c, m, init, offset, n);
+}
+
+EXPORT void zo_sign_query_f64(double *restrict out, const double *restrict base,
+                              const uint8_t *bits, double alpha, double *restrict g,
+                              const uint8_t *const *terms, const double *c, int m, int init,
+                              int64_t offset, int64_t n) {
+    active->query_f64(out, base, bits, alpha, g, terms, c, m, init, offset, n);
+}
+
+EXPORT uint32_t zo_abs_max_f32(const uint32_t *x, int64_t n) { return active->abs_max_f32(x, n); }
+
+EXPORT uint64_t zo_abs_max_f64(const uint64_t *x, int64_t n) { return active->abs_max_f64(x, n); }
