@@ -65,7 +65,7 @@ def test_perturbation_is_torch_add_bit_for_bit(n, offset, dtype, alpha, seed):
     bits = _draw_signs(offset + n, CPU, seed)
     base = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed % 2**32))
     out = torch.full((n,), float("nan"), dtype=dtype)
-    kernels.sign_query(n, offset, out=out, base=base, bits=bits, alpha=alpha)
+    kernels.sign_perturb(n, offset, out, base, bits, alpha)
     expected = torch.add(base, unpacked(bits, offset, n, dtype), alpha=alpha)
     assert all_same_bits([out], [expected])
 
@@ -79,7 +79,7 @@ def test_accumulation_is_one_add_per_term_in_order(n, offset, dtype, coeffs, ini
     terms = [_draw_signs(offset + n, CPU, seed + k) for k in range(len(coeffs))]
     start = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed))
     g = torch.full((n,), float("nan"), dtype=dtype) if init else start.clone()
-    kernels.sign_query(n, offset, g=g, terms=terms, coeffs=coeffs, init=init)
+    kernels.sign_accumulate(n, offset, g, terms, coeffs, init)
     expected = torch.zeros(n, dtype=dtype) if init else start.clone()
     for bits, c in zip(terms, coeffs):
         expected.add_(unpacked(bits, offset, n, dtype), alpha=c)
@@ -120,8 +120,8 @@ def _same_as_torch_ops(n: int, offset: int, dtype: torch.dtype, m: int, seed: in
     base = torch.randn(n, dtype=dtype, generator=torch.Generator().manual_seed(seed))
     out, g = torch.empty(n, dtype=dtype), base.clone()
     coeffs = [0.5 + k for k in range(m)]
-    kernels.sign_query(n, offset, out=out, base=base, bits=bits[m], alpha=0.25, g=g,
-                       terms=bits[:m], coeffs=coeffs)
+    kernels.sign_accumulate(n, offset, g, bits[:m], coeffs,
+                            perturb=(out, base, bits[m], 0.25))
     expected = base.clone()
     for b, c in zip(bits, coeffs):
         expected.add_(unpacked(b, offset, n, dtype), alpha=c)
@@ -169,7 +169,7 @@ def test_a_zero_term_leaves_positive_zeros_as_zero_plus_torch_would():
     # 0.0 + (-0.0) is +0.0: starting from "init" must not start from the first term itself.
     bits = torch.full((128,), 255, dtype=torch.uint8)  # every sign -1
     g = torch.empty(1000)
-    kernels.sign_query(1000, 0, g=g, terms=[bits], coeffs=[0.0], init=True)
+    kernels.sign_accumulate(1000, 0, g, [bits], [0.0], init=True)
     assert not torch.signbit(g).any()
 
 
@@ -178,18 +178,18 @@ def test_the_kernels_refuse_what_they_cannot_write_safely():
     bits = torch.zeros(16, dtype=torch.uint8)
     good = torch.zeros(100)
     with pytest.raises(ValueError, match="contiguous CPU"):
-        kernels.sign_query(100, 0, out=torch.zeros(200)[::2], base=good, bits=bits, alpha=1.0)
+        kernels.sign_perturb(100, 0, torch.zeros(200)[::2], good, bits, 1.0)
     with pytest.raises(ValueError, match="one dtype"):
-        kernels.sign_query(100, 0, out=good, base=good.double(), bits=bits, alpha=1.0)
+        kernels.sign_perturb(100, 0, good, good.double(), bits, 1.0)
     with pytest.raises(ValueError, match="n elements"):
-        kernels.sign_query(99, 0, g=good, terms=[bits], coeffs=[1.0])
+        kernels.sign_accumulate(99, 0, good, [bits], [1.0])
     with pytest.raises(ValueError, match="at least 13 bytes"):
-        kernels.sign_query(100, 0, g=good, terms=[bits[:12]], coeffs=[1.0])
+        kernels.sign_accumulate(100, 0, good, [bits[:12]], [1.0])
     with pytest.raises(ValueError, match="terms"):
-        kernels.sign_query(100, 0, g=good, terms=[bits] * (kernels.GROUP + 1),
-                           coeffs=[1.0] * (kernels.GROUP + 1))
-    with pytest.raises(ValueError, match="together"):
-        kernels.sign_query(100, 0, out=good, bits=bits)
+        kernels.sign_accumulate(100, 0, good, [bits] * (kernels.GROUP + 1),
+                                [1.0] * (kernels.GROUP + 1))
+    with pytest.raises(ValueError, match="terms"):  # a coefficient per term
+        kernels.sign_accumulate(100, 0, good, [bits, bits], [1.0])
     with pytest.raises(ValueError, match="int64"):
         kernels.sign_words(torch.zeros(4, dtype=torch.int32), 1)
     for bad in (torch.zeros(200)[::2], torch.zeros(4, dtype=torch.float16)):

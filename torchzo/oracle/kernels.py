@@ -3,11 +3,11 @@
 In torch ops, a Rademacher query unpacks its d signs into floats, perturbs the parameters with
 them and adds them to the estimate: three passes over d floats, and a fourth for the torch
 generator's bits. The kernels in ``signs.c`` work on the packed signs instead:
-:func:`sign_words` draws them (SplitMix64), and
-:func:`sign_query` writes ``x + alpha u`` in one pass, or adds up to :data:`GROUP` directions'
-``c u`` to the estimate in one pass over it. They give the bits of the torch ops they replace
-(every product they form is ``+-alpha``, exact, and the terms are added in the same order), so
-whether they run changes the time of a step, never its result. :func:`abs_max`, the largest
+:func:`sign_words` draws them (SplitMix64), :func:`sign_perturb` writes ``x + alpha u`` in one
+pass, and :func:`sign_accumulate` adds up to :data:`GROUP` directions' ``c u`` to the estimate
+in one pass over it. They give the bits of the torch ops they replace (every product they
+form is ``+-alpha``, exact, and the terms are added in the same order), so whether they run
+changes the time of a step, never its result. :func:`abs_max`, the largest
 magnitude of a tensor in one read pass, serves the step's finiteness checks.
 
 ``pip install`` compiles ``signs.c`` (see ``setup.py``) into one library beside this module,
@@ -46,9 +46,9 @@ from . import kernel_build
 from .kernel_build import Unavailable as _Unavailable
 
 __all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "info", "reason",
-           "sign_query", "sign_words"]
+           "sign_accumulate", "sign_perturb", "sign_words"]
 
-#: Directions one :func:`sign_query` adds to an estimate in one pass (their packed signs are
+#: Directions one :func:`sign_accumulate` adds to an estimate in one pass (their packed signs are
 #: held until then: d bytes in all).
 GROUP = 8
 
@@ -255,21 +255,35 @@ def sign_words(words: Tensor, key: int) -> None:
     _lib().zo_sign_bits(words.data_ptr(), words.numel(), key)
 
 
-def sign_query(n: int, offset: int, *, out: Tensor | None = None, base: Tensor | None = None,
-               bits: Tensor | None = None, alpha: float = 0.0, g: Tensor | None = None,
-               terms: Sequence[Tensor] = (), coeffs: Sequence[float] = (),
-               init: bool = False) -> None:
-    """Entries ``offset`` to ``offset + n`` of a query's two passes, in one: ``out = base +
-    alpha u`` (``u``: the packed signs ``bits``), if ``out`` is given; and ``g += c_k u_k`` for
-    each ``(u_k, c_k)`` of ``zip(terms, coeffs)`` in order, if ``g`` is given (from zeros, its
-    contents unread, with ``init``). Tensors: contiguous, on the CPU, of ``n`` elements of one
-    float dtype (``out``, ``base``, ``g``) and of at least ``(offset + n) / 8`` bytes
-    (``bits``, ``terms``: uint8); ``out`` overlaps neither ``base`` nor ``g``. At most
-    :data:`GROUP` terms."""
+def sign_perturb(n: int, offset: int, out: Tensor, base: Tensor, bits: Tensor,
+                 alpha: float) -> None:
+    """Entries ``offset`` to ``offset + n`` of a query's point in one pass: ``out = base +
+    alpha u`` (``u``: the packed signs ``bits``). Tensors: contiguous, on the CPU, ``out`` and
+    ``base`` of ``n`` elements of one float dtype, not overlapping; ``bits`` uint8 of at least
+    ``(offset + n) / 8`` bytes."""
+    _sign_query(n, offset, (out, base, bits, alpha), None)
+
+
+def sign_accumulate(n: int, offset: int, g: Tensor, terms: Sequence[Tensor],
+                    coeffs: Sequence[float], init: bool = False,
+                    perturb: tuple[Tensor, Tensor, Tensor, float] | None = None) -> None:
+    """``g += c_k u_k`` for each ``(u_k, c_k)`` of ``zip(terms, coeffs)`` in order over entries
+    ``offset`` to ``offset + n``, in one pass over ``g`` (from zeros, its contents unread, with
+    ``init``); at most :data:`GROUP` terms, tensors as for :func:`sign_perturb`. ``perturb``:
+    ``(out, base, bits, alpha)`` of :func:`sign_perturb` done in the same pass (``out``
+    overlapping neither ``base`` nor ``g``)."""
+    _sign_query(n, offset, perturb, (g, terms, coeffs, init))
+
+
+def _sign_query(n: int, offset: int, perturb: tuple[Tensor, Tensor, Tensor, float] | None,
+                accumulate: tuple[Tensor, Sequence[Tensor], Sequence[float], bool] | None
+                ) -> None:
+    """The checks, then the kernel doing ``perturb`` and ``accumulate`` in one pass."""
     lib = _lib()
+    out, base, bits, alpha = perturb if perturb is not None else (None, None, None, 0.0)
+    g, terms, coeffs, init = accumulate if accumulate is not None else (None, (), (), False)
     lead = out if out is not None else g
-    if (out is None) != (base is None) or (out is None) != (bits is None) or lead is None:
-        raise ValueError("sign_query needs out, base and bits together, or g, or both")
+    assert lead is not None
     dtype = lead.dtype
     # The kernels write through raw pointers: nothing unchecked reaches them. (Written out
     # rather than looped: this runs once or twice a query, and a query's Python is its cost
@@ -277,11 +291,11 @@ def sign_query(n: int, offset: int, *, out: Tensor | None = None, base: Tensor |
     if not (fits(lead, dtype) and lead.numel() == n
             and (base is None or (fits(base, dtype) and base.numel() == n))
             and (g is None or g is lead or (fits(g, dtype) and g.numel() == n))):
-        raise ValueError("sign_query needs contiguous CPU float32/float64 tensors of n "
+        raise ValueError("the sign kernels need contiguous CPU float32/float64 tensors of n "
                          "elements and one dtype")
     m = len(terms)
     if len(coeffs) != m or m > GROUP:
-        raise ValueError(f"sign_query takes 0 to {GROUP} (bits, coefficient) terms")
+        raise ValueError(f"sign_accumulate takes 0 to {GROUP} (bits, coefficient) terms")
     need = -(-(offset + n) // 8)
     for b in (*terms, bits) if bits is not None else terms:
         if b.dtype is not torch.uint8 or not b.is_cpu or not b.is_contiguous() \

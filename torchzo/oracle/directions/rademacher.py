@@ -129,8 +129,7 @@ class Signs:
             offset = 0
             for i, n in zip(b.index, b.numels):
                 if kernels.fits(outs[i], b.dtype) and kernels.fits(bases[i], b.dtype):
-                    kernels.sign_query(n, offset, out=outs[i], base=bases[i], bits=bits,
-                                       alpha=alpha)
+                    kernels.sign_perturb(n, offset, outs[i], bases[i], bits, alpha)
                 else:  # e.g. a non-contiguous or bfloat16 parameter: torch's op, same bits
                     u = torch.empty(n, dtype=b.dtype, device=b.device)
                     _unpack(bits, offset, u)
@@ -156,6 +155,6 @@ class Signs:
                 bits = [u.bits[k] for u, _ in group]
                 offset = 0
                 for i, n in zip(b.index, b.numels):
-                    kernels.sign_query(n, offset, g=g[i].view(-1), terms=bits, coeffs=coeffs,
-                                       init=init and start == 0)
+                    kernels.sign_accumulate(n, offset, g[i].view(-1), bits, coeffs,
+                                            init and start == 0)
                     offset += n
