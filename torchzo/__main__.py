@@ -22,7 +22,7 @@ from .oracle import Batched
 from .tasks import BinaryClassification, Quadratic
 
 # The best settings of the binary-classification benchmark's tuning
-# (docs/benchmarks/binclass.json, "tuning" -> "best"; tests/test_demo.py keeps them equal).
+# (docs/benchmarks/binclass.json, "tuning" -> "best"; tests/repo/test_demo.py keeps them equal).
 BINCLASS_TUNED: dict[str, dict] = {
     "ZOSGD": {"lr": 1.77828},
     "ZOSignSGD": {"lr": 0.0562341},

@@ -240,9 +240,10 @@ def _update(opt: Any, grads: list[torch.Tensor]) -> Callable[[], None]:
     @torch.no_grad()
     def learned_update() -> None:
         params, states, groups = opt._learned_groups()
-        plan = learned.plan(opt.nets.weights(), opt.nets.arch, params, states, groups,
-                            opt._parts(), opt._generator)
-        opt._update_learned(params, states, groups, plan, grads, None)
+        weights = opt.nets.weights()
+        plan = learned.plan(weights, opt.nets.arch, params, states, groups, opt._parts(),
+                            opt._generator)
+        opt._update_learned(weights, params, states, groups, plan, grads, None)
     return learned_update
 
 

@@ -159,22 +159,24 @@ class ZOLSTM(ZOOptimizer):
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
         """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`."""
         params, states, groups = self._learned_groups()
-        plan = learned.plan(self.nets.weights(), self.nets.arch, params, states, groups,
-                            self._parts(), self._generator)
+        weights = self.nets.weights()
+        plan = learned.plan(weights, self.nets.arch, params, states, groups, self._parts(),
+                            self._generator)
         found = self._estimate(objective, plan.queries)
-        self._update_learned(params, states, groups, plan, found.grads, float(found.loss))
+        self._update_learned(weights, params, states, groups, plan, found.grads,
+                             float(found.loss))
         return found
 
     @torch.no_grad()
-    def _update_learned(self, params: list[Tensor], states: list[core.State],
-                        groups: list[learned.Group], plan: learned.Plan, grads: list[Tensor],
-                        loss: float | None) -> None:
+    def _update_learned(self, weights: core.Weights, params: list[Tensor],
+                        states: list[core.State], groups: list[learned.Group],
+                        plan: learned.Plan, grads: list[Tensor], loss: float | None) -> None:
         """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
         group's ``state_dtype``)."""
         arch = self.nets.arch
         grads = [g.to(p.dtype) for g, p in zip(grads, params)]
-        result = learned.update(self.nets.weights(), arch, params, states, groups, grads, loss,
-                                plan, in_place=True)
+        result = learned.update(weights, arch, params, states, groups, grads, loss, plan,
+                                in_place=True)
         dtypes = [g["state_dtype"] for g in self.param_groups for _ in g["params"]]
         for p, st, dtype in zip(params, result.states, dtypes):
             self.state[p] = _stored(st, dtype, arch.compact_keys)

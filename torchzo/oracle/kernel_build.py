@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-# setup.py's CFLAGS (tests/test_kernels.py checks that they agree). -ffp-contract=off keeps
+# setup.py's CFLAGS (tests/oracle/test_kernels.py checks that they agree). -ffp-contract=off keeps
 # the compiler from fusing what the source keeps apart (the kernels' products are exact, so
 # this is belt and braces).
 CFLAGS = ["-O3", "-funroll-loops", "-std=c11", "-ffp-contract=off"]

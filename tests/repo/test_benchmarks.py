@@ -305,7 +305,7 @@ def test_one_tuning_protocol_replays_the_committed_tunings_of_both_benchmarks():
     from benchmarks.generalist.heldout import _grid
     from benchmarks.paper._protocol import Config, grid
 
-    docs = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "benchmarks"
     run = json.loads((docs / "binclass.json").read_text())
     cfg = Config(**{k: tuple(v) if isinstance(v, list) else v
                     for k, v in run["config"].items()})

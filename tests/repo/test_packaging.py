@@ -16,7 +16,7 @@ import pytest
 import torchzo
 from torchzo.__main__ import main as demo_main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Repository-level packages for maintainers, run from a checkout: never in the wheel.
 CHECKOUT_ONLY = ("benchmarks", "research", "tools")
 

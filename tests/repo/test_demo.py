@@ -9,7 +9,7 @@ import pytest
 import torchzo
 import torchzo.__main__ as demo
 
-BINCLASS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "binclass.json"
+BINCLASS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "binclass.json"
 
 
 def test_the_baselines_run_with_the_benchmarks_tuned_settings():

@@ -34,7 +34,7 @@ from torchzo.oracle.directions import Signs, _draw_signs, _unpack
 needs_kernels = pytest.mark.skipif(not kernels.available(),
                                    reason=f"kernels unavailable: {kernels.reason()}")
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 FLOATS = [torch.float32, torch.float64]
 
 

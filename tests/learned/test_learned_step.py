@@ -16,7 +16,7 @@ from torchzo import learned
 from torchzo.learned import LearnedZO, core
 from torchzo.oracle import Part, Query, Scheme, estimate_batched, estimate_gradient
 
-ROOT = Path(__file__).resolve().parent.parent / "torchzo"
+ROOT = Path(__file__).resolve().parents[2] / "torchzo"
 D = 64  # above the sizes at which batched and plain matmuls take different CPU kernels
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-if __name__ == "__main__":  # a worker: this file's directory holds the shared test helpers
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+if __name__ == "__main__":  # a worker: the tests' folder holds the shared test helpers
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zo_testing import Objective, all_same_bits, deep_equal, snapshot  # noqa: E402
 

@@ -127,7 +127,7 @@ def test_cli_writes_loadable_weights_with_metadata(tmp_path, monkeypatch):
     ZOLSTM([x], pretrained=str(out), seed=0).step(lambda: (x - 1).pow(2).sum())
     assert not torch.equal(x, torch.zeros(3))
 
-    # tools.ship records this command in the manifest (tests/test_ship.py).
+    # tools.ship records this command in the manifest (tests/repo/test_ship.py).
     assert meta["command"] == (
         f"python -m torchzo.meta train --task binclass --out {out} --update-epochs 1 "
         "--query-epochs 1 --problems 1 --val-problems 1 --no-progress")

@@ -10,7 +10,7 @@ import torch
 
 import torchzo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
          *sorted((ROOT / "docs" / "benchmarks").glob("*.md")), ROOT / "pretrained" / "README.md",
          *sorted((ROOT / "research").glob("*.md"))]

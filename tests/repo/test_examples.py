@@ -11,7 +11,7 @@ from data_marks import needs_mnist
 
 from tools.launch import local_gloo_env
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _load(name: str):
