@@ -43,7 +43,6 @@ from torch import Tensor
 
 import torchzo
 from torchzo.learned import Architecture, GeneralConfig, LearnedZO
-from torchzo.learned.core import has_query
 from torchzo.optim import ZOOptimizer
 from torchzo.oracle import KINDS, ClosureError
 from torchzo.tasks import Problem
@@ -192,7 +191,7 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
     untrained = LearnedZO(arch=GeneralConfig(hidden=8))
     out = {"ZOLSTM": _zolstm(weights)}
     arch = _nets(weights).arch
-    if has_query(arch):  # without a query net the ablation is the same run
+    if arch.has_query:  # without a query net the ablation is the same run
         out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
             p, pretrained=weights, mu=mu, seed=s, covariance="identity")
     if arch.directions_kind != "gaussian":  # the oracle's share of the lead

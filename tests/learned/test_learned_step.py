@@ -13,7 +13,7 @@ from zo_testing import random_nets
 
 import torchzo
 from torchzo import learned
-from torchzo.learned import LearnedZO, core
+from torchzo.learned import LearnedZO
 from torchzo.oracle import Part, Query, Scheme, estimate_batched, estimate_gradient
 
 ROOT = Path(__file__).resolve().parents[2] / "torchzo"
@@ -72,14 +72,14 @@ def test_population_members_step_as_their_own_weights_do(kind, covariance, in_pl
     arch = members[0].arch
     x0 = torch.linspace(-1, 1, D)
     with torch.no_grad():
-        alone = [_run(n.weights(), arch, x0.clone(), core.init_state(x0, arch),
+        alone = [_run(n.weights(), arch, x0.clone(), arch.init_state(x0),
                       torch.Generator().manual_seed(7), covariance, 5, in_place)
                  for n in members]
         for size in (1, 3):
             weights = {k: torch.stack([n.weights()[k] for n in members[:size]])
                        for k in members[0].weights()}
             xs, states = _run(weights, arch, x0.repeat(size, 1),
-                              core.init_state(x0, arch, (size,)),
+                              arch.init_state(x0, (size,)),
                               torch.Generator().manual_seed(7), covariance, 5, in_place)
             for m in range(size):
                 # A population of one is bit-exact at every step with the paper's networks
@@ -112,7 +112,7 @@ def test_step_is_differentiable_in_the_weights_and_changes_nothing_out_of_place(
     nets = _nets(1, "paper")
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in nets.weights().items()}
     x = torch.zeros(D)
-    state = core.init_state(x, nets.arch)
+    state = nets.arch.init_state(x)
     before = {k: v.clone() for k, v in state.items()}
     xs, _ = _run(weights, nets.arch, x, state, torch.Generator().manual_seed(0), "learned", 3,
                  in_place=False)
@@ -125,11 +125,11 @@ def test_step_is_differentiable_in_the_weights_and_changes_nothing_out_of_place(
 
 def test_no_second_copy_of_the_step_order():
     """Only torchzo/learned/step.py sequences the networks; everyone else calls it."""
-    calls = re.compile(r"\b(mix_draw|learned_update|scales_from_outputs)\(")
+    calls = re.compile(r"\b(_mix_draw|scales_from_outputs)\(|\barch\.update\(")
     found = {str(path.relative_to(ROOT)) for path in ROOT.rglob("*.py")
              if calls.search(path.read_text())}
     # zolstm.py only reads the scales it will use next (next_query_scales).
-    assert found == {"learned/core.py", "learned/step.py", "optim/zolstm.py"}, found
+    assert found == {"learned/step.py", "optim/zolstm.py"}, found
     zolstm = (ROOT / "optim" / "zolstm.py").read_text()
     assert "mix_draw" not in zolstm and "learned_update" not in zolstm
     assert "_pending" not in zolstm

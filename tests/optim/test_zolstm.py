@@ -13,8 +13,8 @@ from zo_testing import random_nets as _nets
 
 import torchzo
 from torchzo import Batched, ClosureError
-from torchzo.learned import core
 from torchzo.learned.blocks import _CHUNK, CoordLSTM
+from torchzo.learned.step import scales_from_outputs
 from torchzo.meta import Rollout, RolloutConfig
 from torchzo.optim.zolstm import ZOLSTM
 from torchzo.tasks import BinaryClassification
@@ -39,7 +39,8 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
     for _ in range(15):
         if use_query:  # what the optimizer says it will use is what the rollout uses
             with torch.no_grad():
-                expected = core.query_scale(nets.weights(), nets.arch, [rollout.state])[0][0]
+                outs, _ = nets.arch.query_outputs(nets.weights(), [rollout.state])
+                expected = scales_from_outputs(nets.arch, outs)[0]
             before = copy.deepcopy(opt.state_dict())
             assert torch.equal(opt.next_query_scales()[0], expected)
             assert deep_equal(opt.state_dict(), before)
@@ -52,7 +53,7 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
     expected = dict(rollout.state)
     if use_query:  # the optimizer has already run the QueryRNN the rollout runs next
         with torch.no_grad():
-            outs, new = core.query_outputs(nets.weights(), nets.arch, [rollout.state])
+            outs, new = nets.arch.query_outputs(nets.weights(), [rollout.state])
         expected.update(new[0], query_out=outs[0])
     assert set(expected) == set(opt.state[x])
     for key in expected:
@@ -74,8 +75,9 @@ def test_closure_path_matches_batched_path(problem):
 def test_query_scale_is_normalised_and_starts_isotropic():
     nets = _nets(gain=1.0)
     params = [torch.randn(7), torch.randn(3, 4)]
-    states = [core.init_state(p, nets.arch) for p in params]
-    scales, outs, _ = core.query_scale(nets.weights(), nets.arch, states)
+    states = [nets.arch.init_state(p) for p in params]
+    outs, _ = nets.arch.query_outputs(nets.weights(), states)
+    scales = scales_from_outputs(nets.arch, outs)
     d = sum(p.numel() for p in params)
     total = sum((s**2).sum() for s in scales)
     torch.testing.assert_close(total, torch.tensor(float(d)))

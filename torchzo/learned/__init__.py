@@ -1,5 +1,5 @@
 """The learned networks of ZO-LSTM and the one learned step that ZOLSTM and meta-training run."""
-from . import arch, core
+from . import arch
 from .arch import ARCHITECTURES, PRESETS, Architecture, GeneralConfig, PaperConfig
 from .blocks import CoordLSTM
 from .nets import LearnedZO
@@ -7,4 +7,4 @@ from .step import COVARIANCES, Group, Plan, StepResult, plan, update
 
 __all__ = ["ARCHITECTURES", "COVARIANCES", "PRESETS", "Architecture", "CoordLSTM",
            "GeneralConfig", "Group", "LearnedZO", "PaperConfig", "Plan", "StepResult", "arch",
-           "core", "plan", "update"]
+           "plan", "update"]

@@ -22,6 +22,7 @@ one that ships::
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +31,10 @@ import torch
 from torch import Tensor
 
 from ..oracle import Guide, Part, Query, draw_seeds
-from . import core
-from .arch import Architecture
+from .arch import Architecture, State, Weights
 
-__all__ = ["COVARIANCES", "Group", "Plan", "StepResult", "plan", "update"]
+__all__ = ["COVARIANCES", "Group", "Plan", "StepResult", "next_query_outputs", "plan",
+           "scales_from_outputs", "update"]
 
 #: How a group's query directions are shaped: by the QueryRNN's learned covariance (mixed with
 #: the identity, see ``query_prob``), the identity (the paper's no-query ablation: the
@@ -70,7 +71,7 @@ class Plan:
     #: it did not run): meta-training regularises them.
     query_outputs: list[Tensor | None]
     #: The QueryRNN's new states, by tensor position, where it ran now (not ahead).
-    query_states: dict[int, core.State] = field(default_factory=dict)
+    query_states: dict[int, State] = field(default_factory=dict)
 
 
 @dataclass
@@ -78,7 +79,35 @@ class StepResult:
     """What :func:`update` returns: new objects unless ``in_place``."""
 
     params: list[Tensor]
-    states: list[core.State]
+    states: list[State]
+
+
+def next_query_outputs(weights: Weights, arch: Architecture, states: Sequence[State]
+                       ) -> tuple[list[Tensor], list[State]]:
+    """The query outputs a step uses: those computed ahead (``query_out``) if every state
+    has them, else the architecture's query network run now (a first step, or meta-training),
+    with its new states."""
+    if all("query_out" in st for st in states):
+        return [st["query_out"] for st in states], []
+    return arch.query_outputs(weights, states)
+
+
+def scales_from_outputs(arch: Architecture, outs: Sequence[Tensor]) -> list[Tensor]:
+    """Per-coordinate standard deviations of the query directions from the query outputs of
+    the tensors that share an estimate, normalised together to mean square 1 (trace(Sigma) =
+    d)."""
+    raw = [arch.raw_scale(o) for o in outs]
+    d = sum(r.shape[-1] for r in raw)
+    norm = torch.as_tensor(sum((r**2).sum(-1) for r in raw)).sqrt() / math.sqrt(d)
+    return [(r / norm[..., None]).abs() for r in raw]
+
+
+def _mix_draw(generator: torch.Generator, p: float) -> bool:
+    """Whether this step uses the learned covariance (probability ``p``). Always draws one
+    number, whatever ``p``, so that the random stream (and every later direction) does not
+    depend on the mix probability."""
+    u = torch.rand((), generator=generator, device=generator.device)
+    return bool(u < p)
 
 
 def _learned(arch: Architecture, g: Group) -> bool:
@@ -86,8 +115,8 @@ def _learned(arch: Architecture, g: Group) -> bool:
     return g.covariance == "learned" and arch.has_query
 
 
-def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
-         states: Sequence[core.State], groups: Sequence[Group], parts: Sequence[Part],
+def plan(weights: Weights, arch: Architecture, params: Sequence[Tensor],
+         states: Sequence[State], groups: Sequence[Group], parts: Sequence[Part],
          generator: torch.Generator) -> Plan:
     """The step's queries for ``params``, one per part (each part's tensors in one group's
     settings).
@@ -98,7 +127,7 @@ def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
     """
     group_of = {i: g for g in groups for i in g.index}
     outputs: list[Tensor | None] = [None] * len(states)
-    query_states: dict[int, core.State] = {}
+    query_states: dict[int, State] = {}
     queries = []
     for part in parts:
         seeds = draw_seeds(generator, part.scheme.directions)
@@ -111,20 +140,20 @@ def plan(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
         if not _learned(arch, g):
             queries.append(part.query(seeds))
             continue
-        found, new = core.next_query_outputs(weights, arch, sts)
+        found, new = next_query_outputs(weights, arch, sts)
         query_states.update(zip(part.index, new))
         for i, o in zip(part.index, found):
             outputs[i] = o
-        scales = core.scales_from_outputs(arch, found)
+        scales = scales_from_outputs(arch, found)
         shaped = [s.view((*s.shape[:-1], *params[i].shape[s.dim() - 1:]))
                   for s, i in zip(scales, part.index)]
-        queries.append(part.query(seeds, shaped if core.mix_draw(generator, g.query_prob)
+        queries.append(part.query(seeds, shaped if _mix_draw(generator, g.query_prob)
                                   else None))
     return Plan(queries, outputs, query_states)
 
 
-def update(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
-           states: Sequence[core.State], groups: Sequence[Group], estimates: Sequence[Tensor],
+def update(weights: Weights, arch: Architecture, params: Sequence[Tensor],
+           states: Sequence[State], groups: Sequence[Group], estimates: Sequence[Tensor],
            loss: Any, planned: Plan, *, in_place: bool = False) -> StepResult:
     """Every group's update from the step's ``estimates`` (one per tensor, in ``params``'
     dtype) and the ``loss`` the oracle measured at the current point (population-shaped, a
@@ -142,9 +171,9 @@ def update(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
         sts = [states[i] for i in g.index]
         if g.use_update:
             signed = None if loss is None else (-loss if g.maximize else loss)
-            updates, fresh = core.learned_update(weights, arch, ests, sts, g.lr, in_place,
-                                                 params=[params[i] for i in g.index],
-                                                 loss=signed, q=g.q)
+            flat = [e.reshape(st["prev_estimate"].shape).float() for e, st in zip(ests, sts)]
+            updates, fresh = arch.update(weights, flat, sts, [params[i] for i in g.index],
+                                         g.lr, signed, g.q, in_place)
             alpha = 1.0
         else:  # the no-update ablation: ZO-SGD along the estimate
             updates, alpha = ests, -g.lr
@@ -163,7 +192,7 @@ def update(weights: core.Weights, arch: Architecture, params: Sequence[Tensor],
             if not _learned(arch, group_of[query.index[0]]):
                 continue
             sts = [new_states[i] for i in query.index]
-            ahead, _ = core.query_outputs(weights, arch, sts, in_place=True)
+            ahead, _ = arch.query_outputs(weights, sts, in_place=True)
             for st, o in zip(sts, ahead):
                 st["query_out"] = o
     return StepResult(new_params, new_states)

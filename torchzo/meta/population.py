@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Architecture, Group, core, plan, update
+from ..learned import Architecture, Group, plan, update
+from ..learned.arch import Weights
 from ..oracle import Part, Scheme, default_mu, estimate_population
 from ..tasks import Problem
 
@@ -32,7 +33,7 @@ class PopulationRun:
 
 
 @torch.no_grad()
-def run_population(weights: core.Weights, arch: Architecture, problem: Problem, steps: int,
+def run_population(weights: Weights, arch: Architecture, problem: Problem, steps: int,
                    q: int = 20, seed: int = 0, lr: float = 1.0, estimator: str = "forward",
                    covariance: str = "learned", query_prob: float = 0.5,
                    mu: float | None = None) -> PopulationRun:
@@ -47,7 +48,7 @@ def run_population(weights: core.Weights, arch: Architecture, problem: Problem, 
                          f"{covariance!r}")
     members = next(iter(weights.values())).shape[0]
     x = problem.x0.detach().float().expand(members, -1).clone()
-    state = core.init_state(problem.x0, arch, (members,))
+    state = arch.init_state(problem.x0, (members,))
     generator = torch.Generator().manual_seed(seed)
     data = torch.Generator().manual_seed(seed + 1)
     scheme = Scheme(estimator, q)

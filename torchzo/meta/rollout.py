@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Group, core, plan, update
+from ..learned import Group, plan, update
 from ..learned.nets import LearnedZO
 from ..oracle import Batched, Part, Scheme, default_mu, estimate_gradient
 from ..tasks import Problem
@@ -61,7 +61,7 @@ class Rollout:
         mu = cfg.mu if cfg.mu is not None else default_mu(self.x.dtype)
         self.part = Part((0,), Scheme(cfg.estimator, cfg.q), mu)
         self.weights = nets.weights()
-        self.state = core.init_state(self.x, nets.arch)
+        self.state = nets.arch.init_state(self.x)
         self.generator = torch.Generator().manual_seed(seed)
         self.data = torch.Generator().manual_seed(data_seed)
         self.t = 0

@@ -12,9 +12,9 @@ import torch
 from torch import Tensor
 
 from .. import learned
-from ..learned import core
+from ..learned.arch import State, Weights
 from ..learned.nets import LearnedZO
-from ..learned.step import COVARIANCES
+from ..learned.step import COVARIANCES, next_query_outputs, scales_from_outputs
 from ..oracle import Batched, Estimate, Part, Scheme
 from ._checkpoint import saved_positions
 from ._guard import all_finite, user_stacklevel
@@ -134,13 +134,13 @@ class ZOLSTM(ZOOptimizer):
             out.append(part if factor == 1.0 else dataclasses.replace(part, mu=part.mu * factor))
         return out
 
-    def _state_of(self, p: Tensor, group: dict[str, Any]) -> core.State:
+    def _state_of(self, p: Tensor, group: dict[str, Any]) -> State:
         if p in self.state and self.state[p]:
             return self.state[p]
-        return _stored(core.init_state(p, self.nets.arch), group["state_dtype"],
+        return _stored(self.nets.arch.init_state(p), group["state_dtype"],
                        self.nets.arch.compact_keys)
 
-    def _learned_groups(self) -> tuple[list[Tensor], list[core.State], list[learned.Group]]:
+    def _learned_groups(self) -> tuple[list[Tensor], list[State], list[learned.Group]]:
         """The learned step's view of the param groups: every parameter, its state, and each
         group's settings (positions in that list)."""
         active = [g for g in self.param_groups if g["params"]]
@@ -168,8 +168,8 @@ class ZOLSTM(ZOOptimizer):
         return found
 
     @torch.no_grad()
-    def _update_learned(self, weights: core.Weights, params: list[Tensor],
-                        states: list[core.State], groups: list[learned.Group],
+    def _update_learned(self, weights: Weights, params: list[Tensor],
+                        states: list[State], groups: list[learned.Group],
                         plan: learned.Plan, grads: list[Tensor], loss: float | None) -> None:
         """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
         group's ``state_dtype``)."""
@@ -191,12 +191,12 @@ class ZOLSTM(ZOOptimizer):
         """
         if params is None:
             params = self._params()
-        if not core.has_query(self.nets.arch):
+        if not self.nets.arch.has_query:
             return [torch.ones_like(p, dtype=torch.float32) for p in params]
         group_of = {p: g for g in self.param_groups for p in g["params"]}
         states = [self._state_of(p, group_of[p]) for p in params]
-        outs, _ = core.next_query_outputs(self.nets.weights(), self.nets.arch, states)
-        scales = core.scales_from_outputs(self.nets.arch, outs)
+        outs, _ = next_query_outputs(self.nets.weights(), self.nets.arch, states)
+        scales = scales_from_outputs(self.nets.arch, outs)
         return [s.view_as(p) for s, p in zip(scales, params)]
 
     def state_dict(self) -> dict[str, Any]:
@@ -276,13 +276,13 @@ class ZOLSTM(ZOOptimizer):
 def _state_shapes(p: Tensor, arch: Any) -> dict[str, tuple[int, ...]]:
     """The shapes of ``p``'s fresh state (computed on the meta device: nothing allocated)."""
     try:
-        fresh = core.init_state(torch.empty(p.shape, device="meta"), arch)
+        fresh = arch.init_state(torch.empty(p.shape, device="meta"))
     except (NotImplementedError, RuntimeError):
-        fresh = core.init_state(p, arch)
+        fresh = arch.init_state(p)
     return {k: tuple(v.shape) for k, v in fresh.items()}
 
 
-def _stored(st: core.State, dtype: torch.dtype, compact: tuple[str, ...]) -> core.State:
+def _stored(st: State, dtype: torch.dtype, compact: tuple[str, ...]) -> State:
     """The state as kept between steps: the ``compact`` entries (the recurrent states) in
     ``dtype``, the rest in float32."""
     if dtype == torch.float32:
