@@ -328,15 +328,7 @@ def _problem(name: str) -> Problem:
 def _optimizer_losses(nets: LearnedZO, problem: Problem, steps: int, q: int, seed: int
                       ) -> torch.Tensor:
     """ZOLSTM(seed=seed) on the problem's batched loss, batches drawn as run_population does."""
-    x = problem.x0.detach().float().clone()
-    opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, mu=problem.mu, seed=seed)
-    data = torch.Generator().manual_seed(seed + 1)
-    curve = [problem.loss(x[None])[0]]
-    for _ in range(steps):
-        batch = problem.sample_batch(data)
-        opt.step(torchzo.Batched(lambda X, batch=batch: problem.loss(X, batch)))
-        curve.append(problem.loss(x[None])[0])
-    return torch.stack(curve)
+    return _optimizer_losses_with(nets, problem, steps, seed, q=q, mu=problem.mu)
 
 
 MEMBERS = (1, 2, 5)  # nets that make progress: a diverging member amplifies rounding too
@@ -367,7 +359,7 @@ def test_population_of_one_uses_the_next_seed_for_batches():
 def _optimizer_losses_with(nets: LearnedZO, problem: Problem, steps: int, seed: int,
                            **settings) -> torch.Tensor:
     x = problem.x0.detach().float().clone()
-    opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=seed, **settings)
+    opt = torchzo.ZOLSTM([x], pretrained=nets, seed=seed, **{"q": 4, **settings})
     data = torch.Generator().manual_seed(seed + 1)
     curve = [problem.loss(x[None])[0]]
     for _ in range(steps):

@@ -411,6 +411,13 @@ def test_ema_validates_and_keeps_the_average_of_the_weights(tmp_path):
     assert rows[-1]["val"] == round(float(val.mean()), 4)  # the average is what was validated
 
 
+def _quadratic_curve(nets: LearnedZO) -> list[float]:
+    """15 losses of ZOLSTM with ``nets`` on a fixed quadratic (q = 4, seed 3)."""
+    x = torch.linspace(-1, 1, 12)
+    opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
+    return [float(opt.step(lambda: ((x - 0.5) ** 2).sum())) for _ in range(15)]
+
+
 def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path):
     """Padding the controller's new input columns with zeros keeps the old optimizer."""
     quiet = lambda line: None  # noqa: E731
@@ -424,11 +431,7 @@ def test_a_run_with_noise_inputs_starts_from_an_older_run_step_for_step(tmp_path
     with torch.no_grad():  # make the controller matter: a non-zero read-out
         for nets in (before, after):
             nets.control.head.weight.fill_(0.3)
-    curves = []
-    for nets in (before, after):
-        x = torch.linspace(-1, 1, 12)
-        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
-        curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
+    curves = [_quadratic_curve(nets) for nets in (before, after)]
     # 0 * x terms: rounding at most, but float32 rounding that the other input width's BLAS
     # kernel does differently (1e-5 after 15 steps on an AMD EPYC host).
     assert curves[0] == pytest.approx(curves[1], rel=1e-4)
@@ -447,11 +450,7 @@ def test_a_run_starts_from_a_saved_check_step_for_step(tmp_path):
     with torch.no_grad():  # make the step-size read-out matter
         before.control.head.weight.fill_(0.3)
         after.control.head.weight.fill_(0.3)
-    curves = []
-    for nets in (before, after):
-        x = torch.linspace(-1, 1, 12)
-        opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=3)
-        curves.append([float(opt.step(lambda x=x: ((x - 0.5) ** 2).sum())) for _ in range(15)])
+    curves = [_quadratic_curve(nets) for nets in (before, after)]
     assert curves[0] == pytest.approx(curves[1], rel=1e-6)
 
 
