@@ -23,6 +23,7 @@ from torchzo.oracle import (
     estimate_closure,
     generation_dtype,
 )
+from torchzo.oracle.directions import counter
 
 F64 = torch.float64
 
@@ -41,8 +42,11 @@ def quadratic(d: int, seed: int = 0):
 
 
 def direction(seed: int, d: int, dtype: torch.dtype = F64) -> torch.Tensor:
-    """The documented direction of a single-tensor layout: randn(d) from a generator seeded so."""
-    return torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    """The documented direction of a single-tensor layout: entries 0 to d of the counter-based
+    Gaussian stream keyed by the seed (in torch ops, whether or not the kernels run)."""
+    out = torch.empty(d, dtype=dtype)
+    counter._torch_range(seed, 0, out)
+    return out
 
 
 def sample_estimates(fn, x, scheme_name, n, mu, scale=None, seed0=1000):

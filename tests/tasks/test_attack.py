@@ -41,10 +41,11 @@ def test_attack_api_fools_a_toy_model(optimizer):
     model, image = _toy_model(), torch.rand(1, 4, 4)
     label = int(model(image[None]).argmax())
     kwargs = {"lr": 0.5} if optimizer == "ZOSGD" else {}
-    result = torchzo.attack(model, image, label, optimizer=optimizer, steps=60, q=6, c=0.01,
+    # ZOAdam crosses the decision boundary after 60 to 100 steps, depending on the seed.
+    result = torchzo.attack(model, image, label, optimizer=optimizer, steps=100, q=6, c=0.01,
                             **kwargs)
-    assert result.queries == 60 * 7
-    assert len(result.losses) == 61 and result.losses[-1] < result.losses[0]
+    assert result.queries == 100 * 7
+    assert len(result.losses) == 101 and result.losses[-1] < result.losses[0]
     assert result.adversarial.shape == image.shape
     change = (result.adversarial - image).abs().sum()
     assert result.distortion == pytest.approx(float(change), rel=1e-5)

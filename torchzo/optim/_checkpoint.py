@@ -4,15 +4,18 @@ The module is private to the package; its names are public to the modules that i
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
-from ._guard import all_finite, non_finite
+from ..oracle.directions.counter import GAUSSIAN_STREAM
+from ._guard import all_finite, non_finite, user_stacklevel
 
-__all__ = ["Checked", "check_entry", "check_state_dict", "saved_positions"]
+__all__ = ["GAUSSIAN_STREAMS", "Checked", "check_entry", "check_state_dict", "saved_positions",
+           "warn_old_stream"]
 
 
 class Checked(Protocol):
@@ -120,4 +123,25 @@ def _check_zo(zo: Any, generator: torch.Generator) -> dict[str, Any]:
         raise ValueError(f"state_dict['zo']['generator'] is not a state of this optimizer's "
                          f"{generator.device} generator: {err}") from err
     out["generator"] = state
+    stream = zo.get("gaussian_stream", 1)  # absent: saved before the stream had a version
+    if isinstance(stream, bool) or stream not in GAUSSIAN_STREAMS:
+        raise ValueError(f"state_dict['zo']['gaussian_stream'] must be one of "
+                         f"{GAUSSIAN_STREAMS} (this torchzo's Gaussian streams), got {stream!r}")
+    out["gaussian_stream"] = stream
     return out
+
+
+#: The Gaussian direction streams a state dict may name: 1, torch's generator (state dicts of
+#: earlier torchzo versions, which carry no number), and :data:`GAUSSIAN_STREAM`.
+GAUSSIAN_STREAMS = (1, GAUSSIAN_STREAM)
+
+
+def warn_old_stream(zo: Mapping[str, Any], kinds: set[str]) -> None:
+    """Warn where a state dict saved with the old Gaussian stream resumes a run that draws
+    Gaussian directions: it continues with the same distribution, not the same draws."""
+    if zo["gaussian_stream"] != GAUSSIAN_STREAM and kinds & {"gaussian", "orthogonal", "auto"}:
+        warnings.warn(
+            "this state dict was saved by a torchzo that drew Gaussian directions from torch's "
+            "generator; they now come from torchzo's own counter-based stream (the same "
+            "distribution, other draws), so the run resumes but does not repeat the old one "
+            "bit for bit", UserWarning, stacklevel=user_stacklevel())

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from torch.optim import Optimizer
 
 __all__ = ["NonFiniteUpdateError", "StepGuard", "ZeroSignalWarning", "all_finite",
-           "check_estimate", "check_hyperparameters", "max_abs", "non_finite", "user_stacklevel"]
+           "check_estimate", "check_hyperparameters", "check_largest", "max_abs",
+           "newly_nonfinite", "non_finite", "user_stacklevel"]
 
 
 class ZeroSignalWarning(UserWarning):
@@ -149,15 +150,23 @@ def check_estimate(grads: Sequence[Tensor], parts: Sequence[Query],
     """A :class:`NonFiniteUpdateError` for a part whose estimate is not finite; with
     ``warn_zero``, a :class:`ZeroSignalWarning` for the first part whose estimate is exactly
     zero. Returns whether it warned."""
-    for part in parts:
-        part_grads = [grads[i] for i in part.index]
-        largest = max_abs(part_grads)
-        if not math.isfinite(largest):
+    largest = [max_abs([grads[i] for i in part.index]) for part in parts]
+    sized = [any(grads[i].numel() for i in part.index) for part in parts]
+    return check_largest(largest, sized, parts, param_groups, warn_zero)
+
+
+def check_largest(largest: Sequence[float], sized: Sequence[bool], parts: Sequence[Query],
+                  param_groups: Sequence[dict[str, Any]], warn_zero: bool) -> bool:
+    """:func:`check_estimate` from each part's largest estimate magnitude (or any number that
+    is zero, or not finite, exactly when that is: the largest coefficient of an estimate held
+    by its seeds) and whether the part has any coordinates."""
+    for part, value, has in zip(parts, largest, sized):
+        if not math.isfinite(value):
             raise NonFiniteUpdateError(
-                f"the gradient estimate is not finite (its largest magnitude is {largest}) for "
+                f"the gradient estimate is not finite (its largest magnitude is {value}) for "
                 f"{_describe(part, param_groups)}: the loss differences divided by mu overflow; "
                 "the step was undone (a smaller mu, or a loss of smaller magnitude, avoids it)")
-        if largest == 0 and warn_zero and any(g.numel() for g in part_grads):
+        if value == 0 and warn_zero and has:
             warnings.warn(ZeroSignalWarning(
                 f"every query difference of this step was exactly zero for "
                 f"{_describe(part, param_groups)}, so the gradient estimate is zero and the "
@@ -191,7 +200,7 @@ def _describe(part: Query, param_groups: Sequence[dict[str, Any]]) -> str:
     return f"param group{'s' if len(groups) > 1 else ''} {', '.join(groups)} (mu={part.mu:g})"
 
 
-def _newly_nonfinite(now: Tensor, before: Tensor | None) -> bool:
+def newly_nonfinite(now: Tensor, before: Tensor | None) -> bool:
     """Whether ``now`` has a non-finite element where ``before`` (``None``: nothing) had not."""
     bad = ~torch.isfinite(now)
     if before is not None:
@@ -229,8 +238,11 @@ class StepGuard:
         """Give ``tensors`` (which nothing uses after the step) to the scratch when it ends."""
         self.lent = list(tensors)
 
-    def save_state(self) -> None:
-        """Copy the optimizer state of the parameters, before an update that changes it."""
+    def save_state(self, copy: bool = True) -> None:
+        """Copy the optimizer state of the parameters, before an update that changes it;
+        without ``copy``, keep only each entry's items (the tensors themselves are not
+        copied: the update must leave them as they are where it fails, as the inference
+        memory mode's update does by checking before it writes)."""
         self.state, self.fresh = {}, set()
         live = self.optimizer.state
         for p in self.params:
@@ -238,7 +250,7 @@ class StepGuard:
                 self.fresh.add(p)
                 continue
             entry = live[p]
-            tensors = {k: v for k, v in entry.items() if isinstance(v, Tensor)}
+            tensors = {k: v for k, v in entry.items() if isinstance(v, Tensor) and copy}
             with torch.no_grad():
                 made = (self.scratch.take(list(tensors.values())) if self.scratch is not None
                         else [torch.empty_like(v) for v in tensors.values()])
@@ -293,7 +305,7 @@ class StepGuard:
         if all_finite([*self.params, *(self._state_tensors() if kept else [])]):
             return None
         for i, (p, before) in enumerate(zip(self.params, self.saved.saved)):
-            if _newly_nonfinite(p, before):
+            if newly_nonfinite(p, before):
                 return f"parameter {i} (in param-group order)"
         if not kept:
             return None
@@ -303,6 +315,6 @@ class StepGuard:
             copies = self.state[p][2] if p in self.state else {}
             for k, v in live.get(p, {}).items():
                 if isinstance(v, Tensor) and v.is_floating_point() \
-                        and _newly_nonfinite(v, copies.get(k)):
+                        and newly_nonfinite(v, copies.get(k)):
                     return f"the state {k!r} of parameter {i} (in param-group order)"
         return None

@@ -22,16 +22,23 @@ from torch.optim import Optimizer
 from ..oracle import Batched, Estimate, Part, Query, Scheme, default_mu, estimate_gradient
 from ..oracle.closure import guard_batched
 from ..oracle.directions import check_kind
+from ..oracle.directions.counter import GAUSSIAN_STREAM
+from ..oracle.directions.kinds import SEEKABLE_KINDS
 from ..oracle.distributed import check_distributed
 from ..oracle.scratch import Scratch
-from ._checkpoint import check_entry, check_state_dict
+from ..oracle.seeded import SeededEstimate
+from ._checkpoint import check_entry, check_state_dict, warn_old_stream
 from ._guard import NonFiniteUpdateError, StepGuard, check_estimate, check_hyperparameters
+from ._inference import step_inference
 from ._validation import check_number, check_params
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
 
-__all__ = ["ZOOptimizer"]
+__all__ = ["MEMORY_MODES", "ZOOptimizer"]
+
+#: How a step holds the parameters while it perturbs them (see ``ZOOptimizer``'s ``memory``).
+MEMORY_MODES = ("exact", "inference")
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -49,6 +56,16 @@ class ZOOptimizer(Optimizer):
             makes runs reproducible.
         distributed: share each step's queries among the ranks of a ``torch.distributed``
             process group; see :attr:`distributed`. Can also be set after construction.
+        memory: ``"exact"`` (the default) keeps an exact copy of the parameters during a step,
+            so that every query and a failed step restore them bit for bit. ``"inference"``
+            keeps none, nor any d-sized direction or estimate: parameters are perturbed in
+            place and updated from directions regenerated from their seeds, a chunk at a
+            time (MeZO's scheme, for every estimator and ``q``), so a step needs the memory
+            of the forward passes plus the optimizer's own state (ZOAdam's moments). The
+            parameters are then restored to rounding, not bit for bit, after each query and
+            after a failed step (state, RNG and counters still exactly); directions must be
+            ``"gaussian"`` or ``"rademacher"``, the objective a closure, and ``distributed``
+            off. See docs/fine-tuning.md.
     """
 
     #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):
@@ -57,7 +74,11 @@ class ZOOptimizer(Optimizer):
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
                  generator: torch.Generator | None = None,
-                 distributed: bool | ProcessGroup | None = None) -> None:
+                 distributed: bool | ProcessGroup | None = None,
+                 memory: str = "exact") -> None:
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+        self.memory = memory
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
         if generator is None:
@@ -152,6 +173,10 @@ class ZOOptimizer(Optimizer):
         if not isinstance(group["maximize"], bool):
             raise ValueError(f"maximize must be a bool, got {group['maximize']!r}")
         check_kind(group["directions_kind"], "directions_kind")
+        if self.memory == "inference" and group["directions_kind"] not in SEEKABLE_KINDS:
+            raise ValueError(f"memory='inference' regenerates directions piece by piece, which "
+                             f"directions_kind={group['directions_kind']!r} cannot be: use one "
+                             f"of {SEEKABLE_KINDS}")
 
     @staticmethod
     def resolved_mu(group: dict[str, Any]) -> float:
@@ -173,9 +198,11 @@ class ZOOptimizer(Optimizer):
         return self._counters["steps"]
 
     def state_dict(self) -> dict[str, Any]:
-        """torch.optim's state dict plus a ``"zo"`` entry: generator state and query count."""
+        """torch.optim's state dict plus a ``"zo"`` entry: generator state, step and query
+        counts, and the version of the Gaussian direction stream."""
         sd = super().state_dict()
-        sd["zo"] = {**self._counters, "generator": self._generator.get_state()}
+        sd["zo"] = {**self._counters, "generator": self._generator.get_state(),
+                    "gaussian_stream": GAUSSIAN_STREAM}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -187,6 +214,7 @@ class ZOOptimizer(Optimizer):
         ``ValueError`` and leaves the optimizer exactly as it was.
         """
         zo, rest = check_state_dict(self, state_dict)
+        warn_old_stream(zo, {g["directions_kind"] for g in rest["param_groups"]})
         before = (self.state, self.param_groups, self._generator.get_state(),
                   dict(self._counters))
         try:
@@ -330,9 +358,11 @@ class ZOOptimizer(Optimizer):
         return estimate.loss
 
     @torch.no_grad()
-    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate | SeededEstimate:
         """Plan, estimate, update; nothing may change before the estimate is complete."""
         queries = [part.draw(self._generator) for part in self._parts()]
+        if self.memory == "inference":
+            return step_inference(self, objective, queries)
         estimate = self._estimate(objective, queries)
         if self._guard is not None:
             self._guard.save_state()
@@ -351,4 +381,19 @@ class ZOOptimizer(Optimizer):
 
     def _update_group(self, group: dict[str, Any], params: list[Tensor],
                       estimates: list[Tensor]) -> None:
+        """The group's update rule on whole tensors: :meth:`_apply` over :meth:`_states`."""
+        self._apply(group, params, estimates, self._states(group, params))
+
+    def _states(self, group: dict[str, Any], params: list[Tensor], complete: bool = False
+                ) -> list[dict[str, Any]]:
+        """Each parameter's state for this step, its counters advanced (once per step);
+        ``complete``: every tensor the update writes already made (an update applied to
+        pieces of the parameters cannot make them). Default: no state."""
+        return [{} for _ in params]
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
+               states: list[dict[str, Any]]) -> None:
+        """The update rule, elementwise: ``params``, ``estimates`` and the state tensors shaped
+        like the parameters may be whole or the same piece of each (the inference memory
+        mode's chunks)."""
         raise NotImplementedError

@@ -35,12 +35,12 @@ class ZOAdam(ZOOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, betas=betas, eps=eps,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed)
+                         distributed=distributed, memory=memory)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -52,8 +52,8 @@ class ZOAdam(ZOOptimizer):
         check_number("eps", group["eps"], allow_zero=True)
         check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor],
-                      estimates: list[Tensor]) -> None:
+    def _states(self, group: dict[str, Any], params: list[Tensor], complete: bool = False
+                ) -> list[dict[str, Any]]:
         for p in params:
             state = self.state[p]
             if not state:
@@ -61,9 +61,13 @@ class ZOAdam(ZOOptimizer):
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
-        zo_adam(params, estimates, [self.state[p]["exp_avg"] for p in params],
-                [self.state[p]["exp_avg_sq"] for p in params],
-                [self.state[p]["step"] for p in params], lr=group["lr"],
+        return [self.state[p] for p in params]
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
+               states: list[dict[str, Any]]) -> None:
+        zo_adam(params, estimates, [st["exp_avg"] for st in states],
+                [st["exp_avg_sq"] for st in states], [st["step"] for st in states],
+                lr=group["lr"],
                 betas=tuple(group["betas"]), eps=group["eps"],
                 weight_decay=group["weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"])

@@ -42,33 +42,46 @@ class ZOSGD(ZOOptimizer):
             ``lr`` and ``mu``, and the last three a lower-variance estimate (see
             :mod:`torchzo.oracle.directions`). A per-group hyperparameter; groups that differ
             in it are estimated separately.
+        memory: ``"exact"`` or ``"inference"`` (no copy of the parameters: see
+            :class:`ZOOptimizer`).
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
                  estimator: str = "forward", momentum: float = 0.0, weight_decay: float = 0.0,
                  maximize: bool = False, foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, momentum=momentum,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed)
+                         distributed=distributed, memory=memory)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_number("momentum", group["momentum"], allow_zero=True)
         check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor],
-                      estimates: list[Tensor]) -> None:
-        bufs: list[Tensor | None] = [self.state[p].get("momentum_buffer") for p in params]
+    def _states(self, group: dict[str, Any], params: list[Tensor], complete: bool = False
+                ) -> list[dict[str, Any]]:
+        states = [self.state[p] for p in params]
+        if complete and group["momentum"] != 0:
+            # From zeros rather than a copy of the first estimate: the same values (but a
+            # -0.0 estimate gives +0.0), made before the update runs piece by piece.
+            for p, st in zip(params, states):
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p)
+        return states
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
+               states: list[dict[str, Any]]) -> None:
+        bufs: list[Tensor | None] = [st.get("momentum_buffer") for st in states]
         zo_sgd(params, estimates, bufs, lr=group["lr"], momentum=group["momentum"],
                weight_decay=group["weight_decay"], maximize=group["maximize"],
                foreach=group["foreach"])
         if group["momentum"] != 0:
-            for p, b in zip(params, bufs):
-                self.state[p]["momentum_buffer"] = b
+            for st, b in zip(states, bufs):
+                st["momentum_buffer"] = b
 
 
 def zo_sgd(params: list[Tensor], estimates: list[Tensor], momentum_buffers: list[Tensor | None],

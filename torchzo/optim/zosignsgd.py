@@ -27,19 +27,19 @@ class ZOSignSGD(ZOOptimizer):
                  estimator: str = "forward", weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, weight_decay=weight_decay,
                         maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed)
+                         distributed=distributed, memory=memory)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
         check_number("weight_decay", group["weight_decay"], allow_zero=True)
 
-    def _update_group(self, group: dict[str, Any], params: list[Tensor],
-                      estimates: list[Tensor]) -> None:
+    def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
+               states: list[dict[str, Any]]) -> None:
         zo_signsgd(params, estimates, lr=group["lr"], weight_decay=group["weight_decay"],
                    maximize=group["maximize"], foreach=group["foreach"])
 

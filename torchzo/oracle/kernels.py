@@ -1,4 +1,4 @@
-"""Compiled kernels for the oracle's Rademacher queries, built with the package; optional.
+"""Compiled kernels for the oracle's queries, built with the package; optional.
 
 In torch ops, a Rademacher query unpacks its d signs into floats, perturbs the parameters with
 them and adds them to the estimate: three passes over d floats, and a fourth for the torch
@@ -8,7 +8,9 @@ pass, and :func:`sign_accumulate` adds up to :data:`GROUP` directions' ``c u`` t
 in one pass over it. They give the bits of the torch ops they replace (every product they
 form is ``+-alpha``, exact, and the terms are added in the same order), so whether they run
 changes the time of a step, never its result. :func:`abs_max`, the largest
-magnitude of a tensor in one read pass, serves the step's finiteness checks.
+magnitude of a tensor in one read pass, serves the step's finiteness checks. :func:`gauss_fill`
+draws Gaussian directions (a counter-based stream whose bits torch ops give too, at a tenth of
+the speed: :mod:`torchzo.oracle.directions.counter`).
 
 ``pip install`` compiles ``signs.c`` (see ``setup.py``) into one library beside this module,
 holding a variant per instruction set (AVX-512, AVX2, plain) of which it runs the best the CPU
@@ -45,7 +47,8 @@ from torch import Tensor
 from . import kernel_build
 from .kernel_build import Unavailable as _Unavailable
 
-__all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "info", "reason",
+__all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "gauss_fill", "info",
+           "reason",
            "sign_accumulate", "sign_perturb", "sign_words"]
 
 #: Directions one :func:`sign_accumulate` adds to an estimate in one pass (their packed signs are
@@ -108,6 +111,8 @@ def _bind(lib: ctypes.CDLL) -> None:
         query.restype = None
     words = lib.zo_sign_bits
     words.argtypes, words.restype = [pointer, i64, ctypes.c_uint64], None
+    gauss = lib.zo_gauss_fill
+    gauss.argtypes, gauss.restype = [pointer, i64, i64, ctypes.c_uint64], None
     for suffix, word in (("f32", ctypes.c_uint32), ("f64", ctypes.c_uint64)):
         largest = getattr(lib, f"zo_abs_max_{suffix}")
         largest.argtypes, largest.restype = [pointer, i64], word
@@ -253,6 +258,15 @@ def sign_words(words: Tensor, key: int) -> None:
     if words.dtype is not torch.int64 or not words.is_cpu or not words.is_contiguous():
         raise ValueError("sign_words needs a contiguous CPU int64 tensor")
     _lib().zo_sign_bits(words.data_ptr(), words.numel(), key)
+
+
+def gauss_fill(out: Tensor, start: int, key: int) -> None:
+    """Entries ``start`` to ``start + out.numel()`` of the Gaussian direction of ``key`` (a
+    uint64) into ``out`` (contiguous CPU float32): the bits of
+    :func:`torchzo.oracle.directions.counter.gaussian_range`."""
+    if not fits(out, torch.float32) or start < 0:
+        raise ValueError("gauss_fill needs a contiguous CPU float32 tensor and start >= 0")
+    _lib().zo_gauss_fill(out.data_ptr(), start, out.numel(), key % 2**64)
 
 
 def sign_perturb(n: int, offset: int, out: Tensor, base: Tensor, bits: Tensor,

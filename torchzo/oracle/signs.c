@@ -214,6 +214,109 @@ typedef uint64_t bits_f64 __attribute__((vector_size(8 * sizeof(double))));
         }                                                                                      \
     }
 
+/* ---- Gaussian directions: a counter-based stream (torchzo/oracle/directions/counter.py
+ * defines it in torch ops and says how it works; the two give the same bits). Entry i of a
+ * direction depends on its key and i alone, so that any piece can be drawn by itself. Only
+ * IEEE float multiply, add, subtract and square root, each rounded once (-ffp-contract=off,
+ * and -fno-math-errno so that sqrtf is the instruction). */
+typedef struct { uint32_t ka1, kb1, ka2, kb2; } gauss_keys;
+
+static gauss_keys gauss_keys_for(uint64_t key, uint32_t high) {
+    const uint64_t a = mix64(key ^ ((uint64_t)high << 32) ^ 0x243F6A8885A308D3ULL);
+    const uint64_t b = mix64(a ^ 0x13198A2E03707344ULL);
+    gauss_keys k = {(uint32_t)a, (uint32_t)(a >> 32), (uint32_t)b, (uint32_t)(b >> 32)};
+    return k;
+}
+
+INLINE uint32_t gauss_hash(uint32_t x, uint32_t kb) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= kb;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    return x ^ (x >> 16);
+}
+
+INLINE float as_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+INLINE uint32_t as_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* Highest degree first: -2 ln's polynomial in the mantissa (times -2 below), sine's and
+ * cosine's in y^2. */
+static const float GAUSS_LOG[7] = {-1.003461704e-01f, 1.633564681e-01f, -1.732599586e-01f,
+                                   1.988827735e-01f, -2.496146560e-01f, 3.333526254e-01f,
+                                   -5.000058413e-01f};
+static const float GAUSS_SIN[3] = {-1.949563593e-04f, 8.331978694e-03f, -1.666665077e-01f};
+static const float GAUSS_COS[2] = {-1.365244971e-03f, 4.166127741e-02f};
+
+/* The pair of normals of counter j: the cosine's in *c, the sine's in *s. */
+INLINE void gauss_pair(uint32_t j, gauss_keys k, float *c, float *s) {
+    const uint32_t w1 = gauss_hash(j + k.ka1, k.kb1), w2 = gauss_hash(j + k.ka2, k.kb2);
+    const int32_t v = (int32_t)(as_bits((float)(int32_t)((w1 >> 8) + 1u))
+                                - (0x3f3504f3u + (24u << 23)));
+    const float e = (float)(v >> 23);
+    const float f = as_float(((uint32_t)v & 0x7fffffu) + 0x3f3504f3u) - 1.0f;
+    float p = -2.0f * GAUSS_LOG[0];
+    for (int i = 1; i < 7; ++i) p = p * f + -2.0f * GAUSS_LOG[i];
+    p = p * f + -2.0f;
+    const float r = __builtin_sqrtf(e * (-2.0f * 0.6931472f) + f * p);
+    const float y = (float)(int32_t)(w2 << 2) * 3.6572863e-10f;
+    const float y2 = y * y;
+    float ps = GAUSS_SIN[0], pc = GAUSS_COS[0];
+    for (int i = 1; i < 3; ++i) ps = ps * y2 + GAUSS_SIN[i];
+    pc = pc * y2 + GAUSS_COS[1];
+    const float sn = y + (y * y2) * ps;
+    const float cs = (1.0f - 0.5f * y2) + (y2 * y2) * pc;
+    /* The quadrant: odd ones swap the two and negate the sine; bit 31 negates both. Selected
+     * by masks rather than branches, so that every target vectorises it. */
+    const uint32_t odd = 0u - ((w2 >> 30) & 1u), sign = w2 & 0x80000000u;
+    const uint32_t sb = as_bits(sn), cb = as_bits(cs);
+    *c = r * as_float((((sb ^ 0x80000000u) & odd) | (cb & ~odd)) ^ sign);
+    *s = r * as_float(((cb & odd) | (sb & ~odd)) ^ sign);
+}
+
+/* The entries of BLOCKS blocks of 32 from block j0 / 16 on (pairs j0 to j0 + 16 BLOCKS - 1),
+ * each block its 16 cosines, then its 16 sines. Several blocks a call keep several vectors'
+ * independent chains in flight (one alone waits on its own latency). */
+#define GAUSS_BLOCKS 4
+INLINE void gauss_blocks(uint32_t j0, gauss_keys k, float *restrict o) {
+    float c[16 * GAUSS_BLOCKS], s[16 * GAUSS_BLOCKS];
+    for (int l = 0; l < 16 * GAUSS_BLOCKS; ++l) gauss_pair(j0 + (uint32_t)l, k, c + l, s + l);
+    for (int b = 0; b < GAUSS_BLOCKS; ++b) {
+        memcpy(o + 32 * b, c + 16 * b, 16 * sizeof(float));
+        memcpy(o + 32 * b + 16, s + 16 * b, 16 * sizeof(float));
+    }
+}
+
+/* out[0..n) = entries start to start + n of the direction of key: GAUSS_BLOCKS blocks at a
+ * time, the ragged ends through a buffer. The pair counter's high 32 bits pick the keys. */
+#define DEFINE_GAUSS(ISA)                                                                      \
+    static TARGET_##ISA void gauss_fill_##ISA(float *out, int64_t start, int64_t n,          \
+                                              uint64_t key) {                                  \
+        const int64_t span = 32 * GAUSS_BLOCKS, end = start + n;                               \
+        int64_t b = start / span;                                                              \
+        uint32_t high = (uint32_t)(((uint64_t)b * span / 2) >> 32);                            \
+        gauss_keys k = gauss_keys_for(key, high);                                              \
+        float tmp[32 * GAUSS_BLOCKS];                                                          \
+        while (start < end) {                                                                  \
+            const uint64_t j0 = (uint64_t)b * span / 2;                                        \
+            if ((uint32_t)(j0 >> 32) != high) {                                                \
+                high = (uint32_t)(j0 >> 32);                                                   \
+                k = gauss_keys_for(key, high);                                                 \
+            }                                                                                  \
+            const int64_t skip = start - span * b;                                             \
+            const int64_t take = end - start < span - skip ? end - start : span - skip;        \
+            if (take == span) {                                                                \
+                gauss_blocks((uint32_t)j0, k, out);                                            \
+            } else {                                                                           \
+                gauss_blocks((uint32_t)j0, k, tmp);                                            \
+                memcpy(out, tmp + skip, (size_t)take * sizeof(float));                         \
+            }                                                                                  \
+            out += take;                                                                       \
+            start += take;                                                                     \
+            ++b;                                                                               \
+        }                                                                                      \
+    }
+
 /* The largest magnitude among x[0..n) as IEEE bits, the sign cleared: the bit patterns of
  * non-negative floats sort as their values, and NaN's above infinity's, so that one read pass,
  * integer compares only, gives max |x| exactly and whether every entry is finite. (For the
@@ -230,6 +333,7 @@ typedef uint64_t bits_f64 __attribute__((vector_size(8 * sizeof(double))));
 
 #define DEFINE_VARIANT(ISA, F32_STEP, F64_STEP, VEC_MIN)                                       \
     DEFINE_SIGN_BITS(ISA)                                                                      \
+    DEFINE_GAUSS(ISA)                                                                          \
     DEFINE_QUERY(float, f32, ISA, F32_STEP, VEC_MIN)                                           \
     DEFINE_QUERY(double, f64, ISA, F64_STEP, VEC_MIN)                                          \
     DEFINE_ABS_MAX(uint32_t, f32, 0x7fffffffu, ISA)                                            \
@@ -263,11 +367,12 @@ typedef struct {
                       int64_t, int64_t);
     uint32_t (*abs_max_f32)(const uint32_t *, int64_t);
     uint64_t (*abs_max_f64)(const uint64_t *, int64_t);
+    void (*gauss_fill)(float *, int64_t, int64_t, uint64_t);
 } variant_t;
 
 #define VARIANT(ISA)                                                                           \
     {#ISA, supports_##ISA, sign_bits_##ISA, sign_query_f32_##ISA, sign_query_f64_##ISA,        \
-     abs_max_f32_##ISA, abs_max_f64_##ISA}
+     abs_max_f32_##ISA, abs_max_f64_##ISA, gauss_fill_##ISA}
 /* Best last. */
 static const variant_t VARIANTS[] = {
     VARIANT(plain),
@@ -328,3 +433,7 @@ EXPORT void zo_sign_query_f64(double *restrict out, const double *restrict base,
 EXPORT uint32_t zo_abs_max_f32(const uint32_t *x, int64_t n) { return active->abs_max_f32(x, n); }
 
 EXPORT uint64_t zo_abs_max_f64(const uint64_t *x, int64_t n) { return active->abs_max_f64(x, n); }
+
+EXPORT void zo_gauss_fill(float *out, int64_t start, int64_t n, uint64_t key) {
+    active->gauss_fill(out, start, n, key);
+}

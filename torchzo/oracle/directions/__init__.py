@@ -4,7 +4,9 @@ A list of parameter tensors is treated as one flat vector per device (:class:`La
 direction of one query is rebuilt from its seed, so a direction never has to be stored. The
 kinds of direction (:data:`KINDS`), each an object behind one protocol (:class:`Kind`):
 
-- ``"gaussian"`` (the default): ``randn(numel)`` (:mod:`.gaussian`);
+- ``"gaussian"`` (the default): standard normal entries from a counter-based stream of
+  torchzo's own, so that any piece of a direction can be drawn alone (:mod:`.gaussian`,
+  :mod:`.counter`);
 - ``"rademacher"``: independent signs, +1 or -1 with probability 1/2 each, from packed
   SplitMix64 bits that the compiled kernels perturb and accumulate with (:mod:`.rademacher`);
 - ``"orthogonal"``: the Gaussian draws of a step's directions, orthogonalised in groups of at
@@ -18,7 +20,7 @@ scaling is the same for each; a Rademacher or orthogonal direction's norm is exa
 """
 from .gaussian import Gaussian
 from .guided import Guide
-from .kinds import INDEPENDENT_KINDS, KINDS, Kind, check_kind, kind_named
+from .kinds import INDEPENDENT_KINDS, KINDS, SEEKABLE_KINDS, Kind, check_kind, kind_named
 from .layout import Direction, Layout, generation_dtype
 from .orthogonal import _TALL as _TALL  # private, reached by the tests
 from .orthogonal import _orthonormal_rows as _orthonormal_rows
@@ -27,5 +29,5 @@ from .rademacher import _draw_signs as _draw_signs
 from .rademacher import _unpack as _unpack
 from .seeds import draw_seeds
 
-__all__ = ["INDEPENDENT_KINDS", "KINDS", "Direction", "Gaussian", "Guide", "Kind", "Layout",
-           "Signs", "check_kind", "draw_seeds", "generation_dtype", "kind_named"]
+__all__ = ["INDEPENDENT_KINDS", "KINDS", "SEEKABLE_KINDS", "Direction", "Gaussian", "Guide",
+           "Kind", "Layout", "Signs", "check_kind", "draw_seeds", "generation_dtype", "kind_named"]

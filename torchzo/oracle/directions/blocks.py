@@ -27,7 +27,6 @@ class Block:
         self.dtype = dtype
         self.position = position
         self.numel = sum(numels)
-        self.generator = torch.Generator(device=device)
 
     def seed_for(self, seed: int) -> int:
         """The seed of this block's piece of the direction of ``seed``."""

@@ -1,24 +1,31 @@
-"""Gaussian directions: ``randn(numel)`` per device block, from the block's seed."""
+"""Gaussian directions: a counter-based stream per device block, keyed by the block's seed."""
 from __future__ import annotations
 
 from torch import Tensor
 
 from .blocks import Block
+from .counter import gaussian_range
 
 __all__ = ["GAUSSIAN", "Gaussian"]
 
 
 class Gaussian:
-    """The default kind: independent standard normal coordinates."""
+    """The default kind: independent standard normal coordinates.
+
+    Drawn by :func:`~.counter.gaussian_range` (the compiled kernel where it runs): entry ``i``
+    of a block's direction depends on the block's seed and ``i`` alone, so any piece can be
+    drawn by itself, with the same bits on every device and for any split into pieces.
+    """
 
     independent = True
     packs = False
+    seekable = True
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
-        # randn's bits: normal_ fills as randn(out=) does, without its Python (a batched step
-        # at small d draws q rows of a few hundred entries, where the calls are the cost).
-        block.generator.manual_seed(block.seed_for(seed))
-        out.normal_(generator=block.generator)
+        gaussian_range(block.seed_for(seed), 0, out)
+
+    def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
+        gaussian_range(block.seed_for(seed), start, out)
 
     def framed(self, numel: int, q: int) -> bool:
         return False

@@ -10,7 +10,7 @@ from .gaussian import GAUSSIAN
 from .orthogonal import AUTO, ORTHOGONAL
 from .rademacher import RADEMACHER
 
-__all__ = ["INDEPENDENT_KINDS", "KINDS", "Kind", "check_kind", "kind_named"]
+__all__ = ["INDEPENDENT_KINDS", "KINDS", "SEEKABLE_KINDS", "Kind", "check_kind", "kind_named"]
 
 
 class Kind(Protocol):
@@ -21,9 +21,18 @@ class Kind(Protocol):
     #: Whether its directions can be held as packed signs (:class:`~.rademacher.Signs`).
     packs: bool
 
+    #: Whether any piece of a direction can be drawn alone, in any order (a counter-based
+    #: stream): what perturbing in place and updating from seeds needs
+    #: (:mod:`torchzo.oracle.seeded`).
+    seekable: bool
+
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         """Draw ``block``'s piece of the direction of ``seed`` into the flat ``out``: the
         direction itself for an independent kind, else the draw a frame starts from."""
+
+    def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
+        """Entries ``start`` to ``start + out.numel()`` of :meth:`fill`'s draw, into the flat
+        ``out``; seekable kinds only."""
 
     def framed(self, numel: int, q: int) -> bool:
         """Whether a block of ``numel`` coordinates takes its directions of a step of ``q``
@@ -39,6 +48,8 @@ _REGISTRY: dict[str, Kind] = {
 KINDS = tuple(_REGISTRY)
 #: The kinds whose directions each depend on their own seed alone.
 INDEPENDENT_KINDS = tuple(name for name, kind in _REGISTRY.items() if kind.independent)
+#: The kinds whose directions can be drawn piece by piece (see :attr:`Kind.seekable`).
+SEEKABLE_KINDS = tuple(name for name, kind in _REGISTRY.items() if kind.seekable)
 
 
 def check_kind(kind: object, name: str = "kind") -> str:

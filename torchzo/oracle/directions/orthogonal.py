@@ -68,6 +68,11 @@ class Orthogonal:
 
     independent = False
     packs = False
+    seekable = False
+
+    def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
+        raise ValueError("orthogonal directions depend on the whole step's draws: they cannot "
+                         "be drawn piece by piece")
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         """The Gaussian draw of ``seed``, which a frame orthogonalises with its group's."""

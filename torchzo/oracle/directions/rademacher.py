@@ -18,7 +18,7 @@ from torch import Tensor
 from .. import kernels
 from .blocks import Block
 
-__all__ = ["RADEMACHER", "Rademacher", "Signs"]
+__all__ = ["RADEMACHER", "Rademacher", "Signs", "signs_range"]
 
 
 @functools.cache
@@ -29,19 +29,29 @@ def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     return (1.0 - 2.0 * bits).to(dtype=dtype, device=device)
 
 
-def _draw_signs(n: int, device: torch.device, seed: int) -> Tensor:
+def _draw_signs(n: int, device: torch.device, seed: int, first: int = 0) -> Tensor:
     """The packed signs of seed ``seed``'s Rademacher direction of ``n`` entries: the bytes of
-    ``ceil(n / 64)`` SplitMix64 words (see the module docstring), in the machine's order."""
+    ``ceil(n / 64)`` SplitMix64 words (see the module docstring), in the machine's order;
+    ``first``: from word ``first`` on (entry ``64 first``)."""
     words = torch.empty(-(-n // 64), dtype=torch.int64, device=device)
     key = _mix64(seed % 2**64)
     if device.type == "cpu" and kernels.available():
-        kernels.sign_words(words, key)
+        kernels.sign_words(words, (key + first * _GOLDEN) % 2**64)
     elif words.numel():
         # The same words in int64 ops, which wrap as uint64 arithmetic does.
-        state = torch.arange(1, words.numel() + 1, dtype=torch.int64, device=device)
+        state = torch.arange(first + 1, first + words.numel() + 1, dtype=torch.int64,
+                             device=device)
         state.mul_(_signed(_GOLDEN)).add_(_signed(key))
         words.copy_(_mix64_tensor(state))
     return words.view(torch.uint8)
+
+
+def signs_range(block: Block, seed: int, start: int, n: int) -> tuple[Tensor, int]:
+    """Packed signs holding entries ``start`` to ``start + n`` of ``block``'s piece of the
+    direction of ``seed``, and the position of entry ``start`` in them."""
+    first = start // 64
+    return _draw_signs(start + n - 64 * first, block.device, block.seed_for(seed), first), \
+        start - 64 * first
 
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -94,9 +104,14 @@ class Rademacher:
 
     independent = True
     packs = True
+    seekable = True
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         _unpack(_block_signs(block, seed), 0, out)
+
+    def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
+        bits, offset = signs_range(block, seed, start, out.numel())
+        _unpack(bits, offset, out)
 
     def framed(self, numel: int, q: int) -> bool:
         return False

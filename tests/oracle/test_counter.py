@@ -1,0 +1,79 @@
+"""The counter-based Gaussian stream: the same bits in torch ops and in every kernel variant, for
+any piece, and numbers that behave like N(0, 1)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchzo.oracle import kernels
+from torchzo.oracle.directions import Layout, counter
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason="kernels not built")
+
+
+def torch_range(key, start, n, dtype=torch.float32):
+    out = torch.empty(n, dtype=dtype)
+    counter._torch_range(key, start, out)
+    return out
+
+
+def bits(t):
+    return t.view(torch.int32)
+
+
+@given(key=st.integers(0, 2**64 - 1), start=st.integers(0, 5000), n=st.integers(0, 700),
+       cut=st.integers(0, 700))
+@settings(max_examples=60, deadline=None)
+def test_any_piece_is_the_same_slice_of_the_whole(key, start, n, cut):
+    whole = torch_range(key, 0, start + n)
+    assert torch.equal(bits(torch_range(key, start, n)), bits(whole[start:]))
+    cut = min(cut, n)  # two pieces drawn apart are the two halves
+    a, b = torch_range(key, start, cut), torch_range(key, start + cut, n - cut)
+    assert torch.equal(bits(torch.cat([a, b])), bits(whole[start:]))
+
+
+@needs_kernels
+@pytest.mark.parametrize("start", [0, 5, 31, 32, 255, 256, 1000, 2**33 - 100])
+@pytest.mark.parametrize("n", [1, 16, 33, 257, 4099])
+def test_every_kernel_variant_gives_the_torch_bits(start, n):
+    want = torch_range(0xDEADBEEF, start, n)
+    for variant in kernels.info()["variants"]:
+        with kernels._variant(variant):
+            got = torch.empty(n)
+            kernels.gauss_fill(got, start, 0xDEADBEEF)
+        assert torch.equal(bits(got), bits(want)), variant
+
+
+def test_pairs_past_two_to_the_32_take_new_keys():
+    """Entries from 2**33 on are pairs from 2**32 on: other keys, still one stream."""
+    across = torch_range(7, 2**33 - 64, 128)
+    assert torch.equal(bits(across[:64]), bits(torch_range(7, 2**33 - 64, 64)))
+    assert torch.equal(bits(across[64:]), bits(torch_range(7, 2**33, 64)))
+    assert not torch.equal(across[64:], torch_range(7, 0, 64))
+
+
+def test_float64_and_other_dtypes_get_the_float32_draws():
+    for dtype in (torch.float64, torch.bfloat16):
+        out = torch.empty(300, dtype=dtype)
+        counter.gaussian_range(3, 10, out)
+        assert torch.equal(out, torch_range(3, 10, 300).to(dtype))
+
+
+def test_layout_directions_are_the_stream_keyed_by_each_block_seed():
+    x, y = torch.zeros(5, 7), torch.zeros(3)
+    u = Layout([x, y]).sample(123)
+    flat = torch.cat([v.reshape(-1) for v in u])
+    assert torch.equal(flat, torch_range(123, 0, 38))
+
+
+def test_the_numbers_behave_like_standard_normals():
+    z = torch.cat([torch_range(k, 0, 100_000).double() for k in range(4)])
+    n = z.numel()
+    assert abs(float(z.mean())) < 4 / math.sqrt(n)
+    assert abs(float(z.var()) - 1) < 4 * math.sqrt(2 / n)
+    assert abs(float((z**4).mean()) - 3) < 4 * math.sqrt(96 / n)
+    assert abs(float((z.abs() > 2).double().mean()) - 0.0455) < 0.003
+    assert float(z.abs().max()) <= math.sqrt(2 * 24 * math.log(2)) + 1e-5  # u >= 2**-24
+    assert abs(float((z[:-1] * z[1:]).mean())) < 4 / math.sqrt(n)  # neighbours uncorrelated

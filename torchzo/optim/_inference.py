@@ -1,0 +1,106 @@
+"""A step at inference memory (``memory="inference"``): the oracle's seeded estimate, then the
+update applied a chunk at a time.
+
+The estimate (:func:`~torchzo.oracle.seeded.estimate_seeded`) perturbs the parameters in place
+and holds the result as seeds and coefficients. For the update, each piece of the parameters
+(:class:`~torchzo.oracle.seeded.Piece`) gets its estimate rebuilt from the seeds and the
+optimizer's own update rule (``ZOOptimizer._apply``) on views of that piece of the parameter
+and of its state. Nothing is written before the whole update is known to be finite: a first
+pass applies the rule to copies of each piece and checks them, a second writes. A failed step
+leaves parameters and state tensors untouched (the guard puts the state's counters back), at
+the price of rebuilding the estimate twice.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from ..oracle import Batched, Query
+from ..oracle.seeded import Piece, SeededEstimate, estimate_seeded
+from ._guard import NonFiniteUpdateError, check_largest, newly_nonfinite
+
+if TYPE_CHECKING:
+    from .base import ZOOptimizer
+
+__all__ = ["step_inference", "update_seeded"]
+
+
+def step_inference(opt: ZOOptimizer, objective: Callable[[], Any] | Batched,
+                   queries: list[Query]) -> SeededEstimate:
+    """``opt``'s step along the planned ``queries`` at inference memory: estimate with the
+    parameters perturbed in place, check the coefficients, update piece by piece."""
+    if isinstance(objective, Batched):
+        raise ValueError("memory='inference' queries a closure (a Batched objective holds "
+                         "its query points in memory anyway: use memory='exact')")
+    if getattr(opt, "_distributed", None):
+        raise ValueError("memory='inference' does not share queries among ranks yet: "
+                         "set distributed=None, or use memory='exact'")
+    params = opt._params()
+    found = estimate_seeded(objective, params, queries)
+    largest = [max((abs(c) for c in cs), default=0.0) for cs in found.coeffs]
+    sized = [any(params[i].numel() for i in q.index) for q in queries]
+    if check_largest(largest, sized, queries, opt.param_groups, not opt._zero_signal_warned):
+        opt._zero_signal_warned = True
+    if opt._guard is not None:
+        opt._guard.save_state(copy=False)
+    update_seeded(opt, found)
+    return found
+
+
+def _piece_state(state: dict[str, Any], p: Tensor, piece: Piece) -> dict[str, Any]:
+    """``state`` with each tensor shaped like ``p`` cut to the piece (views)."""
+    return {k: piece.of(v) if isinstance(v, Tensor) and v.shape == p.shape else v
+            for k, v in state.items()}
+
+
+def _copied(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.clone() if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+@torch.no_grad()
+def update_seeded(opt: ZOOptimizer, found: SeededEstimate) -> None:
+    """Apply ``opt``'s update rule to its parameters from ``found``, piece by piece; raises
+    :class:`NonFiniteUpdateError` (having written nothing) where the update would make a
+    parameter or state tensor non-finite."""
+    params = opt._params()
+    group_of = {p: group for group in opt.param_groups for p in group["params"]}
+    states: dict[Tensor, dict[str, Any]] = {}
+    for group in opt.param_groups:
+        states.update(zip(group["params"], opt._states(group, group["params"], complete=True)))
+    position = {p: i for i, p in enumerate(params)}
+    for write in (False, True):
+        for query, dirs, coeffs in zip(found.plan, found.directions, found.coeffs):
+            buffers: dict[int, Tensor] = {}
+            for piece in dirs.pieces:
+                p = params[query.index[piece.tensor]]
+                x = piece.of(p)
+                buf = buffers.get(piece.block.position)
+                if buf is None or buf.numel() < x.numel():
+                    buf = buffers[piece.block.position] = torch.empty(
+                        x.numel(), dtype=piece.block.dtype, device=p.device)
+                g = dirs.combine(piece, query.seeds, coeffs, buf[:x.numel()])
+                g = g.view(x.shape).to(p.dtype)
+                st = _piece_state(states[p], p, piece)
+                if write:
+                    opt._apply(group_of[p], [x], [g], [st])
+                    continue
+                trial, trial_st = x.clone(), _copied(st)
+                opt._apply(group_of[p], [trial], [g], [trial_st])
+                _check(trial, x, trial_st, st, position[p])
+
+
+def _check(x: Tensor, before: Tensor, state: dict[str, Any], state_before: dict[str, Any],
+           i: int) -> None:
+    if newly_nonfinite(x, before):
+        raise NonFiniteUpdateError(
+            f"the update would make parameter {i} (in param-group order) non-finite; nothing "
+            "was written: parameters (to rounding), optimizer state, RNG and counters are as "
+            "before. Check the hyperparameters (a smaller lr?) and the parameters' dtype range")
+    for k, v in state.items():
+        if isinstance(v, Tensor) and v.is_floating_point() and newly_nonfinite(v, state_before[k]):
+            raise NonFiniteUpdateError(
+                f"the update would make the state {k!r} of parameter {i} (in param-group "
+                "order) non-finite; nothing was written")

@@ -1,0 +1,172 @@
+"""Estimation at inference memory: parameters perturbed in place, directions rebuilt from seeds.
+
+The closure path of :mod:`torchzo.oracle.gradient` keeps an exact copy of the parameters and
+a d-sized estimate. Here neither exists (MeZO's scheme, Malladi et al. 2023, for any estimator
+and ``q``): each query moves the parameters in place along its direction, regenerated piece by
+piece (:data:`CHUNK` entries at a time) from its seed, and moves them back the same way, so a
+query costs passes over the parameters but no memory beyond a chunk. The estimate is held as
+the step's seeds and one coefficient per direction (:class:`SeededEstimate`); an update
+rebuilds it chunk by chunk (:meth:`SeededDirections.combine`).
+
+Moving back by subtracting what was added restores the parameters up to rounding, not bit for
+bit: ``(x + mu u) - mu u`` may differ from ``x`` in the last place. Directions must be of a
+seekable kind (a counter-based stream, :data:`~torchzo.oracle.directions.SEEKABLE_KINDS`),
+unscaled and unguided.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import kernels
+from .closure import call_closure
+from .directions import Layout, kind_named
+from .directions.blocks import Block
+from .directions.kinds import SEEKABLE_KINDS
+from .directions.rademacher import signs_range
+from .query import Query
+
+__all__ = ["CHUNK", "Piece", "SeededDirections", "SeededEstimate", "estimate_seeded"]
+
+#: Entries of a tensor regenerated at once: a chunk's direction and estimate (256 KiB each in
+#: float32) stay in the CPU's cache while a pass reads and writes the parameters.
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Entries ``a`` to ``b`` of tensor ``tensor`` (a position in the directions' tensors),
+    which are entries ``start`` onwards of ``block``'s piece of each direction."""
+
+    tensor: int
+    block: Block
+    start: int
+    a: int
+    b: int
+    #: Whether the tensor is read whole (not contiguous: it has no flat view to slice).
+    whole: bool
+
+    def of(self, t: Tensor) -> Tensor:
+        """This piece of ``t`` (a tensor shaped like the piece's tensor), as a view."""
+        return t if self.whole else t.view(-1)[self.a:self.b]
+
+
+class SeededDirections:
+    """The directions of a query over ``tensors``, drawn piece by piece where they are used.
+
+    Entry for entry, the directions that :class:`~torchzo.oracle.directions.Layout` draws over
+    the same tensors with the same seeds.
+    """
+
+    def __init__(self, tensors: Sequence[Tensor], kind: str, chunk: int | None = None) -> None:
+        if kind not in SEEKABLE_KINDS:
+            raise ValueError(f"memory='inference' draws directions piece by piece, which "
+                             f"{kind!r} directions cannot be: use one of {SEEKABLE_KINDS}")
+        self.tensors = list(tensors)
+        self._kind = kind_named(kind)
+        self._packs = self._kind.packs and kernels.available()
+        self.pieces: list[Piece] = []
+        for block in Layout(self.tensors, kind).blocks:
+            offset = 0
+            for i, n in zip(block.index, block.numels):
+                whole = not self.tensors[i].is_contiguous()
+                step = max(n, 1) if whole else chunk or CHUNK
+                for a in range(0, n, step):
+                    b = min(a + step, n)
+                    self.pieces.append(Piece(i, block, offset + a, a, b, whole))
+                offset += n
+        self._buffers: dict[int, Tensor] = {}
+
+    def _buffer(self, piece: Piece) -> Tensor:
+        """A flat scratch tensor of the piece's size in its block's dtype (one per block)."""
+        n = piece.b - piece.a
+        buf = self._buffers.get(piece.block.position)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=piece.block.dtype, device=piece.block.device)
+            self._buffers[piece.block.position] = buf
+        return buf[:n]
+
+    def draw(self, piece: Piece, seed: int) -> Tensor:
+        """The piece of the direction of ``seed``, flat, in a buffer the next call reuses."""
+        out = self._buffer(piece)
+        self._kind.fill_range(piece.block, out, seed, piece.start)
+        return out
+
+    @torch.no_grad()
+    def perturb(self, seed: int, alpha: float) -> None:
+        """``t += alpha * u`` in place for every tensor ``t``, ``u`` the direction of ``seed``."""
+        for piece in self.pieces:
+            x = piece.of(self.tensors[piece.tensor])
+            if self._packs and kernels.fits(x, piece.block.dtype):
+                bits, offset = signs_range(piece.block, seed, piece.start, x.numel())
+                kernels.sign_perturb(x.numel(), offset, x, x, bits, alpha)
+            else:
+                x.add_(self.draw(piece, seed).view(x.shape), alpha=alpha)
+
+    def combine(self, piece: Piece, seeds: Sequence[int], coeffs: Sequence[float],
+                out: Tensor) -> Tensor:
+        """``out = sum_k coeffs[k] u_k`` over the piece, added in order (``out``: flat, of the
+        piece's size, in its block's dtype)."""
+        if self._packs and kernels.fits(out, piece.block.dtype):
+            n = out.numel()
+            for start in range(0, max(len(seeds), 1), kernels.GROUP):
+                group = range(start, min(start + kernels.GROUP, len(seeds)))
+                found = [signs_range(piece.block, seeds[k], piece.start, n) for k in group]
+                offset = found[0][1] if found else 0
+                kernels.sign_accumulate(n, offset, out, [bits for bits, _ in found],
+                                        [coeffs[k] for k in group], init=start == 0)
+            return out
+        out.zero_()
+        for seed, c in zip(seeds, coeffs):
+            out.add_(self.draw(piece, seed), alpha=c)
+        return out
+
+
+@dataclass(frozen=True)
+class SeededEstimate:
+    """A step's estimate held by its seeds: for each query of the ``plan``, its directions and
+    one coefficient per direction (the estimate is ``sum_k coeffs[k] u_k``); the loss at x as
+    the closure returned it, and the queries spent."""
+
+    loss: Any
+    plan: list[Query]
+    directions: list[SeededDirections]
+    coeffs: list[tuple[float, ...]]
+    queries: int
+
+
+@torch.no_grad()
+def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
+                    queries: Sequence[Query]) -> SeededEstimate:
+    """Query ``closure`` along each query's directions with ``params`` perturbed in place;
+    every parameter is moved back (to rounding) before this returns or raises."""
+    params = list(params)
+    for query in queries:
+        if query.scale is not None or query.guide is not None:
+            raise ValueError("memory='inference' takes unscaled, unguided directions")
+    loss, f0 = call_closure(closure, params, "f(x)")
+    directions, coeffs = [], []
+    for query in queries:
+        dirs = SeededDirections([params[i] for i in query.index], query.kind)
+        mu = float(query.mu)
+        found = []
+        for k, seed in enumerate(query.seeds):
+            values, at = [], 0.0
+            try:
+                for sign in query.scheme.signs:  # MeZO's order: +mu, then -2 mu, then back
+                    dirs.perturb(seed, sign * mu - at)
+                    at = sign * mu
+                    where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
+                    values.append(call_closure(closure, params, where)[1])
+            finally:
+                if at:
+                    dirs.perturb(seed, -at)
+            found.append(query.scheme.coefficient(f0, tuple(values), mu))
+        directions.append(dirs)
+        coeffs.append(tuple(found))
+    return SeededEstimate(loss, list(queries), directions, coeffs,
+                          1 + sum(q.queries for q in queries))
