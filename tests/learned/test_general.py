@@ -437,7 +437,8 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
         # Everything the general arch keeps is live: the radius, the controller, the loss
         # statistics, sigma away from its start.
         assert float(st["group.log_radius"]) > 0 and st["group.ctrl_h"].abs().sum() > 0
-        assert float(st["group.loss_scale"]) > 0 and float(st["group.log_sigma"]) != float(st["group.log_sigma0"])
+        assert float(st["group.loss_scale"]) > 0
+        assert float(st["group.log_sigma"]) != float(st["group.log_sigma0"])
         buffer = io.BytesIO()
         torch.save(full.state_dict(), buffer)
         saved_x = xa.clone()
