@@ -10,7 +10,7 @@ import torch
 from zo_testing import deep_equal, random_nets, state_copy
 
 from torchzo import ZOLSTM
-from torchzo.learned import GeneralConfig, LearnedZO
+from torchzo.learned import PRESETS, GeneralConfig, LearnedZO
 from torchzo.learned.arch import ControlState, GeneralState
 from torchzo.tasks import Quadratic
 
@@ -26,8 +26,10 @@ def _setup(name: str, start: list[torch.Tensor], seed: int = 0):
     query net), at ``start``, with its closure."""
     prob = Quadratic(dim=7, seed=0, dtype=torch.float32)
     a, b, c = (torch.nn.Parameter(t.clone()) for t in start)
-    nets = ("generalist" if name == "generalist"
-            else LearnedZO(arch=GeneralConfig(hidden=3, coord_hidden=4)))
+    # The saved state dicts hold the weights; these are networks of the same shapes.
+    arch = PRESETS["generalist"] if name == "generalist" else GeneralConfig(hidden=3,
+                                                                           coord_hidden=4)
+    nets = LearnedZO(arch=arch)
     opt = ZOLSTM([{"params": [a, b]}, {"params": [c], "lr": 0.5}], pretrained=nets, q=3,
                  seed=seed)
 

@@ -6,9 +6,10 @@ weights) with the functions of one step over its networks' weights:
 - :meth:`~Architecture.build`: the networks (the modules :class:`~torchzo.learned.LearnedZO`
   holds and files store);
 - :meth:`~Architecture.init_state` and :meth:`~Architecture.init_group_state`: the zero state
-  of a tensor (a :data:`state_type`, one of the architecture's own ``NamedTuple`` s, like
-  optax's ``ScaleByAdamState``) and of a param group (a :data:`group_state_type`, held once per
-  group; ``None`` for an architecture without group-level state);
+  of a tensor (its :attr:`~Architecture.state_type`, a ``NamedTuple`` of the architecture's own,
+  as optax's ``ScaleByAdamState``) and of a param group (its
+  :attr:`~Architecture.group_state_type`, held once per group; ``None`` for an architecture
+  without group-level state);
 - :meth:`~Architecture.query_outputs` and :meth:`~Architecture.raw_scale`: what the query
   network reads from the states and the per-coordinate standard deviation it gives (the step
   normalises it so that trace(Sigma) = d);
@@ -28,16 +29,18 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from torch import Tensor, nn
 
-__all__ = ["Architecture", "State", "TensorState", "Weights", "detached", "replace"]
+__all__ = ["Architecture", "TensorState", "Weights", "detached", "replace"]
 
 
 class TensorState(Protocol):
-    """What the learned step reads of any architecture's per-tensor state (a ``NamedTuple``
-    of float32 tensors, flat per coordinate, behind any population dimensions)."""
+    """What the learned step reads of any architecture's per-tensor state: a ``NamedTuple`` of
+    tensors per coordinate, behind any population dimensions (float32, but for the
+    :attr:`~Architecture.compact_keys` that ``ZOLSTM`` may store in a lower precision)."""
 
     @property
     def prev_estimate(self) -> Tensor:
-        """The last estimate (the GuidedES covariance and the no-update ablation use it)."""
+        """The last estimate (with the last update, the span that the guided covariance
+        draws towards)."""
 
     @property
     def prev_update(self) -> Tensor:
@@ -51,8 +54,6 @@ class TensorState(Protocol):
     def _asdict(self) -> dict[str, Any]: ...
 
 
-#: A tensor's learned state (the architecture's own ``NamedTuple``).
-State = TensorState
 #: The networks' weights by parameter name (``LearnedZO.weights()``).
 Weights = Mapping[str, Tensor]
 
