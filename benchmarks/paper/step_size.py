@@ -70,7 +70,7 @@ def run(problem: Any, make: Any, steps: int, trial: int, track: bool = False
             return problem.loss(X, b)
         opt.step(torchzo.Batched(fn))
         if track and t in _CHECKPOINTS:
-            sigmas.append(float(opt.state[x]["log_sigma"].exp()) / rms0)
+            sigmas.append(float(opt.state[x]["group.log_sigma"].exp()) / rms0)
     return float(problem.loss(x)), sigmas
 
 

@@ -239,11 +239,11 @@ def _update(opt: Any, grads: list[torch.Tensor]) -> Callable[[], None]:
 
     @torch.no_grad()
     def learned_update() -> None:
-        params, states, groups = opt._learned_groups()
+        params, state, groups = opt._learned_groups()
         weights = opt.nets.weights()
-        plan = learned.plan(weights, opt.nets.arch, params, states, groups, opt._parts(),
+        plan = learned.plan(weights, opt.nets.arch, params, state, groups, opt._parts(),
                             opt._generator)
-        opt._update_learned(weights, params, states, groups, plan, grads, None)
+        opt._update_learned(weights, params, state, groups, plan, grads, None)
     return learned_update
 
 

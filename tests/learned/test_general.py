@@ -92,9 +92,9 @@ def test_untrained_first_step_is_minus_sigma0_times_the_sign_of_the_estimate(sta
     assert torch.equal(st["prev_update"].sign(), -g.sign())
     # x0 + update rounds to x's float32 spacing: a few ulps of |x0| apart.
     torch.testing.assert_close(x - x0, expected, rtol=1e-5, atol=4e-7 * float(x0.abs().max()))
-    assert float(st["log_sigma"]) == pytest.approx(math.log(sigma0), abs=1e-6)
-    assert float(st["log_sigma0"]) == pytest.approx(math.log(sigma0), abs=1e-6)
-    assert float(st["t"]) == 1 and float(st["log_radius"]) == 0
+    assert float(st["group.log_sigma"]) == pytest.approx(math.log(sigma0), abs=1e-6)
+    assert float(st["group.log_sigma0"]) == pytest.approx(math.log(sigma0), abs=1e-6)
+    assert float(st["group.t"]) == 1 and float(st["group.log_radius"]) == 0
 
 
 def test_untrained_controller_is_the_hand_rule_for_the_step_size():
@@ -108,17 +108,17 @@ def test_untrained_controller_is_the_hand_rule_for_the_step_size():
     opt = torchzo.ZOLSTM([x], pretrained=nets, q=q, seed=1)
     gain = float(nets.gain.detach())
     opt.step(torchzo.Batched(lambda X: X @ w))
-    start = float(opt.state[x]["log_sigma"])
+    start = float(opt.state[x]["group.log_sigma"])
     for _ in range(8):
-        before = {k: opt.state[x][k].clone() for k in ("log_sigma", "prev_update")}
+        before = {k: opt.state[x][k].clone() for k in ("group.log_sigma", "prev_update")}
         opt.step(torchzo.Batched(lambda X: X @ w))
         g = opt.state[x]["prev_estimate"]
         last = -before["prev_update"]
         cos = float(g @ last / (g.norm() * last.norm()))
         rule = gain * min(max(cos * math.sqrt((d + q + 1) / q), -1.0), 1.0)
-        change = float(opt.state[x]["log_sigma"] - before["log_sigma"])
+        change = float(opt.state[x]["group.log_sigma"] - before["group.log_sigma"])
         assert change == pytest.approx(rule, abs=1e-6)
-    assert float(opt.state[x]["log_sigma"]) > start + 2 * gain
+    assert float(opt.state[x]["group.log_sigma"]) > start + 2 * gain
 
 
 # -- 2. scale equivariance --------------------------------------------------------------------
@@ -269,19 +269,19 @@ def test_zero_signal_doubles_the_radius_up_to_its_cap_then_shrinks_it():
             # rows[1:] - rows[0] rounds to the spacing of x's float32 values (|x| < 4).
             torch.testing.assert_close(rows[1:] - rows[0], expected_mu * z, rtol=1e-4, atol=1e-6)
             log_radius = min(k * math.log(2), cap)
-            got = float(opt.state[x]["log_radius"])
+            got = float(opt.state[x]["group.log_radius"])
             assert got == pytest.approx(log_radius, rel=1e-6), k
             assert opt._parts()[0].mu == pytest.approx(mu * math.exp(got), rel=1e-6)
         assert got == pytest.approx(cap, rel=1e-6)
         objective.signal = True
         for _ in range(3):
-            before = float(opt.state[x]["log_radius"])
+            before = float(opt.state[x]["group.log_radius"])
             expected_mu = mu * math.exp(before)
             opt.step(torchzo.Batched(objective))
             rows = objective.rows[-1]
             z = Layout([x0]).sample_rows(draw_seeds(replica, q))
             torch.testing.assert_close(rows[1:] - rows[0], expected_mu * z, rtol=1e-4, atol=1e-6)
-            got = float(opt.state[x]["log_radius"])
+            got = float(opt.state[x]["group.log_radius"])
             assert got == pytest.approx(0.8 * before, rel=1e-6)
             assert opt._parts()[0].mu == pytest.approx(mu * math.exp(got), rel=1e-6)
     assert float(opt.state[x]["prev_estimate"].abs().sum()) > 0
@@ -436,8 +436,9 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
         st = full.state[xa]
         # Everything the general arch keeps is live: the radius, the controller, the loss
         # statistics, sigma away from its start.
-        assert float(st["log_radius"]) > 0 and st["ctrl_h"].abs().sum() > 0
-        assert float(st["loss_scale"]) > 0 and float(st["log_sigma"]) != float(st["log_sigma0"])
+        assert float(st["group.log_radius"]) > 0 and st["group.ctrl_h"].abs().sum() > 0
+        assert float(st["group.loss_scale"]) > 0
+        assert float(st["group.log_sigma"]) != float(st["group.log_sigma0"])
         buffer = io.BytesIO()
         torch.save(full.state_dict(), buffer)
         saved_x = xa.clone()
@@ -447,7 +448,7 @@ def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
         buffer.seek(0)
         resumed = torchzo.ZOLSTM([xb], pretrained=_nets(9, arch=arch), q=q, mu=1e-3, seed=77)
         resumed.load_state_dict(torch.load(buffer, weights_only=True))
-        radius = float(resumed.state[xb]["log_radius"])
+        radius = float(resumed.state[xb]["group.log_radius"])
         assert radius > 0
         assert resumed._parts()[0].mu == pytest.approx(1e-3 * math.exp(radius), rel=1e-6)
         for _ in range(6):
@@ -490,7 +491,7 @@ def test_max_step_keeps_sigma_within_a_multiple_of_the_parameters_rms():
         for _ in range(30):
             rms = float(x.pow(2).mean().sqrt())
             opt.step(torchzo.Batched(lambda X: X @ w))
-            out.append((math.exp(float(opt.state[x]["log_sigma"])), rms))
+            out.append((math.exp(float(opt.state[x]["group.log_sigma"])), rms))
         return out
     capped = run(0.1)
     assert all(sigma <= 0.1 * rms * (1 + 1e-5) for sigma, rms in capped)
@@ -510,17 +511,18 @@ def test_sigma_rate_scales_each_change_of_log_sigma(rate, seed):
     opt = torchzo.ZOLSTM([x], pretrained=nets, q=4, seed=seed)
     for _ in range(3):  # a state with history: the controller's read-out is not zero
         opt.step(lambda x=x: ((x - 0.3) ** 2).sum())
-    state = {k: v.clone() for k, v in opt.state[x].items()}
+    _, state, _ = opt._learned_groups()  # the typed state the next step would take
     g = torch.randn(D, generator=torch.Generator().manual_seed(seed + 1))
     moves = {}
     for r in (1.0, rate):
         arch = replace(nets.arch, sigma_rate=r)
         with torch.no_grad():
-            _, new = arch.update(nets.weights(), [g], [state], [x], 1.0, torch.tensor(2.0), 4)
-        moves[r] = float(new[0]["log_sigma"] - state["log_sigma"])
+            _, _, group = arch.update(nets.weights(), [g], state.tensors, state.groups[0], [x],
+                                      1.0, torch.tensor(2.0), 4)
+        moves[r] = float(group.log_sigma - state.groups[0].log_sigma)
     assert moves[1.0] != 0
     # log sigma is float32: adding and subtracting it again costs a few of its ulps
-    ulps = 4 * torch.finfo(torch.float32).eps * (1 + abs(float(state["log_sigma"])))
+    ulps = 4 * torch.finfo(torch.float32).eps * (1 + abs(float(state.groups[0].log_sigma)))
     assert moves[rate] == pytest.approx(rate * moves[1.0], rel=1e-5, abs=ulps)
 
 

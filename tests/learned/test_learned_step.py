@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zo_testing import random_nets
+from zo_testing import deep_equal, random_nets
 
 import torchzo
 from torchzo import learned
@@ -42,23 +42,36 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _init(arch, x, population=()) -> learned.LearnedState:
+    return learned.init(arch, [x], [learned.Group((0,))], population)
+
+
+def _flat(state: learned.LearnedState) -> dict[str, torch.Tensor]:
+    """Every tensor of a one-tensor, one-group state by field name (the group's prefixed)."""
+    (st,), (group,) = state
+    out = {k: v.clone() for k, v in st._asdict().items() if v is not None}
+    if group is not None:
+        out.update({f"group.{k}": v.clone() for k, v in group._asdict().items()})
+    return out
+
+
 def _run(weights, arch, x, state, generator, covariance, steps, in_place):
     scheme = Scheme("forward", 6)
     xs, states = [], []
     groups = [learned.Group((0,), 0.5, covariance=covariance, query_prob=0.7)]
     for _ in range(steps):
-        planned = learned.plan(weights, arch, [x], [state], groups, [Part((0,), scheme, 1e-3)],
+        planned = learned.plan(weights, arch, [x], state, groups, [Part((0,), scheme, 1e-3)],
                                generator)
         if x.dim() == 1:
             found = estimate_gradient(torchzo.Batched(_loss), [x], planned.queries)
             grads, loss = found.grads, found.loss
         else:
             grads, loss = _estimate_population(x, planned.queries[0])
-        result = learned.update(weights, arch, [x], [state], groups, grads, loss, planned,
+        result = learned.update(weights, arch, [x], state, groups, grads, loss, planned,
                                 in_place=in_place)
-        (x,), (state,) = result.params, result.states
+        (x,), state = result.params, result.state
         xs.append(x.clone())
-        states.append({k: v.clone() for k, v in state.items()})
+        states.append(_flat(state))
     return xs, states
 
 
@@ -72,14 +85,14 @@ def test_population_members_step_as_their_own_weights_do(kind, covariance, in_pl
     arch = members[0].arch
     x0 = torch.linspace(-1, 1, D)
     with torch.no_grad():
-        alone = [_run(n.weights(), arch, x0.clone(), arch.init_state(x0),
+        alone = [_run(n.weights(), arch, x0.clone(), _init(arch, x0),
                       torch.Generator().manual_seed(7), covariance, 5, in_place)
                  for n in members]
         for size in (1, 3):
             weights = {k: torch.stack([n.weights()[k] for n in members[:size]])
                        for k in members[0].weights()}
             xs, states = _run(weights, arch, x0.repeat(size, 1),
-                              arch.init_state(x0, (size,)),
+                              _init(arch, x0, (size,)),
                               torch.Generator().manual_seed(7), covariance, 5, in_place)
             for m in range(size):
                 # A population of one is bit-exact at every step with the paper's networks
@@ -112,15 +125,15 @@ def test_step_is_differentiable_in_the_weights_and_changes_nothing_out_of_place(
     nets = _nets(1, "paper")
     weights = {k: v.detach().clone().requires_grad_(True) for k, v in nets.weights().items()}
     x = torch.zeros(D)
-    state = nets.arch.init_state(x)
-    before = {k: v.clone() for k, v in state.items()}
+    state = _init(nets.arch, x)
+    before = _flat(state)
     xs, _ = _run(weights, nets.arch, x, state, torch.Generator().manual_seed(0), "learned", 3,
                  in_place=False)
     _loss(xs[-1]).backward()
     assert all(w.grad is not None and w.grad.abs().sum() > 0
                for k, w in weights.items() if k.startswith("update") or k == "log_lr")
     assert torch.equal(x, torch.zeros(D))
-    assert all(torch.equal(state[k], v) for k, v in before.items())
+    assert deep_equal(_flat(state), before)
 
 
 def test_no_second_copy_of_the_step_order():

@@ -340,7 +340,7 @@ def test_cli_trains_exports_and_the_export_loads_into_zolstm(tmp_path, capsys):
     for _ in range(3):
         opt.step(lambda: ((x - 1) ** 2).sum())
     assert torch.isfinite(x).all() and not torch.equal(x, x0)
-    assert "log_radius" in opt.state[x]
+    assert "group.log_radius" in opt.state[x]
 
 
 def test_export_without_the_query_net_steps_as_the_run_with_identity_covariance(tmp_path):

@@ -161,7 +161,7 @@ def test_zolstm_general_arch_state_is_checked_against_its_architecture():
     nets = random_nets(kind="general")
     _, _, saved = run("ZOLSTM", 2, nets)
     sd = copy.deepcopy(saved.state_dict())
-    assert set(sd["state"][0]) >= {"momenta", "second", "t"}
+    assert set(sd["state"][0]) >= {"momenta", "second", "group.t"}
     sd["state"][0]["momenta"] = torch.zeros(6, 2)
     _, params, opt = run("ZOLSTM", 1, nets)
     before = state_copy(opt)

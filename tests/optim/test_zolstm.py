@@ -39,7 +39,8 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
     for _ in range(15):
         if use_query:  # what the optimizer says it will use is what the rollout uses
             with torch.no_grad():
-                outs, _ = nets.arch.query_outputs(nets.weights(), [rollout.state])
+                outs, _ = nets.arch.query_outputs(nets.weights(), rollout.state.tensors,
+                                                  rollout.state.groups[0])
                 expected = scales_from_outputs(nets.arch, outs)[0]
             before = copy.deepcopy(opt.state_dict())
             assert torch.equal(opt.next_query_scales()[0], expected)
@@ -50,14 +51,19 @@ def test_rollout_equals_optimizer_step_by_step(problem, use_query, kind):
         opt.step(Batched(lambda X, b=batch: problem.loss(X, b)))
         assert torch.equal(rollout.x, x)
     assert not torch.equal(x, problem.x0)
-    expected = dict(rollout.state)
+    (expected,), (group,) = rollout.state
     if use_query:  # the optimizer has already run the QueryRNN the rollout runs next
         with torch.no_grad():
-            outs, new = nets.arch.query_outputs(nets.weights(), [rollout.state])
-        expected.update(new[0], query_out=outs[0])
-    assert set(expected) == set(opt.state[x])
-    for key in expected:
-        assert torch.equal(expected[key], opt.state[x][key]), key
+            outs, new = nets.arch.query_outputs(nets.weights(), [expected], group)
+        expected = new[0]._replace(query_out=outs[0])
+    _, ((got,), (got_group,)), _ = opt._learned_groups()
+    assert type(got) is type(expected) and (got.query_out is None) == (not use_query)
+    for key, value in expected._asdict().items():
+        assert value is None or torch.equal(value, getattr(got, key)), key
+    assert (group is None) == (kind == "paper") and (got_group is None) == (kind == "paper")
+    if group is not None:
+        for key, value in group._asdict().items():
+            assert torch.equal(value, getattr(got_group, key)), key
 
 
 def test_closure_path_matches_batched_path(problem):
@@ -76,7 +82,8 @@ def test_query_scale_is_normalised_and_starts_isotropic():
     nets = _nets(gain=1.0)
     params = [torch.randn(7), torch.randn(3, 4)]
     states = [nets.arch.init_state(p) for p in params]
-    outs, _ = nets.arch.query_outputs(nets.weights(), states)
+    outs, _ = nets.arch.query_outputs(nets.weights(), states,
+                                      nets.arch.init_group_state(params[0]))
     scales = scales_from_outputs(nets.arch, outs)
     d = sum(p.numel() for p in params)
     total = sum((s**2).sum() for s in scales)

@@ -290,7 +290,7 @@ def test_step_size_holds_sigma_where_asked_and_tracks_the_generalists(tmp_path):
     for _ in range(20):
         batch = problem.sample_batch(moved)
         opt.step(torchzo.Batched(lambda X, b=batch: problem.loss(X, b)))
-        assert lr * math.exp(float(opt.state[x]["log_sigma"])) == pytest.approx(0.02 * rms0,
+        assert lr * math.exp(float(opt.state[x]["group.log_sigma"])) == pytest.approx(0.02 * rms0,
                                                                                  rel=1e-5)
     assert data["generalist_sigma_over_rms0"]["quantiles_10_50_90"][0][0] != 0.02
 

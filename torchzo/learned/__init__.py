@@ -3,8 +3,8 @@ from . import arch
 from .arch import ARCHITECTURES, PRESETS, Architecture, GeneralConfig, PaperConfig
 from .blocks import CoordLSTM
 from .nets import LearnedZO
-from .step import COVARIANCES, Group, Plan, StepResult, plan, update
+from .step import COVARIANCES, Group, LearnedState, Plan, StepResult, init, plan, update
 
 __all__ = ["ARCHITECTURES", "COVARIANCES", "PRESETS", "Architecture", "CoordLSTM",
-           "GeneralConfig", "Group", "LearnedZO", "PaperConfig", "Plan", "StepResult", "arch",
-           "plan", "update"]
+           "GeneralConfig", "Group", "LearnedState", "LearnedZO", "PaperConfig", "Plan",
+           "StepResult", "arch", "init", "plan", "update"]

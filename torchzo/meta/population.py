@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Architecture, Group, plan, update
+from ..learned import Architecture, Group, init, plan, update
 from ..learned.arch import Weights
 from ..oracle import Part, Scheme, default_mu, estimate_population
 from ..tasks import Problem
@@ -48,23 +48,23 @@ def run_population(weights: Weights, arch: Architecture, problem: Problem, steps
                          f"{covariance!r}")
     members = next(iter(weights.values())).shape[0]
     x = problem.x0.detach().float().expand(members, -1).clone()
-    state = arch.init_state(problem.x0, (members,))
     generator = torch.Generator().manual_seed(seed)
     data = torch.Generator().manual_seed(seed + 1)
     scheme = Scheme(estimator, q)
     base_mu = mu if mu is not None else (problem.mu if problem.mu is not None
                                          else default_mu(torch.float32))
     group = Group((0,), lr, covariance=covariance, query_prob=query_prob, q=scheme.directions)
+    state = init(arch, [problem.x0], [group], (members,))
     curve = [problem.loss(x)]
     for _ in range(steps):
         batch = problem.sample_batch(data)
-        radius = base_mu * arch.radius(state)
+        radius = base_mu * arch.radius(state.groups[0])
         part = Part((0,), scheme, radius, arch.directions_kind)  # type: ignore[arg-type]
-        planned = plan(weights, arch, [x], [state], [group], [part], generator)
+        planned = plan(weights, arch, [x], state, [group], [part], generator)
         f0, g = estimate_population(functools.partial(problem.loss, batch=batch), x,
                                     planned.queries[0], finite=False)
-        result = update(weights, arch, [x], [state], [group], [g], f0, planned)
-        (x,), (state,) = result.params, result.states
+        result = update(weights, arch, [x], state, [group], [g], f0, planned)
+        (x,), state = result.params, result.state
         curve.append(problem.loss(x))
     losses = torch.stack(curve, 1)
     bad = ~torch.isfinite(losses).all(1)

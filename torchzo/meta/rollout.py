@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..learned import Group, plan, update
+from ..learned import Group, init, plan, update
 from ..learned.nets import LearnedZO
 from ..oracle import Batched, Part, Scheme, default_mu, estimate_gradient
 from ..tasks import Problem
@@ -61,7 +61,10 @@ class Rollout:
         mu = cfg.mu if cfg.mu is not None else default_mu(self.x.dtype)
         self.part = Part((0,), Scheme(cfg.estimator, cfg.q), mu)
         self.weights = nets.weights()
-        self.state = nets.arch.init_state(self.x)
+        covariance = "learned" if cfg.use_query else "identity"
+        self.groups = [Group((0,), cfg.lr, covariance=covariance, query_prob=1.0,
+                             q=self.part.scheme.directions)]
+        self.state = init(nets.arch, [self.x], self.groups)
         self.generator = torch.Generator().manual_seed(seed)
         self.data = torch.Generator().manual_seed(data_seed)
         self.t = 0
@@ -84,16 +87,13 @@ class Rollout:
                     return batch_loss(X)
             return fd_loss(batch_loss, cfg.fd_mu)(X) if cfg.grad_mode == "fd" else batch_loss(X)
 
-        covariance = "learned" if cfg.use_query else "identity"
-        groups = [Group((0,), cfg.lr, covariance=covariance, query_prob=1.0,
-                        q=self.part.scheme.directions)]
         arch = self.nets.arch
-        planned = plan(self.weights, arch, [self.x], [self.state], groups, [self.part],
+        planned = plan(self.weights, arch, [self.x], self.state, self.groups, [self.part],
                        self.generator)
         found = estimate_gradient(Batched(queried), [self.x], planned.queries)
-        result = update(self.weights, arch, [self.x], [self.state], groups, found.grads,
+        result = update(self.weights, arch, [self.x], self.state, self.groups, found.grads,
                         found.loss, planned)
-        (self.x,), (self.state,) = result.params, result.states
+        (self.x,), self.state = result.params, result.state
         out = planned.query_outputs[0]
         reg = self.x.new_zeros(()) if out is None else cfg.reg * (out ** 2).sum()
         self.t += 1
@@ -102,4 +102,4 @@ class Rollout:
     def detach(self) -> None:
         """Cut the graph at a truncation boundary; values carry on."""
         self.x = self.x.detach()
-        self.state = {k: v.detach() for k, v in self.state.items()}
+        self.state = self.state.detached()

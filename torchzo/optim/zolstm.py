@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 from .. import learned
-from ..learned.arch import State, Weights
+from ..learned.arch import TensorState, Weights
 from ..learned.nets import LearnedZO
-from ..learned.step import COVARIANCES, next_query_outputs, scales_from_outputs
+from ..learned.step import COVARIANCES, LearnedState, next_query_outputs, scales_from_outputs
 from ..oracle import Batched, Estimate, Part, Scheme
+from . import _learned_state
 from ._checkpoint import saved_positions
 from ._guard import all_finite, user_stacklevel
 from ._validation import check_number
@@ -125,27 +126,33 @@ class ZOLSTM(ZOOptimizer):
 
     def _parts(self) -> list[Part]:
         """The base parts, with ``mu`` times the architecture's radius factor (from the
-        state of the part's first tensor; the generalist grows it on zero-signal steps)."""
+        state of the group of the part's first tensor; the generalist grows it on zero-signal
+        steps)."""
         params, arch = self._params(), self.nets.arch
+        group_of = {p: g for g in self.param_groups for p in g["params"]}
         out = []
         for part in super()._parts():
-            st = self.state.get(params[part.index[0]])
-            factor = float(arch.radius(st)) if st else 1.0
+            group = self._group_state(group_of[params[part.index[0]]])
+            factor = 1.0 if group is None else float(arch.radius(group))
             out.append(part if factor == 1.0 else dataclasses.replace(part, mu=part.mu * factor))
         return out
 
-    def _state_of(self, p: Tensor, group: dict[str, Any]) -> State:
-        if p in self.state and self.state[p]:
-            return self.state[p]
-        return _stored(self.nets.arch.init_state(p), group["state_dtype"],
-                       self.nets.arch.compact_keys)
+    def _state_of(self, p: Tensor, group: dict[str, Any]) -> TensorState:
+        return _learned_state.tensor_state(self.nets.arch, p, self.state.get(p),
+                                           group["state_dtype"])
 
-    def _learned_groups(self) -> tuple[list[Tensor], list[State], list[learned.Group]]:
-        """The learned step's view of the param groups: every parameter, its state, and each
-        group's settings (positions in that list)."""
+    def _group_state(self, group: dict[str, Any]) -> Any:
+        """A param group's own state, held in the state of its first parameter."""
+        first = group["params"][0]
+        return _learned_state.group_state(self.nets.arch, first, self.state.get(first))
+
+    def _learned_groups(self) -> tuple[list[Tensor], LearnedState, list[learned.Group]]:
+        """The learned step's view of the param groups: every parameter, the typed state of
+        each parameter and group, and each group's settings (positions in that list)."""
         active = [g for g in self.param_groups if g["params"]]
         params = [p for g in active for p in g["params"]]
-        states = [self._state_of(p, g) for g in active for p in g["params"]]
+        state = LearnedState([self._state_of(p, g) for g in active for p in g["params"]],
+                             [self._group_state(g) for g in active])
         groups, start = [], 0
         for g in active:
             index = tuple(range(start, start + len(g["params"])))
@@ -153,33 +160,36 @@ class ZOLSTM(ZOOptimizer):
             groups.append(learned.Group(index, g["lr"], g["maximize"], g["use_update"],
                                         g["covariance"], g["query_prob"], g["guide_alpha"],
                                         Scheme(g["estimator"], g["q"]).directions))
-        return params, states, groups
+        return params, state, groups
 
     @torch.no_grad()
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
         """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`."""
-        params, states, groups = self._learned_groups()
+        params, state, groups = self._learned_groups()
         weights = self.nets.weights()
-        plan = learned.plan(weights, self.nets.arch, params, states, groups, self._parts(),
+        plan = learned.plan(weights, self.nets.arch, params, state, groups, self._parts(),
                             self._generator)
         found = self._estimate(objective, plan.queries)
-        self._update_learned(weights, params, states, groups, plan, found.grads,
+        self._update_learned(weights, params, state, groups, plan, found.grads,
                              float(found.loss))
         return found
 
     @torch.no_grad()
-    def _update_learned(self, weights: Weights, params: list[Tensor],
-                        states: list[State], groups: list[learned.Group],
-                        plan: learned.Plan, grads: list[Tensor], loss: float | None) -> None:
+    def _update_learned(self, weights: Weights, params: list[Tensor], state: LearnedState,
+                        groups: list[learned.Group], plan: learned.Plan, grads: list[Tensor],
+                        loss: float | None) -> None:
         """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
-        group's ``state_dtype``)."""
+        group's ``state_dtype``; a group's own state with its first parameter's)."""
         arch = self.nets.arch
         grads = [g.to(p.dtype) for g, p in zip(grads, params)]
-        result = learned.update(weights, arch, params, states, groups, grads, loss, plan,
-                                in_place=True)
-        dtypes = [g["state_dtype"] for g in self.param_groups for _ in g["params"]]
-        for p, st, dtype in zip(params, result.states, dtypes):
-            self.state[p] = _stored(st, dtype, arch.compact_keys)
+        new = learned.update(weights, arch, params, state, groups, grads, loss, plan,
+                             in_place=True).state
+        active = [g for g in self.param_groups if g["params"]]
+        tensors = iter(new.tensors)
+        for g, group_state in zip(active, new.groups):
+            for j, p in enumerate(g["params"]):
+                self.state[p] = _learned_state.stored(arch, next(tensors), group_state
+                                                      if j == 0 else None, g["state_dtype"])
 
     @torch.no_grad()
     def next_query_scales(self, params: list[Tensor] | None = None) -> list[Tensor]:
@@ -195,14 +205,18 @@ class ZOLSTM(ZOOptimizer):
             return [torch.ones_like(p, dtype=torch.float32) for p in params]
         group_of = {p: g for g in self.param_groups for p in g["params"]}
         states = [self._state_of(p, group_of[p]) for p in params]
-        outs, _ = next_query_outputs(self.nets.weights(), self.nets.arch, states)
+        outs, _ = next_query_outputs(self.nets.weights(), self.nets.arch, states,
+                                     self._group_state(group_of[params[0]]))
         scales = scales_from_outputs(self.nets.arch, outs)
         return [s.view_as(p) for s, p in zip(scales, params)]
 
     def state_dict(self) -> dict[str, Any]:
-        """The base state dict plus the network weights; LSTM states live in ``state``."""
+        """The base state dict plus the network weights and the layout's version
+        (``sd["zo"]["version"]``); LSTM states live in ``state``, a param group's own state
+        in its first parameter's, under ``"group."`` keys (docs/zolstm.md, State)."""
         sd = super().state_dict()
         sd["zo"]["nets"] = {k: v.clone() for k, v in self.nets.state_dict().items()}
+        sd["zo"]["version"] = _learned_state.VERSION
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -212,8 +226,10 @@ class ZOLSTM(ZOOptimizer):
         As for every torchzo optimizer, everything is checked first (here also the network
         weights against these networks, and each state's entries and shapes against their
         architecture), and a state dict that fails changes nothing. A file that names the
-        covariance setting by its old name (``directions``) loads as its new one.
+        covariance setting by its old name (``directions``) loads as its new one, and one saved
+        before the typed state (group-level entries in every tensor's state) as the same state.
         """
+        state_dict = _learned_state.current_layout(state_dict, self.nets.arch)
         groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
         if isinstance(groups, list) and any(isinstance(g, Mapping) and "directions" in g
                                             for g in groups):
@@ -232,8 +248,7 @@ class ZOLSTM(ZOOptimizer):
                            where: str) -> None:
         if not entry:
             return
-        expected = _state_shapes(p, self.nets.arch)
-        expected.setdefault("query_out", (p.numel(),))
+        expected = _learned_state.state_shapes(self.nets.arch, p, p is group["params"][0])
         unknown = sorted(set(entry) - set(expected), key=str)
         missing = [k for k in expected if k != "query_out" and k not in entry]
         if unknown or missing:
@@ -271,23 +286,6 @@ class ZOLSTM(ZOOptimizer):
             for k, value in entry.items():  # checked against the architecture's entries
                 dtype = g["state_dtype"] if k in compact else torch.float32
                 self.state[p][k] = value.to(p.device, dtype)
-
-
-def _state_shapes(p: Tensor, arch: Any) -> dict[str, tuple[int, ...]]:
-    """The shapes of ``p``'s fresh state (computed on the meta device: nothing allocated)."""
-    try:
-        fresh = arch.init_state(torch.empty(p.shape, device="meta"))
-    except (NotImplementedError, RuntimeError):
-        fresh = arch.init_state(p)
-    return {k: tuple(v.shape) for k, v in fresh.items()}
-
-
-def _stored(st: State, dtype: torch.dtype, compact: tuple[str, ...]) -> State:
-    """The state as kept between steps: the ``compact`` entries (the recurrent states) in
-    ``dtype``, the rest in float32."""
-    if dtype == torch.float32:
-        return st
-    return {k: v.to(dtype) if k in compact else v for k, v in st.items()}
 
 
 def _load_nets(pretrained: Any) -> LearnedZO:

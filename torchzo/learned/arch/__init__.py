@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from .base import Architecture, State, Weights
-from .general import GeneralConfig
-from .paper import PaperConfig
+from .base import Architecture, TensorState, Weights, detached, replace
+from .general import ControlState, GeneralConfig, GeneralState
+from .paper import PaperConfig, PaperState
 
-__all__ = ["ARCHITECTURES", "PRESETS", "Architecture", "GeneralConfig", "PaperConfig", "State",
-           "Weights", "from_dict"]
+__all__ = ["ARCHITECTURES", "PRESETS", "Architecture", "ControlState", "GeneralConfig",
+           "GeneralState", "PaperConfig", "PaperState", "TensorState", "Weights",
+           "detached", "from_dict", "replace"]
 
 ARCHITECTURES: dict[str, type[Architecture]] = {"paper": PaperConfig, "general": GeneralConfig}
 

@@ -5,7 +5,11 @@ weights) with the functions of one step over its networks' weights:
 
 - :meth:`~Architecture.build`: the networks (the modules :class:`~torchzo.learned.LearnedZO`
   holds and files store);
-- :meth:`~Architecture.init_state`: a tensor's zero state, a dict of float32 tensors;
+- :meth:`~Architecture.init_state` and :meth:`~Architecture.init_group_state`: the zero state
+  of a tensor (its :attr:`~Architecture.state_type`, a ``NamedTuple`` of the architecture's own,
+  as optax's ``ScaleByAdamState``) and of a param group (its
+  :attr:`~Architecture.group_state_type`, held once per group; ``None`` for an architecture
+  without group-level state);
 - :meth:`~Architecture.query_outputs` and :meth:`~Architecture.raw_scale`: what the query
   network reads from the states and the per-coordinate standard deviation it gives (the step
   normalises it so that trace(Sigma) = d);
@@ -21,24 +25,65 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from torch import Tensor, nn
 
-__all__ = ["Architecture", "State", "Weights"]
+__all__ = ["Architecture", "TensorState", "Weights", "detached", "replace"]
 
-#: A tensor's learned state: float32 tensors by name.
-State = dict[str, Tensor]
+
+class TensorState(Protocol):
+    """What the learned step reads of any architecture's per-tensor state: a ``NamedTuple`` of
+    tensors per coordinate, behind any population dimensions (float32, but for the
+    :attr:`~Architecture.compact_keys` that ``ZOLSTM`` may store in a lower precision)."""
+
+    @property
+    def prev_estimate(self) -> Tensor:
+        """The last estimate (with the last update, the span that the guided covariance
+        draws towards)."""
+
+    @property
+    def prev_update(self) -> Tensor:
+        """The last update."""
+
+    @property
+    def query_out(self) -> Tensor | None:
+        """The query network's outputs for the next step, computed ahead at the end of an
+        optimizer step (``None``: the next step computes them)."""
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
 #: The networks' weights by parameter name (``LearnedZO.weights()``).
 Weights = Mapping[str, Tensor]
 
+S = TypeVar("S", bound=TensorState)
+G = TypeVar("G")
+T = TypeVar("T")
 
-class Architecture(ABC):
-    """A learned ZO step's settings and functions; subclasses are frozen dataclasses."""
+
+def replace(state: T, **changes: Tensor | None) -> T:
+    """``state`` (a ``NamedTuple``) with ``changes``: its ``_replace``, for any state type."""
+    return cast(Any, state)._replace(**changes)
+
+
+def detached(state: T) -> T:
+    """``state`` (a ``NamedTuple`` of tensors or ``None``) cut from the autograd graph."""
+    return type(state)(*(None if v is None else v.detach()  # type: ignore[call-arg]
+                         for v in cast(Any, state)))
+
+
+class Architecture(ABC, Generic[S, G]):
+    """A learned ZO step's settings and functions; subclasses are frozen dataclasses over
+    their per-tensor state type ``S`` and group state type ``G`` (``None`` if they keep none)."""
 
     #: The name files store and :data:`torchzo.learned.arch.ARCHITECTURES` lists.
     kind: ClassVar[str]
-    #: State entries that ``ZOLSTM(state_dtype=...)`` may store in a lower precision (the
+    #: The per-tensor state's ``NamedTuple`` (its field ``query_out`` may be ``None``).
+    state_type: ClassVar[type]
+    #: The per-group state's ``NamedTuple``, or ``None``.
+    group_state_type: ClassVar[type | None] = None
+    #: State fields that ``ZOLSTM(state_dtype=...)`` may store in a lower precision (the
     #: per-coordinate recurrent states; they are computed in float32 either way).
     compact_keys: ClassVar[tuple[str, ...]] = ()
     #: Settings of the flat stored form that this kind read once and has no more, with the
@@ -71,15 +116,20 @@ class Architecture(ABC):
         return list(nets.parameters())
 
     @abstractmethod
-    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> State:
+    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> S:
         """Zero state for the coordinates of ``p`` (a new problem never inherits old state);
         ``population``: leading dimensions of a population of weight sets, one state each."""
 
+    def init_group_state(self, p: Tensor, population: tuple[int, ...] = ()) -> G:
+        """Zero state of a param group whose first tensor is ``p`` (on its device)."""
+        return cast(G, None)
+
     @abstractmethod
-    def query_outputs(self, weights: Weights, states: Sequence[State], in_place: bool = False
-                      ) -> tuple[list[Tensor], list[State]]:
+    def query_outputs(self, weights: Weights, states: Sequence[S], group: G,
+                      in_place: bool = False) -> tuple[list[Tensor], list[S]]:
         """The query network's raw outputs for each tensor (flat) of a set that shares one
-        estimate, and the new entries of their states (``in_place``: written over the old)."""
+        estimate, and their new states (``in_place``: written over the old). ``group``: the
+        state of the group of the set's first tensor."""
 
     @abstractmethod
     def raw_scale(self, outputs: Tensor) -> Tensor:
@@ -87,15 +137,16 @@ class Architecture(ABC):
         normalisation over the tensors that share an estimate."""
 
     @abstractmethod
-    def update(self, weights: Weights, estimates: Sequence[Tensor], states: Sequence[State],
-               params: Sequence[Tensor], lr: float | Tensor, loss: Tensor | None, q: int,
-               in_place: bool = False) -> tuple[list[Tensor], list[State]]:
+    def update(self, weights: Weights, estimates: Sequence[Tensor], states: Sequence[S],
+               group: G, params: Sequence[Tensor], lr: float | Tensor, loss: Tensor | None,
+               q: int, in_place: bool = False) -> tuple[list[Tensor], list[S], G]:
         """A group's updates (flat float32 per tensor) from its flat float32 ``estimates``,
-        and the new states. ``params``: the group's tensors; ``loss``: the objective at them
-        as the oracle measured it (population-shaped, or ``None``); ``q``: directions per
-        estimate; ``in_place``: recurrent states are overwritten (no autograd)."""
+        the new states of its tensors and the group's new state. ``group``: its state;
+        ``params``: the group's tensors; ``loss``: the objective at them as the oracle measured
+        it (population-shaped, or ``None``); ``q``: directions per estimate; ``in_place``:
+        recurrent states are overwritten (no autograd)."""
 
-    def radius(self, state: Mapping[str, Tensor]) -> float | Tensor:
-        """The factor on the user's ``mu`` that the next estimate of the tensor with
-        ``state`` (its group's first) uses."""
+    def radius(self, group: G) -> float | Tensor:
+        """The factor on the user's ``mu`` that the next estimate of a group with state
+        ``group`` uses."""
         return 1.0

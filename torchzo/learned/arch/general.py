@@ -28,29 +28,59 @@ write carries a scale:
   momentum|, |base momentum| over RMS, log RMS against the mean) giving the log standard
   deviation of the coordinate's query directions; at zero read-out, isotropic.
 
-Group-level entries (:data:`GROUP_KEYS`: the controller's state, sigma, the radius, the last
-loss) are kept in every tensor's state of the group with equal values; a step reads the first
-tensor's. Population dimensions lead everywhere.
+A tensor's state is a :class:`GeneralState` (per coordinate); a param group's, held once per
+group, a :class:`ControlState` (the controller's state, sigma, the radius, the last loss).
+Population dimensions lead everywhere.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ...oracle.directions import check_kind
 from ..blocks import CoordLSTM, CoordMLP, coord_lstm, mlp
-from .base import Architecture, State, Weights
+from .base import Architecture, Weights, detached
 
-__all__ = ["GROUP_KEYS", "GeneralConfig"]
+__all__ = ["ControlState", "GeneralConfig", "GeneralState"]
 
-#: Entries of a tensor's state that belong to its whole param group.
-GROUP_KEYS = ("ctrl_h", "ctrl_c", "log_sigma", "log_sigma0", "log_radius", "prev_loss",
-              "loss_scale", "t")
+
+class GeneralState(NamedTuple):
+    """A tensor's state under the generalist's networks: per coordinate, float32."""
+
+    #: The last estimate and update, ``(*population, n)``.
+    prev_estimate: Tensor
+    prev_update: Tensor
+    #: The estimate's momenta, one per decay of ``momenta``: ``(*population, n, len(momenta))``.
+    momenta: Tensor
+    #: The running second moment of the estimate, ``(*population, n)``.
+    second: Tensor
+    #: The query net's outputs for the next step, computed ahead by an optimizer step.
+    query_out: Tensor | None = None
+
+
+class ControlState(NamedTuple):
+    """A param group's state: the step-size controller's, held once per group (each field
+    ``(*population)``, the LSTM's ``(*population, hidden)``)."""
+
+    #: The controller's LSTM state.
+    ctrl_h: Tensor
+    ctrl_c: Tensor
+    #: log sigma, the step size before ``lr``, and its value at the first step.
+    log_sigma: Tensor
+    log_sigma0: Tensor
+    #: log of the factor on the user's ``mu`` (see :meth:`GeneralConfig.radius`).
+    log_radius: Tensor
+    #: The last loss and the running magnitude of its change.
+    prev_loss: Tensor
+    loss_scale: Tensor
+    #: Steps taken (a float, so that it can carry population dimensions).
+    t: Tensor
+
 _CONTROL_INPUTS = 8  # without the noise inputs
 _QUERY_INPUTS = 3
 _MAX_LOG_RADIUS = math.log(1e6)
@@ -71,10 +101,12 @@ class _Nets(nn.Module):
 
 
 @dataclass(frozen=True)
-class GeneralConfig(Architecture):
+class GeneralConfig(Architecture[GeneralState, ControlState]):
     """The generalist's settings (saved with its weights)."""
 
     kind: ClassVar[str] = "general"
+    state_type: ClassVar[type] = GeneralState
+    group_state_type: ClassVar[type | None] = ControlState
     #: A mix of ZO-SGD's direction into the step, with an adapted weight (research flags).
     retired: ClassVar[dict[str, object]] = {"sgd_mix": False, "mix_gain": 0.0}
 
@@ -128,37 +160,38 @@ class GeneralConfig(Architecture):
     def build(self) -> nn.Module:
         return _Nets(self)
 
-    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> State:
-        """Zero state for the coordinates of ``p``, plus its group's (zero) controller state."""
+    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> GeneralState:
         n = p.numel()
+        return GeneralState(*_zeros(p, population, (n,), (n,), (n, len(self.momenta)), (n,)))
 
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros((*population, *shape), device=p.device, dtype=torch.float32)
+    def init_group_state(self, p: Tensor, population: tuple[int, ...] = ()) -> ControlState:
+        return ControlState(*_zeros(p, population, (self.hidden,), (self.hidden,),
+                                    *[()] * 6))
 
-        state = {"prev_estimate": zeros(n), "prev_update": zeros(n),
-                 "momenta": zeros(n, len(self.momenta)), "second": zeros(n)}
-        state.update({k: zeros(self.hidden) if k.startswith("ctrl") else zeros()
-                      for k in GROUP_KEYS})
-        return state
-
-    def radius(self, state: Mapping[str, Tensor]) -> Tensor:
+    def radius(self, group: ControlState) -> Tensor:
         """The factor on the user's ``mu`` that the group's next estimate uses (1 at the
         start, doubled by every step whose estimate was exactly zero)."""
-        return state["log_radius"].exp()
+        return group.log_radius.exp()
 
-    def query_outputs(self, weights: Weights, states: Sequence[State], in_place: bool = False
-                      ) -> tuple[list[Tensor], list[State]]:
-        features = _query_features(self, [{k: v.detach() for k, v in st.items()}
-                                          for st in states])
-        return [mlp(weights, "query", x)[..., 0] for x in features], [{} for _ in states]
+    def query_outputs(self, weights: Weights, states: Sequence[GeneralState],
+                      group: ControlState, in_place: bool = False
+                      ) -> tuple[list[Tensor], list[GeneralState]]:
+        features = _query_features(self, [detached(st) for st in states], detached(group))
+        return [mlp(weights, "query", x)[..., 0] for x in features], list(states)
 
     def raw_scale(self, outputs: Tensor) -> Tensor:
         return outputs.exp()
 
-    def update(self, weights: Weights, estimates: Sequence[Tensor], states: Sequence[State],
-               params: Sequence[Tensor], lr: float | Tensor, loss: Tensor | None, q: int,
-               in_place: bool = False) -> tuple[list[Tensor], list[State]]:
-        return _update(weights, self, estimates, states, params, lr, loss, q)
+    def update(self, weights: Weights, estimates: Sequence[Tensor],
+               states: Sequence[GeneralState], group: ControlState, params: Sequence[Tensor],
+               lr: float | Tensor, loss: Tensor | None, q: int, in_place: bool = False
+               ) -> tuple[list[Tensor], list[GeneralState], ControlState]:
+        return _update(weights, self, estimates, states, group, params, lr, loss, q)
+
+
+def _zeros(p: Tensor, population: tuple[int, ...], *shapes: tuple[int, ...]) -> list[Tensor]:
+    return [torch.zeros((*population, *shape), device=p.device, dtype=torch.float32)
+            for shape in shapes]
 
 
 def _sum(xs: Sequence[Tensor]) -> Tensor:
@@ -190,31 +223,32 @@ def _unbiased(cfg: GeneralConfig, momenta: Tensor, t: Tensor, denom: Tensor) -> 
     return momenta / bias / denom[..., None]
 
 
-def _query_features(cfg: GeneralConfig, states: Sequence[State]) -> list[Tensor]:
-    """The query net's inputs for each tensor of a group that shares one estimate."""
-    t = states[0]["t"]
-    denoms = _denominators(cfg, [st["second"] for st in states], t)
+def _query_features(cfg: GeneralConfig, states: Sequence[GeneralState], group: ControlState
+                    ) -> list[Tensor]:
+    """The query net's inputs for each tensor of a set that shares one estimate."""
+    t = group.t
+    denoms = _denominators(cfg, [st.second for st in states], t)
     logs = [d.log() for d in denoms]
     centre = _sum(logs) / sum(x.shape[-1] for x in logs)
     seen = (t > 0).float()[..., None]
     out = []
     for st, denom, log in zip(states, denoms, logs):
-        m = _unbiased(cfg, st["momenta"], t, denom)
+        m = _unbiased(cfg, st.momenta, t, denom)
         out.append(torch.stack([m[..., 0].abs() * seen, m[..., cfg.base].abs() * seen,
                                 (log - centre[..., None]) * seen], -1).clamp(-10, 10))
     return out
 
 
-def _loss_signals(g0: State, t: Tensor, loss: Tensor | None
+def _loss_signals(g0: ControlState, t: Tensor, loss: Tensor | None
                   ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The loss now, its change, the change's running magnitude, and the change over it."""
-    first = g0["t"] == 0
+    first = g0.t == 0
     if loss is None:
-        loss_now = g0["prev_loss"]
+        loss_now = g0.prev_loss
     else:
         loss_now = torch.as_tensor(loss, dtype=torch.float32, device=t.device).expand_as(t)
-    change = torch.where(first, torch.zeros_like(t), loss_now - g0["prev_loss"])
-    magnitude = torch.where(g0["loss_scale"] > 0, 0.9 * g0["loss_scale"] + 0.1 * change.abs(),
+    change = torch.where(first, torch.zeros_like(t), loss_now - g0.prev_loss)
+    magnitude = torch.where(g0.loss_scale > 0, 0.9 * g0.loss_scale + 0.1 * change.abs(),
                             change.abs())
     scaled = torch.where(magnitude > 0, change / magnitude.clamp(min=_TINY),
                          torch.zeros_like(change)).clamp(-5, 5)
@@ -222,15 +256,16 @@ def _loss_signals(g0: State, t: Tensor, loss: Tensor | None
 
 
 def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
-            states: Sequence[State], params: Sequence[Tensor], lr: float | Tensor,
-            loss: Tensor | None, q: int) -> tuple[list[Tensor], list[State]]:
-    """The group's updates (flat, per tensor) and new states; see the module docstring."""
-    g0 = states[0]
-    t = g0["t"] + 1
+            states: Sequence[GeneralState], g0: ControlState, params: Sequence[Tensor],
+            lr: float | Tensor, loss: Tensor | None, q: int
+            ) -> tuple[list[Tensor], list[GeneralState], ControlState]:
+    """The group's updates (flat, per tensor), the new states of its tensors and its own new
+    state (``g0``: the old); see the module docstring."""
+    t = g0.t + 1
     betas = torch.tensor(cfg.momenta, device=estimates[0].device)
-    seconds = [cfg.beta2 * st["second"] + (1 - cfg.beta2) * g * g
+    seconds = [cfg.beta2 * st.second + (1 - cfg.beta2) * g * g
                for g, st in zip(estimates, states)]
-    momenta = [betas * st["momenta"] + (1 - betas) * g[..., None]
+    momenta = [betas * st.momenta + (1 - betas) * g[..., None]
                for g, st in zip(estimates, states)]
     denoms = _denominators(cfg, seconds, t)
     directions, steadiness = [], []
@@ -241,13 +276,13 @@ def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
         directions.append((mh[..., cfg.base] + out[..., 0]) * out[..., 1].clamp(-3, 3).exp())
 
     d = sum(g.shape[-1] for g in estimates)
-    last = [-st["prev_update"] for st in states]
+    last = [-st.prev_update for st in states]
     hyper = (_cos(estimates, last) * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
     agree = _cos(directions, last)
     zero = (_sum([g * g for g in estimates]) == 0).float()
     loss_now, change, magnitude, scaled = _loss_signals(g0, t, loss)
 
-    first = g0["t"] == 0
+    first = g0.t == 0
     rms_x = None  # the parameters' RMS, computed only where a rule needs it
     if bool(first.any()) or cfg.max_step:
         rms_x = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
@@ -255,10 +290,10 @@ def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
     if bool(first.any()):  # the start step, relative to the parameters' scale
         assert rms_x is not None
         start = torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
-        log_sigma0 = torch.where(first, start, g0["log_sigma0"])
-        log_sigma = torch.where(first, start, g0["log_sigma"])
+        log_sigma0 = torch.where(first, start, g0.log_sigma0)
+        log_sigma = torch.where(first, start, g0.log_sigma)
     else:
-        log_sigma0, log_sigma = g0["log_sigma0"], g0["log_sigma"]
+        log_sigma0, log_sigma = g0.log_sigma0, g0.log_sigma
     signals = [hyper, agree, scaled, change.sign(), zero,
                torch.tanh((log_sigma - log_sigma0) / 5), torch.log1p(t) / 7, torch.ones_like(t)]
     if cfg.noise_inputs:
@@ -269,22 +304,21 @@ def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
     inputs = torch.stack(signals, -1)
     out, h, c = coord_lstm(weights["control.cell.weight_ih"], weights["control.cell.weight_hh"],
                            weights["control.head.weight"], inputs[..., None, :],
-                           g0["ctrl_h"][..., None, :], g0["ctrl_c"][..., None, :])
+                           g0.ctrl_h[..., None, :], g0.ctrl_c[..., None, :])
     move = (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
     log_sigma = log_sigma + cfg.sigma_rate * move  # x * 1.0 == x: rate 1 is the old step
     if rms_x is not None and cfg.max_step:  # a trust region relative to the point's scale
         cap = torch.maximum(cfg.max_step * rms_x, weights["log_floor"].exp()).log()
         log_sigma = torch.minimum(log_sigma, cap)
     sigma = lr * log_sigma.exp()
-    log_radius = torch.where(zero > 0, (g0["log_radius"] + math.log(2)).clamp(max=_MAX_LOG_RADIUS),
-                             0.8 * g0["log_radius"])
+    log_radius = torch.where(zero > 0, (g0.log_radius + math.log(2)).clamp(max=_MAX_LOG_RADIUS),
+                             0.8 * g0.log_radius)
 
-    group = {"ctrl_h": h[..., 0, :], "ctrl_c": c[..., 0, :], "log_sigma": log_sigma,
-             "log_sigma0": log_sigma0, "log_radius": log_radius, "prev_loss": loss_now,
-             "loss_scale": magnitude, "t": t}
+    group = ControlState(h[..., 0, :], c[..., 0, :], log_sigma, log_sigma0, log_radius,
+                         loss_now, magnitude, t)
     updates, new = [], []
-    for g, m, v, u in zip(estimates, momenta, seconds, directions):
+    for g, m, v, u, st in zip(estimates, momenta, seconds, directions, states):
         step = -sigma[..., None] * u
         updates.append(step)
-        new.append({"prev_estimate": g, "prev_update": step, "momenta": m, "second": v, **group})
-    return updates, new
+        new.append(st._replace(prev_estimate=g, prev_update=step, momenta=m, second=v))
+    return updates, new, group

@@ -9,16 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ...oracle.directions import check_kind
 from ..blocks import CoordLSTM, lstm
-from .base import Architecture, State, Weights
+from .base import Architecture, Weights
 
-__all__ = ["PaperConfig"]
+__all__ = ["PaperConfig", "PaperState"]
+
+
+class PaperState(NamedTuple):
+    """A tensor's state under the paper's networks: per coordinate, float32."""
+
+    #: The UpdateRNN's LSTM state, ``(*population, n, hidden)``.
+    update_h: Tensor
+    update_c: Tensor
+    #: The QueryRNN's LSTM state, ``(*population, n, hidden)``.
+    query_h: Tensor
+    query_c: Tensor
+    #: The last estimate and update, ``(*population, n)``: the QueryRNN's inputs.
+    prev_estimate: Tensor
+    prev_update: Tensor
+    #: The QueryRNN's outputs for the next step, computed ahead by an optimizer step.
+    query_out: Tensor | None = None
 
 
 class _Nets(nn.Module):
@@ -29,10 +45,11 @@ class _Nets(nn.Module):
 
 
 @dataclass(frozen=True)
-class PaperConfig(Architecture):
+class PaperConfig(Architecture[PaperState, None]):
     """The paper's networks (saved with their weights)."""
 
     kind: ClassVar[str] = "paper"
+    state_type: ClassVar[type] = PaperState
     compact_keys: ClassVar[tuple[str, ...]] = ("update_h", "update_c", "query_h", "query_c")
 
     hidden: int = 10
@@ -48,37 +65,34 @@ class PaperConfig(Architecture):
         """The UpdateRNN (the QueryRNN is the second stage's)."""
         return list(nets.update.parameters())  # type: ignore[union-attr, operator]
 
-    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> State:
+    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> PaperState:
         n, k = p.numel(), self.hidden
 
         def zeros(*shape: int) -> Tensor:
             return torch.zeros((*population, *shape), device=p.device, dtype=torch.float32)
 
-        return {"update_h": zeros(n, k), "update_c": zeros(n, k),
-                "query_h": zeros(n, k), "query_c": zeros(n, k),
-                "prev_estimate": zeros(n), "prev_update": zeros(n)}
+        return PaperState(zeros(n, k), zeros(n, k), zeros(n, k), zeros(n, k), zeros(n), zeros(n))
 
-    def query_outputs(self, weights: Weights, states: Sequence[State], in_place: bool = False
-                      ) -> tuple[list[Tensor], list[State]]:
+    def query_outputs(self, weights: Weights, states: Sequence[PaperState], group: None,
+                      in_place: bool = False) -> tuple[list[Tensor], list[PaperState]]:
         outs, new = [], []
         for st in states:
-            x = torch.stack([st["prev_estimate"].detach(), st["prev_update"].detach()], -1)
-            o, h, c = lstm(weights, "query", x, st["query_h"], st["query_c"], in_place)
+            x = torch.stack([st.prev_estimate.detach(), st.prev_update.detach()], -1)
+            o, h, c = lstm(weights, "query", x, st.query_h, st.query_c, in_place)
             outs.append(o[..., 0])
-            new.append({"query_h": h, "query_c": c})
+            new.append(st._replace(query_h=h, query_c=c))
         return outs, new
 
     def raw_scale(self, outputs: Tensor) -> Tensor:
         return 1 + outputs
 
-    def update(self, weights: Weights, estimates: Sequence[Tensor], states: Sequence[State],
-               params: Sequence[Tensor], lr: float | Tensor, loss: Tensor | None, q: int,
-               in_place: bool = False) -> tuple[list[Tensor], list[State]]:
+    def update(self, weights: Weights, estimates: Sequence[Tensor], states: Sequence[PaperState],
+               group: None, params: Sequence[Tensor], lr: float | Tensor, loss: Tensor | None,
+               q: int, in_place: bool = False) -> tuple[list[Tensor], list[PaperState], None]:
         updates, new = [], []
         for g, st in zip(estimates, states):
-            out, h, c = lstm(weights, "update", g[..., None], st["update_h"], st["update_c"],
-                             in_place)
+            out, h, c = lstm(weights, "update", g[..., None], st.update_h, st.update_c, in_place)
             step = lr * out[..., 0]
             updates.append(step)
-            new.append({"update_h": h, "update_c": c, "prev_estimate": g, "prev_update": step})
-        return updates, new
+            new.append(st._replace(update_h=h, update_c=c, prev_estimate=g, prev_update=step))
+        return updates, new, None
