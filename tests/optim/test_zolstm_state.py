@@ -16,7 +16,7 @@ from torchzo.tasks import Quadratic
 
 # Saved by the ZOLSTM of the layout before (version 1): for each of two general networks,
 # the state dict after 3 steps, the points then, and the losses and points of the 3 steps
-# that followed.
+# that followed. Rademacher directions, whose stream that version shares with this one.
 FIXTURE = Path(__file__).parent / "data" / "zolstm_state_v1.pt"
 GROUP_FIELDS = ControlState._fields
 
@@ -31,7 +31,7 @@ def _setup(name: str, start: list[torch.Tensor], seed: int = 0):
                                                                            coord_hidden=4)
     nets = LearnedZO(arch=arch)
     opt = ZOLSTM([{"params": [a, b]}, {"params": [c], "lr": 0.5}], pretrained=nets, q=3,
-                 seed=seed)
+                 seed=seed, directions_kind="rademacher")
 
     def closure():
         return prob(torch.cat([a.reshape(-1), b.reshape(-1)])) + (c ** 2).sum()
