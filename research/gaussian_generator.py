@@ -2,11 +2,12 @@
 
     python -m research.gaussian_generator [--d 1000000] [--reps 40] [--keys 20] [--out DIR]
 
-The package draws Gaussian directions with torch's ``randn``; the issue's bar for them (a ZO-SGD
-query at d = 1e6 within 3 add passes of the parameters) is out of its reach. This measures the
-alternative that changes their bits: ``research/gaussian_generator.c``, a counter-based
-Box-Muller (see its header), compiled with the flags of the package's kernels (AVX-512 where
-the CPU has it).
+The package drew Gaussian directions with torch's ``randn`` when this was written; it has
+since adopted this generator's stream (``torchzo/oracle/directions/counter.py``, compiled in
+``torchzo/oracle/signs.c`` without this prototype's hand-written AVX-512 loop). This measures
+the prototype, ``research/gaussian_generator.c``, a counter-based Box-Muller (see its header),
+compiled with the flags of the package's kernels (AVX-512 where the CPU has it), against
+torch's ``randn`` and against the package's own draws.
 
 - *bits*: the vector build against the plain-C definition, at lengths that end mid-block.
 - *statistics*: over ``--keys`` keys of ``--d`` numbers each, the z-scores of the mean, the
@@ -120,6 +121,23 @@ def own_gaussian(lib: ctypes.CDLL) -> Iterator[None]:
         Gaussian.fill = original  # type: ignore[method-assign]
 
 
+@contextmanager
+def torch_randn() -> Iterator[None]:
+    """The oracle's Gaussian draws from torch's generator, as the package drew them before it
+    adopted a counter-based stream (torchzo.oracle.directions.counter)."""
+    original = Gaussian.fill
+    generator = torch.Generator()
+
+    def draw(self: Gaussian, block: Any, out: torch.Tensor, seed: int) -> None:
+        generator.manual_seed(block.seed_for(seed))
+        out.normal_(generator=generator)
+    Gaussian.fill = draw  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Gaussian.fill = original  # type: ignore[method-assign]
+
+
 def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
     g = torch.Generator()
     z, acc, u = torch.empty(d), torch.zeros(d), torch.randn(d)
@@ -129,14 +147,14 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
         g.manual_seed(12345)
         torch.randn(d, generator=g, out=z)
 
-    def step(kind: str, own: bool) -> Callable[[], Any]:
+    def step(kind: str, draws: str) -> Callable[[], Any]:
         opt = ZOSGD([torch.nn.Parameter(torch.randn(d))], lr=1e-6, q=Q, seed=0,
                     directions_kind=kind)
 
         def run() -> Any:
-            if not own:
+            if draws == "package":
                 return opt.step(lambda: zero)
-            with own_gaussian(lib):
+            with own_gaussian(lib) if draws == "prototype" else torch_randn():
                 return opt.step(lambda: zero)
         return run
 
@@ -152,9 +170,10 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
         "add pass": looped(lambda: torch._foreach_add_([acc], [u], alpha=1e-3)),
         "fill: this generator": looped(lambda: fill(lib, z, 12345)),
         "fill: torch randn": looped(randn),
-        "step: Gaussian, torch randn": step("gaussian", False),
-        "step: Gaussian, this generator": step("gaussian", True),
-        "step: Rademacher": step("rademacher", False)}
+        "step: Gaussian, torch randn": step("gaussian", "randn"),
+        "step: Gaussian, this generator": step("gaussian", "prototype"),
+        "step: Gaussian, the package's": step("gaussian", "package"),
+        "step: Rademacher": step("rademacher", "package")}
     times = interleaved_times(contenders, reps)
     med = {k: spread(v)["median"] / (1 if k.startswith("step") else Q + 1)
            for k, v in times.items()}
@@ -187,8 +206,9 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join([
         *section("A Gaussian generator of our own: what it would buy",
                  "Written by `python -m research.gaussian_generator` (what each part measures: "
-                 "its docstring); the generator is `research/gaussian_generator.c`, not used by "
-                 f"the package. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch "
+                 "its docstring); the generator is `research/gaussian_generator.c`, the "
+                 f"prototype of the package's stream. Machine: {m['cpu']}, "
+                 f"{m['logical_cpus']} logical CPUs, torch "
                  f"{m['torch']}, one thread; built with `cc {' '.join(data['flags'])}`; "
                  f"{data['elapsed_s']:.0f} s.",
                  f"Bits: the vector build equals the plain-C definition at lengths "

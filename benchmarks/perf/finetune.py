@@ -13,15 +13,19 @@ model's language-modelling loss on the batch, under ``model.eval()``.
 *Extra memory*: the peak resident memory of ``--steps`` optimizer steps (forward estimator, q
 directions, Gaussian directions) less the peak of the same model's forward passes alone under
 ``torch.no_grad()``, as a fraction of the weights' bytes (Linux's VmHWM, reset before each
-phase); *state*: what the optimizer keeps between steps. *Step / forwards*: the median time of
-the steps after the first over the time of the step's q + 1 forward passes alone (the median of
-three passes, times q + 1): 1.00 would be an optimizer that costs nothing.
+phase, with glibc's allocator returning freed blocks of 64 KiB or more to the system so that
+resident memory follows what is in use; both phases after two warm-up steps of the optimizer
+on a small tensor, which page in its code); *state*: what the optimizer keeps between steps.
+*Step / forwards*: the median time of the steps after the first over the time of the step's
+q + 1 forward passes alone (the median of three passes, times q + 1): 1.00 would be an
+optimizer that costs nothing.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -36,6 +40,10 @@ from .._common import OUT, finish, machine
 from .._report import doc_paragraphs, md_table, section
 
 MODELS = ("lm-25m", "opt-125m", "opt-350m")
+# glibc's allocator hands every block of 64 KiB or more back to the system when it is freed, so
+# that the resident memory follows what is in use: otherwise freed activations stay resident,
+# and where a later block lands decides the peak as much as what is allocated.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 OPTIMIZERS = ("ZOSGD", "ZOSignSGD", "ZOAdam")
 BATCH, TOKENS = 8, 128
 
@@ -106,8 +114,16 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
     model, loss = build(case["model"])
     params = [p for p in model.parameters() if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
+    make = getattr(torchzo, case["optimizer"])
+    # Warm: the forward pass's lazy initialisations, and the optimizer's code paged in by two
+    # steps on a small tensor (a constant, not memory that grows with the model).
+    small = torch.zeros(1 << 17)
+    warm = make([small], lr=1e-6, q=case["q"], seed=0, memory=case["memory"])
+    for _ in range(2):
+        warm.step(lambda: (small - 1).pow(2).sum())
+    del warm
     with torch.no_grad():
-        loss()  # warm: the allocator's first pages, lazy initialisations
+        loss()
         _reset_peak()
         times = []
         for _ in range(3):
@@ -116,8 +132,7 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - start)
         forward_peak = _kib("VmHWM")
     rss_before = _kib("VmRSS")
-    opt = getattr(torchzo, case["optimizer"])(params, lr=1e-6, q=case["q"], seed=0,
-                                              memory=case["memory"])
+    opt = make(params, lr=1e-6, q=case["q"], seed=0, memory=case["memory"])
     _reset_peak()
     steps = []
     for _ in range(case["steps"]):
@@ -140,7 +155,8 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     """:func:`child` in a new process (so that each peak is its own)."""
     done = subprocess.run([sys.executable, "-m", "benchmarks.perf.finetune", "--child",
-                           json.dumps(case)], capture_output=True, text=True, check=False)
+                           json.dumps(case)], capture_output=True, text=True, check=False,
+                          env={**os.environ, **MALLOC})
     if done.returncode != 0:
         return {**case, "error": done.stderr.strip().splitlines()[-1:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
