@@ -169,6 +169,17 @@ def test_finetune_quick_measures_memory_and_time_in_each_mode(tmp_path):
     assert "| lm-25m | ZOSGD | inference | 1 |" in (tmp_path / "finetune.md").read_text()
 
 
+@ZERO_SIGNAL
+def test_restore_drift_quick_reports_every_dtype_and_an_unmoved_exact_mode(tmp_path):
+    from benchmarks.perf import restore_drift
+
+    data = restore_drift.main(["--quick", "--out", str(tmp_path)])
+    assert data["exact_unchanged"]
+    assert {c["dtype"] for c in data["cases"]} == {"float32", "bfloat16", "float16"}
+    f32 = [r for c in data["cases"] if c["dtype"] == "float32" for r in c["drift"]]
+    assert all(r["changed"] < 0.1 for r in f32)  # float32 comes back, to rare roundings
+
+
 def test_batched_mlp_quick_times_every_path_under_both_malloc_settings(tmp_path):
     from benchmarks.perf import batched_mlp
 

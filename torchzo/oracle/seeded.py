@@ -4,7 +4,7 @@ The closure path of :mod:`torchzo.oracle.gradient` keeps an exact copy of the pa
 a d-sized estimate. Here neither exists (MeZO's scheme, Malladi et al. 2023, for any estimator
 and ``q``): each query moves the parameters in place along its direction, regenerated piece by
 piece (:data:`CHUNK` entries at a time) from its seed, and moves them back the same way, so a
-query costs passes over the parameters but no memory beyond a chunk. The estimate is held as
+query costs two passes over the parameters but no memory beyond a chunk. The estimate is held as
 the step's seeds and one coefficient per direction (:class:`SeededEstimate`); an update
 rebuilds it chunk by chunk (:meth:`SeededDirections.combine`).
 
@@ -155,16 +155,18 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
         mu = float(query.mu)
         found = []
         for k, seed in enumerate(query.seeds):
-            values, at = [], 0.0
-            try:
-                for sign in query.scheme.signs:  # MeZO's order: +mu, then -2 mu, then back
-                    dirs.perturb(seed, sign * mu - at)
-                    at = sign * mu
+            values = []
+            for sign in query.scheme.signs:
+                # Out and straight back for each sign (not MeZO's +mu, -2 mu, +mu): a move
+                # back from x + mu u lands on x itself unless the rounding of the move out
+                # crossed a power of two, while one from x - mu u reached via x + mu u also
+                # carries that first rounding (docs/benchmarks/restore-drift.md).
+                dirs.perturb(seed, sign * mu)
+                try:
                     where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
                     values.append(call_closure(closure, params, where)[1])
-            finally:
-                if at:
-                    dirs.perturb(seed, -at)
+                finally:
+                    dirs.perturb(seed, -sign * mu)
             found.append(query.scheme.coefficient(f0, tuple(values), mu))
         directions.append(dirs)
         coeffs.append(tuple(found))
