@@ -6,10 +6,11 @@ At inference memory a query moves the parameters to ``x + mu u`` in place and ba
 ``-mu u`` (both computed in float32 and rounded once to the parameters' dtype), so that the
 parameters come back to rounding, not bit for bit. This runs ZO-SGD with ``lr = 0`` (its
 update adds exactly zero), the forward and central estimators at q = 4, the dtype's default
-``mu`` (1e-3 in float32, 1e-1 in bfloat16 and float16) and MeZO's 1e-3, on ``--d`` parameters drawn from N(0, 1), and reports after each number of steps how
-far the parameters are from where they started: the share of entries that changed, and the
-largest and root-mean-square change relative to the entry's magnitude, in units of the
-dtype's machine epsilon. The exact mode changes nothing (checked in the same run).
+``mu`` (1e-3 in float32, 1e-1 in bfloat16 and float16) and MeZO's 1e-3, on ``--d``
+parameters drawn from N(0, 1), and reports after each number of steps how far the parameters
+are from where they started: the share of entries that changed, and the largest and
+root-mean-square change relative to the entry's magnitude, in units of the dtype's machine
+epsilon. The exact mode changes nothing (checked in the same run).
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def drift(dtype: torch.dtype, kind: str, estimator: str, d: int, checkpoints: li
 
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
-    rows = [[c["dtype"], c["mu"], c["kind"], c["estimator"], r["steps"], f"{100 * r['changed']:.2f} %",
-             f"{r['rms_rel_eps']:.3g}", f"{r['max_rel_eps']:.3g}"]
+    rows = [[c["dtype"], c["mu"], c["kind"], c["estimator"], r["steps"],
+             f"{100 * r['changed']:.2f} %", f"{r['rms_rel_eps']:.3g}", f"{r['max_rel_eps']:.3g}"]
             for c in data["cases"] for r in c["drift"]]
     return "\n".join(section(
         "Inference memory: the drift of restoring by rounding", *doc_paragraphs(__doc__),
