@@ -80,3 +80,19 @@ def test_zo_trainer_refuses_gradient_accumulation_and_other_optimizers(tmp_path)
     with pytest.raises(TypeError, match="torchzo optimizer"):
         ZOTrainer(model=model, args=arguments(tmp_path), train_dataset=Tokens(),
                   optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
+
+
+def test_a_run_resumed_from_a_trainer_checkpoint_takes_the_same_steps(tmp_path):
+    straight = tiny_opt()
+    ZOTrainer(model=straight, args=arguments(tmp_path / "a", max_steps=4),
+              train_dataset=Tokens()).train()
+    first = tiny_opt()
+    ZOTrainer(model=first, args=arguments(tmp_path / "b", max_steps=4, save_strategy="steps",
+                                          save_steps=2), train_dataset=Tokens()).train()
+    resumed = tiny_opt()
+    trainer = ZOTrainer(model=resumed, args=arguments(tmp_path / "b", max_steps=4),
+                        train_dataset=Tokens())
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    assert trainer.zo.steps == 4
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
