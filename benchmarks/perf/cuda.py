@@ -8,7 +8,7 @@ On a lent GPU machine (its own torch, no install): ``PYTHONUNBUFFERED=1 PYTHONPA
 ``docs/benchmarks/``. About 5 minutes on an H200 is the aim (the loan is 15 minutes, start-up
 included).
 
-Four parts, each recorded whatever the others do:
+Five parts, each recorded whatever the others do:
 
 - *tests*: ``pytest -m cuda`` (the CUDA tests: every optimizer's closure, foreach and batched
   paths agree on the device; the sign words match the CPU kernel's), its exit status and
@@ -26,6 +26,12 @@ Four parts, each recorded whatever the others do:
   on against the same optimizer without it, bit for bit, and their step times. A group of
   one rank is the same as off (``torchzo.oracle.distributed.ranks_for``), so this checks that
   the option runs under NCCL, not the exchange: two ranks need two GPUs.
+- *finetune*: the 25M-parameter language model of ``benchmarks.perf.finetune`` on the device
+  (batch 8 x 128 tokens), three steps of ZOSGD (central, q = 1: MeZO's step) at each memory
+  mode: the peak device memory beyond that of the forward passes alone, over the weights'
+  bytes (``torch.cuda.max_memory_allocated``; not measured on a CPU), and a step's time over
+  its three forward passes'; and whether the device's Gaussian stream (torch ops) has the bits
+  of the CPU's (the compiled kernel where it runs).
 
 Writes ``cuda.json`` and ``cuda.md`` under ``--out`` (default ``docs/benchmarks``).
 """
@@ -171,6 +177,50 @@ def nccl_case(d: int, q: int, steps: int, device: torch.device) -> dict[str, Any
             "median_s": {k: spread(v)["median"] for k, v in times.items()}}
 
 
+def finetune_case(device: torch.device, quick: bool) -> dict[str, Any]:
+    from torchzo.oracle.directions.counter import gaussian_range
+
+    from .finetune import BATCH, TOKENS, TinyLM
+
+    torch.manual_seed(0)
+    lm = (TinyLM(vocab=64, width=32, layers=1, heads=2) if quick else TinyLM()).to(device).eval()
+    tokens = torch.randint(0, lm.vocab, (BATCH, TOKENS + 1), device=device)
+    weights = sum(p.numel() * p.element_size() for p in lm.parameters())
+    cuda = device.type == "cuda"
+
+    def loss() -> torch.Tensor:
+        return lm.loss(tokens)
+
+    def peak() -> int | None:
+        return torch.cuda.max_memory_allocated(device) if cuda else None
+
+    out: dict[str, Any] = {"params": sum(p.numel() for p in lm.parameters()), "modes": {}}
+    for memory in ("exact", "inference"):
+        opt = ZOSGD(lm.parameters(), lr=1e-6, q=1, estimator="central", seed=0, memory=memory)
+        with torch.no_grad():
+            loss()
+            if cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            forward = spread(interleaved_times({"f": _synced(loss, device)}, 3)["f"])["median"]
+        base = peak()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        times = interleaved_times({"step": _synced(partial(opt.step, loss), device)}, 3)
+        top = peak()
+        out["modes"][memory] = {
+            "step_over_forwards": spread(times["step"])["median"] / (3 * forward),
+            "extra_peak_fraction": None if top is None or base is None
+            else (top - base) / weights}
+    got = torch.empty(100_003, device=device)
+    gaussian_range(123, 7, got)
+    want = torch.empty(100_003)
+    gaussian_range(123, 7, want)
+    out["gaussian_bits_match_cpu"] = bool(torch.equal(got.cpu().view(torch.int32),
+                                                      want.view(torch.int32)))
+    return out
+
+
 def _overhead_section(data: dict[str, Any]) -> list[str]:
     rows = []
     for c in data["overhead"]:
@@ -211,7 +261,20 @@ def render(data: dict[str, Any]) -> str:
                  md_table(["backend", "d", "bit-identical after steps", "step, off", "step, on"],
                           [[n["backend"], str(n["d"]), f"{n['bit_identical']} ({n['steps']})",
                             fmt_time(n["median_s"]["one process"]),
-                            fmt_time(n["median_s"]["NCCL group of one"])]]))])
+                            fmt_time(n["median_s"]["NCCL group of one"])]])),
+        *_finetune_section(data.get("finetune"))])
+
+
+def _finetune_section(f: dict[str, Any] | None) -> list[str]:
+    if f is None:  # a run from before this part existed
+        return []
+    rows = [[mode, "not measured" if r["extra_peak_fraction"] is None
+             else f"{100 * r['extra_peak_fraction']:.1f} %", f"{r['step_over_forwards']:.2f}"]
+            for mode, r in f["modes"].items()]
+    return section("Fine-tuning: MeZO's step at each memory mode",
+                   f"{f['params'] / 1e6:.1f}M parameters; the device's Gaussian stream has the "
+                   f"CPU's bits: {f['gaussian_bits_match_cpu']}.",
+                   md_table(["memory", "extra peak / weights", "step / forwards"], rows))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -241,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data["attack"] = attack_case(args.q, 3 if args.quick else 5 * args.reps, device,
                                  data["check_steps"])
     data["nccl"] = nccl_case(1000 if args.quick else 1_000_000, args.q, 3, device)
+    data["finetune"] = finetune_case(device, args.quick)
     return finish(data, start, "cuda", args.out or None, render)
 
 

@@ -202,3 +202,20 @@ def test_a_closure_that_writes_the_parameters_is_refused_and_undone():
     with pytest.raises(ClosureError, match="wrote parameter 1"):
         opt.step(writes)
     torch.testing.assert_close(w[0], before[0], rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_inference_mode_on_cuda_takes_the_cpu_steps_to_rounding(kind):
+    def steps(device):
+        g = torch.Generator().manual_seed(0)
+        w = [torch.randn(300, 7, generator=g, dtype=F64).to(device)]
+        opt = torchzo.ZOAdam(w, lr=1e-2, q=3, seed=0, estimator="central",
+                             directions_kind=kind, memory="inference")
+        for _ in range(4):
+            opt.step(lambda: ((w[0] - 1) ** 2).sum())
+        return w[0].cpu()
+
+    torch.testing.assert_close(steps(torch.device("cuda")), steps(torch.device("cpu")),
+                               rtol=1e-6, atol=1e-8)

@@ -77,3 +77,15 @@ def test_the_numbers_behave_like_standard_normals():
     assert abs(float((z.abs() > 2).double().mean()) - 0.0455) < 0.003
     assert float(z.abs().max()) <= math.sqrt(2 * 24 * math.log(2)) + 1e-5  # u >= 2**-24
     assert abs(float((z[:-1] * z[1:]).mean())) < 4 / math.sqrt(n)  # neighbours uncorrelated
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_stream_on_cuda_is_the_cpu_stream():
+    cuda = torch.device("cuda")
+    for start, n in ((0, 1), (5, 1000), (2**33 - 10, 100_003)):
+        got = torch.empty(n, device=cuda)
+        counter.gaussian_range(9, start, got)
+        want = torch.empty(n)
+        counter.gaussian_range(9, start, want)
+        assert torch.equal(bits(got.cpu()), bits(want))

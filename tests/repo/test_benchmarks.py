@@ -123,6 +123,8 @@ def test_cuda_script_runs_every_part_on_the_cpu(tmp_path):
     assert data["attack"]["speedup"] > 0
     assert data["attack"]["max_delta_difference"] < 1e-3  # same directions, rounding apart
     assert data["nccl"]["backend"] == "gloo" and data["nccl"]["bit_identical"]
+    assert data["finetune"]["gaussian_bits_match_cpu"]
+    assert set(data["finetune"]["modes"]) == {"exact", "inference"}
     text = (tmp_path / "cuda.md").read_text()
     assert "| 1e+03 | ZOSGD (Rademacher) |" in text and "| gloo | 1000 | True (3) |" in text
 
