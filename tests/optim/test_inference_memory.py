@@ -185,9 +185,6 @@ def test_what_inference_memory_refuses():
     opt = torchzo.ZOSGD(w, memory="inference")
     with pytest.raises(ValueError, match="Batched"):
         opt.step(torchzo.oracle.Batched(lambda X: X.sum(1)))
-    opt.distributed = True
-    with pytest.raises(ValueError, match="ranks"):
-        opt.step(loss)
 
 
 def test_a_closure_that_writes_the_parameters_is_refused_and_undone():

@@ -63,6 +63,12 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torchzo.ZOOptimizer:
         return torchzo.ZOSGD([{"params": params[:2], "directions_kind": "rademacher"},
                               {"params": params[2:]}], lr=0.01, q=3, estimator="central",
                              seed=11)
+    if name == "sgd-inference":  # MeZO's step, and two groups
+        return torchzo.ZOSGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.005}],
+                             lr=0.01, q=3, estimator="central", seed=13, memory="inference")
+    if name == "adam-inference-rademacher":
+        return torchzo.ZOAdam(params, lr=0.05, q=5, seed=14, directions_kind="rademacher",
+                              memory="inference")
     if name == "zolstm":
         return torchzo.ZOLSTM(params, pretrained=_nets(), q=4, query_prob=0.5, seed=8)
     if name == "zolstm-guided":
@@ -77,6 +83,8 @@ SCENARIOS: dict[str, tuple[str, Any, Any]] = {
     "adam-central": ("adam-central", torch.float64, "closure"),
     "adam-antithetic": ("adam-antithetic", torch.float32, "closure"),
     "signsgd": ("signsgd", torch.float32, "closure"),
+    "sgd-inference": ("sgd-inference", torch.float32, "closure"),
+    "adam-inference-rademacher": ("adam-inference-rademacher", torch.float64, "closure"),
     "sgd-two-groups": ("sgd-two-groups", [torch.float64, torch.float32, torch.float32],
                        "closure"),
     "zolstm": ("zolstm", torch.float32, "closure"),

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..oracle import Batched, Query
+from ..oracle.distributed import ranks_for
 from ..oracle.seeded import Piece, SeededEstimate, estimate_seeded
 from ._guard import NonFiniteUpdateError, all_finite, check_largest, newly_nonfinite
 
@@ -35,11 +36,9 @@ def step_inference(opt: ZOOptimizer, objective: Callable[[], Any] | Batched,
     if isinstance(objective, Batched):
         raise ValueError("memory='inference' queries a closure (a Batched objective holds "
                          "its query points in memory anyway: use memory='exact')")
-    if getattr(opt, "_distributed", None):
-        raise ValueError("memory='inference' does not share queries among ranks yet: "
-                         "set distributed=None, or use memory='exact'")
     params = opt._params()
-    found = estimate_seeded(objective, params, queries)
+    found = estimate_seeded(objective, params, queries,
+                            ranks_for(getattr(opt, "_distributed", None)))
     largest = [max((abs(c) for c in cs), default=0.0) for cs in found.coeffs]
     sized = [any(params[i].numel() for i in q.index) for q in queries]
     if check_largest(largest, sized, queries, opt.param_groups, not opt._zero_signal_warned):

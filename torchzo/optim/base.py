@@ -64,8 +64,8 @@ class ZOOptimizer(Optimizer):
             of the forward passes plus the optimizer's own state (ZOAdam's moments). The
             parameters are then restored to rounding, not bit for bit, after each query and
             after a failed step (state, RNG and counters still exactly); directions must be
-            ``"gaussian"`` or ``"rademacher"``, the objective a closure, and ``distributed``
-            off. See docs/fine-tuning.md.
+            ``"gaussian"`` or ``"rademacher"`` and the objective a closure. See
+            docs/fine-tuning.md.
     """
 
     #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):

@@ -69,7 +69,7 @@ from .estimator import (
 from .query import Query
 from .scratch import Scratch
 
-__all__ = ["RankFailedError", "Ranks", "check_distributed",
+__all__ = ["RankFailedError", "Ranks", "check_distributed", "fingerprint", "float_bits",
            "estimate_batched_sharded", "estimate_closure_sharded", "ranks_for"]
 
 # Loss dtypes a batched objective may return in a sharded step: all are exact in float64.
@@ -136,11 +136,11 @@ def _collective_device(group: Any) -> torch.device:
     return torch.device(kind, index)
 
 
-def _fingerprint(seeds: Sequence[int]) -> int:
+def fingerprint(seeds: Sequence[int]) -> int:
     return hash(tuple(seeds))  # int hashing is not randomised: equal on every process
 
 
-def _float_bits(value: float) -> int:
+def float_bits(value: float) -> int:
     return int(torch.tensor(value, dtype=torch.float64).view(torch.int64))
 
 
@@ -239,7 +239,7 @@ def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: P
     except Exception as err:
         failure = err
     seeds = [s for q in queries for s in q.seeds]
-    values = ranks.exchange(local, [_fingerprint(seeds), _float_bits(f0)], failure,
+    values = ranks.exchange(local, [fingerprint(seeds), float_bits(f0)], failure,
                             ["the query seeds", "f(x)"]).tolist()
     out = []
     offset = 0
@@ -298,7 +298,7 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
                 local[-1] = 1 + _LOSS_DTYPES.index(values.dtype)
     except Exception as err:
         failure = err
-    checks = [_fingerprint(query.seeds), _float_bits(float(x.detach().double().sum()))]
+    checks = [fingerprint(query.seeds), float_bits(float(x.detach().double().sum()))]
     summed = ranks.exchange(local, checks, failure, ["the query seeds", "the parameters"])
     dtype = _LOSS_DTYPES[int(summed[-1]) - 1]
     values = summed[:-1].to(x.device, dtype)

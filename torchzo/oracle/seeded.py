@@ -28,6 +28,7 @@ from .directions import Layout, kind_named
 from .directions.blocks import Block
 from .directions.kinds import SEEKABLE_KINDS
 from .directions.rademacher import signs_range
+from .distributed import Ranks, fingerprint, float_bits
 from .query import Query
 
 __all__ = ["CHUNK", "Piece", "SeededDirections", "SeededEstimate", "estimate_seeded"]
@@ -141,34 +142,57 @@ class SeededEstimate:
 
 @torch.no_grad()
 def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
-                    queries: Sequence[Query]) -> SeededEstimate:
+                    queries: Sequence[Query], ranks: Ranks | None = None) -> SeededEstimate:
     """Query ``closure`` along each query's directions with ``params`` perturbed in place;
-    every parameter is moved back (to rounding) before this returns or raises."""
+    every parameter is moved back (to rounding) before this returns or raises.
+
+    With ``ranks``, this rank evaluates its share of the queries and the ranks exchange the
+    values (:meth:`~torchzo.oracle.distributed.Ranks.exchange`), but every rank makes every
+    move out and back: so the parameters round the same way on every rank, and as in one
+    process, and stay bit-identical to them.
+    """
     params = list(params)
     for query in queries:
         if query.scale is not None or query.guide is not None:
             raise ValueError("memory='inference' takes unscaled, unguided directions")
-    loss, f0 = call_closure(closure, params, "f(x)")
-    directions, coeffs = [], []
-    for query in queries:
-        dirs = SeededDirections([params[i] for i in query.index], query.kind)
-        mu = float(query.mu)
-        found = []
-        for k, seed in enumerate(query.seeds):
-            values = []
-            for sign in query.scheme.signs:
-                # Out and straight back for each sign (not MeZO's +mu, -2 mu, +mu): a move
-                # back from x + mu u lands on x itself unless the rounding of the move out
-                # crossed a power of two, while one from x - mu u reached via x + mu u also
-                # carries that first rounding (docs/benchmarks/restore-drift.md).
-                dirs.perturb(seed, sign * mu)
-                try:
+    flat = [(j, k, sign) for j, q in enumerate(queries) for k in range(len(q.seeds))
+            for sign in q.scheme.signs]
+    mine = range(len(flat)) if ranks is None else ranks.share(len(flat))
+    values = torch.zeros(len(flat), dtype=torch.float64)
+    directions = [SeededDirections([params[i] for i in q.index], q.kind) for q in queries]
+    loss: Any = None
+    f0 = 0.0
+    failure: Exception | None = None
+    try:
+        loss, f0 = call_closure(closure, params, "f(x)")
+        for n, (j, k, sign) in enumerate(flat):
+            seed, mu = queries[j].seeds[k], float(queries[j].mu)
+            # Out and straight back for each sign (not MeZO's +mu, -2 mu, +mu): a move back
+            # from x + mu u lands on x itself unless the rounding of the move out crossed a
+            # power of two, while one from x - mu u reached via x + mu u also carries that
+            # first rounding (docs/benchmarks/restore-drift.md).
+            directions[j].perturb(seed, sign * mu)
+            try:
+                if n in mine:
                     where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
-                    values.append(call_closure(closure, params, where)[1])
-                finally:
-                    dirs.perturb(seed, -sign * mu)
-            found.append(query.scheme.coefficient(f0, tuple(values), mu))
-        directions.append(dirs)
-        coeffs.append(tuple(found))
+                    values[n] = call_closure(closure, params, where)[1]
+            finally:
+                directions[j].perturb(seed, -sign * mu)
+    except Exception as err:
+        if ranks is None:
+            raise
+        failure = err
+    if ranks is not None:
+        seeds = [s for q in queries for s in q.seeds]
+        values = ranks.exchange(values, [fingerprint(seeds), float_bits(f0)], failure,
+                                ["the query seeds", "f(x)"])
+    found = values.tolist()
+    coeffs, offset = [], 0
+    for q in queries:
+        n = len(q.scheme.signs)
+        coeffs.append(tuple(q.scheme.coefficient(f0, tuple(found[offset + k * n:
+                                                             offset + (k + 1) * n]), q.mu)
+                            for k in range(len(q.seeds))))
+        offset += q.queries
     return SeededEstimate(loss, list(queries), directions, coeffs,
                           1 + sum(q.queries for q in queries))
