@@ -182,6 +182,8 @@ def test_what_inference_memory_refuses():
         torchzo.ZOSGD(w, memory="low")
     with pytest.raises(ValueError, match="piece by piece"):
         torchzo.ZOSGD(w, memory="inference", directions_kind="orthogonal")
+    with pytest.raises(ValueError, match="ZOLSTM takes memory='exact' only"):
+        torchzo.ZOLSTM(w, memory="inference")
     opt = torchzo.ZOSGD(w, memory="inference")
     with pytest.raises(ValueError, match="Batched"):
         opt.step(torchzo.oracle.Batched(lambda X: X.sum(1)))

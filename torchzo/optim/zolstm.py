@@ -70,6 +70,7 @@ class ZOLSTM(ZOOptimizer):
         use_update: ``False`` is the no-update ablation (the queries above, a ZO-SGD step).
         guide_alpha: GuidedES's weight of the full space (``covariance="guided"`` only).
         seed, generator: the source of query directions and of the mix draws.
+        memory: ``"exact"`` only, for now (see :class:`~torchzo.optim.base.ZOOptimizer`).
         state_dtype: storage dtype of the per-coordinate LSTM states (``torch.float32``,
             ``torch.bfloat16`` or ``torch.float16``). They are computed in float32 either way;
             bfloat16 storage about halves the optimizer state (measured in
@@ -94,7 +95,11 @@ class ZOLSTM(ZOOptimizer):
                  *, guide_alpha: float = 0.5, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: Any = None, state_dtype: torch.dtype = torch.float32,
-                 directions_kind: str | None = None, directions: str | None = None) -> None:
+                 directions_kind: str | None = None, directions: str | None = None,
+                 memory: str = "exact") -> None:
+        if memory != "exact":
+            raise ValueError(f"ZOLSTM takes memory='exact' only (the inference memory mode "
+                             f"of ZOSGD, ZOSignSGD and ZOAdam is not in it yet), got {memory!r}")
         if directions is not None:
             covariance = _renamed({"directions": directions})["covariance"]
         self.nets = _load_nets(pretrained)
