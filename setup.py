@@ -1,7 +1,7 @@
 """The oracle's native kernels, built with the package when a C compiler is there.
 
 Metadata lives in pyproject.toml and the package layout in setup.cfg; this file only adds the
-optional extension. ``torchzo/oracle/signs.c`` becomes one shared library (every instruction
+optional extension. ``torchzo/oracle/kernels.c`` becomes one shared library (every instruction
 set's variant inside, picked at run time) that ``torchzo.oracle.kernels`` loads with ctypes.
 Beside it goes a record of its sha256, its source's and its compile command, so that a
 truncated or replaced file is refused rather than loaded. A failed build (no compiler, say)
@@ -16,7 +16,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCE = "torchzo/oracle/signs.c"
+SOURCE = "torchzo/oracle/kernels.c"
 # -ffp-contract=off keeps the compiler from fusing what the source keeps apart (the Gaussian
 # stream's bits depend on it: torch ops round every product); -fno-math-errno lets sqrtf be
 # the instruction (its argument is never negative). torchzo.oracle.kernel_build.CFLAGS: the
@@ -52,7 +52,7 @@ class OptionalBuildExt(build_ext):
     def get_outputs(self) -> list[str]:
         outputs = super().get_outputs()
         return outputs + [str(Path(p).with_suffix(".json")) for p in outputs
-                          if Path(p).name.startswith("_signs")]
+                          if Path(p).name.startswith("_kernels")]
 
     def _record(self, ext: Extension, target: Path) -> None:
         command = [*self.compiler.compiler_so, *ext.extra_compile_args, "-c", SOURCE]
@@ -62,7 +62,7 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("torchzo.oracle._signs", [SOURCE], extra_compile_args=CFLAGS,
+    ext_modules=[Extension("torchzo.oracle._kernels", [SOURCE], extra_compile_args=CFLAGS,
                            optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

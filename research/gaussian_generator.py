@@ -4,7 +4,7 @@
 
 The package drew Gaussian directions with torch's ``randn`` when this was written; it has
 since adopted this generator's stream (``torchzo/oracle/directions/counter.py``, compiled in
-``torchzo/oracle/signs.c`` without this prototype's hand-written AVX-512 loop). This measures
+``torchzo/oracle/kernels.c`` without this prototype's hand-written AVX-512 loop). This measures
 the prototype, ``research/gaussian_generator.c``, a counter-based Box-Muller (see its header),
 compiled with the flags of the package's kernels (AVX-512 where the CPU has it), against
 torch's ``randn`` and against the package's own draws.

@@ -350,7 +350,7 @@ def test_the_installed_kernels_run_without_writing_to_the_cache(tmp_path, torch_
 def test_without_the_installed_library_the_oracle_runs_on_torch_ops_and_says_why(
         tmp_path, torch_ops_bits):
     # What an install without a C compiler leaves: no library beside kernels.py.
-    line, params = probe(installed_at(tmp_path / "_signs.so"), TORCHZO_CACHE=str(tmp_path))
+    line, params = probe(installed_at(tmp_path / "_kernels.so"), TORCHZO_CACHE=str(tmp_path))
     assert line.startswith("False | not built") and "C compiler" in line
     assert params == torch_ops_bits
     assert [p.name for p in tmp_path.iterdir()] == []
@@ -401,7 +401,7 @@ def test_a_library_built_from_another_source_is_refused(tmp_path):
     lib = copy_installed(tmp_path)
     record = json.loads(kernel_build.record_path(lib).read_text())
     kernel_build.record_path(lib).write_text(json.dumps({**record, "source_sha256": "0" * 64}))
-    with pytest.raises(RuntimeError, match="built from another signs.c"):
+    with pytest.raises(RuntimeError, match="built from another kernels.c"):
         kernels._open(lib)
 
 
@@ -418,7 +418,7 @@ def compile_c(tmp_path: Path, name: str, code: str) -> Path:
 def symbol_less_library(tmp_path: Path) -> Path:
     """A file that matches its record (as a planted or half-built one could) but lacks every
     kernel but one."""
-    lib = compile_c(tmp_path, "_signs", "void zo_sign_bits(void) {}\n")
+    lib = compile_c(tmp_path, "_kernels", "void zo_sign_bits(void) {}\n")
     record = {"sha256": kernel_build.sha256(lib),
               "source_sha256": kernel_build.sha256(kernels._SOURCE)}
     kernel_build.record_path(lib).write_text(json.dumps(record))

@@ -54,7 +54,7 @@ def build_wheel(tmp_path: Path, **env: str) -> set[str]:
     (one that can build wheels by itself) with ``env`` added to the environment."""
     pytest.importorskip("setuptools.command.bdist_wheel")
     src = tmp_path / "src"
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "_signs.*")  # no built kernels
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "_kernels.*")  # no built kernels
     for name in ("torchzo", "pretrained", *CHECKOUT_ONLY):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
@@ -72,14 +72,14 @@ def build_wheel(tmp_path: Path, **env: str) -> set[str]:
 
 
 def kernel_files(names: set[str]) -> list[str]:
-    return sorted(n for n in names if n.startswith("torchzo/oracle/_signs"))
+    return sorted(n for n in names if n.startswith("torchzo/oracle/_kernels"))
 
 
 @pytest.mark.slow
 def test_the_built_wheel_holds_the_package_the_weights_and_the_kernels_only(tmp_path):
     names = build_wheel(tmp_path)
     assert {"torchzo/_weights/manifest.json", "torchzo/meta/__main__.py",
-            "torchzo/oracle/signs.c"} <= names
+            "torchzo/oracle/kernels.c"} <= names
     if shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.skip("no C compiler: the wheel holds no kernels")
     # The library and its build record (torchzo.oracle.kernels loads one only with the other).

@@ -1,8 +1,8 @@
-"""The developer build of the compiled kernels: ``signs.c`` compiled at run time, safely.
+"""The developer build of the compiled kernels: ``kernels.c`` compiled at run time, safely.
 
 ``pip install`` builds the kernels beside :mod:`torchzo.oracle.kernels` (see ``setup.py``);
 this module is what :func:`torchzo.oracle.kernels.build` (or ``TORCHZO_KERNELS=build``) uses
-to compile them instead, for work on ``signs.c``. The library goes to
+to compile them instead, for work on ``kernels.c``. The library goes to
 ``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), a folder that must be the
 user's own with mode 0700 (a library there gets loaded: another user's could be anything),
 under a file lock there, so that concurrent processes (``torchrun``'s ranks) build it once. A

@@ -2,7 +2,7 @@
 
 In torch ops, a Rademacher query unpacks its d signs into floats, perturbs the parameters with
 them and adds them to the estimate: three passes over d floats, and a fourth for the torch
-generator's bits. The kernels in ``signs.c`` work on the packed signs instead:
+generator's bits. The kernels in ``kernels.c`` work on the packed signs instead:
 :func:`sign_words` draws them (SplitMix64), :func:`sign_perturb` writes ``x + alpha u`` in one
 pass, and :func:`sign_accumulate` adds up to :data:`GROUP` directions' ``c u`` to the estimate
 in one pass over it. They give the bits of the torch ops they replace (every product they
@@ -12,7 +12,7 @@ magnitude of a tensor in one read pass, serves the step's finiteness checks. :fu
 draws Gaussian directions (a counter-based stream whose bits torch ops give too, at a tenth of
 the speed: :mod:`torchzo.oracle.directions.counter`).
 
-``pip install`` compiles ``signs.c`` (see ``setup.py``) into one library beside this module,
+``pip install`` compiles ``kernels.c`` (see ``setup.py``) into one library beside this module,
 holding a variant per instruction set (AVX-512, AVX2, plain) of which it runs the best the CPU
 has, and a record of its sha256. The first use loads it with :mod:`ctypes` once the file
 matches its record and holds every symbol; nothing is compiled then. Where that fails (no
@@ -21,7 +21,7 @@ environment, :func:`available` is false, :func:`reason` says why, and the oracle
 ops, which give the same bits.
 
 For development, :func:`build` (or ``TORCHZO_KERNELS=build``, at the first use) compiles
-``signs.c`` with ``$CC`` (else ``cc``) into ``$TORCHZO_CACHE/kernels`` (default
+``kernels.c`` with ``$CC`` (else ``cc``) into ``$TORCHZO_CACHE/kernels`` (default
 ``~/.cache/torchzo/kernels``), a folder that must be the user's own (mode 0700), under a file
 lock so that concurrent processes build once, and runs the new library in a child process
 before this one loads it.
@@ -55,8 +55,8 @@ __all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "gauss_
 #: held until then: d bytes in all).
 GROUP = 8
 
-_SOURCE = Path(__file__).with_name("signs.c")
-_INSTALLED = Path(__file__).with_name("_signs" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+_SOURCE = Path(__file__).with_name("kernels.c")
+_INSTALLED = Path(__file__).with_name("_kernels" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _enabled = [True]
 _built: list[Path | None] = [None]  # the library build() made, used instead of the installed one
@@ -71,7 +71,7 @@ class _Loaded(NamedTuple):
 
 def _open(path: Path, private: bool = False) -> tuple[ctypes.CDLL, str | None]:
     """Load the library at ``path`` if it is the file its record describes, built from this
-    ``signs.c``, and holds every symbol. ``private``: also the user's own, writable by no one
+    ``kernels.c``, and holds every symbol. ``private``: also the user's own, writable by no one
     else (a developer build)."""
     try:
         record = json.loads(kernel_build.record_path(path).read_text())
@@ -91,7 +91,7 @@ def _open(path: Path, private: bool = False) -> tuple[ctypes.CDLL, str | None]:
         raise _Unavailable(f"refused {path}: it does not match its build record (truncated or "
                            "replaced?); reinstall torchzo")
     if _SOURCE.exists() and kernel_build.sha256(_SOURCE) != record.get("source_sha256"):
-        raise _Unavailable(f"refused {path}: built from another signs.c (rebuild: pip install "
+        raise _Unavailable(f"refused {path}: built from another kernels.c (rebuild: pip install "
                            "-e ., or kernels.build())")
     try:
         lib = ctypes.CDLL(str(path))
@@ -138,9 +138,9 @@ def _load() -> _Loaded:
 
 
 def build() -> Path:
-    """Compile ``signs.c`` now, for development, and use that library in this process.
+    """Compile ``kernels.c`` now, for development, and use that library in this process.
 
-    ``pip install`` builds the kernels; this is for working on ``signs.c`` without reinstalling
+    ``pip install`` builds the kernels; this is for working on ``kernels.c`` without reinstalling
     (``TORCHZO_KERNELS=build`` in the environment does the same at the first use). The library
     goes to ``$TORCHZO_CACHE/kernels`` (default ``~/.cache/torchzo/kernels``), which must be
     this user's own folder with mode 0700, under a lock there, and runs once in a child process

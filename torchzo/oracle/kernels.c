@@ -1,6 +1,7 @@
-/* The passes of a Rademacher query over packed signs, for torchzo.oracle.kernels.
+/* The oracle's native kernels, for torchzo.oracle.kernels: the passes of a Rademacher query
+ * over packed signs, the Gaussian stream (further down), the largest magnitude of a tensor.
  *
- * A direction is a packed sign stream: entry j is bit (j & 7) of byte (j >> 3), set meaning -1.
+ * A Rademacher direction is a packed sign stream: entry j is bit (j & 7) of byte (j >> 3), set meaning -1.
  * The kernels give the bits of the torch ops they replace, because every product they form is
  * +-alpha, exact: base + alpha * u and g + c * u round once, fused multiply-add or not, and a
  * sign flip (what the kernels do instead of multiplying by -1) is exact too.
@@ -19,7 +20,7 @@
 #include <string.h>
 
 #if defined(__FAST_MATH__)
-#error "signs.c promises torch's bits: compile it without -ffast-math"
+#error "kernels.c promises torch's bits: compile it without -ffast-math"
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
