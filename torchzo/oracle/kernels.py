@@ -56,7 +56,8 @@ __all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "gauss_
 GROUP = 8
 
 _SOURCE = Path(__file__).with_name("kernels.c")
-_INSTALLED = Path(__file__).with_name("_kernels" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+_INSTALLED = Path(__file__).with_name(
+    "_kernels" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _enabled = [True]
 _built: list[Path | None] = [None]  # the library build() made, used instead of the installed one
