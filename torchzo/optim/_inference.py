@@ -13,7 +13,7 @@ the price of rebuilding the estimate twice.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -23,13 +23,27 @@ from ..oracle.distributed import ranks_for
 from ..oracle.seeded import Piece, SeededEstimate, estimate_seeded
 from ._guard import NonFiniteUpdateError, all_finite, check_largest, newly_nonfinite
 
-if TYPE_CHECKING:
-    from .base import ZOOptimizer
-
-__all__ = ["step_inference", "update_seeded"]
+__all__ = ["Stepped", "step_inference", "update_seeded"]
 
 
-def step_inference(opt: ZOOptimizer, objective: Callable[[], Any] | Batched,
+class Stepped(Protocol):
+    """What a step at inference memory uses of ``ZOOptimizer`` (written out here, so that
+    this module and ``base`` do not import each other)."""
+
+    param_groups: list[dict[str, Any]]
+    _guard: Any
+    _zero_signal_warned: bool
+
+    def _params(self) -> list[Tensor]: ...
+
+    def _states(self, group: dict[str, Any], params: list[Tensor], complete: bool = False
+                ) -> list[dict[str, Any]]: ...
+
+    def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
+               states: list[dict[str, Any]]) -> None: ...
+
+
+def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
                    queries: list[Query]) -> SeededEstimate:
     """``opt``'s step along the planned ``queries`` at inference memory: estimate with the
     parameters perturbed in place, check the coefficients, update piece by piece."""
@@ -60,7 +74,7 @@ def _copied(state: dict[str, Any]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def update_seeded(opt: ZOOptimizer, found: SeededEstimate) -> None:
+def update_seeded(opt: Stepped, found: SeededEstimate) -> None:
     """Apply ``opt``'s update rule to its parameters from ``found``, piece by piece; raises
     :class:`NonFiniteUpdateError` (having written nothing) where the update would make a
     parameter or state tensor non-finite."""
