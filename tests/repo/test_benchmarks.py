@@ -370,3 +370,16 @@ def test_the_gpu_check_keeps_its_short_name():
     from benchmarks.perf import cuda as script
 
     assert cuda.main is script.main
+
+
+@ZERO_SIGNAL
+def test_finetune_quality_quick_scores_every_method_on_both_tasks(tmp_path, monkeypatch):
+    from benchmarks.finetune import quality
+
+    monkeypatch.setattr(quality, "CACHE", tmp_path / "cache")  # pretrains its tiny model
+    data = quality.main(["--quick", "--out", str(tmp_path)])
+    assert set(data["tasks"]) == {"text", "kind"}
+    for rows in data["tasks"].values():
+        assert set(rows) == {"pretrained", *quality.METHODS, "Adam (first order)"}
+        assert len(rows["MeZO (ZO-SGD, central, q = 1)"]["test"]) == 3  # best, half, twice
+    assert "## Task: kind" in (tmp_path / "finetune-quality.md").read_text()

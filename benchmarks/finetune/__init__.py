@@ -1,0 +1,1 @@
+"""Fine-tuning benchmarks: quality of zeroth-order fine-tuning against first-order."""
