@@ -19,8 +19,8 @@ forward passes (``f(x)`` included) on batches of 16; a first-order Adam run gets
 in steps (a backward pass costs about two forward passes). Each method's learning rate is tuned
 by ``benchmarks._tuning.tune_step`` on a validation split's loss (seed 0), then it runs
 ``--seeds`` seeds at that rate; MeZO's algorithm (ZO-SGD, central, q = 1) also at half and
-twice its best rate. The learned default (``ZOLSTM()``) runs untuned (``lr = 1``, as trained) in the exact
-memory mode, which is all it has.
+twice its best rate. The learned default (``ZOLSTM()``) runs untuned (``lr = 1``, as trained)
+in the exact memory mode, which is all it has.
 """
 from __future__ import annotations
 
