@@ -42,6 +42,7 @@ from benchmarks._report import md_table, section
 from torchzo.optim import ZOSGD
 from torchzo.oracle import kernels
 from torchzo.oracle.directions import Gaussian
+from torchzo.oracle.directions.counter import gaussian_range
 
 SOURCE = Path(__file__).with_suffix(".c")
 Q = 20
@@ -170,6 +171,7 @@ def timings(lib: ctypes.CDLL, d: int, reps: int) -> dict[str, Any]:
         "add pass": looped(lambda: torch._foreach_add_([acc], [u], alpha=1e-3)),
         "fill: this generator": looped(lambda: fill(lib, z, 12345)),
         "fill: torch randn": looped(randn),
+        "fill: the package's": looped(lambda: gaussian_range(12345, 0, z)),
         "step: Gaussian, torch randn": step("gaussian", "randn"),
         "step: Gaussian, this generator": step("gaussian", "prototype"),
         "step: Gaussian, the package's": step("gaussian", "package"),
