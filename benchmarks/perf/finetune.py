@@ -16,9 +16,10 @@ directions, Gaussian directions) less the peak of the same model's forward passe
 phase, with glibc's allocator returning freed blocks of 64 KiB or more to the system so that
 resident memory follows what is in use; both phases after two warm-up steps of the optimizer
 on a small tensor, which page in its code); *state*: what the optimizer keeps between steps.
-*Step / forwards*: the median time of the steps after the first over the time of the step's
-q + 1 forward passes alone (the median of three passes, times q + 1): 1.00 would be an
-optimizer that costs nothing.
+*Step / forwards*: a step's time over the time its closure (the q + 1 forward passes) took
+inside that step, the median over the steps after the first: 1.00 would be an optimizer that
+costs nothing, and both times are taken together, so that a change in the machine's load
+moves them alike. *Forward pass*: one pass alone under ``torch.no_grad()``, for scale.
 """
 from __future__ import annotations
 
@@ -133,23 +134,35 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
         forward_peak = _kib("VmHWM")
     rss_before = _kib("VmRSS")
     opt = make(params, lr=1e-6, q=case["q"], seed=0, memory=case["memory"])
-    _reset_peak()
-    steps = []
-    for _ in range(case["steps"]):
+    inside = [0.0]
+
+    def timed() -> torch.Tensor:  # the step's forward passes, timed where they run
         start = time.perf_counter()
-        opt.step(loss)
+        try:
+            return loss()
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    _reset_peak()
+    steps, forwards = [], []
+    for _ in range(case["steps"]):
+        inside[0] = 0.0
+        start = time.perf_counter()
+        opt.step(timed)
         steps.append(time.perf_counter() - start)
+        forwards.append(inside[0])
     peak = _kib("VmHWM")
     state = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                 if isinstance(v, torch.Tensor))
-    forward = sorted(times)[1]
+    later = list(zip(steps, forwards))[1:] or list(zip(steps, forwards))
+    ratios = sorted(s / f for s, f in later)
     return {**case, "params": sum(p.numel() for p in params), "weights_bytes": weights,
-            "forward_s": forward, "step_s": steps,
+            "forward_s": sorted(times)[1], "step_s": steps, "forwards_in_step_s": forwards,
             "extra_peak_fraction": (peak - forward_peak) / weights,
             "state_fraction": state / weights,
             "rss_growth_fraction": (_kib("VmRSS") - rss_before) / weights,
-            "step_over_forwards": sorted(steps[1:] or steps)[len(steps[1:] or steps) // 2]
-            / (forward * (case["q"] + 1))}
+            "step_over_forwards": ratios[len(ratios) // 2],
+            "kernels": torchzo.oracle.kernels.available()}
 
 
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
@@ -167,10 +180,12 @@ def render(data: dict[str, Any]) -> str:
     rows = []
     for c in data["cases"]:
         if "error" in c:
-            rows.append([c["model"], c["optimizer"], c["memory"], c["q"], "failed: "
+            name = c["optimizer"] + ("" if c.get("kernels", True) else " (no kernels)")
+        rows.append([c["model"], name, c["memory"], c["q"], "failed: "
                          + " ".join(c["error"]), "", "", ""])
             continue
-        rows.append([c["model"], c["optimizer"], c["memory"], c["q"],
+        name = c["optimizer"] + ("" if c.get("kernels", True) else " (no kernels)")
+        rows.append([c["model"], name, c["memory"], c["q"],
                      f"{100 * c['extra_peak_fraction']:.1f} %",
                      f"{100 * c['state_fraction']:.0f} %", f"{c['step_over_forwards']:.2f}",
                      f"{c['forward_s']:.2f} s"])
