@@ -180,8 +180,7 @@ def render(data: dict[str, Any]) -> str:
     rows = []
     for c in data["cases"]:
         if "error" in c:
-            name = c["optimizer"] + ("" if c.get("kernels", True) else " (no kernels)")
-        rows.append([c["model"], name, c["memory"], c["q"], "failed: "
+            rows.append([c["model"], c["optimizer"], c["memory"], c["q"], "failed: "
                          + " ".join(c["error"]), "", "", ""])
             continue
         name = c["optimizer"] + ("" if c.get("kernels", True) else " (no kernels)")
