@@ -57,10 +57,10 @@ def _intro(data: dict[str, Any]) -> list[str]:
         "differences are taken per repetition, then summarized.",
         "Layouts: `flat` is one tensor of d elements; `model` is d split MLP-like into 5 "
         "(weight matrix, bias) pairs.",
-        f"Intra-op threads: {cfg['threads']} (`--threads`). One by default because torch's CPU "
-        "Gaussian generator, the oracle's main cost, is serial anyway, and because on a machine "
-        "shared with other jobs, multi-threaded timings measure OpenMP barrier stalls (a thread "
-        "of the team waiting for a core) more than work.",
+        f"Intra-op threads: {cfg['threads']} (`--threads`). One by default because the "
+        "oracle's Gaussian generator (the compiled kernel) runs on one thread, and because on "
+        "a machine shared with other jobs, multi-threaded timings measure OpenMP barrier "
+        "stalls (a thread of the team waiting for a core) more than work.",
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs ({m['cpus_usable']} usable, "
         f"shared with other jobs during the run: load average {m['loadavg'][0]:.2f} at start, "
         f"{data['loadavg_end'][0]:.2f} at end), torch {m['torch']} (default: {m['torch_threads']} "
