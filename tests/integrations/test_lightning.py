@@ -9,6 +9,8 @@ pytest.importorskip("lightning", reason="lightning is not installed (pip install
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "lightning_finetune.py"
 
 
+# Lightning's own use of torch's pytree API, not this project's.
+@pytest.mark.filterwarnings("ignore:.*LeafSpec.*")
 def test_lightning_example_fine_tunes_with_zo_steps():
     spec = importlib.util.spec_from_file_location("lightning_finetune", EXAMPLE)
     module = importlib.util.module_from_spec(spec)
