@@ -17,7 +17,6 @@ end at ``sqrt(2 ln 2**24)`` = 5.77 (checked moments: ``research/gaussian_generat
 """
 from __future__ import annotations
 
-import functools
 import struct
 
 import torch
@@ -54,7 +53,6 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-@functools.cache
 def keys(key: int, high: int) -> tuple[int, int, int, int]:
     """The four 32-bit keys of the pairs ``high * 2**32`` to ``(high + 1) * 2**32`` of the
     direction of ``key`` (a uint64)."""

@@ -22,7 +22,7 @@ class Gaussian:
     seekable = True
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
-        gaussian_range(block.seed_for(seed), 0, out)
+        self.fill_range(block, out, seed, 0)
 
     def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
         gaussian_range(block.seed_for(seed), start, out)
