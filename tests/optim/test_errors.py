@@ -150,6 +150,7 @@ def test_loss_value_accepts_scalars(value, expected):
     (float("nan"), "non-finite"), (math.inf, "non-finite"), (torch.tensor(-math.inf), "non-finite"),
     (torch.tensor([1.0, 2.0]), "scalar"), (torch.zeros(0), "scalar"), (None, "scalar"),
     ("1.0", "scalar"), (True, "scalar"), (torch.tensor(1 + 2j), "complex"), ([1.0], "scalar"),
+    (torch.tensor(True), "bool"),
 ])
 def test_loss_value_rejects_bad_losses(value, match):
     with pytest.raises(ClosureError, match=match):
@@ -329,7 +330,8 @@ def test_issue_zoadam_closure_raising_on_its_7th_call(warm):
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-@pytest.mark.parametrize("failure", ["raise", "nan_row", "wrong_shape", "not_a_tensor"])
+@pytest.mark.parametrize("failure", ["raise", "nan_row", "wrong_shape", "not_a_tensor",
+                                     "complex", "complex_real", "bool", "int"])
 @pytest.mark.parametrize("call", [1, 2])
 def test_failing_batched_objective_changes_nothing(name, failure, call):
     cls = OPTIMIZERS[name]
@@ -355,12 +357,24 @@ def test_failing_batched_objective_changes_nothing(name, failure, call):
                 return out
             if failure == "wrong_shape":
                 return out[:-1]
+            if failure == "complex":  # what a careless FFT-based loss returns
+                return out.to(torch.complex64) + 1j
+            if failure == "complex_real":  # no imaginary part to lose, still not a real dtype
+                return out.to(torch.complex128)
+            if failure == "bool":
+                return out > out.median()
+            if failure == "int":
+                return out.round().long()
             return out.tolist()
 
         if fail:
             exc, match = {"raise": (Boom, None), "nan_row": (ClosureError, "non-finite"),
                           "wrong_shape": (ClosureError, "shape"),
-                          "not_a_tensor": (ClosureError, "shape")}[failure]
+                          "not_a_tensor": (ClosureError, "shape"),
+                          "complex": (ClosureError, "complex"),
+                          "complex_real": (ClosureError, "complex"),
+                          "bool": (ClosureError, "floating"),
+                          "int": (ClosureError, "floating")}[failure]
             with pytest.raises(exc, match=match):
                 opt.step(torchzo.Batched(fn, chunk_size=3))
             assert all_same_bits(params, before)

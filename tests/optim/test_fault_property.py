@@ -2,7 +2,8 @@
 layout and both paths (closure and batched).
 
 The faults are those of a hostile or careless objective: raising, a NaN/inf/non-scalar/None
-loss, ``backward()`` with and without autograd, writing a parameter in place (through the
+loss, batched losses of a dtype that is not real floating point (complex, bool, integer),
+``backward()`` with and without autograd, writing a parameter in place (through the
 tensor, a view, or before computing the loss), and calling ``zero_grad()`` (harmless: the step
 must then complete as if it had not). After a failed step the parameters (bit for bit), their
 ``.grad`` (the same tensor objects, same bits), the optimizer state, the RNG and the counters
@@ -59,7 +60,7 @@ CLOSURE_FAULTS = {
 BATCHED_FAULTS = {
     "raise": KeyError, "nan_row": ClosureError, "wrong_shape": ClosureError,
     "backward": ClosureError, "backward_enable_grad": ClosureError, "write": ClosureError,
-    "zero_grad": None,
+    "zero_grad": None, "complex": ClosureError, "bool": ClosureError, "int": ClosureError,
 }
 
 
@@ -126,6 +127,8 @@ class Run:
                 return torch.cat([out[:-1], out[-1:] * float("nan")])
             if fault == "wrong_shape":
                 return out[:-1]
+            if fault in ("complex", "bool", "int"):  # losses of a dtype that is not real float
+                return {"complex": out + 0j, "bool": out > 0, "int": out.long()}[fault]
             return misbehave(out)
 
         return torchzo.Batched(fn, chunk_size=chunk) if self.case["batched"] else closure

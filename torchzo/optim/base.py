@@ -345,6 +345,7 @@ class ZOOptimizer(Optimizer):
                     f"the update made {bad} non-finite; the step was undone: parameters, "
                     f"optimizer state{kept}, RNG and counters are as before. Check the "
                     "hyperparameters (a smaller lr?) and the parameters' dtype range")
+            last_loss = float(estimate.loss)
         except BaseException:
             guard.restore()
             self._generator.set_state(rng)
@@ -354,7 +355,7 @@ class ZOOptimizer(Optimizer):
             self._guard = None
         self._counters["steps"] += 1
         self._counters["queries"] += estimate.queries
-        self.last_loss = float(estimate.loss)
+        self.last_loss = last_loss
         return estimate.loss
 
     @torch.no_grad()

@@ -11,8 +11,13 @@ from torch import Tensor
 from .scratch import Scratch
 
 # Scratch lived here once; it stays importable from here.
-__all__ = ["ClosureError", "Scratch", "call_batched", "call_closure", "check_losses",
-           "guard_batched", "loss_value"]
+__all__ = ["LOSS_DTYPES", "ClosureError", "Scratch", "call_batched", "call_closure",
+           "check_losses", "guard_batched", "loss_value"]
+
+#: The dtypes a batched objective's losses may have: real floating point, which the estimate's
+#: differences and the update read as they are (complex parts would be cast away, booleans and
+#: integers neither subtract nor divide by ``mu`` as real numbers do).
+LOSS_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 Closure = Callable[[], Any]
 
@@ -115,6 +120,9 @@ def loss_value(result: Any, where: str) -> float:
             )
         if result.is_complex():
             raise ClosureError(f"the closure returned a complex loss at {where}")
+        if result.dtype == torch.bool:
+            raise ClosureError(f"the closure must return a scalar loss, got a bool tensor at "
+                               f"{where}")
         value = result.item()  # a Python float: float32/bf16 losses widen exactly
     elif isinstance(result, (int, float)) and not isinstance(result, bool):
         value = float(result)
@@ -129,11 +137,17 @@ def loss_value(result: Any, where: str) -> float:
 
 
 def check_losses(values: Tensor, rows: int, first_query: int, finite: bool = True) -> None:
-    """A ClosureError unless a batched objective's ``values`` are ``rows`` losses, finite
-    unless ``finite=False``; ``first_query`` numbers the first row in the message."""
+    """A ClosureError unless a batched objective's ``values`` are ``rows`` losses of one of
+    :data:`LOSS_DTYPES`, finite unless ``finite=False``; ``first_query`` numbers the first row
+    in the message."""
     if not isinstance(values, Tensor) or values.shape != (rows,):
         shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
         raise ClosureError(f"the batched objective must return shape ({rows},), got {shape}")
+    if values.dtype not in LOSS_DTYPES:
+        kind = "complex" if values.is_complex() else "non-floating-point"
+        raise ClosureError(f"the batched objective returned {kind} losses ({values.dtype}) "
+                           f"for queries {first_query} to {first_query + rows - 1}; losses are "
+                           f"real floating point: {', '.join(str(d) for d in LOSS_DTYPES)}")
     if not finite:
         return
     finite_values = torch.isfinite(values.detach())

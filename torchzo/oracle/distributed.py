@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 
 from .backup import ParameterBackup
-from .closure import ClosureError, call_closure, check_losses
+from .closure import LOSS_DTYPES, ClosureError, call_closure, check_losses
 from .directions import Direction, Layout
 from .estimator import (
     assemble_batched,
@@ -71,9 +71,6 @@ from .scratch import Scratch
 
 __all__ = ["RankFailedError", "Ranks", "check_distributed", "fingerprint", "float_bits",
            "estimate_batched_sharded", "estimate_closure_sharded", "ranks_for"]
-
-# Loss dtypes a batched objective may return in a sharded step: all are exact in float64.
-_LOSS_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 class RankFailedError(ClosureError):
@@ -278,7 +275,8 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
     offsets = [0]
     for _, n, base in plan:
         offsets.append(offsets[-1] + int(base) + n * signs)
-    # The last slot carries the dtype of the losses, from the rank that made call 0.
+    # The last slot carries the dtype of the losses, from the rank that made call 0 (every
+    # one of LOSS_DTYPES is exact in float64).
     local = torch.zeros(offsets[-1] + 1, dtype=torch.float64)
     failure: Exception | None = None
     try:
@@ -290,17 +288,14 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
             X = chunk_rows(x, u, scheme, query.mu, base)
             values = fn(X)
             check_losses(values, X.shape[0], 1 + start * signs - int(base))
-            if values.dtype not in _LOSS_DTYPES:
-                raise ClosureError(f"the batched objective must return floating-point losses "
-                                   f"for a distributed step, got {values.dtype}")
             local[offsets[c]:offsets[c + 1]] = values.detach().to("cpu", torch.float64)
             if c == 0:
-                local[-1] = 1 + _LOSS_DTYPES.index(values.dtype)
+                local[-1] = 1 + LOSS_DTYPES.index(values.dtype)
     except Exception as err:
         failure = err
     checks = [fingerprint(query.seeds), float_bits(float(x.detach().double().sum()))]
     summed = ranks.exchange(local, checks, failure, ["the query seeds", "the parameters"])
-    dtype = _LOSS_DTYPES[int(summed[-1]) - 1]
+    dtype = LOSS_DTYPES[int(summed[-1]) - 1]
     values = summed[:-1].to(x.device, dtype)
 
     def lookup(c: int, u: Tensor) -> Tensor:
