@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ..oracle import Batched, Estimate, Part, Query, Scheme, default_mu, estimate_gradient
-from ..oracle.closure import guard_batched
+from ..oracle.closure import ClosureError, guard_batched
 from ..oracle.directions import check_kind
 from ..oracle.directions.counter import GAUSSIAN_STREAM
 from ..oracle.directions.kinds import SEEKABLE_KINDS
@@ -152,8 +152,10 @@ class ZOOptimizer(Optimizer):
         Raises ``ValueError`` for a bad hyperparameter, and ``TypeError``/``ValueError`` for
         tensors that cannot be perturbed and updated in place: sparse, on the ``meta`` device,
         not floating point or 8-bit floats, inference tensors, tensors whose elements share
-        memory (``zeros(1).expand(4)``) or that share memory with another parameter.
+        memory (``zeros(1).expand(4)``) or that share memory with another parameter; and a
+        :class:`~torchzo.oracle.ClosureError` during a step (from its closure).
         """
+        self._refuse_during_step("add_param_group()")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         others = [p for g in self.param_groups[:-1] for p in g["params"]]
@@ -211,8 +213,10 @@ class ZOOptimizer(Optimizer):
         Everything is checked before anything changes: the ``"zo"`` entry, the param groups
         (their number and sizes, and the hyperparameters by the constructor's rules) and each
         parameter's state (finite tensors shaped for it). A state dict that fails raises
-        ``ValueError`` and leaves the optimizer exactly as it was.
+        ``ValueError`` and leaves the optimizer exactly as it was (as does a call from a
+        step's closure, which raises :class:`~torchzo.oracle.ClosureError`).
         """
+        self._refuse_during_step("load_state_dict()")
         zo, rest = check_state_dict(self, state_dict)
         warn_old_stream(zo, {g["directions_kind"] for g in rest["param_groups"]})
         before = (self.state, self.param_groups, self._generator.get_state(),
@@ -326,12 +330,18 @@ class ZOOptimizer(Optimizer):
         :class:`ZOLSTM`'s per-coordinate LSTM states are not copied (that would double its
         memory): after a non-finite learned update they have advanced.
 
+        A closure that calls this optimizer's ``step()``, ``add_param_group()`` or
+        ``load_state_dict()`` gets a :class:`~torchzo.oracle.ClosureError` from that call, which
+        changes nothing (so the outer step fails and is undone as above, unless the closure
+        catches it).
+
         With :attr:`distributed` on, this holds on every rank, and a failure on some ranks
         raises on all of them (a :class:`~torchzo.oracle.RankFailedError` on the others).
         """
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step() needs a closure that returns the "
                              "loss: opt.step(lambda: loss_fn(model(x), y))")
+        self._refuse_during_step("step()")
         check_hyperparameters(self.param_groups)
         rng = self._generator.get_state()
         self._guard = guard = StepGuard(self, self._params())
@@ -357,6 +367,15 @@ class ZOOptimizer(Optimizer):
         self._counters["queries"] += estimate.queries
         self.last_loss = last_loss
         return estimate.loss
+
+    def _refuse_during_step(self, call: str) -> None:
+        """A ClosureError if a step is under way: ``call`` from its closure would change what
+        the step has planned and will undo (its counters, state, groups and RNG)."""
+        if self._guard is not None:
+            raise ClosureError(
+                f"{type(self).__name__}.{call} was called during a step of the same optimizer "
+                "(from its closure or objective); a closure only returns the loss. Nothing "
+                "was changed")
 
     @torch.no_grad()
     def _step(self, objective: Callable[[], Any] | Batched) -> Estimate | SeededEstimate:
