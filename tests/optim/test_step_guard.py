@@ -270,6 +270,59 @@ def test_an_estimate_that_overflows_is_refused():
     assert torch.equal(x, torch.zeros(3, dtype=torch.float64)) and opt.steps == 0
 
 
+# Every path on which a loss of 1e300 (finite in float64) overflows a float32 or bfloat16
+# estimate: the three hand-designed rules at both memory modes, ZOLSTM with each covariance.
+OVERFLOW_PATHS = [
+    *((name, kind, memory, batched, None) for name in OPTIMIZERS
+      for kind in ("gaussian", "orthogonal", "rademacher", "auto")
+      for memory in ("exact", "inference") for batched in (False, True)
+      if memory == "exact" or (kind in ("gaussian", "rademacher") and not batched)),
+    *(("ZOLSTM", kind, "exact", batched, covariance) for kind in ("gaussian", "rademacher")
+      for batched in (False, True) for covariance in ("learned", "identity", "guided")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name, kind, memory, batched, covariance", OVERFLOW_PATHS)
+def test_an_estimate_that_overflows_the_dtype_raises_one_error_on_every_path(
+        name, kind, memory, batched, covariance, dtype):
+    x = torch.ones(5, dtype=dtype)
+    kw = dict(lr=0.1, q=3, seed=0, directions_kind=kind)
+    opt = (torchzo.ZOLSTM([x], covariance=covariance, **kw) if name == "ZOLSTM" else
+           ALL[name]([x], memory=memory, **kw))
+    opt.step(lambda: (x.double() ** 2).sum())
+    before, state = x.clone(), state_copy(opt)
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        return torch.tensor(1e300 if calls[0] == 2 else 1.0, dtype=torch.float64)
+
+    def fn(X):
+        return torch.cat([torch.ones(X.shape[0] - 1, dtype=torch.float64),
+                          torch.tensor([1e300], dtype=torch.float64)])
+
+    with pytest.raises(torchzo.optim.NonFiniteUpdateError, match="estimate is not finite"):
+        opt.step(torchzo.Batched(fn) if batched else closure)
+    assert deep_equal(state_copy(opt), state)
+    if memory == "exact":
+        assert all_same_bits([x], [before])
+    else:  # the inference mode restores its perturbations to rounding
+        torch.testing.assert_close(x, before)
+
+
+@pytest.mark.parametrize("loss", [10**400, -(10**400)], ids=["plus", "minus"])
+def test_an_int_loss_beyond_the_float_range_is_a_non_finite_loss(loss):
+    x = torch.ones(3)
+    opt = torchzo.ZOAdam([x], q=2, seed=0)
+    state = state_copy(opt)
+    with pytest.raises(ClosureError, match="non-finite loss.*beyond the float range"):
+        opt.step(lambda: loss)
+    assert torch.equal(x, torch.ones(3)) and deep_equal(state_copy(opt), state)
+    with pytest.raises(ClosureError, match="non-finite loss"):  # as an infinite float is
+        opt.step(lambda: math.inf if loss > 0 else -math.inf)
+
+
 def test_zolstm_non_finite_update_learned_restores_parameters_and_rng():
     x = torch.randn(4)
     opt = torchzo.ZOLSTM([x], q=2, seed=0)

@@ -12,6 +12,7 @@ the price of rebuilding the estimate twice.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from ..oracle import Batched, Query
 from ..oracle.distributed import ranks_for
-from ..oracle.seeded import Piece, SeededEstimate, estimate_seeded
+from ..oracle.seeded import Piece, SeededDirections, SeededEstimate, estimate_seeded
 from ._guard import NonFiniteUpdateError, all_finite, check_largest, newly_nonfinite
 
 __all__ = ["Stepped", "step_inference", "update_seeded"]
@@ -53,7 +54,10 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
     params = opt._params()
     found = estimate_seeded(objective, params, queries,
                             ranks_for(getattr(opt, "_distributed", None)))
-    largest = [max((abs(c) for c in cs), default=0.0) for cs in found.coeffs]
+    # A coefficient its directions' dtype cannot hold makes the estimate infinite, as the
+    # exact memory mode's sum of c_k u_k is.
+    largest = [_held(max((abs(c) for c in cs), default=0.0), dirs)
+               for cs, dirs in zip(found.coeffs, found.directions)]
     sized = [any(params[i].numel() for i in q.index) for q in queries]
     if check_largest(largest, sized, queries, opt.param_groups, not opt._zero_signal_warned):
         opt._zero_signal_warned = True
@@ -61,6 +65,12 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
         opt._guard.save_state(copy=False)
     update_seeded(opt, found)
     return found
+
+
+def _held(value: float, dirs: SeededDirections) -> float:
+    """``value``, or infinity where the dtype of a piece of ``dirs`` cannot hold it."""
+    limit = min((torch.finfo(piece.block.dtype).max for piece in dirs.pieces), default=math.inf)
+    return value if value <= limit else math.inf
 
 
 def _piece_state(state: dict[str, Any], p: Tensor, piece: Piece) -> dict[str, Any]:

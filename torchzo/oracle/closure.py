@@ -125,7 +125,12 @@ def loss_value(result: Any, where: str) -> float:
                                f"{where}")
         value = result.item()  # a Python float: float32/bf16 losses widen exactly
     elif isinstance(result, (int, float)) and not isinstance(result, bool):
-        value = float(result)
+        try:
+            value = float(result)
+        except OverflowError:  # an int beyond the float range: infinite as a float
+            raise ClosureError(f"the closure returned a non-finite loss (an int of "
+                               f"{int(result).bit_length()} bits, beyond the float range) at "
+                               f"{where}") from None
     else:
         raise ClosureError(
             f"the closure must return a scalar loss (tensor or number), got "

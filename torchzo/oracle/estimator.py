@@ -13,6 +13,7 @@ looking up values exchanged between ranks. Sharing the loop is what makes both b
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,10 +101,14 @@ def assemble_closure(layout: Layout, query: Query, f0: float,
     seeds, scheme, mu, scale, guide = query.seeds, query.scheme, query.mu, query.scale, query.guide
     if not layout.packed(scale, guide):
         g = layout.zeros(scratch)
+        # torch refuses an alpha that g's dtype cannot hold: an estimate that overflows, which
+        # is then infinite, for the optimizer's finiteness check to report as for every kind.
+        limit = min(torch.finfo(t.dtype).max for t in g) if g else math.inf
         for k in range(len(seeds)):
             u = layout.direction(seeds, k, scale, guide)
             assert not isinstance(u, Signs)
-            torch._foreach_add_(g, u, alpha=scheme.coefficient(f0, values(k, u), mu))
+            c = scheme.coefficient(f0, values(k, u), mu)
+            torch._foreach_add_(g, u, alpha=c if abs(c) <= limit else math.copysign(math.inf, c))
         return g
     # Packed signs are added a group at a time, one pass over g per group (the same bits as
     # adding them one by one: each entry of g gets its terms in the same order).
