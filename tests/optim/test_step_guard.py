@@ -7,7 +7,15 @@ import warnings
 
 import pytest
 import torch
-from zo_testing import OPTIMIZERS, Objective, all_same_bits, deep_equal, snapshot, state_copy
+from zo_testing import (
+    OPTIMIZERS,
+    Objective,
+    all_same_bits,
+    deep_equal,
+    random_nets,
+    snapshot,
+    state_copy,
+)
 
 import torchzo
 from torchzo.oracle import ClosureError
@@ -323,16 +331,55 @@ def test_an_int_loss_beyond_the_float_range_is_a_non_finite_loss(loss):
         opt.step(lambda: math.inf if loss > 0 else -math.inf)
 
 
-def test_zolstm_non_finite_update_learned_restores_parameters_and_rng():
+def test_zolstm_non_finite_update_learned_restores_everything():
     x = torch.randn(4)
-    opt = torchzo.ZOLSTM([x], q=2, seed=0)
+    opt = torchzo.ZOLSTM([x], q=2, seed=0)  # the generalist
     opt.step(lambda: (x**2).sum())
-    before, generator = x.clone(), opt._generator.get_state()
+    before, state = x.clone(), state_copy(opt)
     opt.param_groups[0]["lr"] = 1e300  # finite, but the update overflows float32
-    with pytest.raises(torchzo.optim.NonFiniteUpdateError, match="state.*has advanced"):
+    with pytest.raises(torchzo.optim.NonFiniteUpdateError, match="optimizer state, RNG"):
         opt.step(lambda: (x**2).sum())
-    assert torch.equal(x, before) and torch.equal(opt._generator.get_state(), generator)
-    assert opt.steps == 1
+    opt.param_groups[0]["lr"] = 1.0
+    assert torch.equal(x, before) and deep_equal(state_copy(opt), state)
+
+
+def test_zolstm_paper_non_finite_update_leaves_only_its_lstm_states_advanced_and_finite():
+    x = torch.randn(4)
+    opt = torchzo.ZOLSTM([x], pretrained=random_nets(), q=2, seed=0)
+    opt.step(lambda: (x**2).sum())
+    before, state = x.clone(), state_copy(opt)
+    opt.param_groups[0]["lr"] = 1e300
+    with pytest.raises(torchzo.optim.NonFiniteUpdateError, match="update_h.*have advanced"):
+        opt.step(lambda: (x**2).sum())
+    opt.param_groups[0]["lr"] = 1.0
+    after = state_copy(opt)
+    lstm = set(opt.nets.arch.compact_keys)
+    assert torch.equal(x, before) and deep_equal(after["zo"], state["zo"])
+    assert deep_equal({k: v for k, v in after["state"][0].items() if k not in lstm},
+                      {k: v for k, v in state["state"][0].items() if k not in lstm})
+    assert all(bool(torch.isfinite(v).all()) for v in after["state"][0].values())
+    opt.load_state_dict(after)  # what it saved, it loads
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30])
+def test_zolstm_on_a_huge_loss_refuses_the_step_and_keeps_a_finite_state(scale):
+    # The generalist's second moment of an estimate of about 1e21 overflows float32: the step
+    # is refused and undone, never leaving an infinite state that its own load would refuse.
+    w = torch.randn(10, generator=torch.Generator().manual_seed(0))
+    opt = torchzo.ZOLSTM([w], seed=0)
+    for _ in range(5):  # until a step's estimate is large enough
+        before, state = w.clone(), state_copy(opt)
+        try:
+            opt.step(lambda: scale * (w.double() ** 2).sum())
+        except torchzo.optim.NonFiniteUpdateError as err:
+            assert "'second'" in str(err) and "loss's magnitude" in str(err)
+            break
+        assert all(bool(torch.isfinite(v).all()) for v in opt.state[w].values())
+    else:
+        raise AssertionError("no step overflowed")
+    assert torch.equal(w, before) and deep_equal(state_copy(opt), state)
+    opt.load_state_dict(state_copy(opt))
+    opt.step(lambda: (w.double() ** 2).sum())  # and it goes on
 
 
 def test_eps_zero_adam_on_a_flat_loss_is_refused_not_nan():

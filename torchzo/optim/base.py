@@ -325,10 +325,11 @@ class ZOOptimizer(Optimizer):
 
         The step also refuses a non-finite update: a NaN or infinite hyperparameter in a param
         group raises ``ValueError`` before anything runs, and a non-finite estimate, or an
-        update that leaves a parameter (or the state of ZOSGD, ZOSignSGD, ZOAdam) non-finite,
-        raises :class:`NonFiniteUpdateError` with everything restored, except that
-        :class:`ZOLSTM`'s per-coordinate LSTM states are not copied (that would double its
-        memory): after a non-finite learned update they have advanced.
+        update that leaves a parameter or the optimizer state non-finite, raises
+        :class:`NonFiniteUpdateError` with everything restored, except that the LSTM states
+        of :class:`ZOLSTM` with the paper's architecture are overwritten in place, not copied
+        (that would cost a fifth of its step): after a non-finite learned update they have
+        advanced, and stay finite.
 
         A closure that calls this optimizer's ``step()``, ``add_param_group()`` or
         ``load_state_dict()`` gets a :class:`~torchzo.oracle.ClosureError` from that call, which
@@ -349,12 +350,11 @@ class ZOOptimizer(Optimizer):
             estimate = self._step(closure)
             bad = guard.nonfinite_after_update()
             if bad is not None:
-                kept = "" if guard.state is not None else (
-                    " (except the per-coordinate state, which is not copied: it has advanced)")
                 raise NonFiniteUpdateError(
                     f"the update made {bad} non-finite; the step was undone: parameters, "
-                    f"optimizer state{kept}, RNG and counters are as before. Check the "
-                    "hyperparameters (a smaller lr?) and the parameters' dtype range")
+                    f"optimizer state{self._not_restored()}, RNG and counters are as before. "
+                    "Check the hyperparameters (a smaller lr?), the loss's magnitude and the "
+                    "parameters' dtype range")
             last_loss = float(estimate.loss)
         except BaseException:
             guard.restore()
@@ -367,6 +367,10 @@ class ZOOptimizer(Optimizer):
         self._counters["queries"] += estimate.queries
         self.last_loss = last_loss
         return estimate.loss
+
+    def _not_restored(self) -> str:
+        """What of the state a failed update leaves advanced, for messages (``""``: none)."""
+        return ""
 
     def _refuse_during_step(self, call: str) -> None:
         """A ClosureError if a step is under way: ``call`` from its closure would change what

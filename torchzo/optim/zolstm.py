@@ -175,9 +175,20 @@ class ZOLSTM(ZOOptimizer):
         plan = learned.plan(weights, self.nets.arch, params, state, groups, self._parts(),
                             self._generator)
         found = self._estimate(objective, plan.queries)
+        if self._guard is not None:
+            # The entries' items, not copies of their tensors: only the paper architecture's
+            # LSTM states are overwritten in place (bounded, so finite), and copying them
+            # would cost a fifth of its step; every other tensor is new, so the old is kept.
+            self._guard.save_state(copy=False)
         self._update_learned(weights, params, state, groups, plan, found.grads,
                              float(found.loss))
         return found
+
+    def _not_restored(self) -> str:
+        # The recurrent states are what an architecture may store compactly, and what the
+        # paper's overwrites in place.
+        keys = self.nets.arch.compact_keys
+        return f" (except the LSTM states {', '.join(keys)}: they have advanced)" if keys else ""
 
     @torch.no_grad()
     def _update_learned(self, weights: Weights, params: list[Tensor], state: LearnedState,
