@@ -6,16 +6,32 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from ..oracle.directions.counter import GAUSSIAN_STREAM
-from ._guard import all_finite, non_finite, user_stacklevel
+from ._guard import all_finite, user_stacklevel
+from ._validation import first_overlap, overlaps_itself
 
-__all__ = ["GAUSSIAN_STREAMS", "Checked", "check_entry", "check_state_dict", "saved_positions",
-           "warn_old_stream"]
+__all__ = ["GAUSSIAN_STREAMS", "Checked", "Slot", "check_entry", "check_state_dict",
+           "check_state_tensor", "saved_positions", "warn_old_stream"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What one key of a parameter's state holds: a tensor shaped like the parameter
+    (``kind="tensor"``) or a step count (``kind="count"``, an int >= 0)."""
+
+    kind: str = "tensor"
+    #: Whether a saved entry must have it (an empty entry is a parameter with no state yet).
+    required: bool = True
+    #: Whether it may be ``None`` (torch.optim's SGD saves a momentum buffer of None).
+    none: bool = False
+    #: Whether its elements must be >= 0 (a second moment, whose square root the update takes).
+    nonnegative: bool = False
 
 
 class Checked(Protocol):
@@ -78,22 +94,70 @@ def check_state_dict(opt: Checked, state_dict: Any) -> tuple[dict[str, Any], dic
         opt._check_saved_state(p, group, dict(entry), f"state_dict['state'][{key!r}]")
     rest = {k: v for k, v in state_dict.items() if k != "zo"}
     rest["param_groups"] = merged
+    rest["state"] = _own_memory(state, [p for p, _ in params])
     return zo, rest
 
 
-def check_entry(p: Tensor, entry: Mapping[str, Any], where: str) -> None:
-    """A ``ValueError`` unless ``entry`` can be ``p``'s state in an update rule of tensors
-    shaped like ``p``: floating tensors finite, tensors shaped like ``p`` unless scalars,
-    numbers finite."""
+def check_entry(p: Tensor, entry: Mapping[str, Any], where: str,
+                slots: Mapping[str, Slot]) -> None:
+    """A ``ValueError`` unless ``entry`` can be ``p``'s state under ``slots``: exactly their
+    keys (an empty entry is state not made yet), each holding what its slot says."""
+    if not entry:
+        return
+    unknown = sorted((k for k in entry if k not in slots), key=str)
+    missing = [k for k, slot in slots.items() if slot.required and k not in entry]
+    if unknown or missing:
+        raise ValueError(f"{where} has unknown entries {unknown} and lacks {missing}: this "
+                         f"optimizer's state holds {sorted(slots)}")
     for key, value in entry.items():
-        if isinstance(value, Tensor):
-            if value.is_floating_point() and not all_finite([value]):
-                raise ValueError(f"{where}[{key!r}] holds non-finite values")
-            if value.dim() and value.shape != p.shape:
-                raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}, the "
-                                 f"parameter {tuple(p.shape)}")
-        elif non_finite(value):
-            raise ValueError(f"{where}[{key!r}] is {value!r}, not finite")
+        slot, at = slots[key], f"{where}[{key!r}]"
+        if value is None and slot.none:
+            continue
+        if slot.kind == "count":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{at} must be a step count (an int >= 0), got {value!r}")
+            continue
+        check_state_tensor(value, at)
+        if value.shape != p.shape:
+            raise ValueError(f"{at} has shape {tuple(value.shape)}, the parameter "
+                             f"{tuple(p.shape)}")
+        if not all_finite([value]):
+            raise ValueError(f"{at} holds non-finite values")
+        if slot.nonnegative and bool((value < 0).any()):
+            raise ValueError(f"{at} holds negative values (it is a second moment)")
+
+
+def check_state_tensor(value: Any, where: str) -> None:
+    """A ``ValueError`` unless ``value`` is a tensor a step can read and update in place, as
+    parameters must be: dense, with data, floating point of 16 bits or more, not an inference
+    tensor, each element in memory of its own (not ``zeros(1).expand(5)``)."""
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where} must be a tensor, got {type(value).__name__}")
+    problem = None
+    if value.layout != torch.strided:
+        problem = f"has layout {value.layout} (state tensors are dense)"
+    elif value.device.type == "meta":
+        problem = "is on the meta device (it holds no values)"
+    elif not value.is_floating_point() or value.dtype.itemsize < 2:
+        problem = f"is {value.dtype}, not floating point of 16 bits or more"
+    elif value.is_inference():
+        problem = "is an inference tensor, which cannot be updated in place"
+    elif overlaps_itself(value):
+        problem = (f"has elements that share memory (strides {value.stride()} for shape "
+                   f"{tuple(value.shape)}, as from expand())")
+    if problem is not None:
+        raise ValueError(f"{where} {problem}")
+
+
+def _own_memory(state: Mapping[Any, Any], params: list[Tensor]) -> Mapping[Any, Any]:
+    """``state``, or where two of its tensors, or one and a parameter, share memory (as a
+    file's tensors saved from views of one buffer do), a copy whose tensors are copies: the
+    update writes each in place, which would change the other."""
+    tensors = [v for entry in state.values() for v in entry.values() if isinstance(v, Tensor)]
+    if first_overlap([*params, *tensors], len(params)) is None:
+        return state
+    return {key: {k: v.clone() if isinstance(v, Tensor) else v for k, v in entry.items()}
+            for key, entry in state.items()}
 
 
 def saved_positions(groups: Sequence[Mapping[str, Any]]) -> dict[Any, int]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_number", "check_params", "default_foreach"]
+__all__ = ["check_number", "check_params", "default_foreach", "first_overlap", "overlaps_itself"]
 
 
 def check_number(name: str, value: Any, *, allow_zero: bool = False,
@@ -62,7 +62,7 @@ def check_params(params: list[Tensor], others: list[Tensor]) -> None:
         if p.is_inference():
             raise ValueError(f"{where} is an inference tensor (created under "
                              "torch.inference_mode()), which cannot be updated in place")
-        if _overlaps_itself(p):
+        if overlaps_itself(p):
             raise ValueError(f"{where} has overlapping memory (several elements share one "
                              f"location, strides {p.stride()} for shape {tuple(p.shape)}, as "
                              "from expand()): perturbing one element would move others; pass "
@@ -70,7 +70,7 @@ def check_params(params: list[Tensor], others: list[Tensor]) -> None:
     _check_disjoint([*others, *params], len(others))
 
 
-def _overlaps_itself(p: Tensor) -> bool:
+def overlaps_itself(p: Tensor) -> bool:
     """Whether two elements of ``p`` share memory (a sufficient test for "no": every stride,
     in increasing order, steps past all elements spanned by the smaller ones)."""
     extent = 1
@@ -92,17 +92,26 @@ def _span(p: Tensor) -> tuple[int, int, int] | None:
     return storage, start, start + extent * p.element_size()
 
 
-def _check_disjoint(params: list[Tensor], first_new: int) -> None:
-    """A ``ValueError`` if the memory of a parameter at ``first_new`` or later overlaps
-    another's (sweeping the spans in address order)."""
-    found = [(_span(p), i) for i, p in enumerate(params) if p.numel() > 0]
+def first_overlap(tensors: list[Tensor], first_new: int = 0) -> tuple[int, int] | None:
+    """Two positions in ``tensors`` whose memory overlaps, one of them ``first_new`` or later
+    (sweeping the spans in address order); ``None`` if there are none."""
+    found = [(_span(p), i) for i, p in enumerate(tensors) if p.numel() > 0]
     spans = sorted(span + (i,) for span, i in found if span is not None)
     reach: tuple[int, int, int] | None = None  # (storage, end, index) of the furthest span
     for storage, start, end, i in spans:
         if reach is not None and reach[0] == storage and start < reach[1] \
                 and max(i, reach[2]) >= first_new:
-            raise ValueError(f"parameters {reach[2]} and {i} (counted over all param "
-                             "groups) share memory, as views of one tensor do: perturbing one "
-                             "would move the other; pass separate tensors")
+            return min(i, reach[2]), max(i, reach[2])
         if reach is None or reach[0] != storage or end > reach[1]:
             reach = (storage, end, i)
+    return None
+
+
+def _check_disjoint(params: list[Tensor], first_new: int) -> None:
+    """A ``ValueError`` if the memory of a parameter at ``first_new`` or later overlaps
+    another's."""
+    found = first_overlap(params, first_new)
+    if found is not None:
+        raise ValueError(f"parameters {found[0]} and {found[1]} (counted over all param "
+                         "groups) share memory, as views of one tensor do: perturbing one "
+                         "would move the other; pass separate tensors")

@@ -12,7 +12,8 @@ With the ``distributed`` option, the queries of a step are shared among the rank
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +28,7 @@ from ..oracle.directions.kinds import SEEKABLE_KINDS
 from ..oracle.distributed import check_distributed
 from ..oracle.scratch import Scratch
 from ..oracle.seeded import SeededEstimate
-from ._checkpoint import check_entry, check_state_dict, warn_old_stream
+from ._checkpoint import Slot, check_entry, check_state_dict, warn_old_stream
 from ._guard import NonFiniteUpdateError, StepGuard, check_estimate, check_hyperparameters
 from ._inference import step_inference
 from ._validation import check_number, check_params
@@ -71,6 +72,9 @@ class ZOOptimizer(Optimizer):
     #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):
     #: if not, their memory is kept for the next step's (see ``torchzo.oracle.scratch.Scratch``).
     _keeps_estimates = False
+
+    #: What each key of a parameter's state holds, for :meth:`load_state_dict` to check.
+    _state_slots: Mapping[str, Slot] = MappingProxyType({})
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
                  generator: torch.Generator | None = None,
@@ -212,7 +216,8 @@ class ZOOptimizer(Optimizer):
 
         Everything is checked before anything changes: the ``"zo"`` entry, the param groups
         (their number and sizes, and the hyperparameters by the constructor's rules) and each
-        parameter's state (finite tensors shaped for it). A state dict that fails raises
+        parameter's state (its keys, and tensors that are dense, finite, shaped for it and
+        each its own memory; step counts that are ints >= 0). A state dict that fails raises
         ``ValueError`` and leaves the optimizer exactly as it was (as does a call from a
         step's closure, which raises :class:`~torchzo.oracle.ClosureError`).
         """
@@ -234,9 +239,10 @@ class ZOOptimizer(Optimizer):
 
     def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
                            where: str) -> None:
-        """A ``ValueError`` unless ``entry`` can be ``p``'s state (floating tensors finite, and
-        shaped like ``p`` unless scalars; numbers finite); subclasses refine it."""
-        check_entry(p, entry, where)
+        """A ``ValueError`` unless ``entry`` can be ``p``'s state: the keys of
+        :attr:`_state_slots`, each holding what its slot says (tensors dense, finite, shaped
+        like ``p``, each element in memory of its own); subclasses may refine it."""
+        check_entry(p, entry, where, self._state_slots)
 
     def _check_loaded(self, state_dict: dict[str, Any]) -> None:
         """Subclasses: raise ``ValueError`` for what else in ``state_dict`` (with a checked

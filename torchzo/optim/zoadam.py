@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._checkpoint import Slot
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -41,6 +43,9 @@ class ZOAdam(ZOOptimizer):
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed, memory=memory)
+
+    _state_slots = MappingProxyType({"step": Slot("count"), "exp_avg": Slot(),
+                                     "exp_avg_sq": Slot(nonnegative=True)})
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

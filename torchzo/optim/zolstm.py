@@ -17,7 +17,7 @@ from ..learned.nets import LearnedZO
 from ..learned.step import COVARIANCES, LearnedState, next_query_outputs, scales_from_outputs
 from ..oracle import Batched, Estimate, Part, Scheme
 from . import _learned_state
-from ._checkpoint import saved_positions
+from ._checkpoint import check_state_tensor, saved_positions
 from ._guard import all_finite, user_stacklevel
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
@@ -271,14 +271,17 @@ class ZOLSTM(ZOOptimizer):
             raise ValueError(f"{where} does not fit {self.nets.arch.kind!r} networks: unknown "
                              f"entries {unknown}, missing {missing}")
         for key, value in entry.items():
-            if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise ValueError(f"{where}[{key!r}] must be a floating tensor")
+            check_state_tensor(value, f"{where}[{key!r}]")
             if tuple(value.shape) != expected[key]:
                 raise ValueError(f"{where}[{key!r}] has shape {tuple(value.shape)}; these "
                                  f"networks (hidden {self.nets.arch.hidden}) and the parameter "
                                  f"need {expected[key]}")
         if not all_finite(entry.values()):
             raise ValueError(f"{where} holds non-finite values")
+        for key, value in entry.items():
+            if key.removeprefix(_learned_state.GROUP) in self.nets.arch.nonnegative_fields \
+                    and bool((value < 0).any()):
+                raise ValueError(f"{where}[{key!r}] holds negative values")
 
     def _check_loaded(self, state_dict: dict[str, Any]) -> None:
         if "nets" in state_dict["zo"]:
@@ -293,7 +296,7 @@ class ZOLSTM(ZOOptimizer):
         if "nets" in state_dict["zo"]:
             self.nets.load_state_dict(dict(state_dict["zo"]["nets"]))  # checked: cannot fail
         # torch.optim casts loaded state to the parameter dtype; ZO-LSTM state keeps its own.
-        saved = state_dict["state"]
+        saved = rest["state"]
         positions = saved_positions(rest["param_groups"])
         params = [(p, g) for g in self.param_groups for p in g["params"]]
         for key, entry in saved.items():

@@ -1,11 +1,13 @@
 """ZO-SGD: SGD (with optional momentum and L2 weight decay) on the ZO gradient estimate."""
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ._checkpoint import Slot
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -56,6 +58,8 @@ class ZOSGD(ZOOptimizer):
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
                          distributed=distributed, memory=memory)
+
+    _state_slots = MappingProxyType({"momentum_buffer": Slot(required=False, none=True)})
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

@@ -86,6 +86,9 @@ class Architecture(ABC, Generic[S, G]):
     #: State fields that ``ZOLSTM(state_dtype=...)`` may store in a lower precision (the
     #: per-coordinate recurrent states; they are computed in float32 either way).
     compact_keys: ClassVar[tuple[str, ...]] = ()
+    #: State fields (per tensor or per group) that hold no negative value: a loaded state
+    #: dict's are checked.
+    nonnegative_fields: ClassVar[tuple[str, ...]] = ()
     #: Settings of the flat stored form that this kind read once and has no more, with the
     #: value at which they did nothing (see :func:`torchzo.learned.arch.from_dict`).
     retired: ClassVar[dict[str, object]] = {}

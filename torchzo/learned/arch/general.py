@@ -105,6 +105,7 @@ class GeneralConfig(Architecture[GeneralState, ControlState]):
     """The generalist's settings (saved with its weights)."""
 
     kind: ClassVar[str] = "general"
+    nonnegative_fields: ClassVar[tuple[str, ...]] = ("second", "t")
     state_type: ClassVar[type] = GeneralState
     group_state_type: ClassVar[type | None] = ControlState
     #: A mix of ZO-SGD's direction into the step, with an adapted weight (research flags).
