@@ -419,3 +419,43 @@ def test_zero_signal_names_the_flat_group_only():
     with pytest.warns(torchzo.ZeroSignalWarning, match="param group 0 \\(mu=0.001\\)"):
         opt.step(lambda: torch.round(a.sum()) + (b**2).sum())
     assert issubclass(torchzo.ZeroSignalWarning, UserWarning)
+
+
+@pytest.mark.parametrize("memory, batched", [("exact", False), ("exact", True),
+                                             ("inference", False)])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("leaf", [False, True], ids=["view of a buffer", "nn.Parameter"])
+def test_a_closure_that_repoints_a_parameter_gets_it_back_in_its_own_memory(memory, batched,
+                                                                            k, leaf):
+    buffer = torch.arange(8.0)
+    p = torch.nn.Parameter(torch.arange(4.0)) if leaf else buffer[2:6]
+    opt = torchzo.ZOAdam([p], lr=0.1, q=3, seed=0, memory=memory)
+    before, state = p.detach().clone(), state_copy(opt)
+    where = (p.untyped_storage().data_ptr(), p.storage_offset(), p.stride())
+    calls = [0]
+
+    def repoint():
+        calls[0] += 1
+        if calls[0] == k:  # at f(x), or at a query that has moved the parameter
+            with torch.no_grad():
+                p.set_(torch.ones(4))
+
+    def closure():
+        repoint()
+        return (p.double() ** 2).sum()
+
+    def fn(X):
+        repoint()
+        return (X.double() ** 2).sum(1)
+
+    with pytest.raises(ClosureError, match="wrote parameter 0"):
+        opt.step(torchzo.Batched(fn, chunk_size=1) if batched else closure)
+    assert (p.untyped_storage().data_ptr(), p.storage_offset(), p.stride()) == where
+    if memory == "exact":
+        assert all_same_bits([p.detach()], [before])
+    else:  # the inference mode moves back to rounding
+        torch.testing.assert_close(p.detach(), before)
+    assert deep_equal(state_copy(opt), state)
+    if not leaf:
+        buffer[3] = 7.0
+        assert p[1] == 7.0  # still a view of the buffer

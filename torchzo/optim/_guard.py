@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..oracle import ParameterBackup, Query, kernels
+from ..oracle.backup import Places
 from ..oracle.scratch import Scratch
 
 if TYPE_CHECKING:
@@ -220,6 +221,7 @@ class StepGuard:
         self.grads = [p.grad for p in self.params]
         for p in self.params:
             p.grad = None
+        self.places = Places(self.params)
         self.saved: ParameterBackup | None = None
         # Where the copy's memory comes from and goes back to (ZOOptimizer._scratch).
         self.scratch: Scratch | None = getattr(optimizer, "_scratch", None)
@@ -261,7 +263,9 @@ class StepGuard:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Put back whatever was copied: parameters, and state where it was kept."""
+        """Put back whatever was copied: parameters (into their own memory, where a
+        closure repointed one), and state where it was kept."""
+        self.places.restore()
         if self.saved is not None:
             self.saved.restore()
         if self.state is None:

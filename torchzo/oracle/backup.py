@@ -9,7 +9,25 @@ from torch import Tensor
 from .directions import Direction, Signs
 from .scratch import Scratch
 
-__all__ = ["ParameterBackup"]
+__all__ = ["ParameterBackup", "Places"]
+
+
+class Places:
+    """Where each of ``params``' elements live (storage, offset, shape, strides), to point a
+    parameter back there after a closure repointed it (``p.set_(other)``): the values then
+    go back into the memory the model reads, not into the closure's."""
+
+    def __init__(self, params: Sequence[Tensor]) -> None:
+        self.params = list(params)
+        self.places = [(p.untyped_storage(), p.storage_offset(), p.shape, p.stride())
+                       for p in self.params]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, (storage, offset, shape, stride) in zip(self.params, self.places):
+            if p.untyped_storage().data_ptr() != storage.data_ptr() or \
+                    p.storage_offset() != offset or p.shape != shape or p.stride() != stride:
+                p.set_(storage, offset, shape, stride)
 
 
 class ParameterBackup:
@@ -21,6 +39,7 @@ class ParameterBackup:
 
     def __init__(self, params: Sequence[Tensor], scratch: Scratch | None = None) -> None:
         self.params = list(params)
+        self.places = Places(self.params)
         with torch.no_grad():
             if scratch is None:
                 self.saved = [p.detach().clone() for p in self.params]
@@ -30,8 +49,10 @@ class ParameterBackup:
 
     @torch.no_grad()
     def restore(self, index: Sequence[int] | None = None) -> None:
-        """Put back every parameter, or those in ``index``."""
+        """Put back every parameter (into its own memory), or the values of those in
+        ``index``."""
         if index is None:
+            self.places.restore()
             torch._foreach_copy_(self.params, self.saved)
         else:
             torch._foreach_copy_([self.params[i] for i in index], [self.saved[i] for i in index])

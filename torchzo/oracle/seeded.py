@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import kernels
+from .backup import Places
 from .closure import call_closure
 from .directions import Layout, kind_named
 from .directions.blocks import Block
@@ -160,6 +161,7 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
     mine = range(len(flat)) if ranks is None else ranks.share(len(flat))
     values = torch.zeros(len(flat), dtype=torch.float64)
     directions = [SeededDirections([params[i] for i in q.index], q.kind) for q in queries]
+    places = Places(params)
     loss: Any = None
     f0 = 0.0
     failure: Exception | None = None
@@ -176,6 +178,9 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
                 if n in mine:
                     where = f"direction {k + 1} ({'+' if sign > 0 else '-'}mu)"
                     values[n] = call_closure(closure, params, where)[1]
+            except BaseException:
+                places.restore()  # the move back goes to the memory the move out went to
+                raise
             finally:
                 directions[j].perturb(seed, -sign * mu)
     except Exception as err:
