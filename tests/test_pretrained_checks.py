@@ -66,7 +66,7 @@ def test_a_small_file_declaring_a_huge_head_is_refused_quickly_in_bounded_memory
     torch.save(sd, tmp_path / "w.pt")
     assert (tmp_path / "w.pt").stat().st_size < 64_000
     start = time.perf_counter()
-    with pytest.raises(PretrainedError, match="shape"):
+    with pytest.raises(PretrainedError, match="8000 wide"):  # before the shapes are compared
         pretrained.load_file(tmp_path / "w.pt")
     assert time.perf_counter() - start < 2.0  # was 11 s
     assert peak_bytes(lambda: pretrained.load_file(tmp_path / "w.pt")) < 4 * 2**20  # was 2 GiB
@@ -78,6 +78,32 @@ def test_a_small_file_declaring_a_huge_head_is_refused_quickly_in_bounded_memory
     torch.save({"weights": weights(), "arch": {"hidden": 10**9}}, tmp_path / "b.pt")
     with pytest.raises(PretrainedError, match="hidden"):
         pretrained.load_file(tmp_path / "b.pt")
+
+
+@pytest.mark.parametrize("arch, width", [
+    ({"kind": "general", "config": {"coord_hidden": 65536}}, 65536),
+    ({"kind": "general", "config": {"momenta": [0.5] * 1024}}, 1025),
+    ({"kind": "paper", "config": {"hidden": 4096}}, 4096),
+])
+def test_an_architecture_too_wide_per_coordinate_is_refused_before_building(tmp_path, arch,
+                                                                             width):
+    # A file of a megabyte or two could declare networks whose first step allocates about
+    # half a megabyte per parameter element: refused before anything is built. (The paper's
+    # weights grow with the square of its width: there the declaration alone is refused.)
+    built = (LearnedZO(arch=GeneralConfig(**arch["config"])) if arch["kind"] == "general"
+             else LearnedZO())
+    torch.save({"weights": built.state_dict(), "arch": arch}, tmp_path / "w.pt")
+    assert (tmp_path / "w.pt").stat().st_size < 8 * 2**20
+    with pytest.raises(PretrainedError, match=f"{width} wide, more than 1024"):
+        pretrained.load_file(tmp_path / "w.pt")
+    assert peak_bytes(lambda: pretrained.load_file(tmp_path / "w.pt")) < 16 * 2**20
+
+
+def test_the_widest_allowed_architecture_still_loads(tmp_path):
+    arch = GeneralConfig(coord_hidden=pretrained.MAX_COORDINATE_WIDTH)
+    torch.save({"weights": LearnedZO(arch=arch).state_dict(), "arch": arch.to_dict()},
+               tmp_path / "w.pt")
+    assert pretrained.load_file(tmp_path / "w.pt").arch.coord_hidden == 1024
 
 
 @pytest.mark.parametrize("blob, match", [

@@ -8,13 +8,16 @@ refused. Files load with ``torch.load(weights_only=True)``.
 Every way in (a shipped name, a path, a state dict, a module) is checked before the networks
 are built: the tensors must be exactly those of the declared architecture (names and shapes,
 compared on the ``meta`` device, so a file that declares a huge network allocates nothing),
-finite, and of a sane magnitude (at most :data:`MAX_ABS_WEIGHT`). A file must be a
+finite, and of a sane magnitude (at most :data:`MAX_ABS_WEIGHT`); and the architecture's
+per-coordinate networks and state at most :data:`MAX_COORDINATE_WIDTH` wide, since what a step
+allocates grows with that width times the number of parameters. A file must be a
 ``torch.save`` archive of at most :data:`MAX_FILE_BYTES` with uncompressed entries, so reading
 it never takes more memory than its size. Anything else raises :class:`PretrainedError` saying
 what is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -31,9 +34,9 @@ from torch import Tensor
 from .learned.arch import Architecture, from_dict
 from .learned.nets import LearnedZO
 
-__all__ = ["MAX_ABS_WEIGHT", "MAX_FILE_BYTES", "PretrainedError", "available", "check_nets",
-           "check_weights", "default_name", "from_state_dict", "info", "load", "load_file",
-           "manifest", "save", "sha256", "weights_dir"]
+__all__ = ["MAX_ABS_WEIGHT", "MAX_COORDINATE_WIDTH", "MAX_FILE_BYTES", "PretrainedError",
+           "available", "check_nets", "check_weights", "default_name", "from_state_dict", "info",
+           "load", "load_file", "manifest", "save", "sha256", "weights_dir"]
 
 #: The largest magnitude a weight may have (trained ZO-LSTM weights are of order 1; a huge one
 #: would turn every step into an overflow).
@@ -41,6 +44,11 @@ MAX_ABS_WEIGHT = 1e6
 #: The largest weights file read (the shipped ones are kilobytes).
 MAX_FILE_BYTES = 256 * 2**20
 _MAX_HIDDEN = 2**16
+#: The widest per-coordinate layer or state an architecture may declare
+#: (:attr:`~torchzo.learned.arch.Architecture.coordinate_width`; the shipped ones are 8 and 10
+#: wide): a step allocates a few times this many floats per parameter element, so a small file
+#: could otherwise ask for gigabytes (coord_hidden=65536: half a megabyte per element).
+MAX_COORDINATE_WIDTH = 1024
 
 PathLike = str | os.PathLike[str]
 
@@ -188,6 +196,13 @@ def from_state_dict(weights: Any, arch: dict[str, Any] | Architecture | None = N
     if not declared and isinstance(head, Tensor) and head.dim() == 2:
         hidden = int(head.shape[1])
     problem = _arch_problem(_settings(arch, built), hidden)
+    if problem is None and hidden != built.hidden:  # read from an old file's weights
+        built = dataclasses.replace(built, hidden=hidden)  # type: ignore[type-var]
+    if problem is None and built.coordinate_width > MAX_COORDINATE_WIDTH:
+        problem = (f"its per-coordinate networks or state ({built.kind}, hidden "
+                   f"{built.hidden}) are {built.coordinate_width} wide, more than "
+                   f"{MAX_COORDINATE_WIDTH}: a step would allocate "
+                   f"{built.coordinate_width * 8} bytes or more per parameter element")
     if problem:
         raise PretrainedError(f"{source} declares an invalid architecture: {problem}")
     try:

@@ -99,6 +99,12 @@ class Architecture(ABC, Generic[S, G]):
     hidden: int
 
     @property
+    def coordinate_width(self) -> int:
+        """The widest per-coordinate state or layer: a step allocates a small multiple of this
+        many floats for each coordinate of the parameters."""
+        return self.hidden
+
+    @property
     def has_query(self) -> bool:
         """Whether there is a query network; without one, learned directions are standard
         Gaussian ones."""

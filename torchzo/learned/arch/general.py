@@ -169,6 +169,11 @@ class GeneralConfig(Architecture[GeneralState, ControlState]):
         return ControlState(*_zeros(p, population, (self.hidden,), (self.hidden,),
                                     *[()] * 6))
 
+    @property
+    def coordinate_width(self) -> int:
+        # The controller's hidden units are the group's, not each coordinate's.
+        return max(self.coord_hidden, 1 + len(self.momenta))
+
     def radius(self, group: ControlState) -> Tensor:
         """The factor on the user's ``mu`` that the group's next estimate uses (1 at the
         start, doubled by every step whose estimate was exactly zero)."""
