@@ -13,6 +13,7 @@ import pickle
 import struct
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -34,6 +35,8 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = {}
         self.drop: set[str] = set()  # names whose response stops half-way
+        self.unsized: set[str] = set()  # names served without a Content-Length
+        self.trickle: set[str] = set()  # names served a byte at a time, slowly
         self.requests: list[str] = []
 
     @property
@@ -52,8 +55,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+        if name not in self.server.unsized:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if name in self.server.trickle:
+            for i in range(len(body)):
+                try:
+                    self.wfile.write(body[i:i + 1])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+                time.sleep(0.02)
+            return
         if name in self.server.drop:
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
@@ -143,6 +156,73 @@ def test_a_dropped_connection_is_a_clear_error_and_leaves_nothing(server, tmp_pa
     assert _leftovers(tmp_path) == []
     server.drop = set()
     assert download([f"{server.url}/big.bin"], dest, _sha(body)).read_bytes() == body
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_a_server_sending_more_than_the_file_is_cut_off(server, tmp_path, announced):
+    body = bytes(range(256)) * 4000
+    server.files = {"big.bin": body}
+    if not announced:
+        server.unsized = {"big.bin"}
+    dest = tmp_path / "big.bin"
+    match = "announces 1024000 bytes" if announced else "sent more than the file's 100000"
+    with pytest.raises(DataError, match=match):
+        download([f"{server.url}/big.bin"], dest, _sha(body), max_bytes=100_000, timeout=10)
+    assert _leftovers(tmp_path) == []
+    assert download([f"{server.url}/big.bin"], dest, _sha(body),
+                    max_bytes=len(body)).read_bytes() == body
+
+
+def test_a_trickling_server_meets_the_deadline(server, tmp_path):
+    server.files = {"slow.bin": b"x" * 1000}  # 20 s at a byte per 20 ms
+    server.trickle = {"slow.bin"}
+    start = time.monotonic()
+    with pytest.raises(DataError, match="deadline for the whole file"):
+        download([f"{server.url}/slow.bin"], tmp_path / "slow.bin", _sha(b"x" * 1000),
+                 timeout=5, deadline=0.5)
+    assert time.monotonic() - start < 3
+    assert _leftovers(tmp_path) == []
+
+
+def test_fetch_caps_a_known_file_at_its_known_size(server, tmp_path):
+    source = SOURCES["mnist"][0]  # the first fetched: train-images, 9912422 bytes
+    server.files = {source.filename: b"\0" * (source.size + 10_000)}
+    server.unsized = {source.filename}
+    with pytest.raises(DataError, match=f"more than the file's {source.size} bytes"):
+        fetch("mnist", tmp_path, base_url=server.url, quiet=True)
+    assert _leftovers(tmp_path) == []
+
+
+def _archive_of(name: str, payload: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("payload, match", [
+    (b"\0" * (65 << 20), "unpacks to 68157440 bytes"),  # a bomb: 65 MiB of zeros, 64 KiB packed
+    (b"not a pickle at all", "is not a batch: UnpicklingError"),
+    (pickle.dumps([1, 2, 3], protocol=2), "is not a batch"),
+    (pickle.dumps({b"data": [1], b"labels": [0]}, protocol=2), "is not a batch"),
+], ids=["gzip bomb", "not a pickle", "a list", "data not an array"])
+def test_an_archive_whose_batches_are_not_batches_is_a_data_error(tmp_path, payload, match):
+    archive = _archive_of("data_batch_1", payload)
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(archive)
+    with pytest.raises(DataError, match=match):
+        fetch("cifar10", tmp_path / "root", archive=path, checksums={
+            "cifar10/cifar-10-python.tar.gz": _sha(archive)}, quiet=True)
+
+
+def test_an_archive_that_is_no_archive_is_a_data_error(tmp_path):
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(gzip.compress(b"plain text, not a tar"))
+    with pytest.raises(DataError, match="not a readable CIFAR-10 archive"):
+        fetch("cifar10", tmp_path / "root", archive=path, checksums={
+            "cifar10/cifar-10-python.tar.gz": _sha(path.read_bytes())}, quiet=True)
 
 
 def test_download_tries_each_address_and_names_every_failure(server, tmp_path):

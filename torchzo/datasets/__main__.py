@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--base-url", help="fetch every file from BASE_URL/<file name> (a mirror)")
     fe.add_argument("--archive", help="cifar10: a cifar-10-python.tar.gz you already have")
     fe.add_argument("--timeout", type=float, default=60.0, help="seconds without data")
+    fe.add_argument("--deadline", type=float, default=3600.0,
+                    help="seconds for each file in all")
     ch = sub.add_parser("check", help="list the data files and whether they verify")
     ch.add_argument("--root", help="data folder (default: as for fetch)")
     args = ap.parse_args(argv)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for dataset in DATASETS if args.dataset == "all" else [args.dataset]:
             fetch(dataset, args.root, base_url=args.base_url, archive=args.archive,
-                  timeout=args.timeout)
+                  timeout=args.timeout, deadline=args.deadline)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

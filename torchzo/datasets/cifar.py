@@ -32,6 +32,8 @@ SUBSET = "cifar10/cifar10_subset.npz"
 TRAIN_PER_BATCH, TEST_IMAGES = 932, 846
 _FOLDER = "cifar-10-batches-py"
 _BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+# A batch's pickle: 10,000 images of 3,072 bytes, their labels and file names (31 MB), with room.
+_MAX_BATCH_BYTES = 64 << 20
 
 try:  # numpy >= 2 moved it; the archive's pickles name the old module
     from numpy._core.multiarray import _reconstruct
@@ -55,13 +57,27 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _batch(archive: tarfile.TarFile, name: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     try:
-        member = archive.extractfile(f"{_FOLDER}/{name}")
+        info = archive.getmember(f"{_FOLDER}/{name}")
+        member = archive.extractfile(info)
     except KeyError:
         member = None
     if member is None:
         raise DataError(f"the CIFAR-10 archive has no {_FOLDER}/{name}")
-    batch = _BatchUnpickler(io.BytesIO(member.read()), encoding="bytes").load()
-    data, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+    if info.size > _MAX_BATCH_BYTES:  # a small archive can unpack to gigabytes
+        raise DataError(f"{name} in the CIFAR-10 archive unpacks to {info.size} bytes, more "
+                        f"than a batch of 10,000 images takes ({_MAX_BATCH_BYTES})")
+    try:
+        batch = _BatchUnpickler(io.BytesIO(member.read(_MAX_BATCH_BYTES)),
+                                encoding="bytes").load()
+        data, labels = batch[b"data"], np.asarray(batch[b"labels"], dtype=np.int64)
+    except DataError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are no batch
+        raise DataError(f"{name} in the CIFAR-10 archive is not a batch: "
+                        f"{type(err).__name__}: {err}") from err
+    if not isinstance(data, np.ndarray):
+        raise DataError(f"{name} in the CIFAR-10 archive is not a batch: its data is a "
+                        f"{type(data).__name__}")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 \
             or len(labels) != len(data) or len(data) < count:
         raise DataError(f"{name} in the CIFAR-10 archive is not a batch of at least {count} "
@@ -77,9 +93,12 @@ def build_cifar10_subset(archive: Path, out: Path, expected: str | None = None) 
     ``KNOWN_CONTENT_SHA256``). Written to a temporary file renamed once checked: a subset that
     does not match is refused and ``out`` is left as it was.
     """
-    with tarfile.open(archive, "r:gz") as tar:
-        train = [_batch(tar, name, TRAIN_PER_BATCH) for name in _BATCHES]
-        test_x, test_y = _batch(tar, "test_batch", TEST_IMAGES)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            train = [_batch(tar, name, TRAIN_PER_BATCH) for name in _BATCHES]
+            test_x, test_y = _batch(tar, "test_batch", TEST_IMAGES)
+    except (tarfile.TarError, EOFError, OSError) as err:  # gzip's errors are OSErrors
+        raise DataError(f"{archive} is not a readable CIFAR-10 archive: {err}") from err
     arrays = {"train_x": np.concatenate([x for x, _ in train]),
               "train_y": np.concatenate([y for _, y in train]), "test_x": test_x, "test_y": test_y}
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,8 @@ def _check_name(dataset: str) -> None:
 
 def fetch(dataset: str, root: str | Path | None = None, *, base_url: str | None = None,
           checksums: Mapping[str, str] | None = None, archive: str | Path | None = None,
-          timeout: float = 60.0, stream: IO[str] | None = None, quiet: bool = False
-          ) -> list[Path]:
+          timeout: float = 60.0, deadline: float = 3600.0, stream: IO[str] | None = None,
+          quiet: bool = False) -> list[Path]:
     """Download ``dataset`` ("mnist" or "cifar10") into ``root`` and return the files the
     readers read, each checked against its sha256.
 
@@ -47,9 +47,12 @@ def fetch(dataset: str, root: str | Path | None = None, *, base_url: str | None 
     ``base_url`` fetches every file from ``base_url/<file name>`` instead of the canonical
     addresses (a mirror); ``checksums`` maps paths under the root (``"mnist/..."``,
     ``"cifar10/cifar-10-python.tar.gz"``, ``"cifar10/cifar10_subset.npz"``) to the sha256 to
-    expect instead of the known one. ``stream`` gets the progress and what was done (default
-    ``sys.stderr``; ``quiet=True``: nothing). Raises :class:`torchzo.datasets.DataError` when
-    a file cannot be had.
+    expect instead of the known one. A download fails after ``timeout`` seconds without data,
+    after ``deadline`` seconds in all, and when the server sends more bytes than the file has
+    (the known size, for the known hash; with another, see
+    :func:`torchzo.datasets.download.download`). ``stream`` gets the progress and what was
+    done (default ``sys.stderr``; ``quiet=True``: nothing). Raises
+    :class:`torchzo.datasets.DataError` when a file cannot be had.
     """
     _check_name(dataset)
     stream = None if quiet else (stream if stream is not None else sys.stderr)
@@ -73,7 +76,9 @@ def fetch(dataset: str, root: str | Path | None = None, *, base_url: str | None 
                 continue
             say(f"{dest}: not the expected file (sha256 differs), downloading it again")
         urls = (f"{base_url.rstrip('/')}/{source.filename}",) if base_url else source.urls
-        download(urls, dest, sha256, timeout=timeout, stream=stream)
+        size = source.size if sha256 == source.sha256 else None  # another file: any size
+        download(urls, dest, sha256, timeout=timeout, deadline=deadline, max_bytes=size,
+                 stream=stream)
         say(f"{dest}: downloaded, sha256 verified")
     if dataset == "cifar10":
         out = base / SUBSET
