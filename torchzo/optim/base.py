@@ -12,6 +12,7 @@ With the ``distributed`` option, the queries of a step are shared among the rank
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -397,3 +398,12 @@ class ZOOptimizer(Optimizer):
         like the parameters may be whole or the same piece of each (the inference memory
         mode's chunks)."""
         raise NotImplementedError
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        """A bound on the magnitude of every value :meth:`_apply` computes for the group (its
+        results and temporaries) in exact arithmetic, given bounds on the magnitudes of the
+        estimate's entries and of the parameters, and the group's state tensors by key; ``inf``
+        (the default) where there is none, NaN or ``inf`` in, ``inf`` or NaN out. The inference
+        memory mode skips its trial pass where this is far below the dtypes' range."""
+        return math.inf

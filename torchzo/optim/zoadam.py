@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._guard import max_abs
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -71,6 +72,20 @@ class ZOAdam(ZOOptimizer):
                 betas=tuple(group["betas"]), eps=group["eps"],
                 weight_decay=group["weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"])
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        beta1, beta2 = group["betas"]
+        squares = state["exp_avg_sq"]
+        # A negative second moment (written by hand) would make the denominator's root NaN.
+        if group["eps"] <= 0 or any(v.numel() and float(v.min()) < 0 for v in squares):
+            return math.inf
+        g = estimate + group["weight_decay"] * param
+        m = max_abs(state["exp_avg"]) + g  # lerp's difference, and more than its result
+        v = max_abs(squares) + g * g
+        # The bias corrections are smallest on the first step; the denominator is at least eps.
+        denom = math.sqrt(v / (1 - beta2)) + group["eps"]
+        return max(v, denom, param + group["lr"] / (1 - beta1) * m / group["eps"])
 
 
 def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor],

@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._guard import max_abs
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -82,6 +83,12 @@ class ZOSGD(ZOOptimizer):
         if group["momentum"] != 0:
             for st, b in zip(states, bufs):
                 st["momentum_buffer"] = b
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        g = estimate + group["weight_decay"] * param
+        buf = group["momentum"] * max_abs(state.get("momentum_buffer", [])) + g
+        return max(buf, param + group["lr"] * buf)
 
 
 def zo_sgd(params: list[Tensor], estimates: list[Tensor], momentum_buffers: list[Tensor | None],

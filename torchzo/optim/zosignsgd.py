@@ -43,6 +43,10 @@ class ZOSignSGD(ZOOptimizer):
         zo_signsgd(params, estimates, lr=group["lr"], weight_decay=group["weight_decay"],
                    maximize=group["maximize"], foreach=group["foreach"])
 
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        return max(estimate + group["weight_decay"] * param, param + group["lr"])
+
 
 def zo_signsgd(params: list[Tensor], estimates: list[Tensor], *, lr: float,
                weight_decay: float = 0.0, maximize: bool = False,

@@ -69,7 +69,12 @@ class SeededDirections:
                              f"{kind!r} directions cannot be: use one of {SEEKABLE_KINDS}")
         self.tensors = list(tensors)
         self._kind = kind_named(kind)
+        #: The largest magnitude of an entry of a direction.
+        self.largest = self._kind.largest
         self._packs = self._kind.packs and kernels.available()
+        # Gaussian pieces are added by the compiled kernel, which draws them into the L1 cache
+        # a tile at a time: same bits as drawing into a buffer and adding with torch.
+        self._fused = kind == "gaussian" and kernels.available()
         self.pieces: list[Piece] = []
         for block in Layout(self.tensors, kind).blocks:
             offset = 0
@@ -91,6 +96,11 @@ class SeededDirections:
             self._buffers[piece.block.position] = buf
         return buf[:n]
 
+    def _fuses(self, piece: Piece, t: Tensor) -> bool:
+        """Whether the kernel adds the piece's Gaussian directions to ``t`` (float32 only)."""
+        return (self._fused and piece.block.dtype is torch.float32
+                and kernels.fits(t, torch.float32))
+
     def draw(self, piece: Piece, seed: int) -> Tensor:
         """The piece of the direction of ``seed``, flat, in a buffer the next call reuses."""
         out = self._buffer(piece)
@@ -105,6 +115,8 @@ class SeededDirections:
             if self._packs and kernels.fits(x, piece.block.dtype):
                 bits, offset = signs_range(piece.block, seed, piece.start, x.numel())
                 kernels.sign_perturb(x.numel(), offset, x, x, bits, alpha)
+            elif self._fuses(piece, x):
+                kernels.gauss_axpy(x, piece.start, piece.block.seed_for(seed), alpha)
             else:
                 x.add_(self.draw(piece, seed).view(x.shape), alpha=alpha)
 
@@ -120,6 +132,12 @@ class SeededDirections:
                 offset = found[0][1] if found else 0
                 kernels.sign_accumulate(n, offset, out, [bits for bits, _ in found],
                                         [coeffs[k] for k in group], init=start == 0)
+            return out
+        if self._fuses(piece, out):
+            if not seeds:
+                out.zero_()
+            for k, (seed, c) in enumerate(zip(seeds, coeffs)):
+                kernels.gauss_axpy(out, piece.start, piece.block.seed_for(seed), c, init=k == 0)
             return out
         out.zero_()
         for seed, c in zip(seeds, coeffs):
