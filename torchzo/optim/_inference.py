@@ -35,6 +35,7 @@ class Stepped(Protocol):
     this module and ``base`` do not import each other)."""
 
     param_groups: list[dict[str, Any]]
+    loss_at_x: bool
     _guard: Any
     _zero_signal_warned: bool
 
@@ -59,7 +60,7 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
                          "its query points in memory anyway: use memory='exact')")
     params = opt._params()
     found = estimate_seeded(objective, params, queries,
-                            ranks_for(getattr(opt, "_distributed", None)))
+                            ranks_for(getattr(opt, "_distributed", None)), opt.loss_at_x)
     largest = [max((abs(c) for c in cs), default=0.0) for cs in found.coeffs]
     sized = [any(params[i].numel() for i in q.index) for q in queries]
     if check_largest(largest, sized, queries, opt.param_groups, not opt._zero_signal_warned):

@@ -27,12 +27,14 @@ class ZOSignSGD(ZOOptimizer):
                  estimator: str = "forward", weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact",
+                 loss_at_x: bool = True) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, weight_decay=weight_decay,
                         maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed, memory=memory)
+                         distributed=distributed, memory=memory,
+                         loss_at_x=loss_at_x)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)

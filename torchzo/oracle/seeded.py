@@ -23,12 +23,13 @@ import torch
 from torch import Tensor
 
 from . import kernels
-from .closure import call_closure
+from .closure import call_closure, mean_loss
 from .directions import Layout, kind_named
 from .directions.blocks import Block
 from .directions.kinds import SEEKABLE_KINDS
 from .directions.rademacher import signs_range
-from .distributed import Ranks, fingerprint, float_bits
+from .distributed import Ranks, agreed, fingerprint
+from .gradient import check_at_x
 from .query import Query
 
 __all__ = ["CHUNK", "Piece", "SeededDirections", "SeededEstimate", "estimate_seeded"]
@@ -160,16 +161,19 @@ class SeededEstimate:
 
 @torch.no_grad()
 def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
-                    queries: Sequence[Query], ranks: Ranks | None = None) -> SeededEstimate:
+                    queries: Sequence[Query], ranks: Ranks | None = None,
+                    at_x: bool = True) -> SeededEstimate:
     """Query ``closure`` along each query's directions with ``params`` perturbed in place;
     every parameter is moved back (to rounding) before this returns or raises.
 
     With ``ranks``, this rank evaluates its share of the queries and the ranks exchange the
     values (:meth:`~torchzo.oracle.distributed.Ranks.exchange`), but every rank makes every
     move out and back: so the parameters round the same way on every rank, and as in one
-    process, and stay bit-identical to them.
+    process, and stay bit-identical to them. Without ``at_x`` (two-sided schemes), f(x) is not
+    queried and the loss is the mean of the queried ones.
     """
     params = list(params)
+    check_at_x(queries, at_x)
     for query in queries:
         if query.scale is not None or query.guide is not None:
             raise ValueError("memory='inference' takes unscaled, unguided directions")
@@ -182,7 +186,8 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
     f0 = 0.0
     failure: Exception | None = None
     try:
-        loss, f0 = call_closure(closure, params, "f(x)")
+        if at_x:
+            loss, f0 = call_closure(closure, params, "f(x)")
         for n, (j, k, sign) in enumerate(flat):
             seed, mu = queries[j].seeds[k], float(queries[j].mu)
             # Out and straight back for each sign (not MeZO's +mu, -2 mu, +mu): a move back
@@ -202,9 +207,11 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
         failure = err
     if ranks is not None:
         seeds = [s for q in queries for s in q.seeds]
-        values = ranks.exchange(values, [fingerprint(seeds), float_bits(f0)], failure,
-                                ["the query seeds", "f(x)"])
+        values = ranks.exchange(values, [fingerprint(seeds), agreed(params, f0, at_x)], failure,
+                                ["the query seeds", "f(x)" if at_x else "the parameters"])
     found = values.tolist()
+    if not at_x:
+        loss = mean_loss(found)
     coeffs, offset = [], 0
     for q in queries:
         n = len(q.scheme.signs)
@@ -213,4 +220,4 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
                             for k in range(len(q.seeds))))
         offset += q.queries
     return SeededEstimate(loss, list(queries), directions, coeffs,
-                          1 + sum(q.queries for q in queries))
+                          int(at_x) + sum(q.queries for q in queries))
