@@ -1,9 +1,10 @@
-"""How long each example takes at its defaults: what the README's "about a minute" rests on.
+"""How long the demo and each example take at their defaults: what the README's times rest on.
 
     python -m benchmarks.perf.examples [--only NAME ...] [--out DIR]
 
-Each example runs as a user runs it (``python examples/NAME.py``, no arguments; the distributed
-one also under ``torchrun`` with two processes), in a fresh process, with torch's default
+The demo (``python -m torchzo``) and each example run as a user runs them (``python
+examples/NAME.py``, no arguments; the distributed one also under ``torchrun`` with two
+processes), each in a fresh process, with torch's default
 threads, one after the other. An example whose extra or data is missing is listed with the
 reason and not timed: ``blackbox_attack`` needs MNIST and a cached target classifier
 (``python -m torchzo.datasets fetch mnist && python -m torchzo.tasks.targets --data mnist``),
@@ -25,7 +26,7 @@ from tools.launch import local_gloo_env
 from .._common import OUT, finish, machine
 from .._report import doc_paragraphs, md_table, section
 
-EXAMPLES = ("swap_adam", "nondifferentiable", "policy_search", "plot_losses", "meta_train",
+EXAMPLES = ("demo", "swap_adam", "nondifferentiable", "policy_search", "plot_losses", "meta_train",
             "lightning_finetune", "distributed", "distributed-torchrun", "blackbox_attack")
 # What an example needs beyond torchzo's test extra, as a module to import.
 NEEDS = {"plot_losses": "matplotlib", "lightning_finetune": "lightning"}
@@ -44,6 +45,8 @@ def _missing(name: str) -> str | None:
 
 
 def command(name: str) -> list[str]:
+    if name == "demo":
+        return [sys.executable, "-m", "torchzo"]
     if name == "distributed-torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", str(ROOT / "examples" / "distributed.py")]
@@ -75,7 +78,7 @@ def render(data: dict[str, Any]) -> str:
                          + ("" if r["returncode"] == 0 else f" (exit {r['returncode']})"),
                          str(r["last_line"])])
     return "\n".join(section(
-        "Examples at their defaults", *doc_paragraphs(__doc__),
+        "The demo and the examples at their defaults", *doc_paragraphs(__doc__),
         f"`{data['command']}`. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch "
         f"{m['torch']} ({m['torch_threads']} threads by default), load average "
         f"{m['loadavg'][0]:.2f} at the start, {data['loadavg_end'][0]:.2f} at the end.",
