@@ -4,12 +4,11 @@
 
 The demo (``python -m torchzo``) and each example run as a user runs them (``python
 examples/NAME.py``, no arguments; the distributed one also under ``torchrun`` with two
-processes), each in a fresh process, with torch's default
-threads, one after the other. An example whose extra or data is missing is listed with the
-reason and not timed: ``blackbox_attack`` needs MNIST and a cached target classifier
-(``python -m torchzo.datasets fetch mnist && python -m torchzo.tasks.targets --data mnist``),
-``plot_losses`` matplotlib, ``lightning_finetune`` lightning. *Last line*: the example's own
-summary, for what it reached.
+processes), each in a fresh process, with torch's default threads, one after the other. An
+example whose extra or data is missing is listed with the reason and not timed:
+``blackbox_attack`` needs MNIST and a cached target classifier (``python -m torchzo.datasets
+fetch mnist && python -m torchzo.tasks.targets --data mnist``), ``plot_losses`` matplotlib,
+``lightning_finetune`` lightning. *Last line*: the example's own summary, for what it reached.
 """
 from __future__ import annotations
 
