@@ -63,6 +63,7 @@ class OptionalBuildExt(build_ext):
 
 setup(
     ext_modules=[Extension("torchzo.oracle._kernels", [SOURCE], extra_compile_args=CFLAGS,
+                           libraries=["m"],
                            optional=True)],
     cmdclass={"build_ext": OptionalBuildExt},
 )

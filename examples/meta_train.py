@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg = MetaConfig(q=task.q, val_problems=2 if args.quick else 4,
                      update_stage=StageConfig(epochs[0], 2 if args.quick else 8, 1e-3),
                      query_stage=StageConfig(epochs[1], 2 if args.quick else 8, 5e-3))
-    nets, history = meta_train(task, cfg, progress=not args.quick)
+    nets, history = meta_train(task, cfg)
     print(f"best validation loss: {history['query_best_val']:.4f}")
 
     def mean_final(make, split: str) -> float:

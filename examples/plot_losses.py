@@ -1,6 +1,7 @@
 """Compare optimizers by loss against queries, with ``torchzo.Recorder`` and a plot.
 
-Three optimizers on the README's small least-squares classification problem (d = 20): each
+Four runs (ZO-SGD, ZO-Adam with the forward and the antithetic estimator, the `binclass`
+ZO-LSTM) on the README's small least-squares classification problem (d = 20): each
 run is recorded, then ``torchzo.plot_recorders`` draws loss against queries, on a log scale,
 into a PNG. The step sizes are reasonable picks for this problem, not tuned: the picture shows
 what the plot looks like, not which optimizer is better (``docs/benchmarks/`` measures that).

@@ -3,7 +3,8 @@
 The simulator below is plain Python stepping of the cart-pole equations with a hard failure
 condition (the episode ends when the pole falls), so the return is piecewise constant in the
 policy's parameters and has no useful gradient. A linear policy is trained by maximising the
-mean return over a few fixed start states with a ZO optimizer (``maximize=True``). Run:
+mean return over a few fixed start states with a ZO optimizer (``maximize=True``), until every
+episode lasts the whole horizon (or ``--steps`` steps). Run:
 
     python examples/policy_search.py
     python examples/policy_search.py --steps 10   # a smoke run
@@ -55,12 +56,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     opt = torchzo.ZOAdam([weights], lr=0.1, q=10, mu=0.05, estimator="antithetic",
                          maximize=True, seed=0)
-    first = float(mean_return())
+    first = last = float(mean_return())
     for step in range(args.steps):
         ret = opt.step(mean_return)
         if step % max(1, args.steps // 5) == 0:
             print(f"step {step:4d}  mean return {float(ret):6.1f} / 200")
-    last = float(mean_return())
+        last = float(mean_return())
+        if last == 200:  # every episode balances for the whole horizon: solved
+            print(f"solved after step {step}")
+            break
     print(f"mean return {first:.1f} -> {last:.1f} (of 200) after {opt.queries} queries "
           f"of {len(starts)} episodes each")
     return {"first": first, "last": last}

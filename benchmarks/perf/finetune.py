@@ -2,7 +2,7 @@
 
     python -m benchmarks.perf.finetune [--models M ...] [--optimizers O ...] [--q Q ...]
                                        [--memory exact|inference ...] [--steps N] [--out DIR]
-                                       [--quick]
+                                       [--name NAME] [--quick]
 
 Each case runs in a fresh process, on one thread, with a model built from its configuration with
 random weights (float32; no download) and one fixed batch of 8 sequences of 128 tokens: *lm-25m*,
@@ -11,19 +11,22 @@ a plain torch causal transformer (6 layers, width 512, vocabulary 8192); *opt-12
 model's language-modelling loss on the batch, under ``model.eval()``.
 
 *Extra memory*: the peak resident memory of ``--steps`` optimizer steps (forward estimator, q
-directions, Gaussian directions) less the peak of the same model's forward passes alone under
+directions, Gaussian directions; *MeZO*: ZOSGD with central differences and ``loss_at_x=False``,
+MeZO's q = 1 only) less the peak of the same model's forward passes alone under
 ``torch.no_grad()``, as a fraction of the weights' bytes (Linux's VmHWM, reset before each
 phase, with glibc's allocator returning freed blocks of 64 KiB or more to the system so that
-resident memory follows what is in use; both phases after two warm-up steps of the optimizer
-on a small tensor, which page in its code); *state*: what the optimizer keeps between steps.
-*Step / forwards*: a step's time over the time its closure (the q + 1 forward passes) took
-inside that step, the median over the steps after the first: 1.00 would be an optimizer that
-costs nothing, and both times are taken together, so that a change in the machine's load
-moves them alike. *Forward pass*: one pass alone under ``torch.no_grad()``, for scale.
+resident memory follows what is in use; both phases after two warm-up steps of the optimizer on
+a small tensor, which page in its code); *state*: what the optimizer keeps between steps.
+*Step / forwards*: a step's time over the time its closure (its forward passes: q + 1, or 2 q
+for MeZO) took inside that step, the median over the steps after the first: 1.00 would be an
+optimizer that costs nothing, and both times are taken together, so that a change in the
+machine's load moves them alike. *Step*: that median step's time. *Forward pass*: one pass alone
+under ``torch.no_grad()``, for scale.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -45,7 +48,12 @@ MODELS = ("lm-25m", "opt-125m", "opt-350m")
 # that the resident memory follows what is in use: otherwise freed activations stay resident,
 # and where a later block lands decides the peak as much as what is allocated.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
-OPTIMIZERS = ("ZOSGD", "ZOSignSGD", "ZOAdam")
+# name -> (torchzo optimizer, its options beyond lr, q, seed and memory). "MeZO": MeZO's step
+# (with q = 1): central differences, two forward passes a direction, none at x.
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ZOSGD": ("ZOSGD", {}), "ZOSignSGD": ("ZOSignSGD", {}), "ZOAdam": ("ZOAdam", {}),
+    "MeZO": ("ZOSGD", {"estimator": "central", "loss_at_x": False}),
+}
 BATCH, TOKENS = 8, 128
 
 
@@ -115,7 +123,8 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
     model, loss = build(case["model"])
     params = [p for p in model.parameters() if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
-    make = getattr(torchzo, case["optimizer"])
+    name, options = OPTIMIZERS[case["optimizer"]]
+    make = functools.partial(getattr(torchzo, name), **options)
     # Warm: the forward pass's lazy initialisations, and the optimizer's code paged in by two
     # steps on a small tensor (a constant, not memory that grows with the model).
     small = torch.zeros(1 << 17)
@@ -155,13 +164,14 @@ def child(case: dict[str, Any]) -> dict[str, Any]:
     state = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values()
                 if isinstance(v, torch.Tensor))
     later = list(zip(steps, forwards))[1:] or list(zip(steps, forwards))
-    ratios = sorted(s / f for s, f in later)
+    ratios = sorted((s / f, s) for s, f in later)
     return {**case, "params": sum(p.numel() for p in params), "weights_bytes": weights,
             "forward_s": sorted(times)[1], "step_s": steps, "forwards_in_step_s": forwards,
             "extra_peak_fraction": (peak - forward_peak) / weights,
             "state_fraction": state / weights,
             "rss_growth_fraction": (_kib("VmRSS") - rss_before) / weights,
-            "step_over_forwards": ratios[len(ratios) // 2],
+            "step_over_forwards": ratios[len(ratios) // 2][0],
+            "median_step_s": ratios[len(ratios) // 2][1],
             "kernels": torchzo.oracle.kernels.available()}
 
 
@@ -181,12 +191,13 @@ def render(data: dict[str, Any]) -> str:
     for c in data["cases"]:
         if "error" in c:
             rows.append([c["model"], c["optimizer"], c["memory"], c["q"], "failed: "
-                         + " ".join(c["error"]), "", "", ""])
+                         + " ".join(c["error"]), "", "", "", ""])
             continue
         name = c["optimizer"] + ("" if c.get("kernels", True) else " (no kernels)")
         rows.append([c["model"], name, c["memory"], c["q"],
                      f"{100 * c['extra_peak_fraction']:.1f} %",
                      f"{100 * c['state_fraction']:.0f} %", f"{c['step_over_forwards']:.2f}",
+                     f"{c['median_step_s']:.2f} s" if "median_step_s" in c else "",
                      f"{c['forward_s']:.2f} s"])
     models = {c["model"]: c.get("params") for c in data["cases"]}
     sizes = ", ".join(f"{k}: {v / 1e6:.1f}M parameters" for k, v in models.items() if v)
@@ -196,7 +207,7 @@ def render(data: dict[str, Any]) -> str:
         + f". Machine: {m['cpu']}, torch {m['torch']}, one thread, load average "
         f"{m['loadavg'][0]:.2f} at the start; {sizes}.",
         md_table(["model", "optimizer", "memory", "q", "extra peak / weights",
-                  "state / weights", "step / forwards", "forward pass"], rows),
+                  "state / weights", "step / forwards", "step", "forward pass"], rows),
         f"Total time {data['elapsed_s']:.0f} s.", level=1))
 
 
@@ -204,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.perf.finetune",
                                  description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    ap.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=list(OPTIMIZERS))
+    ap.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS),
+                    default=list(OPTIMIZERS))
     ap.add_argument("--q", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--memory", nargs="+", choices=["exact", "inference"],
                     default=["exact", "inference"])
@@ -212,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="lm-25m, ZOSGD, q = 1, 2 steps")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=OUT, help="'' to write nothing")
+    ap.add_argument("--name", default="finetune", help="the results' file name (no suffix)")
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -225,14 +238,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              *(sys.argv[1:] if argv is None else argv)]), "cases": []}
     cases = [{"model": m, "optimizer": o, "memory": mem, "q": q, "steps": args.steps}
              for m in args.models for q in args.q for o in args.optimizers
-             for mem in args.memory]
+             for mem in args.memory if o != "MeZO" or q == 1]
     with Progress(desc="finetune", unit="case", total=len(cases)) as progress:
         for case in cases:
             data["cases"].append(run_case(case))
             progress.update(last=f"{case['model']} {case['optimizer']} {case['memory']} "
                                  f"q={case['q']}")
     assert all(math.isfinite(c.get("step_over_forwards", 0.0)) for c in data["cases"])
-    return finish(data, start, "finetune", args.out, render)
+    return finish(data, start, args.name, args.out, render)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ import copy
 
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import torchzo
-from torchzo.optim import NonFiniteUpdateError
+from torchzo.optim import NonFiniteUpdateError, _inference
 from torchzo.oracle import ClosureError, Layout, seeded
 from torchzo.oracle.directions import draw_seeds
 
@@ -218,3 +220,81 @@ def test_inference_mode_on_cuda_takes_the_cpu_steps_to_rounding(kind):
 
     torch.testing.assert_close(steps(torch.device("cuda")), steps(torch.device("cpu")),
                                rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("cls,kw", RULES)
+def test_an_update_proved_finite_skips_its_trial_and_writes_the_same_bits(cls, kw, monkeypatch):
+    """The bound lets the update write in one pass; forcing the trial pass changes no bit."""
+    proved = []
+    check = _inference._finite_for_sure
+    monkeypatch.setattr(_inference, "_finite_for_sure",
+                        lambda *a: proved.append(check(*a)) or proved[-1])
+    one, one_losses, one_opt = run(cls, kw, "inference", q=3)
+    assert proved and all(proved)
+    monkeypatch.setattr(_inference, "_finite_for_sure", lambda *a: False)
+    two, two_losses, two_opt = run(cls, kw, "inference", q=3)
+    assert one_losses == two_losses
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+    for a, b in zip(one_opt.state.values(), two_opt.state.values()):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+
+
+@pytest.mark.filterwarnings("ignore::torchzo.ZeroSignalWarning")  # huge parameters, small mu
+@settings(max_examples=60, deadline=None)
+@given(rule=st.sampled_from(RULES), dtype=st.sampled_from([torch.float16, torch.bfloat16,
+                                                           torch.float32]),
+       scale=st.floats(-8, 39), lr_exp=st.floats(-8, 30), gap=st.floats(-3, 30),
+       kind=st.sampled_from(["gaussian", "rademacher"]))
+# Adam's eps of 1e-8 is 0 in float16: the denominator's floor is eps as the state rounds it.
+@example(rule=RULES[3], dtype=torch.float16, scale=0.0, lr_exp=-2.0, gap=-3.0, kind="gaussian")
+def test_an_update_the_bound_proves_finite_is_finite(rule, dtype, scale, lr_exp, gap, kind):
+    """Wherever the bound lets the update skip its trial, the values written are finite: the
+    parameters' magnitude, the lr and the loss's slope (hence the coefficients) range up to
+    the dtypes' limits."""
+    cls, kw = rule
+    g = torch.Generator().manual_seed(1)
+    size = min(10.0 ** scale, float(torch.finfo(dtype).max) / 2)
+    w = [(torch.randn(30, generator=g) * size).to(dtype)]
+    slope = 10.0 ** gap
+
+    def loss():
+        return (w[0].float() * slope).sum() / 30
+
+    # torch refuses an alpha beyond the dtype's range (Adam's lr / (1 - beta1) included)
+    lr = min(10.0 ** lr_exp, float(torch.finfo(dtype).max) / 100)
+    opt = cls(w, **{**kw, "lr": lr}, q=2, seed=0, memory="inference",
+              directions_kind=kind, mu=1e-2)
+    proved = []
+    check = _inference._finite_for_sure
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_inference, "_finite_for_sure",
+                   lambda *a: proved.append(check(*a)) or proved[-1])
+        for _ in range(2):
+            try:
+                opt.step(loss)
+            except (NonFiniteUpdateError, ClosureError):
+                break
+    if proved and proved[-1]:
+        assert bool(torch.isfinite(w[0]).all())
+        for st_ in opt.state.values():
+            for v in st_.values():
+                if isinstance(v, torch.Tensor) and v.is_floating_point():
+                    assert bool(torch.isfinite(v).all())
+
+
+def test_a_negative_second_moment_is_not_taken_for_bounded():
+    """A hand-written negative ``exp_avg_sq`` would make a NaN through the root: the trial
+    pass catches it, whatever eps."""
+    w, loss = problem()
+    opt = torchzo.ZOAdam(w, lr=1e-2, q=2, seed=0, memory="inference")
+    opt.step(loss)
+    before = [p.clone() for p in w]
+    with torch.no_grad():
+        opt.state[w[1]]["exp_avg_sq"][3] = -1.0
+    with pytest.raises(NonFiniteUpdateError, match="parameter 1"):
+        opt.step(loss)
+    for a, b in zip(w, before):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-15)

@@ -23,6 +23,12 @@ def bits(t):
     return t.view(torch.int32)
 
 
+def torch_rounds_once():
+    """Whether torch's ``add_`` with ``alpha`` is a fused multiply-add here (CPUs with FMA)."""
+    e = 2.0**-23  # (1 + e)^2 = 1 + 2e + e^2: rounded once, minus (1 + 2e) leaves e^2, else 0
+    return bool(torch.tensor([-(1 + 2 * e)]).add_(torch.tensor([1 + e]), alpha=1 + e)[0] != 0)
+
+
 @given(key=st.integers(0, 2**64 - 1), start=st.integers(0, 5000), n=st.integers(0, 700),
        cut=st.integers(0, 700))
 @settings(max_examples=60, deadline=None)
@@ -44,6 +50,33 @@ def test_every_kernel_variant_gives_the_torch_bits(start, n):
             got = torch.empty(n)
             kernels.gauss_fill(got, start, 0xDEADBEEF)
         assert torch.equal(bits(got), bits(want)), variant
+
+
+@needs_kernels
+@pytest.mark.skipif(not torch_rounds_once(), reason="torch's add_ rounds twice on this CPU")
+@pytest.mark.parametrize("start", [0, 5, 2047, 2048, 2**33 - 3000])
+@pytest.mark.parametrize("n", [1, 300, 2049, 6001])
+def test_every_variant_adds_a_direction_with_the_bits_of_drawing_it_and_adding_with_torch(
+        start, n):
+    """``gauss_axpy`` (the direction drawn tile by tile, never stored) rounds as torch's
+    ``add_`` with ``alpha`` does, and as ``zero_`` then ``add_`` with ``init`` (a product of
+    -0.0 gives +0.0); tiles cut across the stream's 2**33 boundary."""
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g) * 100
+    base[::7] = 0.0
+    alpha = 0.37 if n % 2 else -1e-3
+    u = torch_range(0xDEADBEEF, start, n)
+    want = base.clone().add_(u, alpha=alpha)
+    want_init = torch.zeros(n).add_(u, alpha=-0.0 if n == 300 else alpha)
+    for variant in kernels.info()["variants"]:
+        with kernels._variant(variant):
+            got = base.clone()
+            kernels.gauss_axpy(got, start, 0xDEADBEEF, alpha)
+            fresh = torch.full((n,), float("nan"))
+            kernels.gauss_axpy(fresh, start, 0xDEADBEEF, -0.0 if n == 300 else alpha,
+                               init=True)
+        assert torch.equal(bits(got), bits(want)), variant
+        assert torch.equal(bits(fresh), bits(want_init)), variant
 
 
 def test_pairs_past_two_to_the_32_take_new_keys():

@@ -66,6 +66,12 @@ def _optimizer(name: str, params: list[torch.Tensor]) -> torchzo.ZOOptimizer:
     if name == "sgd-inference":  # MeZO's step, and two groups
         return torchzo.ZOSGD([{"params": params[:2]}, {"params": params[2:], "lr": 0.005}],
                              lr=0.01, q=3, estimator="central", seed=13, memory="inference")
+    if name == "adam-central-no-x":  # no f(x): the ranks check the parameters instead
+        return torchzo.ZOAdam(params, lr=0.05, q=3, estimator="central", seed=4,
+                              loss_at_x=False)
+    if name == "sgd-inference-no-x":  # MeZO's two forward passes a step
+        return torchzo.ZOSGD(params, lr=0.01, q=3, estimator="central", seed=13,
+                             memory="inference", loss_at_x=False)
     if name == "adam-inference-rademacher":
         return torchzo.ZOAdam(params, lr=0.05, q=5, seed=14, directions_kind="rademacher",
                               memory="inference")
@@ -85,6 +91,9 @@ SCENARIOS: dict[str, tuple[str, Any, Any]] = {
     "signsgd": ("signsgd", torch.float32, "closure"),
     "sgd-inference": ("sgd-inference", torch.float32, "closure"),
     "adam-inference-rademacher": ("adam-inference-rademacher", torch.float64, "closure"),
+    "adam-central-no-x": ("adam-central-no-x", torch.float64, "closure"),
+    "sgd-inference-no-x": ("sgd-inference-no-x", torch.float32, "closure"),
+    "adam-batched-chunks-no-x": ("adam-central-no-x", torch.float32, 2),
     "sgd-two-groups": ("sgd-two-groups", [torch.float64, torch.float32, torch.float32],
                        "closure"),
     "zolstm": ("zolstm", torch.float32, "closure"),

@@ -383,3 +383,27 @@ def test_finetune_quality_quick_scores_every_method_on_both_tasks(tmp_path, monk
         assert set(rows) == {"pretrained", *quality.METHODS, "Adam (first order)"}
         assert len(rows["MeZO (ZO-SGD, central, q = 1)"]["test"]) == 3  # best, half, twice
     assert "## Task: kind" in (tmp_path / "finetune-quality.md").read_text()
+
+
+def test_examples_timing_runs_an_example_and_lists_what_cannot_run(tmp_path, monkeypatch):
+    from benchmarks.perf import examples
+
+    monkeypatch.setitem(examples.NEEDS, "plot_losses", "no_such_module_here")
+    data = examples.main(["--only", "policy_search", "plot_losses", "--out", str(tmp_path),
+                          "--workdir", str(tmp_path)])
+    timed, skipped = data["runs"]
+    assert timed["returncode"] == 0 and timed["seconds"] > 0
+    assert "mean return" in timed["last_line"]
+    assert skipped == {"example": "plot_losses", "skipped": "needs no_such_module_here"}
+    assert "| policy_search |" in (tmp_path / "examples.md").read_text()
+
+
+def test_threads_quick_times_one_thread_against_the_default_quiet_and_busy(tmp_path):
+    from benchmarks.perf import threads
+
+    data = threads.main(["--quick", "--out", str(tmp_path)])
+    for load in ("quiet", "busy"):
+        assert {(r["d"], r["optimizer"]) for r in data[load]} == {
+            (d, o) for d in (100, 10_000) for o in threads.OPTIMIZERS}
+        assert all(r["one_s"] > 0 and r["default_s"] > 0 for r in data[load])
+    assert "## Busy" in (tmp_path / "threads.md").read_text()

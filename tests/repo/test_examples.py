@@ -52,6 +52,15 @@ def test_meta_train_example_runs_and_compares():
     assert len(out) == 2 and all(v > 0 for v in out.values())
 
 
+def test_meta_train_example_writes_plain_progress_lines_into_a_pipe():
+    """With tqdm installed (the test extra), a pipe gets lines, not a bar's carriage returns."""
+    pytest.importorskip("tqdm", reason="the check is that tqdm's bar stays off a pipe")
+    done = subprocess.run([sys.executable, str(EXAMPLES / "meta_train.py"), "--quick"],
+                          capture_output=True, text=True, check=True, timeout=600)
+    assert "meta_loss=" in done.stderr
+    assert "\r" not in done.stdout + done.stderr
+
+
 @pytest.mark.slow
 @needs_mnist
 def test_blackbox_attack_example_attacks_with_each_optimizer(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ import torch
 
 from ..learned.nets import LearnedZO
 from ..optim.zolstm import ZOLSTM
+from ..progress import Progress
 from ..tasks import Problem, Task
 from .loop import LoopConfig, MetaLoop, Validation
 from .run import run_optimizer
@@ -129,7 +130,7 @@ class _Run:
                 if bar is None:
                     bar = _bar(estimator.batches, f"{stage} {epoch}/{scfg.epochs}",
                                self.progress)
-                bar(f"meta-loss {row['meta_loss']:.4f}")
+                bar(float(row["meta_loss"]))
             if "val" not in row:
                 return
             assert loop.best is not None
@@ -172,24 +173,16 @@ def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def _bar(total: int, desc: str, enabled: bool) -> Callable[[str], None]:
-    """A progress bar (tqdm when installed); returns a function advancing it by one."""
+def _bar(total: int, desc: str, enabled: bool) -> Callable[[float], None]:
+    """Progress through an epoch's ``total`` batches (:class:`torchzo.progress.Progress`: a bar
+    on a terminal, plain lines in a file or pipe); returns a function advancing it by one
+    batch and showing that batch's meta-loss."""
     if not enabled:
-        return lambda _msg: None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        count = [0]
+        return lambda _loss: None
+    progress = Progress(total=total, desc=desc, unit="batch")
 
-        def plain(msg: str) -> None:
-            count[0] += 1
-            log.info("%s [%d/%d] %s", desc, count[0], total, msg)
-        return plain
-    bar = tqdm(total=total, desc=desc, leave=False)
-
-    def advance(msg: str) -> None:
-        bar.set_postfix_str(msg)
-        bar.update()
-        if bar.n >= total:
-            bar.close()
+    def advance(meta_loss: float) -> None:
+        progress.update(meta_loss=meta_loss)
+        if progress.n >= total:
+            progress.close()
     return advance

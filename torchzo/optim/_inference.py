@@ -5,10 +5,13 @@ The estimate (:func:`~torchzo.oracle.seeded.estimate_seeded`) perturbs the param
 and holds the result as seeds and coefficients. For the update, each piece of the parameters
 (:class:`~torchzo.oracle.seeded.Piece`) gets its estimate rebuilt from the seeds and the
 optimizer's own update rule (``ZOOptimizer._apply``) on views of that piece of the parameter
-and of its state. Nothing is written before the whole update is known to be finite: a first
-pass applies the rule to copies of each piece and checks them, a second writes. A failed step
-leaves parameters and state tensors untouched (the guard puts the state's counters back), at
-the price of rebuilding the estimate twice.
+and of its state. Nothing is written before the whole update is known to be finite. Usually a
+bound proves it: the directions' entries are bounded (:attr:`Kind.largest`), so the
+coefficients bound the estimate, and with the largest parameter and state entries (one read
+pass each) the optimizer's ``_update_bound`` bounds all it computes. Where that bound is not
+far below the dtypes' range, a first pass applies the rule to copies of each piece and checks
+them, a second writes. A failed step leaves parameters and state tensors untouched (the guard
+puts the state's counters back).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from torch import Tensor
 from ..oracle import Batched, Query
 from ..oracle.distributed import ranks_for
 from ..oracle.seeded import Piece, SeededDirections, SeededEstimate, estimate_seeded
-from ._guard import NonFiniteUpdateError, all_finite, check_largest, newly_nonfinite
+from ._guard import NonFiniteUpdateError, all_finite, check_largest, max_abs, newly_nonfinite
 
 __all__ = ["Stepped", "step_inference", "update_seeded"]
 
@@ -32,6 +35,7 @@ class Stepped(Protocol):
     this module and ``base`` do not import each other)."""
 
     param_groups: list[dict[str, Any]]
+    loss_at_x: bool
     _guard: Any
     _zero_signal_warned: bool
 
@@ -43,6 +47,9 @@ class Stepped(Protocol):
     def _apply(self, group: dict[str, Any], params: list[Tensor], estimates: list[Tensor],
                states: list[dict[str, Any]]) -> None: ...
 
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float: ...
+
 
 def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
                    queries: list[Query]) -> SeededEstimate:
@@ -53,7 +60,7 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
                          "its query points in memory anyway: use memory='exact')")
     params = opt._params()
     found = estimate_seeded(objective, params, queries,
-                            ranks_for(getattr(opt, "_distributed", None)))
+                            ranks_for(getattr(opt, "_distributed", None)), opt.loss_at_x)
     # A coefficient its directions' dtype cannot hold makes the estimate infinite, as the
     # exact memory mode's sum of c_k u_k is.
     largest = [_held(max((abs(c) for c in cs), default=0.0), dirs)
@@ -94,7 +101,8 @@ def update_seeded(opt: Stepped, found: SeededEstimate) -> None:
     for group in opt.param_groups:
         states.update(zip(group["params"], opt._states(group, group["params"], complete=True)))
     position = {p: i for i, p in enumerate(params)}
-    for write in (False, True):
+    passes = (True,) if _finite_for_sure(opt, found, params, states) else (False, True)
+    for write in passes:
         for query, dirs, coeffs in zip(found.plan, found.directions, found.coeffs):
             buffers: dict[int, Tensor] = {}
             for piece in dirs.pieces:
@@ -113,6 +121,34 @@ def update_seeded(opt: Stepped, found: SeededEstimate) -> None:
                 trial, trial_st = x.clone(), _copied(st)
                 opt._apply(group_of[p], [trial], [g], [trial_st])
                 _check(trial, x, trial_st, st, position[p])
+
+
+def _finite_for_sure(opt: Stepped, found: SeededEstimate, params: list[Tensor],
+                     states: dict[Tensor, dict[str, Any]]) -> bool:
+    """Whether the update provably computes finite values only, with a margin of 4 below the
+    dtypes' largest finite value for the rounding of the bound's exact arithmetic."""
+    estimate = [0.0] * len(params)
+    for query, dirs, coeffs in zip(found.plan, found.directions, found.coeffs):
+        largest = dirs.largest * math.fsum(abs(c) for c in coeffs)
+        for i in query.index:
+            estimate[i] = max(estimate[i], largest)
+    for group in opt.param_groups:
+        mine = [i for i, p in enumerate(params) if any(p is q for q in group["params"])]
+        if not mine:
+            continue
+        tensors = [params[i] for i in mine]
+        keyed: dict[str, list[Tensor]] = {}
+        for p in tensors:
+            for k, v in states[p].items():
+                if isinstance(v, Tensor) and v.is_floating_point():
+                    keyed.setdefault(k, []).append(v)
+        limit = min(torch.finfo(t.dtype).max
+                    for t in [*tensors, *(v for vs in keyed.values() for v in vs)]) / 4
+        bound = opt._update_bound(group, max(estimate[i] for i in mine), max_abs(tensors),
+                                  keyed)
+        if not bound < limit:  # NaN and inf included
+            return False
+    return True
 
 
 def _check(x: Tensor, before: Tensor, state: dict[str, Any], state_before: dict[str, Any],

@@ -12,6 +12,7 @@ With the ``distributed`` option, the queries of a step are shared among the rank
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,12 @@ class ZOOptimizer(Optimizer):
             after a failed step (state, RNG and counters still exactly); directions must be
             ``"gaussian"`` or ``"rademacher"`` and the objective a closure. See
             docs/fine-tuning.md.
+        loss_at_x: whether a step queries the loss at the parameters themselves and returns
+            it (the default). The two-sided estimators (``"central"``, ``"antithetic"``) use
+            it for nothing else: with ``False`` a step skips that forward pass (MeZO's two
+            passes a step at ``q=1``, not three) and returns the mean of its queried losses
+            instead, a 0-dim tensor (an estimate of the loss smoothed over the directions,
+            ``O(mu^2)`` from it). Every group's estimator must then be two-sided.
     """
 
     #: Whether the update holds on to the step's estimates (ZOLSTM keeps them in its state):
@@ -79,10 +86,13 @@ class ZOOptimizer(Optimizer):
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, seed: int | None = None,
                  generator: torch.Generator | None = None,
                  distributed: bool | ProcessGroup | None = None,
-                 memory: str = "exact") -> None:
+                 memory: str = "exact", loss_at_x: bool = True) -> None:
         if memory not in MEMORY_MODES:
             raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
+        if not isinstance(loss_at_x, bool):
+            raise ValueError(f"loss_at_x must be a bool, got {loss_at_x!r}")
         self.memory = memory
+        self.loss_at_x = loss_at_x
         if seed is not None and generator is not None:
             raise ValueError("pass either seed or generator, not both")
         if generator is None:
@@ -95,7 +105,7 @@ class ZOOptimizer(Optimizer):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self._generator = generator
         self._counters = {"steps": 0, "queries": 0}
-        self.last_loss: float | None = None  # f(x) before the latest completed step
+        self.last_loss: float | None = None  # what the latest completed step returned, as a float
         self.distributed = distributed
         self._guard: StepGuard | None = None  # the undo record of the step under way
         self._scratch = Scratch()  # the step's parameter copy, kept for the next step's
@@ -173,7 +183,9 @@ class ZOOptimizer(Optimizer):
     def _validate_group(self, group: dict[str, Any]) -> None:
         """Raise ``ValueError`` for a bad hyperparameter; subclasses extend it."""
         check_number("lr", group["lr"], allow_zero=True)
-        Scheme(group["estimator"], group["q"])
+        if Scheme(group["estimator"], group["q"]).name == "forward" and not self.loss_at_x:
+            raise ValueError("loss_at_x=False skips the loss at x, which the forward estimator "
+                             "needs: use estimator='central' or 'antithetic'")
         if group["mu"] is not None:
             check_number("mu", group["mu"])
         if not isinstance(group["maximize"], bool):
@@ -296,7 +308,7 @@ class ZOOptimizer(Optimizer):
                                 objective.params)
         found = estimate_gradient(objective, params, queries,
                                   getattr(self, "_distributed", None),
-                                  self._scratch if guard is not None else None)
+                                  self._scratch if guard is not None else None, self.loss_at_x)
         if check_estimate(found.grads, queries, self.param_groups, not self._zero_signal_warned):
             self._zero_signal_warned = True
         if guard is not None:
@@ -320,7 +332,8 @@ class ZOOptimizer(Optimizer):
                 objective. Required.
 
         Returns:
-            The loss at the parameters before the step (what the closure returned).
+            The loss at the parameters before the step (what the closure returned); with
+            ``loss_at_x=False``, the mean of the step's queried losses.
 
         A step completes or changes nothing. If the closure raises, returns a non-scalar or
         non-finite loss, calls ``backward()``, writes a parameter gradient or writes a
@@ -427,3 +440,12 @@ class ZOOptimizer(Optimizer):
         like the parameters may be whole or the same piece of each (the inference memory
         mode's chunks)."""
         raise NotImplementedError
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        """A bound on the magnitude of every value :meth:`_apply` computes for the group (its
+        results and temporaries) in exact arithmetic, given bounds on the magnitudes of the
+        estimate's entries and of the parameters, and the group's state tensors by key; ``inf``
+        (the default) where there is none, NaN or ``inf`` in, ``inf`` or NaN out. The inference
+        memory mode skips its trial pass where this is far below the dtypes' range."""
+        return math.inf

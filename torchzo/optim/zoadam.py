@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ._checkpoint import Slot
+from ._guard import max_abs
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -37,12 +38,14 @@ class ZOAdam(ZOOptimizer):
                  eps: float = 1e-8, weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact",
+                 loss_at_x: bool = True) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, betas=betas, eps=eps,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed, memory=memory)
+                         distributed=distributed, memory=memory,
+                         loss_at_x=loss_at_x)
 
     _state_slots = MappingProxyType({"step": Slot("count"), "exp_avg": Slot(),
                                      "exp_avg_sq": Slot(nonnegative=True)})
@@ -76,6 +79,23 @@ class ZOAdam(ZOOptimizer):
                 betas=tuple(group["betas"]), eps=group["eps"],
                 weight_decay=group["weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"])
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        beta1, beta2 = group["betas"]
+        squares = state["exp_avg_sq"]
+        # The denominator is at least eps as the state's dtype rounds it (1e-8 is 0 in float16),
+        # unless a negative second moment (written by hand) makes its root NaN.
+        eps = min((float(torch.tensor(group["eps"], dtype=v.dtype)) for v in squares),
+                  default=group["eps"])
+        if eps <= 0 or any(v.numel() and float(v.min()) < 0 for v in squares):
+            return math.inf
+        g = estimate + group["weight_decay"] * param
+        m = max_abs(state["exp_avg"]) + g  # lerp's difference, and more than its result
+        v = max_abs(squares) + g * g
+        # The bias corrections are smallest on the first step.
+        denom = math.sqrt(v / (1 - beta2)) + group["eps"]
+        return max(v, denom, param + group["lr"] / (1 - beta1) * m / eps)
 
 
 def zo_adam(params: list[Tensor], estimates: list[Tensor], exp_avgs: list[Tensor],

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._checkpoint import Slot
+from ._guard import max_abs
 from ._validation import check_number, default_foreach
 from .base import ParamsT, ZOOptimizer
 
@@ -46,18 +47,22 @@ class ZOSGD(ZOOptimizer):
             in it are estimated separately.
         memory: ``"exact"`` or ``"inference"`` (no copy of the parameters: see
             :class:`ZOOptimizer`).
+        loss_at_x: ``False`` skips the query at the parameters themselves, for two-sided
+            estimators (see :class:`ZOOptimizer`).
     """
 
     def __init__(self, params: ParamsT, lr: float = 1e-3, q: int = 20, mu: float | None = None,
                  estimator: str = "forward", momentum: float = 0.0, weight_decay: float = 0.0,
                  maximize: bool = False, foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact",
+                 loss_at_x: bool = True) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, momentum=momentum,
                         weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed, memory=memory)
+                         distributed=distributed, memory=memory,
+                         loss_at_x=loss_at_x)
 
     _state_slots = MappingProxyType({"momentum_buffer": Slot(required=False, none=True)})
 
@@ -86,6 +91,12 @@ class ZOSGD(ZOOptimizer):
         if group["momentum"] != 0:
             for st, b in zip(states, bufs):
                 st["momentum_buffer"] = b
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        g = estimate + group["weight_decay"] * param
+        buf = group["momentum"] * max_abs(state.get("momentum_buffer", [])) + g
+        return max(buf, param + group["lr"] * buf)
 
 
 def zo_sgd(params: list[Tensor], estimates: list[Tensor], momentum_buffers: list[Tensor | None],

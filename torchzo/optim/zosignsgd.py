@@ -27,12 +27,14 @@ class ZOSignSGD(ZOOptimizer):
                  estimator: str = "forward", weight_decay: float = 0.0, maximize: bool = False,
                  foreach: bool | None = None, *, seed: int | None = None,
                  generator: torch.Generator | None = None, distributed: Any = None,
-                 directions_kind: str = "gaussian", memory: str = "exact") -> None:
+                 directions_kind: str = "gaussian", memory: str = "exact",
+                 loss_at_x: bool = True) -> None:
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, weight_decay=weight_decay,
                         maximize=maximize, foreach=foreach,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed, memory=memory)
+                         distributed=distributed, memory=memory,
+                         loss_at_x=loss_at_x)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -42,6 +44,10 @@ class ZOSignSGD(ZOOptimizer):
                states: list[dict[str, Any]]) -> None:
         zo_signsgd(params, estimates, lr=group["lr"], weight_decay=group["weight_decay"],
                    maximize=group["maximize"], foreach=group["foreach"])
+
+    def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
+                      state: dict[str, list[Tensor]]) -> float:
+        return max(estimate + group["weight_decay"] * param, param + group["lr"])
 
 
 def zo_signsgd(params: list[Tensor], estimates: list[Tensor], *, lr: float,

@@ -12,7 +12,7 @@ from .scratch import Scratch
 
 # Scratch lived here once; it stays importable from here.
 __all__ = ["LOSS_DTYPES", "ClosureError", "Scratch", "call_batched", "call_closure",
-           "check_losses", "guard_batched", "loss_value"]
+           "check_losses", "guard_batched", "loss_value", "mean_loss"]
 
 #: The dtypes a batched objective's losses may have: real floating point, which the estimate's
 #: differences and the update read as they are (complex parts would be cast away, booleans and
@@ -160,3 +160,9 @@ def check_losses(values: Tensor, rows: int, first_query: int, finite: bool = Tru
         row = int((~finite_values).nonzero()[0, 0])
         raise ClosureError(
             f"the batched objective returned a non-finite loss at query {first_query + row}")
+
+
+def mean_loss(values: Sequence[float]) -> Tensor:
+    """What a step that does not query f(x) returns as its loss: the mean of its queried
+    losses, a 0-dim float64 tensor (an estimate of the loss smoothed over the directions)."""
+    return torch.tensor(math.fsum(values) / len(values), dtype=torch.float64)

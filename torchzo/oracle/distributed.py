@@ -50,6 +50,7 @@ A ``torchrun`` script (``torchrun --nproc-per-node 4 train.py``)::
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,7 +58,7 @@ import torch
 from torch import Tensor
 
 from .backup import ParameterBackup
-from .closure import LOSS_DTYPES, ClosureError, call_closure, check_losses
+from .closure import LOSS_DTYPES, ClosureError, call_closure, check_losses, mean_loss
 from .directions import Direction, Layout
 from .estimator import (
     assemble_batched,
@@ -69,7 +70,7 @@ from .estimator import (
 from .query import Query
 from .scratch import Scratch
 
-__all__ = ["RankFailedError", "Ranks", "check_distributed", "fingerprint", "float_bits",
+__all__ = ["RankFailedError", "Ranks", "agreed", "check_distributed", "fingerprint", "float_bits",
            "estimate_batched_sharded", "estimate_closure_sharded", "ranks_for"]
 
 
@@ -203,14 +204,24 @@ class Ranks:
         return words[w * (1 + k):].view(torch.float64)
 
 
+def agreed(params: Sequence[Tensor], f0: float, at_x: bool) -> int:
+    """What the ranks check they agree on besides the seeds: f(x), which also shows that
+    their closures compute the same function, or, where a step does not query it, the
+    parameters' sum."""
+    if at_x:
+        return float_bits(f0)
+    return float_bits(math.fsum(float(p.detach().sum(dtype=torch.float64)) for p in params))
+
+
 def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: ParameterBackup,
-                             queries: Sequence[Query], scratch: Scratch | None = None
-                             ) -> tuple[Any, list[list[Tensor]]]:
+                             queries: Sequence[Query], scratch: Scratch | None = None,
+                             at_x: bool = True) -> tuple[Any, list[list[Tensor]]]:
     """The closure-path step of one rank: ``(loss, estimates)``, the same bits on every rank.
 
     ``queries``: the step's planned queries, the same on every rank. The parameters are left
     perturbed; the caller restores them. The estimates' memory comes from ``scratch`` where
-    that has some, as in a single process.
+    that has some, as in a single process. Without ``at_x``, f(x) is not queried and the loss
+    is the mean of the queried ones (:func:`~torchzo.oracle.closure.mean_loss`).
     """
     failure: Exception | None = None
     loss: Any = None
@@ -218,7 +229,8 @@ def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: P
     layouts = [Layout([backup.params[i] for i in q.index], q.kind) for q in queries]
     local = torch.zeros(sum(q.queries for q in queries), dtype=torch.float64)
     try:
-        loss, f0 = call_closure(closure, backup.params, "f(x)")
+        if at_x:
+            loss, f0 = call_closure(closure, backup.params, "f(x)")
         flat = [(j, k, sign) for j, q in enumerate(queries) for k in range(len(q.seeds))
                 for sign in q.scheme.signs]
         current: tuple[int, int] | None = None
@@ -236,8 +248,11 @@ def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: P
     except Exception as err:
         failure = err
     seeds = [s for q in queries for s in q.seeds]
-    values = ranks.exchange(local, [fingerprint(seeds), float_bits(f0)], failure,
-                            ["the query seeds", "f(x)"]).tolist()
+    values = ranks.exchange(local, [fingerprint(seeds), agreed(backup.saved, f0, at_x)],
+                            failure, ["the query seeds", "f(x)" if at_x else "the parameters"]
+                            ).tolist()
+    if not at_x:
+        loss = mean_loss(values)
     out = []
     offset = 0
     for q, layout in zip(queries, layouts):
@@ -254,7 +269,7 @@ def estimate_closure_sharded(ranks: Ranks, closure: Callable[[], Any], backup: P
 
 
 def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Tensor,
-                             query: Query, chunk_size: int | None = None
+                             query: Query, chunk_size: int | None = None, at_x: bool = True
                              ) -> tuple[Tensor, Tensor]:
     """:func:`~torchzo.oracle.estimate_batched` with the calls of ``fn`` spread over the ranks.
 
@@ -262,7 +277,8 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
     on rank ``c % world_size`` (with ``chunk_size=None``, calls of ``ceil(queries /
     world_size)`` rows: about one per rank). Each call evaluates exactly the rows it would in a
     single process, so the result is bit-identical to ``estimate_batched`` with that chunk size
-    (for an ``fn`` that gives the same output for the same input). Not differentiable.
+    (for an ``fn`` that gives the same output for the same input); without ``at_x``, none
+    holds f(x), and the loss returned is the mean of the queried ones. Not differentiable.
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
@@ -271,7 +287,7 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
     scheme = query.scheme
     signs = len(scheme.signs)
     rows = chunk_size or -(-scheme.queries // ranks.size)
-    plan = chunk_plan(len(query.seeds), signs, rows)
+    plan = chunk_plan(len(query.seeds), signs, rows, at_x)
     offsets = [0]
     for _, n, base in plan:
         offsets.append(offsets[-1] + int(base) + n * signs)
@@ -302,5 +318,7 @@ def estimate_batched_sharded(ranks: Ranks, fn: Callable[[Tensor], Tensor], x: Te
         return values[offsets[c]:offsets[c + 1]]
 
     f0, g = assemble_batched(x, query, plan, lookup)
+    if not at_x:
+        return values.mean(), g
     assert f0 is not None
     return f0, g

@@ -62,18 +62,22 @@ class Batched:
 
 
 def estimate_closure(closure: Callable[[], Any], backup: ParameterBackup, query: Query,
-                     f0: float, scratch: Scratch | None = None) -> list[Tensor]:
+                     f0: float, scratch: Scratch | None = None,
+                     seen: list[float] | None = None) -> list[Tensor]:
     """Estimate the gradient w.r.t. ``backup.params[i] for i in query.index`` by perturbing in
     place.
 
     The parameters of the query are left perturbed by the last query; the caller restores them
     before anything else is queried (another estimate of the step) and after the step. ``f0``
-    is the loss at the unperturbed point. The estimate's memory comes from ``scratch`` where
-    that has some.
+    is the loss at the unperturbed point (unused by two-sided schemes). The estimate's memory
+    comes from ``scratch`` where that has some; the queried losses are appended to ``seen``.
     """
     def values(k: int, u: Direction) -> tuple[float, ...]:
-        return tuple(query_closure(closure, backup, query, u, k, sign)
-                     for sign in query.scheme.signs)
+        found = tuple(query_closure(closure, backup, query, u, k, sign)
+                      for sign in query.scheme.signs)
+        if seen is not None:
+            seen.extend(found)
+        return found
 
     layout = Layout([backup.params[i] for i in query.index], query.kind)
     return assemble_closure(layout, query, f0, values, scratch)
@@ -125,28 +129,33 @@ def assemble_closure(layout: Layout, query: Query, f0: float,
 
 
 def estimate_batched(fn: Callable[[Tensor], Tensor], x: Tensor, query: Query,
-                     chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+                     chunk_size: int | None = None, at_x: bool = True) -> tuple[Tensor, Tensor]:
     """Estimate the gradient of ``fn`` at the flat point ``x`` with batched queries.
 
-    Returns ``(f(x), g)``. ``query``: over ``x`` (a flat query, see :meth:`Query.flat`); its
-    directions are those of ``Layout([x], query.kind)``, whatever the chunk size.
-    Differentiable: with ``x`` or the query's scale requiring grad and ``fn`` differentiable,
-    autograd flows through the queried values and the directions alike (this is what
-    meta-training backpropagates through).
+    Returns ``(f(x), g)``; without ``at_x`` (two-sided schemes only), ``f(x)`` is not queried
+    and the first is the mean of the queried losses. ``query``: over ``x`` (a flat query, see
+    :meth:`Query.flat`); its directions are those of ``Layout([x], query.kind)``, whatever the
+    chunk size. Differentiable: with ``x`` or the query's scale requiring grad and ``fn``
+    differentiable, autograd flows through the queried values and the directions alike (this
+    is what meta-training backpropagates through).
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
     scheme = query.scheme
-    plan = chunk_plan(len(query.seeds), len(scheme.signs), chunk_size or scheme.queries)
+    plan = chunk_plan(len(query.seeds), len(scheme.signs), chunk_size or scheme.queries, at_x)
+    seen: list[Tensor] = []
 
     def values(c: int, u: Tensor) -> Tensor:
         start, _, base = plan[c]
         X = chunk_rows(x, u, scheme, query.mu, base)
         found = call_batched(fn, X, f"call {c + 1}")
         check_losses(found, X.shape[0], 1 + start * len(scheme.signs) - int(base))
+        seen.append(found)
         return found
 
     f0, g = assemble_batched(x, query, plan, values)
+    if not at_x:
+        return torch.cat(seen).mean(), g
     if f0 is None:
         f0 = call_batched(fn, x.unsqueeze(0), "f(x)")
         check_losses(f0, 1, 0)
@@ -154,16 +163,17 @@ def estimate_batched(fn: Callable[[Tensor], Tensor], x: Tensor, query: Query,
     return f0, g
 
 
-def chunk_plan(directions: int, signs: int, rows_per_call: int) -> list[tuple[int, int, bool]]:
+def chunk_plan(directions: int, signs: int, rows_per_call: int,
+               at_x: bool = True) -> list[tuple[int, int, bool]]:
     """How the batched path splits a step: ``(first direction, directions, holds f(x))`` per call.
 
-    A call holds at most ``rows_per_call`` rows (f(x) in the first call, then every sign of
-    each of its directions), but always at least one direction.
+    A call holds at most ``rows_per_call`` rows (f(x) in the first call where ``at_x``, then
+    every sign of each of its directions), but always at least one direction.
     """
     plan: list[tuple[int, int, bool]] = []
     start = 0
     while start < directions:
-        base = not plan
+        base = at_x and not plan
         n = min(max(1, (rows_per_call - int(base)) // signs), directions - start)
         plan.append((start, n, base))
         start += n
@@ -182,8 +192,9 @@ def assemble_batched(x: Tensor, query: Query, plan: Sequence[tuple[int, int, boo
                      values: Callable[[int, Tensor], Tensor]) -> tuple[Tensor | None, Tensor]:
     """``(f(x), g)`` over the calls of ``plan``; ``values(c, u_c)`` gives call ``c``'s losses.
 
-    ``f(x)`` is ``None`` when there are no directions. Every batched estimate, single-process or
-    sharded, goes through this loop.
+    ``f(x)`` is ``None`` when there are no directions or no call holds it (two-sided schemes
+    need it only as the loss). Every batched estimate, single-process or sharded, goes through
+    this loop.
     """
     scheme, mu = query.scheme, query.mu
     layout = Layout([x], query.kind)
@@ -195,9 +206,8 @@ def assemble_batched(x: Tensor, query: Query, plan: Sequence[tuple[int, int, boo
         v = values(c, u)
         if base:
             f0, v = v[0], v[1:]
-        assert f0 is not None
         per_sign = v.view(len(scheme.signs), n)
-        coeff = scheme.coefficient(f0, tuple(per_sign), mu)
+        coeff = scheme.coefficient(v.new_zeros(()) if f0 is None else f0, tuple(per_sign), mu)
         term = coeff.to(u.dtype) @ u
         g = term if g is None else g + term
     if g is None:

@@ -5,7 +5,7 @@ set of tensors perturbed together, each sharing one estimate) and picks the path
 :class:`~torchzo.oracle.Batched` objective is queried in batched calls, a closure with the
 parameters perturbed in place (and restored bit-exactly afterwards, or on any error), and
 either may share its queries among the ranks of a process group. ``f(x)`` is queried once per
-step.
+step, unless the caller asks otherwise for two-sided schemes, which use it only as the loss.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .backup import ParameterBackup
-from .closure import call_closure
+from .closure import call_closure, mean_loss
 from .directions import Layout
 from .distributed import Ranks, estimate_batched_sharded, estimate_closure_sharded, ranks_for
 from .estimator import Batched, estimate_batched, estimate_closure
@@ -43,7 +43,7 @@ class Estimate:
 
 def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[Tensor],
                       queries: Sequence[Query], distributed: Any = None,
-                      scratch: Scratch | None = None) -> Estimate:
+                      scratch: Scratch | None = None, at_x: bool = True) -> Estimate:
     """Estimate the gradient of ``objective`` w.r.t. ``params``, one estimate per query.
 
     ``objective``: a closure returning the loss at the live parameters, or a ``Batched``
@@ -51,20 +51,29 @@ def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[T
     indexing ``params``. ``distributed``: as ``ZOOptimizer.distributed`` (``None``: this
     process makes every query). ``scratch``: where the closure paths' copy of the parameters
     (the returned estimate's ``backup``) and the single-process closure path's estimates get
-    their memory (``None``: new tensors). Runs in the caller's grad mode: optimizers call it
-    under ``no_grad``.
+    their memory (``None``: new tensors). ``at_x``: query f(x); two-sided schemes may leave it
+    out, and the loss is then the mean of the queried ones. Runs in the caller's grad mode:
+    optimizers call it under ``no_grad``.
     """
     params = list(params)
     ranks = ranks_for(distributed)
+    check_at_x(queries, at_x)
     if isinstance(objective, Batched):
-        return _batched(objective, params, queries, ranks)
+        return _batched(objective, params, queries, ranks, at_x)
     if ranks is not None:
-        return _closure_sharded(objective, params, queries, ranks, scratch)
-    return _closure(objective, params, queries, scratch)
+        return _closure_sharded(objective, params, queries, ranks, scratch, at_x)
+    return _closure(objective, params, queries, scratch, at_x)
+
+
+def check_at_x(queries: Sequence[Query], at_x: bool) -> None:
+    """A ``ValueError`` where a step that does not query f(x) has a scheme that needs it."""
+    if not at_x and any(q.scheme.name == "forward" for q in queries):
+        raise ValueError("the forward estimator needs the loss at x: a step that does not "
+                         "query it needs a two-sided estimator ('central' or 'antithetic')")
 
 
 def _batched(objective: Batched, params: list[Tensor], queries: Sequence[Query],
-             ranks: Ranks | None) -> Estimate:
+             ranks: Ranks | None, at_x: bool) -> Estimate:
     if len(queries) != 1:
         raise ValueError("a Batched objective needs every param group to share one estimate "
                          "(the same estimator, q, mu and directions_kind)")
@@ -82,45 +91,54 @@ def _batched(objective: Batched, params: list[Tensor], queries: Sequence[Query],
         x = torch.cat([p.detach().reshape(-1).to(dtype) for p in params])
     query = queries[0].flat(dtype)
     if ranks is None:
-        f0, g = estimate_batched(objective.fn, x, query, objective.chunk_size)
+        f0, g = estimate_batched(objective.fn, x, query, objective.chunk_size, at_x)
     else:
-        f0, g = estimate_batched_sharded(ranks, objective.fn, x, query, objective.chunk_size)
+        f0, g = estimate_batched_sharded(ranks, objective.fn, x, query, objective.chunk_size,
+                                         at_x)
     pieces = g.split([p.numel() for p in params])
-    return Estimate(f0, [gp.view_as(p) for p, gp in zip(params, pieces)], query.scheme.queries)
+    return Estimate(f0, [gp.view_as(p) for p, gp in zip(params, pieces)],
+                    _queries(queries, at_x))
 
 
 def _closure(closure: Callable[[], Any], params: list[Tensor], queries: Sequence[Query],
-             scratch: Scratch | None) -> Estimate:
+             scratch: Scratch | None, at_x: bool) -> Estimate:
     grads: list[Tensor | None] = [None] * len(params)
     backup = ParameterBackup(params, scratch)
+    seen: list[float] | None = None if at_x else []
+    loss: Any = None
+    f0 = 0.0
     try:
-        loss, f0 = call_closure(closure, params, "f(x)")
+        if at_x:
+            loss, f0 = call_closure(closure, params, "f(x)")
         for k, query in enumerate(queries):
-            g = estimate_closure(closure, backup, query, f0, scratch)
+            g = estimate_closure(closure, backup, query, f0, scratch, seen)
             for i, gi in zip(query.index, g):
                 grads[i] = gi
             if k + 1 < len(queries):  # the next estimate queries around x, not around here
                 backup.restore(query.index)
     finally:
         backup.restore()
-    return Estimate(loss, grads, _queries(queries), backup)  # type: ignore[arg-type]
+    if seen is not None:
+        loss = mean_loss(seen)
+    return Estimate(loss, grads, _queries(queries, at_x), backup)  # type: ignore[arg-type]
 
 
 def _closure_sharded(closure: Callable[[], Any], params: list[Tensor], queries: Sequence[Query],
-                     ranks: Ranks, scratch: Scratch | None) -> Estimate:
+                     ranks: Ranks, scratch: Scratch | None, at_x: bool) -> Estimate:
     """:func:`_closure` with the queries shared among ``ranks``; the same bits."""
     backup = ParameterBackup(params, scratch)
     try:
-        loss, found = estimate_closure_sharded(ranks, closure, backup, queries, scratch)
+        loss, found = estimate_closure_sharded(ranks, closure, backup, queries, scratch, at_x)
     finally:
         backup.restore()
     grads: list[Tensor | None] = [None] * len(params)
     for query, gs in zip(queries, found):
         for i, gi in zip(query.index, gs):
             grads[i] = gi
-    return Estimate(loss, grads, _queries(queries), backup)  # type: ignore[arg-type]
+    return Estimate(loss, grads, _queries(queries, at_x), backup)  # type: ignore[arg-type]
 
 
-def _queries(queries: Sequence[Query]) -> int:
-    """Queries of a step: f(x) once, then each estimate's queries along its directions."""
-    return 1 + sum(q.queries for q in queries)
+def _queries(queries: Sequence[Query], at_x: bool = True) -> int:
+    """Queries of a step: f(x) once (where queried), then each estimate's queries along its
+    directions."""
+    return int(at_x) + sum(q.queries for q in queries)

@@ -146,8 +146,8 @@ def build(source: Path) -> Path:
         fd, tmp = tempfile.mkstemp(dir=root, suffix=".so.tmp")
         os.close(fd)
         try:
-            done = subprocess.run([*command, "-o", tmp, str(source)], capture_output=True,
-                                  text=True, timeout=300)
+            done = subprocess.run([*command, "-o", tmp, str(source), "-lm"],
+                                  capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise Unavailable(f"could not build the kernels: {cc[0]} failed: "
                                   f"{done.stderr.strip()[-500:]}")

@@ -47,9 +47,8 @@ from torch import Tensor
 from . import kernel_build
 from .kernel_build import Unavailable as _Unavailable
 
-__all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "gauss_fill", "info",
-           "reason",
-           "sign_accumulate", "sign_perturb", "sign_words"]
+__all__ = ["GROUP", "abs_max", "available", "build", "disabled", "fits", "gauss_axpy",
+           "gauss_fill", "info", "reason", "sign_accumulate", "sign_perturb", "sign_words"]
 
 #: Directions one :func:`sign_accumulate` adds to an estimate in one pass (their packed signs are
 #: held until then: d bytes in all).
@@ -114,6 +113,8 @@ def _bind(lib: ctypes.CDLL) -> None:
     words.argtypes, words.restype = [pointer, i64, ctypes.c_uint64], None
     gauss = lib.zo_gauss_fill
     gauss.argtypes, gauss.restype = [pointer, i64, i64, ctypes.c_uint64], None
+    axpy = lib.zo_gauss_axpy
+    axpy.argtypes, axpy.restype = [pointer, i64, i64, ctypes.c_uint64, ctypes.c_float, i32], None
     for suffix, word in (("f32", ctypes.c_uint32), ("f64", ctypes.c_uint64)):
         largest = getattr(lib, f"zo_abs_max_{suffix}")
         largest.argtypes, largest.restype = [pointer, i64], word
@@ -268,6 +269,17 @@ def gauss_fill(out: Tensor, start: int, key: int) -> None:
     if not fits(out, torch.float32) or start < 0:
         raise ValueError("gauss_fill needs a contiguous CPU float32 tensor and start >= 0")
     _lib().zo_gauss_fill(out.data_ptr(), start, out.numel(), key % 2**64)
+
+
+def gauss_axpy(out: Tensor, start: int, key: int, alpha: float, init: bool = False) -> None:
+    """``out += alpha u`` (``out = alpha u`` with ``init``) for ``u`` the entries ``start`` to
+    ``start + out.numel()`` of the Gaussian direction of ``key``, drawn as :func:`gauss_fill`
+    draws them but never written to memory. The bits of ``out.add_(u, alpha=alpha)`` (after
+    ``out.zero_()`` with ``init``) on CPUs with FMA: one rounding, ``alpha`` rounded to float32
+    first. ``out``: contiguous CPU float32."""
+    if not fits(out, torch.float32) or start < 0:
+        raise ValueError("gauss_axpy needs a contiguous CPU float32 tensor and start >= 0")
+    _lib().zo_gauss_axpy(out.data_ptr(), start, out.numel(), key % 2**64, alpha, int(init))
 
 
 def sign_perturb(n: int, offset: int, out: Tensor, base: Tensor, bits: Tensor,

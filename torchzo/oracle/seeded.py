@@ -24,12 +24,13 @@ from torch import Tensor
 
 from . import kernels
 from .backup import Places
-from .closure import call_closure
+from .closure import call_closure, mean_loss
 from .directions import Layout, kind_named
 from .directions.blocks import Block
 from .directions.kinds import SEEKABLE_KINDS
 from .directions.rademacher import signs_range
-from .distributed import Ranks, fingerprint, float_bits
+from .distributed import Ranks, agreed, fingerprint
+from .gradient import check_at_x
 from .query import Query
 
 __all__ = ["CHUNK", "Piece", "SeededDirections", "SeededEstimate", "estimate_seeded"]
@@ -70,7 +71,12 @@ class SeededDirections:
                              f"{kind!r} directions cannot be: use one of {SEEKABLE_KINDS}")
         self.tensors = list(tensors)
         self._kind = kind_named(kind)
+        #: The largest magnitude of an entry of a direction.
+        self.largest = self._kind.largest
         self._packs = self._kind.packs and kernels.available()
+        # Gaussian pieces are added by the compiled kernel, which draws them into the L1 cache
+        # a tile at a time: same bits as drawing into a buffer and adding with torch.
+        self._fused = kind == "gaussian" and kernels.available()
         self.pieces: list[Piece] = []
         for block in Layout(self.tensors, kind).blocks:
             offset = 0
@@ -92,6 +98,11 @@ class SeededDirections:
             self._buffers[piece.block.position] = buf
         return buf[:n]
 
+    def _fuses(self, piece: Piece, t: Tensor) -> bool:
+        """Whether the kernel adds the piece's Gaussian directions to ``t`` (float32 only)."""
+        return (self._fused and piece.block.dtype is torch.float32
+                and kernels.fits(t, torch.float32))
+
     def draw(self, piece: Piece, seed: int) -> Tensor:
         """The piece of the direction of ``seed``, flat, in a buffer the next call reuses."""
         out = self._buffer(piece)
@@ -106,6 +117,8 @@ class SeededDirections:
             if self._packs and kernels.fits(x, piece.block.dtype):
                 bits, offset = signs_range(piece.block, seed, piece.start, x.numel())
                 kernels.sign_perturb(x.numel(), offset, x, x, bits, alpha)
+            elif self._fuses(piece, x):
+                kernels.gauss_axpy(x, piece.start, piece.block.seed_for(seed), alpha)
             else:
                 x.add_(self.draw(piece, seed).view(x.shape), alpha=alpha)
 
@@ -121,6 +134,12 @@ class SeededDirections:
                 offset = found[0][1] if found else 0
                 kernels.sign_accumulate(n, offset, out, [bits for bits, _ in found],
                                         [coeffs[k] for k in group], init=start == 0)
+            return out
+        if self._fuses(piece, out):
+            if not seeds:
+                out.zero_()
+            for k, (seed, c) in enumerate(zip(seeds, coeffs)):
+                kernels.gauss_axpy(out, piece.start, piece.block.seed_for(seed), c, init=k == 0)
             return out
         out.zero_()
         for seed, c in zip(seeds, coeffs):
@@ -143,16 +162,19 @@ class SeededEstimate:
 
 @torch.no_grad()
 def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
-                    queries: Sequence[Query], ranks: Ranks | None = None) -> SeededEstimate:
+                    queries: Sequence[Query], ranks: Ranks | None = None,
+                    at_x: bool = True) -> SeededEstimate:
     """Query ``closure`` along each query's directions with ``params`` perturbed in place;
     every parameter is moved back (to rounding) before this returns or raises.
 
     With ``ranks``, this rank evaluates its share of the queries and the ranks exchange the
     values (:meth:`~torchzo.oracle.distributed.Ranks.exchange`), but every rank makes every
     move out and back: so the parameters round the same way on every rank, and as in one
-    process, and stay bit-identical to them.
+    process, and stay bit-identical to them. Without ``at_x`` (two-sided schemes), f(x) is not
+    queried and the loss is the mean of the queried ones.
     """
     params = list(params)
+    check_at_x(queries, at_x)
     for query in queries:
         if query.scale is not None or query.guide is not None:
             raise ValueError("memory='inference' takes unscaled, unguided directions")
@@ -166,7 +188,8 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
     f0 = 0.0
     failure: Exception | None = None
     try:
-        loss, f0 = call_closure(closure, params, "f(x)")
+        if at_x:
+            loss, f0 = call_closure(closure, params, "f(x)")
         for n, (j, k, sign) in enumerate(flat):
             seed, mu = queries[j].seeds[k], float(queries[j].mu)
             # Out and straight back for each sign (not MeZO's +mu, -2 mu, +mu): a move back
@@ -189,9 +212,11 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
         failure = err
     if ranks is not None:
         seeds = [s for q in queries for s in q.seeds]
-        values = ranks.exchange(values, [fingerprint(seeds), float_bits(f0)], failure,
-                                ["the query seeds", "f(x)"])
+        values = ranks.exchange(values, [fingerprint(seeds), agreed(params, f0, at_x)], failure,
+                                ["the query seeds", "f(x)" if at_x else "the parameters"])
     found = values.tolist()
+    if not at_x:
+        loss = mean_loss(found)
     coeffs, offset = [], 0
     for q in queries:
         n = len(q.scheme.signs)
@@ -200,4 +225,4 @@ def estimate_seeded(closure: Callable[[], Any], params: Sequence[Tensor],
                             for k in range(len(q.seeds))))
         offset += q.queries
     return SeededEstimate(loss, list(queries), directions, coeffs,
-                          1 + sum(q.queries for q in queries))
+                          int(at_x) + sum(q.queries for q in queries))

@@ -20,6 +20,9 @@ class Gaussian:
     independent = True
     packs = False
     seekable = True
+    # The stream's largest radius is sqrt(-2 ln 2**-24) = 5.7681 (u is at least 2**-24; the
+    # logarithm's polynomial is accurate to 5e-7) times a sine or cosine of at most 1.
+    largest = 5.78
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         self.fill_range(block, out, seed, 0)

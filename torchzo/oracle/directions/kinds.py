@@ -26,6 +26,10 @@ class Kind(Protocol):
     #: (:mod:`torchzo.oracle.seeded`).
     seekable: bool
 
+    #: The largest magnitude an entry of a direction can have (``inf``: no bound), which lets
+    #: an update from coefficients bound its estimate before drawing it.
+    largest: float
+
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         """Draw ``block``'s piece of the direction of ``seed`` into the flat ``out``: the
         direction itself for an independent kind, else the draw a frame starts from."""

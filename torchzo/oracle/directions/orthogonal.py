@@ -69,6 +69,7 @@ class Orthogonal:
     independent = False
     packs = False
     seekable = False
+    largest = math.inf
 
     def fill_range(self, block: Block, out: Tensor, seed: int, start: int) -> None:
         raise ValueError("orthogonal directions depend on the whole step's draws: they cannot "

@@ -105,6 +105,7 @@ class Rademacher:
     independent = True
     packs = True
     seekable = True
+    largest = 1.0
 
     def fill(self, block: Block, out: Tensor, seed: int) -> None:
         _unpack(_block_signs(block, seed), 0, out)
