@@ -14,13 +14,14 @@ see:
   ``class``), names taken from the modules named n to z; scored by the accuracy of the label
   the model prefers on held-out names.
 
-Every zeroth-order method runs at inference memory with the same budget of ``--budget``
-forward passes (``f(x)`` included) on batches of 16; a first-order Adam run gets a third of it
-in steps (a backward pass costs about two forward passes). Each method's learning rate is tuned
-by ``benchmarks._tuning.tune_step`` on a validation split's loss (seed 0), then it runs
-``--seeds`` seeds at that rate; MeZO's algorithm (ZO-SGD, central, q = 1) also at half and
-twice its best rate. The learned default (``ZOLSTM()``) runs untuned (``lr = 1``, as trained)
-in the exact memory mode, which is all it has.
+Every zeroth-order method runs at inference memory with the same budget of ``--budget`` forward
+passes (``f(x)`` included where queried) on batches of 16; a first-order Adam run gets a third
+of it in steps (a backward pass costs about two forward passes). Each method's learning rate is
+tuned by ``benchmarks._tuning.tune_step`` on a validation split's loss (seed 0), then it runs
+``--seeds`` seeds at that rate; MeZO's algorithm (ZO-SGD, central, q = 1, two forward passes a
+step: ``loss_at_x=False``) also at half and twice its best rate. The learned default
+(``ZOLSTM()``) runs untuned (``lr = 1``, as trained) in the exact memory mode, which is all it
+has.
 """
 from __future__ import annotations
 
@@ -170,7 +171,8 @@ class Task:
 
 METHODS: dict[str, Callable[..., Any]] = {
     "MeZO (ZO-SGD, central, q = 1)": lambda p, lr, s: torchzo.ZOSGD(
-        p, lr=lr, q=1, mu=1e-3, estimator="central", seed=s, memory="inference"),
+        p, lr=lr, q=1, mu=1e-3, estimator="central", seed=s, memory="inference",
+        loss_at_x=False),
     "ZO-SGD (forward, q = 4)": lambda p, lr, s: torchzo.ZOSGD(
         p, lr=lr, q=4, mu=1e-3, seed=s, memory="inference"),
     "ZO-Adam (forward, q = 4)": lambda p, lr, s: torchzo.ZOAdam(
