@@ -383,3 +383,20 @@ def test_failing_batched_objective_changes_nothing(name, failure, call):
         runs.append((params, state_copy(opt)))
     assert all_same_bits(runs[0][0], runs[1][0])
     assert deep_equal(runs[0][1], runs[1][1])
+
+
+@pytest.mark.parametrize("memory", ["exact", "inference"])
+@pytest.mark.parametrize("cls,kw,dtype", [
+    (torchzo.ZOSGD, {"lr": 1e5}, torch.float16),
+    (torchzo.ZOSignSGD, {"lr": 1e5}, torch.float16),
+    (torchzo.ZOAdam, {"lr": 1e38}, torch.bfloat16),  # lr / (1 - beta1) is beyond bfloat16's
+])
+def test_an_update_scalar_beyond_the_parameters_dtype_is_refused_before_anything(cls, kw, dtype,
+                                                                                 memory):
+    """torch itself would refuse it inside the update with a bare RuntimeError."""
+    w = torch.randn(10).to(dtype)
+    before = w.clone()
+    opt = cls([w], **kw, q=2, seed=0, memory=memory)
+    with pytest.raises(ValueError, match="beyond the range of"):
+        opt.step(lambda: (w.float() ** 2).sum())
+    assert torch.equal(w, before) and opt.steps == 0 and not opt.state

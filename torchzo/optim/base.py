@@ -363,6 +363,7 @@ class ZOOptimizer(Optimizer):
                              "loss: opt.step(lambda: loss_fn(model(x), y))")
         self._refuse_during_step("step()")
         check_hyperparameters(self.param_groups)
+        self._check_scalars()
         rng = self._generator.get_state()
         self._guard = guard = StepGuard(self, self._params())
         try:
@@ -440,6 +441,27 @@ class ZOOptimizer(Optimizer):
         like the parameters may be whole or the same piece of each (the inference memory
         mode's chunks)."""
         raise NotImplementedError
+
+    def _update_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        """The numbers (by name) that the group's update rule hands torch as scalars of its
+        parameters' dtype: torch refuses one beyond that dtype's range with a bare error."""
+        return {k: float(group[k]) for k in ("lr", "weight_decay", "momentum", "eps")
+                if isinstance(group.get(k), (int, float))}
+
+    def _check_scalars(self) -> None:
+        """A ``ValueError``, before anything changes, where an update scalar does not fit
+        the dtype of a group's parameters (``lr=1e5`` with float16 weights, say)."""
+        for i, group in enumerate(self.param_groups):
+            dtypes = {p.dtype for p in group["params"] if p.is_floating_point()}
+            if not dtypes:
+                continue
+            dtype = min(dtypes, key=lambda d: torch.finfo(d).max)
+            for name, value in self._update_scalars(group).items():
+                if abs(value) > torch.finfo(dtype).max:
+                    raise ValueError(
+                        f"param_groups[{i}]: {name} = {value:g} is beyond the range of "
+                        f"{dtype}, the dtype of the group's parameters, in which the update "
+                        "applies it (nothing was changed)")
 
     def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
                       state: dict[str, list[Tensor]]) -> float:

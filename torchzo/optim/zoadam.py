@@ -80,6 +80,11 @@ class ZOAdam(ZOOptimizer):
                 weight_decay=group["weight_decay"], maximize=group["maximize"],
                 foreach=group["foreach"])
 
+    def _update_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        # The step's scale lr / (1 - beta1^t) is largest on the first step.
+        return {**super()._update_scalars(group),
+                "lr / (1 - beta1)": group["lr"] / (1 - group["betas"][0])}
+
     def _update_bound(self, group: dict[str, Any], estimate: float, param: float,
                       state: dict[str, list[Tensor]]) -> float:
         beta1, beta2 = group["betas"]

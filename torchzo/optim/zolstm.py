@@ -260,6 +260,11 @@ class ZOLSTM(ZOOptimizer):
             param_group = _renamed(param_group)
         super().add_param_group(param_group)
 
+    def _update_scalars(self, group: dict[str, Any]) -> dict[str, float]:
+        # The learned step multiplies its float32 tensors by lr, which overflows to inf (a
+        # non-finite update the step refuses) rather than raising.
+        return {}
+
     def _check_saved_state(self, p: Tensor, group: dict[str, Any], entry: dict[str, Any],
                            where: str) -> None:
         if not entry:
