@@ -79,7 +79,7 @@ def test_a_batched_objective_takes_the_same_steps_and_calls_without_the_row_of_x
     for a, b in zip(without, with_x):
         torch.testing.assert_close(a, b, rtol=0 if chunk is None else 1e-6, atol=0)
     assert sum(rows_x) == 3 * 7 and sum(rows) == 3 * 6 and max(rows) <= (chunk or 6)
-    assert all(loss.dim() == 0 for loss in losses)
+    assert all(loss.dim() == 0 and loss.dtype == torch.float64 for loss in losses)
 
 
 def test_the_forward_estimator_needs_the_loss_at_x():

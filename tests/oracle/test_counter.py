@@ -122,3 +122,19 @@ def test_the_stream_on_cuda_is_the_cpu_stream():
         want = torch.empty(n)
         counter.gaussian_range(9, start, want)
         assert torch.equal(bits(got.cpu()), bits(want))
+
+
+def test_no_entry_exceeds_the_bound_the_inference_update_relies_on():
+    """The radius is largest at the smallest uniform, 2**-24 (counters whose first hash's top
+    24 bits are 0); the inference memory mode's one-pass update takes ``Gaussian.largest`` as
+    a bound on every entry."""
+    from torchzo.oracle.directions.gaussian import GAUSSIAN
+
+    w1 = torch.arange(0, 256 * 64, dtype=torch.int64)  # (w1 >> 8) + 1 from 1 to 64
+    w2 = torch.randint(0, 2**32, (w1.numel(),), dtype=torch.int64,
+                       generator=torch.Generator().manual_seed(0))
+    w2[:8] = torch.tensor([0, 2**30, 2**31, 3 * 2**30, 2**30 - 1, 2**31 - 1, 2**32 - 1, 1])
+    cos, sin = counter._pairs(w1, w2)
+    largest = max(float(cos.abs().max()), float(sin.abs().max()))
+    assert math.sqrt(48 * math.log(2)) * (1 - 1e-6) < largest <= GAUSSIAN.largest
+    assert float(torch_range(5, 0, 1 << 20).abs().max()) < GAUSSIAN.largest

@@ -133,7 +133,8 @@ def _finite_for_sure(opt: Stepped, found: SeededEstimate, params: list[Tensor],
         for i in query.index:
             estimate[i] = max(estimate[i], largest)
     for group in opt.param_groups:
-        mine = [i for i, p in enumerate(params) if any(p is q for q in group["params"])]
+        ids = {id(q) for q in group["params"]}
+        mine = [i for i, p in enumerate(params) if id(p) in ids]
         if not mine:
             continue
         tensors = [params[i] for i in mine]

@@ -23,9 +23,9 @@ from torch import Tensor
 
 from . import kernels
 from .backup import ParameterBackup
-from .closure import call_batched, call_closure, check_losses
+from .closure import call_batched, call_closure, check_losses, mean_loss
 from .directions import Direction, Layout, Signs
-from .query import Query
+from .query import Query, check_at_x
 from .schemes import Scheme
 from .scratch import Scratch
 
@@ -141,6 +141,7 @@ def estimate_batched(fn: Callable[[Tensor], Tensor], x: Tensor, query: Query,
     """
     if x.dim() != 1:
         raise ValueError(f"x must be a flat vector, got shape {tuple(x.shape)}")
+    check_at_x([query], at_x)
     scheme = query.scheme
     plan = chunk_plan(len(query.seeds), len(scheme.signs), chunk_size or scheme.queries, at_x)
     seen: list[Tensor] = []
@@ -155,7 +156,7 @@ def estimate_batched(fn: Callable[[Tensor], Tensor], x: Tensor, query: Query,
 
     f0, g = assemble_batched(x, query, plan, values)
     if not at_x:
-        return torch.cat(seen).mean(), g
+        return mean_loss(torch.cat(seen).detach().tolist()), g
     if f0 is None:
         f0 = call_batched(fn, x.unsqueeze(0), "f(x)")
         check_losses(f0, 1, 0)

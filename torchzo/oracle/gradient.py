@@ -21,7 +21,7 @@ from .closure import call_closure, mean_loss
 from .directions import Layout
 from .distributed import Ranks, estimate_batched_sharded, estimate_closure_sharded, ranks_for
 from .estimator import Batched, estimate_batched, estimate_closure
-from .query import Query
+from .query import Query, check_at_x
 from .scratch import Scratch
 
 __all__ = ["Estimate", "estimate_gradient"]
@@ -64,12 +64,6 @@ def estimate_gradient(objective: Callable[[], Any] | Batched, params: Sequence[T
         return _closure_sharded(objective, params, queries, ranks, scratch, at_x)
     return _closure(objective, params, queries, scratch, at_x)
 
-
-def check_at_x(queries: Sequence[Query], at_x: bool) -> None:
-    """A ``ValueError`` where a step that does not query f(x) has a scheme that needs it."""
-    if not at_x and any(q.scheme.name == "forward" for q in queries):
-        raise ValueError("the forward estimator needs the loss at x: a step that does not "
-                         "query it needs a two-sided estimator ('central' or 'antithetic')")
 
 
 def _batched(objective: Batched, params: list[Tensor], queries: Sequence[Query],

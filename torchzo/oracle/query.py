@@ -17,7 +17,7 @@ from torch import Tensor
 from .directions import Guide, check_kind, draw_seeds
 from .schemes import Scheme
 
-__all__ = ["Part", "Query"]
+__all__ = ["Part", "Query", "check_at_x"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,10 @@ class Query:
             torch.cat([s.reshape(-1).to(dtype) for s in self.scale]),)
         guide = None if self.guide is None else self.guide.flat()
         return replace(self, index=(0,), scale=scale, guide=guide)
+
+
+def check_at_x(queries: Sequence[Query], at_x: bool) -> None:
+    """A ``ValueError`` where a step that does not query f(x) has a scheme that needs it."""
+    if not at_x and any(q.scheme.name == "forward" for q in queries):
+        raise ValueError("the forward estimator needs the loss at x: a step that does not "
+                         "query it needs a two-sided estimator ('central' or 'antithetic')")

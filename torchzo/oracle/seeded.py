@@ -30,8 +30,7 @@ from .directions.blocks import Block
 from .directions.kinds import SEEKABLE_KINDS
 from .directions.rademacher import signs_range
 from .distributed import Ranks, agreed, fingerprint
-from .gradient import check_at_x
-from .query import Query
+from .query import Query, check_at_x
 
 __all__ = ["CHUNK", "Piece", "SeededDirections", "SeededEstimate", "estimate_seeded"]
 
