@@ -99,8 +99,10 @@ def test_later_families_are_appended_so_earlier_seeds_stay_put():
     # Benchmark instances are seeded by a family's position in FAMILIES and validation
     # instances by its position in the val split: shipped results depend on both.
     added = ["student-t", "squared-hinge", "sharp-ridge", "ackley"]
-    assert list(FAMILIES)[-4:] == added and list(FAMILIES).index("poisson") == 21
-    assert list(FAMILY_SPLITS["val"]) == ["huber", "quartic", "softmax", *added]
+    wide = ["wide-quadratic", "near-optimum", "warm-rosenbrock"]
+    assert list(FAMILIES)[-7:] == added + wide and list(FAMILIES).index("poisson") == 21
+    assert list(FAMILY_SPLITS["val"]) == ["huber", "quartic", "softmax", *added,
+                                          "warm-rosenbrock"]
 
 
 @pytest.mark.parametrize("name", ["sharp-ridge", "ackley"])

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..oracle import Guide, Part, Query, draw_seeds
-from .arch import Architecture, TensorState, Weights, detached, replace
+from .arch import Architecture, HistoryState, TensorState, Weights, detached, replace
 
 __all__ = ["COVARIANCES", "Group", "LearnedState", "Plan", "StepResult", "init",
            "next_query_outputs", "plan", "scales_from_outputs", "update"]
@@ -167,7 +167,8 @@ def plan(weights: Weights, arch: Architecture, params: Sequence[Tensor], state: 
         g = groups[k]
         sts = [state.tensors[i] for i in part.index]
         if g.covariance == "guided":
-            history = [[st.prev_estimate for st in sts], [st.prev_update for st in sts]]
+            past = cast(list[HistoryState], sts)
+            history = [[st.prev_estimate for st in past], [st.prev_update for st in past]]
             queries.append(part.query(seeds, guide=Guide.orthonormal(history, g.guide_alpha)))
             continue
         if not _learned(arch, g):
@@ -207,15 +208,15 @@ def update(weights: Weights, arch: Architecture, params: Sequence[Tensor], state
         sts = [tensors[i] for i in g.index]
         if g.use_update:
             signed = None if loss is None else (-loss if g.maximize else loss)
-            flat = [e.reshape(st.prev_estimate.shape).float() for e, st in zip(ests, sts)]
+            flat = [e.reshape(st.coordinates).float() for e, st in zip(ests, sts)]
             updates, fresh, new_groups[k] = arch.update(
                 weights, flat, sts, state.groups[k], [params[i] for i in g.index], g.lr,
                 signed, g.q, in_place)
             alpha = 1.0
         else:  # the no-update ablation: ZO-SGD along the estimate
             updates, alpha = ests, -g.lr
-            fresh = [replace(st, prev_estimate=e.reshape(st.prev_estimate.shape).float(),
-                             prev_update=(-g.lr * e).reshape(st.prev_update.shape).float())
+            fresh = [replace(st, prev_estimate=e.reshape(st.coordinates).float(),
+                             prev_update=(-g.lr * e).reshape(st.coordinates).float())
                      for e, st in zip(ests, sts)]
         for i, u, new in zip(g.index, updates, fresh):
             p = params[i]

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ..learned.arch import GeneralConfig, from_dict
+from ..learned.arch import GeneralConfig, LeanConfig, from_dict
 from ..oracle.directions import KINDS
 from ..pretrained import load_file, save, sha256
 from ..tasks import TASK_NAMES, get_task
@@ -90,14 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+_TRAINED = (GeneralConfig, LeanConfig)  # the architectures ES trains
+
+
+def _arch_fields() -> dict[str, dataclasses.Field]:
+    """The settings of the architectures ES trains, by name (the first's where they share
+    one)."""
+    out: dict[str, dataclasses.Field] = {}
+    for cls in _TRAINED:
+        for f in dataclasses.fields(cls):
+            out.setdefault(f.name, f)
+    return out
+
+
 def _add_arch_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting of the generalist's architecture (``--max-step``,
-    ``--no-query-net``, ...): a new run's architecture, or with ``--export`` the exported
-    file's. The setting's documentation is :class:`~torchzo.learned.arch.GeneralConfig`."""
+    """``--arch`` (a new run's kind) and one flag per setting of the architectures ES trains
+    (``--max-step``, ``--no-query-net``, ...): a new run's architecture, or with ``--export``
+    the exported file's. The settings' documentation is
+    :class:`~torchzo.learned.arch.GeneralConfig` and :class:`~torchzo.learned.arch.LeanConfig`;
+    a flag that the run's kind does not have is an error."""
     group = parser.add_argument_group(
-        "architecture", "settings of torchzo.learned.arch.GeneralConfig: a new run's "
-        "architecture, or with --export the exported file's")
-    for f in dataclasses.fields(GeneralConfig):
+        "architecture", "settings of torchzo.learned.arch.GeneralConfig or LeanConfig: a new "
+        "run's architecture, or with --export the exported file's")
+    group.add_argument("--arch", choices=[cls.kind for cls in _TRAINED], dest="arch_kind",
+                       help="a new run's architecture (default: general)")
+    for f in _arch_fields().values():
         flag, dest, metavar = "--" + f.name.replace("_", "-"), "arch_" + f.name, f.name.upper()
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, dest=dest)
@@ -111,9 +128,8 @@ def _add_arch_flags(parser: argparse.ArgumentParser) -> None:
 
 def _arch_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The architecture flags given, by setting."""
-    return {f.name: tuple(v) if isinstance(v, list) else v
-            for f in dataclasses.fields(GeneralConfig)
-            if (v := getattr(args, "arch_" + f.name)) is not None}
+    return {name: tuple(v) if isinstance(v, list) else v for name in _arch_fields()
+            if (v := getattr(args, "arch_" + name)) is not None}
 
 
 def run_es(args: argparse.Namespace) -> None:
@@ -143,9 +159,18 @@ def run_es(args: argparse.Namespace) -> None:
             setattr(cfg, name, getattr(args, name))
     if args.steps is not None:
         cfg.steps = tuple(args.steps)
+    if args.arch_kind is not None:
+        if saved.exists() and args.arch_kind != cfg.arch["kind"]:
+            raise SystemExit(f"--arch {args.arch_kind}: this run's architecture is "
+                             f"{cfg.arch['kind']!r}")
+        cfg.arch = from_dict({"kind": args.arch_kind, "config": {}}).to_dict()
     overrides = _arch_overrides(args)
     if overrides:
         arch = from_dict(cfg.arch)
+        known = {f.name for f in dataclasses.fields(arch)}  # type: ignore[arg-type]
+        if set(overrides) - known:
+            raise SystemExit(f"the {arch.kind} architecture has no setting "
+                             f"{sorted(set(overrides) - known)}")
         cfg.arch = dataclasses.replace(arch, **overrides).to_dict()  # type: ignore[type-var]
     deadline = time.time() + 3600 * args.hours if args.hours else None
     args.out.mkdir(parents=True, exist_ok=True)

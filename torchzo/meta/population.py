@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..learned import Architecture, Group, init, plan, update
 from ..learned.arch import Weights
-from ..oracle import Part, Scheme, default_mu, estimate_population
+from ..oracle import Part, Scheme, estimate_population
 from ..tasks import Problem
 
 __all__ = ["PopulationRun", "run_population"]
@@ -39,7 +39,8 @@ def run_population(weights: Weights, arch: Architecture, problem: Problem, steps
                    mu: float | None = None) -> PopulationRun:
     """Run every member of ``weights`` (leading dimension P) for ``steps`` on ``problem``.
 
-    ``mu``: the radius (default: the problem's, else float32's default). A member whose
+    ``mu``: the radius (default: the architecture's own where it sets one, else the problem's,
+    else float32's default). A member whose
     point or loss stops being finite is frozen at non-finite losses (counted in
     ``diverged``), never an error: scoring it is the trainer's job.
     """
@@ -51,14 +52,14 @@ def run_population(weights: Weights, arch: Architecture, problem: Problem, steps
     generator = torch.Generator().manual_seed(seed)
     data = torch.Generator().manual_seed(seed + 1)
     scheme = Scheme(estimator, q)
-    base_mu = mu if mu is not None else (problem.mu if problem.mu is not None
-                                         else default_mu(torch.float32))
+    if mu is None and not arch.owns_radius:
+        mu = problem.mu
     group = Group((0,), lr, covariance=covariance, query_prob=query_prob, q=scheme.directions)
     state = init(arch, [problem.x0], [group], (members,))
     curve = [problem.loss(x)]
     for _ in range(steps):
         batch = problem.sample_batch(data)
-        radius = base_mu * arch.radius(state.groups[0])
+        radius = arch.radius(weights, state.groups[0], mu, [x])
         part = Part((0,), scheme, radius, arch.directions_kind)  # type: ignore[arg-type]
         planned = plan(weights, arch, [x], state, [group], [part], generator)
         f0, g = estimate_population(functools.partial(problem.loss, batch=batch), x,

@@ -41,7 +41,7 @@ def tensor_state(arch: Architecture, p: Tensor, entry: Mapping[str, Tensor] | No
                  dtype: torch.dtype) -> TensorState:
     """``p``'s typed state from its stored ``entry``; a fresh one (``compact`` fields in
     ``dtype``, as a step would store them) if it has none yet."""
-    if not entry or "prev_estimate" not in entry:
+    if not entry or arch.state_type._fields[0] not in entry:  # type: ignore[attr-defined]
         return _compact(arch, arch.init_state(p), dtype)
     fields = arch.state_type._fields  # type: ignore[attr-defined]
     return arch.state_type(**{k: entry[k] for k in fields if k in entry})  # type: ignore[no-any-return]

@@ -122,6 +122,11 @@ class ZOLSTM(ZOOptimizer):
                              f"got {group['covariance']!r}")
         if not isinstance(group["use_update"], bool):
             raise ValueError(f"use_update must be a bool, got {group['use_update']!r}")
+        if not self.nets.arch.has_history and (group["covariance"] == "guided"
+                                               or not group["use_update"]):
+            raise ValueError(f"covariance='guided' and use_update=False need networks that "
+                             f"keep the last estimate and update; the "
+                             f"{self.nets.arch.kind!r} networks keep neither")
         for name in ("query_prob", "guide_alpha"):
             check_number(name, group[name], allow_zero=True, upper=1)
 
@@ -130,16 +135,21 @@ class ZOLSTM(ZOOptimizer):
         return group["covariance"], group["query_prob"], group["guide_alpha"]
 
     def _parts(self) -> list[Part]:
-        """The base parts, with ``mu`` times the architecture's radius factor (from the
-        state of the group of the part's first tensor; the generalist grows it on zero-signal
-        steps)."""
-        params, arch = self._params(), self.nets.arch
+        """The base parts, with the radius the architecture gives from the group's ``mu``
+        and the state of the group of the part's first tensor (the generalists grow it on
+        zero-signal steps; the lean one sets it itself when ``mu`` is ``None``)."""
+        params, arch, weights = self._params(), self.nets.arch, self.nets.weights()
         group_of = {p: g for g in self.param_groups for p in g["params"]}
         out = []
         for part in super()._parts():
-            group = self._group_state(group_of[params[part.index[0]]])
-            factor = 1.0 if group is None else float(arch.radius(group))
-            out.append(part if factor == 1.0 else dataclasses.replace(part, mu=part.mu * factor))
+            first = group_of[params[part.index[0]]]
+            group = self._group_state(first)
+            if group is None:
+                out.append(part)
+                continue
+            given = first["mu"] if arch.owns_radius else part.mu  # part.mu: mu or the default
+            mu = float(arch.radius(weights, group, given, [params[i] for i in part.index]))
+            out.append(part if mu == part.mu else dataclasses.replace(part, mu=mu))
         return out
 
     def _state_of(self, p: Tensor, group: dict[str, Any]) -> TensorState:

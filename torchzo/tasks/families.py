@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import control, learning, synthetic
+from . import control, learning, synthetic, wide
 from .base import Problem
 from .binclass import BinaryClassificationProblem
 from .synthetic import log_uniform
@@ -84,16 +84,20 @@ _ALL = [
     Family("squared-hinge", learning.SquaredHinge),
     Family("sharp-ridge", synthetic.SharpRidge),
     Family("ackley", synthetic.Ackley),
+    Family("wide-quadratic", wide.WideQuadratic),
+    Family("near-optimum", wide.NearOptimum),
+    Family("warm-rosenbrock", wide.WarmRosenbrock),
 ]
 FAMILIES: dict[str, Family] = {f.name: f for f in _ALL}
 FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("rotated-quadratic", "separable-quadratic", "noisy-quadratic", "rosenbrock",
               "least-squares", "logistic", "mlp-classifier", "lasso", "zero-one-linear",
-              "point-mass"),
-    # The last four were added (2026-12-02) so that checkpoints are chosen on more kinds of
-    # problem; appended, so that the first three keep their validation seeds.
+              "point-mass", "wide-quadratic", "near-optimum"),
+    # The four after the first three were added (2026-12-02) so that checkpoints are chosen
+    # on more kinds of problem, and the last (2026-12-07) for large d; appended, so that the
+    # earlier ones keep their validation seeds.
     "val": ("huber", "quartic", "softmax", "student-t", "squared-hinge", "sharp-ridge",
-            "ackley"),
+            "ackley", "warm-rosenbrock"),
     "test": ("robust-regression", "mlp-regression", "matrix-factorization", "cartpole",
              "binclass", "rastrigin", "sparse-logistic", "hinge", "poisson"),
 }

@@ -11,15 +11,18 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from .base import Architecture, TensorState, Weights, detached, replace
+from .base import Architecture, HistoryState, TensorState, Weights, detached, replace
 from .general import ControlState, GeneralConfig, GeneralState
+from .lean import LeanConfig, LeanControl, LeanState
 from .paper import PaperConfig, PaperState
 
 __all__ = ["ARCHITECTURES", "PRESETS", "Architecture", "ControlState", "GeneralConfig",
-           "GeneralState", "PaperConfig", "PaperState", "TensorState", "Weights",
-           "detached", "from_dict", "replace"]
+           "GeneralState", "HistoryState", "LeanConfig", "LeanControl", "LeanState",
+           "PaperConfig", "PaperState", "TensorState", "Weights", "detached", "from_dict",
+           "replace"]
 
-ARCHITECTURES: dict[str, type[Architecture]] = {"paper": PaperConfig, "general": GeneralConfig}
+ARCHITECTURES: dict[str, type[Architecture]] = {"paper": PaperConfig, "general": GeneralConfig,
+                                                "lean": LeanConfig}
 
 #: The configurations of the shipped weights (pretrained/manifest.json names them).
 PRESETS: dict[str, Architecture] = {

@@ -27,15 +27,35 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
+import torch
 from torch import Tensor, nn
 
-__all__ = ["Architecture", "TensorState", "Weights", "detached", "replace"]
+from ...oracle import default_mu
+
+__all__ = ["Architecture", "HistoryState", "TensorState", "Weights", "detached", "replace"]
 
 
 class TensorState(Protocol):
     """What the learned step reads of any architecture's per-tensor state: a ``NamedTuple`` of
     tensors per coordinate, behind any population dimensions (float32, but for the
     :attr:`~Architecture.compact_keys` that ``ZOLSTM`` may store in a lower precision)."""
+
+    @property
+    def coordinates(self) -> torch.Size:
+        """``(*population, n)``: the shape of the tensor's flat estimate."""
+
+    @property
+    def query_out(self) -> Tensor | None:
+        """The query network's outputs for the next step, computed ahead at the end of an
+        optimizer step (``None``: the next step computes them)."""
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+class HistoryState(TensorState, Protocol):
+    """The state of an architecture that keeps the last estimate and update per coordinate
+    (:attr:`Architecture.has_history`): what the guided covariance and the no-update
+    ablation read and write."""
 
     @property
     def prev_estimate(self) -> Tensor:
@@ -45,13 +65,6 @@ class TensorState(Protocol):
     @property
     def prev_update(self) -> Tensor:
         """The last update."""
-
-    @property
-    def query_out(self) -> Tensor | None:
-        """The query network's outputs for the next step, computed ahead at the end of an
-        optimizer step (``None``: the next step computes them)."""
-
-    def _asdict(self) -> dict[str, Any]: ...
 
 
 #: The networks' weights by parameter name (``LearnedZO.weights()``).
@@ -110,6 +123,12 @@ class Architecture(ABC, Generic[S, G]):
         Gaussian ones."""
         return True
 
+    @property
+    def has_history(self) -> bool:
+        """Whether the tensor states are :class:`HistoryState` s (the guided covariance and
+        the no-update ablation need them)."""
+        return True
+
     def to_dict(self) -> dict[str, Any]:
         """``{"kind": ..., "config": {...}}`` in plain values, as stored next to weights."""
         config = asdict(self)  # type: ignore[call-overload]
@@ -155,7 +174,15 @@ class Architecture(ABC, Generic[S, G]):
         it (population-shaped, or ``None``); ``q``: directions per estimate; ``in_place``:
         recurrent states are overwritten (no autograd)."""
 
-    def radius(self, group: G) -> float | Tensor:
-        """The factor on the user's ``mu`` that the next estimate of a group with state
-        ``group`` uses."""
-        return 1.0
+    def radius(self, weights: Weights, group: G, mu: float | None,
+               params: Sequence[Tensor]) -> float | Tensor:
+        """The radius of the next estimate of a group with state ``group`` and tensors
+        ``params``, from the user's ``mu`` (``None``: none given). Default: ``mu``, or the
+        oracle's default for the parameters' dtype."""
+        return default_mu(params[0].dtype) if mu is None else mu
+
+    @property
+    def owns_radius(self) -> bool:
+        """Whether the architecture sets the radius itself when the user gives none
+        (meta-training then ignores a problem family's radius)."""
+        return False

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from ...oracle.directions import check_kind
 from ..blocks import CoordLSTM, CoordMLP, coord_lstm, mlp
+from ._signals import TINY, cosine, group_sum, loss_signals, zeros
 from .base import Architecture, Weights, detached
 
 __all__ = ["ControlState", "GeneralConfig", "GeneralState"]
@@ -61,6 +62,11 @@ class GeneralState(NamedTuple):
     second: Tensor
     #: The query net's outputs for the next step, computed ahead by an optimizer step.
     query_out: Tensor | None = None
+
+    @property
+    def coordinates(self) -> torch.Size:
+        """``(*population, n)``."""
+        return self.prev_estimate.shape
 
 
 class ControlState(NamedTuple):
@@ -84,7 +90,6 @@ class ControlState(NamedTuple):
 _CONTROL_INPUTS = 8  # without the noise inputs
 _QUERY_INPUTS = 3
 _MAX_LOG_RADIUS = math.log(1e6)
-_TINY = 1e-30
 
 
 class _Nets(nn.Module):
@@ -163,10 +168,10 @@ class GeneralConfig(Architecture[GeneralState, ControlState]):
 
     def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> GeneralState:
         n = p.numel()
-        return GeneralState(*_zeros(p, population, (n,), (n,), (n, len(self.momenta)), (n,)))
+        return GeneralState(*zeros(p, population, (n,), (n,), (n, len(self.momenta)), (n,)))
 
     def init_group_state(self, p: Tensor, population: tuple[int, ...] = ()) -> ControlState:
-        return ControlState(*_zeros(p, population, (self.hidden,), (self.hidden,),
+        return ControlState(*zeros(p, population, (self.hidden,), (self.hidden,),
                                     *[()] * 6))
 
     @property
@@ -174,10 +179,13 @@ class GeneralConfig(Architecture[GeneralState, ControlState]):
         # The controller's hidden units are the group's, not each coordinate's.
         return max(self.coord_hidden, 1 + len(self.momenta))
 
-    def radius(self, group: ControlState) -> Tensor:
-        """The factor on the user's ``mu`` that the group's next estimate uses (1 at the
-        start, doubled by every step whose estimate was exactly zero)."""
-        return group.log_radius.exp()
+    def radius(self, weights: Weights, group: ControlState, mu: float | None,
+               params: Sequence[Tensor]) -> float | Tensor:
+        """The user's ``mu`` (or the dtype's default) times a factor: 1 at the start,
+        doubled by every step whose estimate was exactly zero."""
+        base, factor = super().radius(weights, group, mu, params), group.log_radius.exp()
+        # One group's radius as a Python float (the oracle's), multiplied in double.
+        return base * float(factor) if factor.dim() == 0 else base * factor
 
     def query_outputs(self, weights: Weights, states: Sequence[GeneralState],
                       group: ControlState, in_place: bool = False
@@ -195,23 +203,10 @@ class GeneralConfig(Architecture[GeneralState, ControlState]):
         return _update(weights, self, estimates, states, group, params, lr, loss, q)
 
 
-def _zeros(p: Tensor, population: tuple[int, ...], *shapes: tuple[int, ...]) -> list[Tensor]:
-    return [torch.zeros((*population, *shape), device=p.device, dtype=torch.float32)
-            for shape in shapes]
 
 
-def _sum(xs: Sequence[Tensor]) -> Tensor:
-    """The sum over every coordinate of a group: population-shaped."""
-    total = xs[0].sum(-1)
-    for x in xs[1:]:
-        total = total + x.sum(-1)
-    return total
 
 
-def _cos(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    dot = _sum([x * y for x, y in zip(a, b)])
-    norms = (_sum([x * x for x in a]) * _sum([y * y for y in b])).sqrt()
-    return torch.where(norms > 0, dot / norms.clamp(min=_TINY), torch.zeros_like(dot))
 
 
 def _denominators(cfg: GeneralConfig, seconds: Sequence[Tensor], t: Tensor) -> list[Tensor]:
@@ -219,8 +214,8 @@ def _denominators(cfg: GeneralConfig, seconds: Sequence[Tensor], t: Tensor) -> l
     mean RMS (an absolute eps would put a scale back in)."""
     bias = (1 - torch.pow(torch.as_tensor(cfg.beta2), t.clamp(min=1)))[..., None]
     rms = [(v / bias).sqrt() for v in seconds]
-    mean = _sum(rms) / sum(r.shape[-1] for r in rms)
-    return [r + (cfg.eps * mean + _TINY)[..., None] for r in rms]
+    mean = group_sum(rms) / sum(r.shape[-1] for r in rms)
+    return [r + (cfg.eps * mean + TINY)[..., None] for r in rms]
 
 
 def _unbiased(cfg: GeneralConfig, momenta: Tensor, t: Tensor, denom: Tensor) -> Tensor:
@@ -235,7 +230,7 @@ def _query_features(cfg: GeneralConfig, states: Sequence[GeneralState], group: C
     t = group.t
     denoms = _denominators(cfg, [st.second for st in states], t)
     logs = [d.log() for d in denoms]
-    centre = _sum(logs) / sum(x.shape[-1] for x in logs)
+    centre = group_sum(logs) / sum(x.shape[-1] for x in logs)
     seen = (t > 0).float()[..., None]
     out = []
     for st, denom, log in zip(states, denoms, logs):
@@ -245,20 +240,6 @@ def _query_features(cfg: GeneralConfig, states: Sequence[GeneralState], group: C
     return out
 
 
-def _loss_signals(g0: ControlState, t: Tensor, loss: Tensor | None
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The loss now, its change, the change's running magnitude, and the change over it."""
-    first = g0.t == 0
-    if loss is None:
-        loss_now = g0.prev_loss
-    else:
-        loss_now = torch.as_tensor(loss, dtype=torch.float32, device=t.device).expand_as(t)
-    change = torch.where(first, torch.zeros_like(t), loss_now - g0.prev_loss)
-    magnitude = torch.where(g0.loss_scale > 0, 0.9 * g0.loss_scale + 0.1 * change.abs(),
-                            change.abs())
-    scaled = torch.where(magnitude > 0, change / magnitude.clamp(min=_TINY),
-                         torch.zeros_like(change)).clamp(-5, 5)
-    return loss_now, change, magnitude, scaled
 
 
 def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
@@ -283,15 +264,15 @@ def _update(weights: Weights, cfg: GeneralConfig, estimates: Sequence[Tensor],
 
     d = sum(g.shape[-1] for g in estimates)
     last = [-st.prev_update for st in states]
-    hyper = (_cos(estimates, last) * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
-    agree = _cos(directions, last)
-    zero = (_sum([g * g for g in estimates]) == 0).float()
-    loss_now, change, magnitude, scaled = _loss_signals(g0, t, loss)
+    hyper = (cosine(estimates, last) * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
+    agree = cosine(directions, last)
+    zero = (group_sum([g * g for g in estimates]) == 0).float()
+    loss_now, change, magnitude, scaled = loss_signals(g0, t, loss)
 
     first = g0.t == 0
     rms_x = None  # the parameters' RMS, computed only where a rule needs it
     if bool(first.any()) or cfg.max_step:
-        rms_x = (_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
+        rms_x = (group_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, estimates)])
                  / d).sqrt()
     if bool(first.any()):  # the start step, relative to the parameters' scale
         assert rms_x is not None

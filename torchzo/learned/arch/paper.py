@@ -36,6 +36,11 @@ class PaperState(NamedTuple):
     #: The QueryRNN's outputs for the next step, computed ahead by an optimizer step.
     query_out: Tensor | None = None
 
+    @property
+    def coordinates(self) -> torch.Size:
+        """``(*population, n)``."""
+        return self.prev_estimate.shape
+
 
 class _Nets(nn.Module):
     def __init__(self, hidden: int) -> None:

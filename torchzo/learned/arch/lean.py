@@ -1,0 +1,276 @@
+"""The lean generalist: a learned controller of the step size and the query radius over a
+normalised momentum, with two bytes of state a parameter.
+
+The first generalist (``general``) keeps per coordinate three momenta, a second moment and the
+last estimate and update (24-28 bytes a parameter). Here a coordinate keeps one momentum of the
+estimate, stored in bfloat16; everything else is one number per tensor or per param group:
+
+- **direction**: the momentum over the RMS of the estimate, that RMS one running number per
+  tensor (Adam's normalisation with one second moment a block, as Adam-mini). At large d / q
+  a per-coordinate second moment of a ZO estimate is the same noise on every coordinate, so
+  little is lost; at small d the step-size controller has to make up for it;
+- **step**: ``sigma = lr * s * sqrt(q / (d + q))`` per coordinate. For an isotropic quadratic
+  whose minimum is ``r`` away per coordinate, a normalised estimate from ``q`` Gaussian
+  directions makes the most progress at a step of ``r * sqrt(q / (d + q))`` (derived in
+  docs/generalist.md); so the group's scale ``s`` is an estimate of how far the minimum is, and
+  the dimension enters by design, not by training;
+- ``s`` starts at ``max(exp(log_lr) * rms(x0), exp(log_floor))`` and is moved by a controller
+  (a one-row LSTM per group) over signals that do not change when the loss or the parameters
+  are rescaled: the cosine of the new estimate with the last direction (the sign of the
+  step size's hypergradient, corrected for the inflated norm of a q-direction estimate), the
+  agreement of successive directions, the loss change over its running magnitude, whether the
+  estimate is exactly zero, how steady the momentum is (near 1 for a steady gradient, near
+  ``(1 - beta1) / (1 + beta1)`` for noise), ``log(q / (d + q))``, the radius factor, log s
+  against its start and log step count. Its read-out starts at zero: untrained, it is the hand
+  rule ``log s += gain * clip(cos * sqrt((d + q + 1) / q), -1, 1)``, times ``sigma_rate``;
+  ``max_scale`` caps ``s`` relative to the parameters' RMS;
+- **radius**: without a user ``mu`` the queries use ``mu = rho * s``: the radius follows the
+  distance scale, as CMA-ES's sigma is both its sampling radius and its step. ``log rho`` is a
+  learned start plus an offset in the group's state that grows by log 2 on every exactly-zero
+  estimate (a plateau of a piecewise-constant objective), decays otherwise and is pushed by
+  the controller's second output (noise-dominated differences want a larger radius). With a
+  user ``mu``, the offset's factor multiplies it.
+
+A tensor's state is a :class:`LeanState`; a param group's, a :class:`LeanControl`. The update
+reads each tensor in passes that a chunked, in-place step can make: per-tensor sums first,
+the group's scalars from them, then one elementwise write. Population dimensions lead
+everywhere.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ...oracle.directions import check_kind
+from ..blocks import CoordLSTM, coord_lstm
+from ._signals import TINY, cosine, group_sum, loss_signals, zeros
+from .base import Architecture, Weights
+
+__all__ = ["LeanConfig", "LeanControl", "LeanState"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+_INPUTS = 11
+_MAX_LOG_RHO = math.log(1e6)
+_MIN_LOG_RHO = -math.log(1e3)
+
+
+class LeanState(NamedTuple):
+    """A tensor's state under the lean networks."""
+
+    #: The estimate's momentum, ``(*population, n)``, in the architecture's ``momentum_dtype``.
+    momentum: Tensor
+    #: The running mean square of the tensor's estimate, ``(*population)``.
+    second: Tensor
+    #: Unused: the lean architecture has no query network.
+    query_out: Tensor | None = None
+
+    @property
+    def coordinates(self) -> torch.Size:
+        """``(*population, n)``."""
+        return self.momentum.shape
+
+
+class LeanControl(NamedTuple):
+    """A param group's state (each field ``(*population)``, the LSTM's
+    ``(*population, hidden)``)."""
+
+    #: The controller's LSTM state.
+    ctrl_h: Tensor
+    ctrl_c: Tensor
+    #: log s, the distance scale, and its value at the first step.
+    log_scale: Tensor
+    log_scale0: Tensor
+    #: The adapted offset of log rho (the radius factor).
+    log_rho: Tensor
+    #: The last loss and the running magnitude of its change.
+    prev_loss: Tensor
+    loss_scale: Tensor
+    #: Steps taken.
+    t: Tensor
+
+
+class _Nets(nn.Module):
+    def __init__(self, cfg: LeanConfig) -> None:
+        super().__init__()
+        self.control = CoordLSTM(_INPUTS, cfg.hidden, 2, 0.0)
+        self.log_lr = nn.Parameter(torch.tensor(math.log(cfg.init_lr)))
+        self.log_floor = nn.Parameter(torch.tensor(math.log(cfg.floor)))
+        self.gain = nn.Parameter(torch.tensor(float(cfg.gain)))
+        self.log_rho = nn.Parameter(torch.tensor(math.log(cfg.rho)))
+
+
+@dataclass(frozen=True)
+class LeanConfig(Architecture[LeanState, LeanControl]):
+    """The lean generalist's settings (saved with its weights)."""
+
+    kind: ClassVar[str] = "lean"
+    nonnegative_fields: ClassVar[tuple[str, ...]] = ("second", "loss_scale", "t")
+    state_type: ClassVar[type] = LeanState
+    group_state_type: ClassVar[type | None] = LeanControl
+
+    #: Hidden units of the controller.
+    hidden: int = 8
+    #: Decay of the momentum and of each tensor's running mean square.
+    beta1: float = 0.9
+    beta2: float = 0.99
+    #: The initial start of the distance scale, relative to the parameters' RMS.
+    init_lr: float = 0.01
+    #: The initial absolute floor of the start (for parameters that start at zero).
+    floor: float = 1e-3
+    #: The initial gain of the hand rule.
+    gain: float = 0.15
+    #: The initial radius relative to the distance scale.
+    rho: float = 0.1
+    #: The factor on each step's change of log s.
+    sigma_rate: float = 0.25
+    #: When positive, s is kept at most ``max_scale`` times the parameters' RMS (or the floor).
+    max_scale: float = 1.0
+    #: How the momentum is stored: ``"bfloat16"`` (2 bytes a parameter) or ``"float32"``.
+    momentum_dtype: str = "bfloat16"
+    #: The query directions the optimizer is meant to run with.
+    directions_kind: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 < self.sigma_rate <= 1:
+            raise ValueError(f"sigma_rate must be in (0, 1], got {self.sigma_rate}")
+        if self.max_scale < 0:
+            raise ValueError(f"max_scale must be >= 0, got {self.max_scale}")
+        if self.momentum_dtype not in _DTYPES:
+            raise ValueError(f"momentum_dtype must be one of {tuple(_DTYPES)}, "
+                             f"got {self.momentum_dtype!r}")
+        check_kind(self.directions_kind, "directions_kind")
+
+    @property
+    def has_query(self) -> bool:
+        return False
+
+    @property
+    def has_history(self) -> bool:
+        return False
+
+    @property
+    def coordinate_width(self) -> int:
+        return 1
+
+    @property
+    def owns_radius(self) -> bool:
+        return True
+
+    def build(self) -> nn.Module:
+        return _Nets(self)
+
+    def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> LeanState:
+        momentum, second = zeros(p, population, (p.numel(),), ())
+        return LeanState(momentum.to(_DTYPES[self.momentum_dtype]), second)
+
+    def init_group_state(self, p: Tensor, population: tuple[int, ...] = ()) -> LeanControl:
+        return LeanControl(*zeros(p, population, (self.hidden,), (self.hidden,), *[()] * 6))
+
+    def query_outputs(self, weights: Weights, states: Sequence[LeanState],
+                      group: LeanControl, in_place: bool = False
+                      ) -> tuple[list[Tensor], list[LeanState]]:
+        raise NotImplementedError("the lean architecture has no query network")
+
+    def raw_scale(self, outputs: Tensor) -> Tensor:
+        raise NotImplementedError("the lean architecture has no query network")
+
+    def radius(self, weights: Weights, group: LeanControl, mu: float | None,
+               params: Sequence[Tensor]) -> float | Tensor:
+        """``mu`` times the adapted factor, or without one ``rho * s`` (at the first step,
+        ``s``'s start from ``params``)."""
+        if mu is not None:
+            return mu * group.log_rho.exp()
+        log_scale = group.log_scale
+        if bool((group.t == 0).any()):
+            start = _start(weights, _rms(params, [p.reshape(*group.t.shape, -1)
+                                                  for p in params]))
+            log_scale = torch.where(group.t == 0, start, log_scale)
+        return (weights["log_rho"] + group.log_rho + log_scale).exp()
+
+    def update(self, weights: Weights, estimates: Sequence[Tensor],
+               states: Sequence[LeanState], group: LeanControl, params: Sequence[Tensor],
+               lr: float | Tensor, loss: Tensor | None, q: int, in_place: bool = False
+               ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
+        return _update(weights, self, estimates, states, group, params, lr, loss, q)
+
+
+def _rms(params: Sequence[Tensor], like: Sequence[Tensor]) -> Tensor:
+    """The RMS of a group's parameters (each reshaped as its flat estimate in ``like``)."""
+    d = sum(g.shape[-1] for g in like)
+    return (group_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, like)])
+            / d).sqrt()
+
+
+def _start(weights: Weights, rms_x: Tensor) -> Tensor:
+    """log s at the first step: relative to the parameters' RMS, above the floor."""
+    return torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
+
+
+def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
+            states: Sequence[LeanState], g0: LeanControl, params: Sequence[Tensor],
+            lr: float | Tensor, loss: Tensor | None, q: int
+            ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
+    """The group's updates (flat, per tensor), the new states of its tensors and its own new
+    state (``g0``: the old); see the module docstring."""
+    t = g0.t + 1
+    d = sum(g.shape[-1] for g in estimates)
+    store = _DTYPES[cfg.momentum_dtype]
+    # The last step's directions, up to one factor for the group (what the estimate is
+    # compared with); zero before the first step.
+    last = [st.momentum.float() / st.second.sqrt().clamp(min=TINY)[..., None] for st in states]
+    seconds = [cfg.beta2 * st.second + (1 - cfg.beta2) * (g * g).mean(-1)
+               for g, st in zip(estimates, states)]
+    # Rounded as stored, so that meta-training sees the optimizer's momentum.
+    momenta = [(cfg.beta1 * st.momentum.float() + (1 - cfg.beta1) * g).to(store)
+               for g, st in zip(estimates, states)]
+    c1 = (1 - torch.pow(torch.as_tensor(cfg.beta1), t))[..., None]
+    c2 = 1 - torch.pow(torch.as_tensor(cfg.beta2), t)
+    directions = [m.float() / c1 / (v / c2).sqrt().clamp(min=TINY)[..., None]
+                  for m, v in zip(momenta, seconds)]
+
+    hyper = (cosine(estimates, last) * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
+    agree = cosine(directions, last)
+    zero = (group_sum([g * g for g in estimates]) == 0).float()
+    steady = group_sum([u * u for u in directions]) / d
+    loss_now, change, magnitude, scaled = loss_signals(g0, t, loss)
+
+    first = g0.t == 0
+    rms_x = _rms(params, estimates) if bool(first.any()) or cfg.max_scale else None
+    if bool(first.any()):
+        assert rms_x is not None
+        start = _start(weights, rms_x)
+        log_scale0 = torch.where(first, start, g0.log_scale0)
+        log_scale = torch.where(first, start, g0.log_scale)
+    else:
+        log_scale0, log_scale = g0.log_scale0, g0.log_scale
+    ones = torch.ones_like(t)
+    signals = [hyper, agree, scaled, change.sign(), zero,
+               torch.tanh((log_scale - log_scale0) / 5), torch.log1p(t) / 7, ones,
+               (steady + 1e-8).log().clamp(-20, 1) / 5, ones * math.log(q / (d + q)) / 10,
+               torch.tanh(g0.log_rho / 3)]
+    out, h, c = coord_lstm(weights["control.cell.weight_ih"], weights["control.cell.weight_hh"],
+                           weights["control.head.weight"], torch.stack(signals, -1)[..., None, :],
+                           g0.ctrl_h[..., None, :], g0.ctrl_c[..., None, :])
+    move = (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
+    log_scale = log_scale + cfg.sigma_rate * move
+    if rms_x is not None and cfg.max_scale:  # the minimum is not farther than the point's scale
+        cap = torch.maximum(cfg.max_scale * rms_x, weights["log_floor"].exp()).log()
+        log_scale = torch.minimum(log_scale, cap)
+    log_rho = torch.where(zero > 0, g0.log_rho + math.log(2),
+                          0.8 * g0.log_rho + 0.5 * torch.tanh(out[..., 0, 1]))
+    log_rho = log_rho.clamp(_MIN_LOG_RHO, _MAX_LOG_RHO)
+
+    sigma = lr * log_scale.exp() * math.sqrt(q / (d + q))
+    group = LeanControl(h[..., 0, :], c[..., 0, :], log_scale, log_scale0, log_rho, loss_now,
+                        magnitude, t)
+    updates = [-sigma[..., None] * u for u in directions]
+    new = [LeanState(m, v) for m, v in zip(momenta, seconds)]
+    return updates, new, group
