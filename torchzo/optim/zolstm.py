@@ -134,6 +134,7 @@ class ZOLSTM(ZOOptimizer):
         # Tensors that share an estimate share its query distribution.
         return group["covariance"], group["query_prob"], group["guide_alpha"]
 
+    @torch.no_grad()
     def _parts(self) -> list[Part]:
         """The base parts, with the radius the architecture gives from the group's ``mu``
         and the state of the group of the part's first tensor (the generalists grow it on

@@ -187,7 +187,9 @@ class LeanConfig(Architecture[LeanState, LeanControl]):
         """``mu`` times the adapted factor, or without one ``rho * s`` (at the first step,
         ``s``'s start from ``params``)."""
         if mu is not None:
-            return mu * group.log_rho.exp()
+            factor = group.log_rho.exp()
+            # One group's radius as a Python float (the oracle's), multiplied in double.
+            return mu * float(factor) if factor.dim() == 0 else mu * factor
         log_scale = group.log_scale
         if bool((group.t == 0).any()):
             start = _start(weights, _rms(params, [p.reshape(*group.t.shape, -1)
