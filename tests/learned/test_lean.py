@@ -18,10 +18,11 @@ from torchzo.learned.arch import LeanConfig
 from torchzo.meta.population import run_population
 from torchzo.tasks import Problem
 
+LEAN = LeanConfig()
 F32 = LeanConfig(momentum_dtype="float32")
 
 
-def _nets(seed: int | None = None, arch: LeanConfig = LeanConfig(), std: float = 0.3
+def _nets(seed: int | None = None, arch: LeanConfig = LEAN, std: float = 0.3
           ) -> LearnedZO:
     """Untrained lean nets, or (``seed``) every weight moved by seeded noise: the controller's
     read-out then acts."""
@@ -172,7 +173,7 @@ def _optimizer_losses(nets: LearnedZO, problem: Problem, steps: int, seed: int) 
     return torch.stack(curve)
 
 
-@pytest.mark.parametrize("arch", [LeanConfig(), F32])
+@pytest.mark.parametrize("arch", [LEAN, F32])
 def test_population_of_one_is_the_optimizer(arch):
     problem, steps, seed = _Quadratic64(), 15, 7
     nets = _nets(1, arch, 0.2)
