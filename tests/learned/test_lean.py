@@ -184,6 +184,7 @@ def test_population_of_one_is_the_optimizer(arch):
     torch.testing.assert_close(run.losses[0], ref, rtol=1e-5, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:every query difference")
 def test_state_dict_round_trip_resumes_bit_exactly():
     """9 steps, save, 6 more; a fresh optimizer (other nets, other seed) loads and runs 6."""
     def stairs(X: torch.Tensor) -> torch.Tensor:  # some steps see no signal: the radius moves
@@ -192,9 +193,8 @@ def test_state_dict_round_trip_resumes_bit_exactly():
     x0 = torch.randn(8, generator=torch.Generator().manual_seed(2))
     xa = x0.clone()
     full = torchzo.ZOLSTM([xa], pretrained=_nets(3), q=4, seed=5)
-    with pytest.warns(UserWarning):
-        for _ in range(9):
-            full.step(torchzo.Batched(stairs))
+    for _ in range(9):
+        full.step(torchzo.Batched(stairs))
     st_ = full.state[xa]
     assert st_["group.ctrl_h"].abs().sum() > 0 and float(st_["group.loss_scale"]) > 0
     buffer = io.BytesIO()
