@@ -342,7 +342,7 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
 
 #: The architecture's settings when the digest first hashed it. Any setting added since is
 #: hashed only away from its default, so that committed digests stay valid and a new
-#: setting needs no change here.
+#: setting needs no change here; settings of a kind the flat form never held are hashed.
 _DIGEST_FIELDS = ("kind", "hidden", "horizon", "momenta", "base", "beta2", "eps", "init_lr",
                   "coord_hidden", "floor", "gain", "noise_inputs", "query_net", "sgd_mix",
                   "mix_gain", "max_step")
@@ -369,7 +369,7 @@ def weights_digest(nets: LearnedZO) -> str:
     import json
 
     arch = {k: v for k, v in flat_arch(nets.arch).items()
-            if k in _DIGEST_FIELDS or v != _FLAT_DEFAULTS[k]}
+            if k in _DIGEST_FIELDS or k not in _FLAT_DEFAULTS or v != _FLAT_DEFAULTS[k]}
     digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
     for name, w in sorted(nets.state_dict().items()):
         digest.update(name.encode())

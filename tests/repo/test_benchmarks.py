@@ -407,3 +407,52 @@ def test_threads_quick_times_one_thread_against_the_default_quiet_and_busy(tmp_p
             (d, o) for d in (100, 10_000) for o in threads.OPTIMIZERS}
         assert all(r["one_s"] > 0 and r["default_s"] > 0 for r in data[load])
     assert "## Busy" in (tmp_path / "threads.md").read_text()
+
+
+def _anchors_or_skip() -> None:
+    from benchmarks.generalist import anchors
+
+    if anchors.missing():
+        pytest.skip(anchors.missing())
+
+
+@ZERO_SIGNAL
+def test_judge_quick_scores_every_method_against_both_references(tmp_path):
+    from benchmarks.generalist import judge
+    from torchzo.learned.arch import LeanConfig
+
+    _anchors_or_skip()
+    torchzo.pretrained.save(LearnedZO(arch=LeanConfig()), tmp_path / "lean.pt")
+    data = judge.main(["--quick", "--split", "val", "--families", "huber",
+                       "--weights", str(tmp_path / "lean.pt"), "--out", str(tmp_path)])
+    summary = data["families"]["huber"]["summary"]
+    assert set(summary) == {"ZOLSTM", "ZOLSTM v1", "ZOAdam tuned", "ZOSGD tuned",
+                            "CMA-ES tuned", "CMA-ES default", "NGOpt"}
+    assert summary["ZOAdam tuned"]["ratio_to_ZOAdam tuned"] == 1.0
+    assert summary["CMA-ES tuned"]["ratio_to_CMA-ES tuned"] == 1.0
+    assert all(math.isfinite(f) for fs in data["families"]["huber"]["finals"].values()
+               for f in fs)
+    tuned = data["families"]["huber"]["tuned"]
+    assert tuned["cma"]["sigma0"] > 0 and tuned["adam"]["betas"][0] in judge.BETA1
+    text = (tmp_path / "judge-val.md").read_text()
+    assert "Against CMA-ES tuned:" in text and "| huber |" in text
+
+
+@pytest.mark.parametrize("anchor", ["cma", "ngopt"])
+def test_anchors_spend_the_budget_of_a_zo_run_and_record_its_step_grid(anchor):
+    from benchmarks.generalist import anchors
+    from torchzo.tasks.families import FAMILIES
+
+    _anchors_or_skip()
+    problem = FAMILIES["huber"].instance(torch.Generator().manual_seed(0))
+    rows = []
+    loss = problem.loss
+    problem.loss = lambda X, batch=None: (rows.append(X.shape[0]) if batch is not None
+                                          else None, loss(X, batch))[1]
+    steps, q, every = 12, 4, 3
+    curve = (anchors.run_cma(problem, 0.3, steps, q, 0, every) if anchor == "cma"
+             else anchors.run_ngopt(problem, steps, q, 0, every))
+    assert len(curve) == steps // every + 1
+    assert sum(rows) <= steps * (q + 1)
+    assert sum(rows) > steps * (q + 1) // 2  # and it does search
+    assert curve[-1] < curve[0]
