@@ -211,3 +211,85 @@ def test_state_dict_round_trip_resumes_bit_exactly():
     assert not torch.equal(xa, saved_x)
     assert torch.equal(xa, xb)
     assert deep_equal(full.state_dict()["state"], resumed.state_dict()["state"])
+
+
+# -- at inference memory ---------------------------------------------------------------------
+
+def _pair(d: int, seed: int = 0, **settings):
+    """The same lean optimizer in both memory modes, on copies of one start."""
+    x0 = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    out = []
+    for memory in ("exact", "inference"):
+        x = x0.clone()
+        opt = torchzo.ZOLSTM([x], pretrained=_nets(1, std=0.2), q=3, seed=seed, memory=memory,
+                             estimator="central", directions_kind="gaussian", **settings)
+        out.append((x, opt))
+    return x0, out
+
+
+@pytest.mark.parametrize("d", [40, 3 * 65536 + 5])
+@pytest.mark.parametrize("maximize", [False, True])
+def test_inference_memory_takes_the_exact_modes_steps_to_rounding(d, maximize):
+    """Several pieces per tensor (d > 65,536) or one; parameters moved back to rounding and
+    sums added piece by piece are the only differences."""
+    sign = -1.0 if maximize else 1.0
+    x0, runs = _pair(d, maximize=maximize)
+    for x, opt in runs:
+        for _ in range(8):
+            opt.step(lambda x=x: sign * ((x - 0.5) ** 2).sum())
+    (xe, exact), (xi, inference) = runs
+    moved = float((xe - x0).norm())
+    assert moved > 0 and float(((xe - 0.5) ** 2).sum()) < float(((x0 - 0.5) ** 2).sum())
+    assert float((xe - xi).norm()) < 1e-3 * moved
+    for key in ("second", "group.log_scale", "group.log_rho"):
+        torch.testing.assert_close(exact.state[xe][key], inference.state[xi][key], rtol=1e-3,
+                                   atol=0)
+    assert inference.state[xi]["momentum"].dtype == torch.bfloat16
+
+
+def test_inference_memory_needs_networks_that_update_a_piece_at_a_time():
+    with pytest.raises(ValueError, match="lean"):
+        torchzo.ZOLSTM([torch.zeros(3)], memory="inference")  # the shipped generalist
+    opt = torchzo.ZOLSTM([torch.zeros(3)], pretrained=_nets(), memory="inference")
+    assert opt.param_groups[0]["directions_kind"] == "gaussian"  # "auto" cannot be drawn so
+
+
+def _snapshot(x: torch.Tensor, opt: torchzo.ZOLSTM):
+    return x.clone(), {k: v.clone() for k, v in opt.state[x].items()}, \
+        opt._generator.get_state().clone()
+
+
+def _same(before, x: torch.Tensor, opt: torchzo.ZOLSTM, rounding: bool) -> None:
+    x_before, state, rng = before
+    if rounding:  # moved out and back in place: equal to rounding
+        torch.testing.assert_close(x, x_before, rtol=1e-6, atol=1e-6)
+    else:
+        assert torch.equal(x, x_before)
+    assert deep_equal(dict(opt.state[x]), state)
+    assert torch.equal(opt._generator.get_state(), rng)
+
+
+def test_inference_memory_failed_closure_changes_nothing_but_rounding():
+    _, ((_, _), (x, opt)) = _pair(50)
+    opt.step(lambda: (x ** 2).sum())
+    before = _snapshot(x, opt)
+    calls = []
+
+    def failing():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return (x ** 2).sum()
+    with pytest.raises(RuntimeError, match="boom"):
+        opt.step(failing)
+    _same(before, x, opt, rounding=True)
+
+
+def test_inference_memory_refuses_an_update_that_overflows_and_writes_nothing():
+    _, ((_, _), (x, opt)) = _pair(50)
+    opt.step(lambda: (x ** 2).sum())
+    before = _snapshot(x, opt)
+    opt.param_groups[0]["lr"] = 1e300  # a step beyond float32's range
+    with pytest.raises(torchzo.NonFiniteUpdateError, match="nothing was written"):
+        opt.step(lambda: (x ** 2).sum())
+    _same(before, x, opt, rounding=True)

@@ -27,7 +27,7 @@ from ..oracle.distributed import ranks_for
 from ..oracle.seeded import Piece, SeededDirections, SeededEstimate, estimate_seeded
 from ._guard import NonFiniteUpdateError, all_finite, check_largest, max_abs, newly_nonfinite
 
-__all__ = ["Stepped", "step_inference", "update_seeded"]
+__all__ = ["Stepped", "estimate_inference", "step_inference", "update_seeded"]
 
 
 class Stepped(Protocol):
@@ -55,6 +55,15 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
                    queries: list[Query]) -> SeededEstimate:
     """``opt``'s step along the planned ``queries`` at inference memory: estimate with the
     parameters perturbed in place, check the coefficients, update piece by piece."""
+    found = estimate_inference(opt, objective, queries)
+    update_seeded(opt, found)
+    return found
+
+
+def estimate_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
+                       queries: list[Query]) -> SeededEstimate:
+    """The estimate of a step at inference memory, its coefficients checked (finite; the
+    zero-signal warning), and the guard told that the update comes next."""
     if isinstance(objective, Batched):
         raise ValueError("memory='inference' queries a closure (a Batched objective holds "
                          "its query points in memory anyway: use memory='exact')")
@@ -70,7 +79,6 @@ def step_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
         opt._zero_signal_warned = True
     if opt._guard is not None:
         opt._guard.save_state(copy=False)
-    update_seeded(opt, found)
     return found
 
 

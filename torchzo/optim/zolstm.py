@@ -6,19 +6,22 @@ import os
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from .. import learned
-from ..learned.arch import TensorState, Weights
+from ..learned.arch import LeanConfig, TensorState, Weights
 from ..learned.nets import LearnedZO
+from ..learned.seeded import NonFiniteStepError, update_seeded
 from ..learned.step import COVARIANCES, LearnedState, next_query_outputs, scales_from_outputs
 from ..oracle import Batched, Estimate, Part, Scheme
+from ..oracle.seeded import SeededEstimate
 from . import _learned_state
 from ._checkpoint import check_state_tensor, saved_positions
-from ._guard import all_finite, user_stacklevel
+from ._guard import NonFiniteUpdateError, all_finite, user_stacklevel
+from ._inference import estimate_inference
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
 
@@ -70,7 +73,12 @@ class ZOLSTM(ZOOptimizer):
         use_update: ``False`` is the no-update ablation (the queries above, a ZO-SGD step).
         guide_alpha: GuidedES's weight of the full space (``covariance="guided"`` only).
         seed, generator: the source of query directions and of the mix draws.
-        memory: ``"exact"`` only, for now (see :class:`~torchzo.optim.base.ZOOptimizer`).
+        memory: ``"exact"`` (the default), or ``"inference"`` for networks whose update runs a
+            piece of a tensor at a time (the ``lean`` architecture): the parameters are
+            perturbed in place and the update regenerates the directions from their seeds,
+            so a step holds no copy of the parameters and no d-sized estimate (see
+            :class:`~torchzo.optim.base.ZOOptimizer`; ``directions_kind="auto"`` then means
+            Gaussian).
         state_dtype: storage dtype of the per-coordinate LSTM states (``torch.float32``,
             ``torch.bfloat16`` or ``torch.float16``). They are computed in float32 either way;
             bfloat16 storage about halves the optimizer state (measured in
@@ -97,20 +105,26 @@ class ZOLSTM(ZOOptimizer):
                  distributed: Any = None, state_dtype: torch.dtype = torch.float32,
                  directions_kind: str | None = None, directions: str | None = None,
                  memory: str = "exact") -> None:
-        if memory != "exact":
-            raise ValueError(f"ZOLSTM takes memory='exact' only (the inference memory mode "
-                             f"of ZOSGD, ZOSignSGD and ZOAdam is not in it yet), got {memory!r}")
         if directions is not None:
             covariance = _renamed({"directions": directions})["covariance"]
         self.nets = _load_nets(pretrained)
+        if memory == "inference" and not self.nets.arch.chunked:
+            raise ValueError(f"memory='inference' needs networks whose update runs a piece of "
+                             f"a tensor at a time (the 'lean' architecture); the "
+                             f"{self.nets.arch.kind!r} networks keep per-coordinate state "
+                             f"that needs the whole estimate: use memory='exact'")
         if directions_kind is None:
             directions_kind = self.nets.arch.directions_kind
+            if memory == "inference" and directions_kind == "auto":
+                # Orthogonal directions cannot be drawn a piece at a time, and "auto" picks
+                # Gaussian ones wherever d is large next to q, which is where memory matters.
+                directions_kind = "gaussian"
         defaults = dict(lr=lr, q=q, mu=mu, estimator=estimator, maximize=maximize,
                         query_prob=query_prob, covariance=covariance, use_update=use_update,
                         guide_alpha=guide_alpha, state_dtype=state_dtype,
                         directions_kind=directions_kind)
         super().__init__(params, defaults, seed=seed, generator=generator,
-                         distributed=distributed)
+                         distributed=distributed, memory=memory)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         super()._validate_group(group)
@@ -179,12 +193,22 @@ class ZOLSTM(ZOOptimizer):
         return params, state, groups
 
     @torch.no_grad()
-    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate:
+    def _step(self, objective: Callable[[], Any] | Batched) -> Estimate | SeededEstimate:
         """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`."""
         params, state, groups = self._learned_groups()
         weights = self.nets.weights()
         plan = learned.plan(weights, self.nets.arch, params, state, groups, self._parts(),
                             self._generator)
+        if self.memory == "inference":
+            seeded = estimate_inference(self, objective, plan.queries)
+            try:
+                new = update_seeded(weights, cast(LeanConfig, self.nets.arch), params, state,
+                                    groups, seeded)
+            except NonFiniteStepError as err:
+                raise NonFiniteUpdateError(f"{err}: parameters (to rounding), optimizer state, "
+                                           "RNG and counters are as before") from err
+            self._store(new)
+            return seeded
         found = self._estimate(objective, plan.queries)
         if self._guard is not None:
             # The entries' items, not copies of their tensors: only the paper architecture's
@@ -207,10 +231,13 @@ class ZOLSTM(ZOOptimizer):
                         loss: float | None) -> None:
         """:func:`torchzo.learned.update` in place; stores the new states (LSTM states in each
         group's ``state_dtype``; a group's own state with its first parameter's)."""
-        arch = self.nets.arch
         grads = [g.to(p.dtype) for g, p in zip(grads, params)]
-        new = learned.update(weights, arch, params, state, groups, grads, loss, plan,
-                             in_place=True).state
+        self._store(learned.update(weights, self.nets.arch, params, state, groups, grads, loss,
+                                   plan, in_place=True).state)
+
+    def _store(self, new: LearnedState) -> None:
+        """The learned step's new states into ``self.state`` (see :meth:`_update_learned`)."""
+        arch = self.nets.arch
         active = [g for g in self.param_groups if g["params"]]
         tensors = iter(new.tensors)
         for g, group_state in zip(active, new.groups):

@@ -182,6 +182,12 @@ class Architecture(ABC, Generic[S, G]):
         return default_mu(params[0].dtype) if mu is None else mu
 
     @property
+    def chunked(self) -> bool:
+        """Whether the update runs a piece of a tensor at a time (``torchzo.learned.seeded``):
+        what ``ZOLSTM(memory="inference")`` needs."""
+        return False
+
+    @property
     def owns_radius(self) -> bool:
         """Whether the architecture sets the radius itself when the user gives none
         (meta-training then ignores a problem family's radius)."""

@@ -48,10 +48,10 @@ from torch import Tensor, nn
 
 from ...oracle.directions import check_kind
 from ..blocks import CoordLSTM, coord_lstm
-from ._signals import TINY, cosine, group_sum, loss_signals, zeros
+from ._signals import TINY, group_sum, loss_signals, zeros
 from .base import Architecture, Weights
 
-__all__ = ["LeanConfig", "LeanControl", "LeanState"]
+__all__ = ["LeanConfig", "LeanControl", "LeanState", "Sums", "control", "momentum", "sums"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _INPUTS = 11
@@ -164,6 +164,10 @@ class LeanConfig(Architecture[LeanState, LeanControl]):
     def owns_radius(self) -> bool:
         return True
 
+    @property
+    def chunked(self) -> bool:
+        return True
+
     def build(self) -> nn.Module:
         return _Nets(self)
 
@@ -216,38 +220,72 @@ def _start(weights: Weights, rms_x: Tensor) -> Tensor:
     return torch.maximum(weights["log_lr"].exp() * rms_x, weights["log_floor"].exp()).log()
 
 
-def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
-            states: Sequence[LeanState], g0: LeanControl, params: Sequence[Tensor],
-            lr: float | Tensor, loss: Tensor | None, q: int
-            ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
-    """The group's updates (flat, per tensor), the new states of its tensors and its own new
-    state (``g0``: the old); see the module docstring."""
-    t = g0.t + 1
-    d = sum(g.shape[-1] for g in estimates)
-    store = _DTYPES[cfg.momentum_dtype]
-    # The last step's directions, up to one factor for the group (what the estimate is
-    # compared with); zero before the first step.
-    last = [st.momentum.float() / st.second.sqrt().clamp(min=TINY)[..., None] for st in states]
-    seconds = [cfg.beta2 * st.second + (1 - cfg.beta2) * (g * g).mean(-1)
-               for g, st in zip(estimates, states)]
-    # Rounded as stored, so that meta-training sees the optimizer's momentum.
-    momenta = [(cfg.beta1 * st.momentum.float() + (1 - cfg.beta1) * g).to(store)
-               for g, st in zip(estimates, states)]
-    c1 = (1 - torch.pow(torch.as_tensor(cfg.beta1), t))[..., None]
-    c2 = 1 - torch.pow(torch.as_tensor(cfg.beta2), t)
-    directions = [m.float() / c1 / (v / c2).sqrt().clamp(min=TINY)[..., None]
-                  for m, v in zip(momenta, seconds)]
+class Sums(NamedTuple):
+    """One tensor's sums over its coordinates (or a piece's: pieces' sums add up), each
+    population-shaped: everything the group's controller reads of the tensor."""
 
-    hyper = (cosine(estimates, last) * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
-    agree = cosine(directions, last)
-    zero = (group_sum([g * g for g in estimates]) == 0).float()
-    steady = group_sum([u * u for u in directions]) / d
+    #: sum g^2, sum g m, sum m^2, sum m' ^2, sum m' m, sum x^2, for the estimate g, the
+    #: momentum m before the step and m' after it (as stored), and the parameters x.
+    gg: Tensor
+    gm: Tensor
+    mm: Tensor
+    nn: Tensor
+    nm: Tensor
+    xx: Tensor
+
+    def __add__(self, other: object) -> Sums:  # type: ignore[override]
+        assert isinstance(other, Sums)
+        return Sums(*(a + b for a, b in zip(self, other)))
+
+
+def momentum(cfg: LeanConfig, m: Tensor, g: Tensor) -> Tensor:
+    """The momentum after estimate ``g`` (float32), rounded as stored: what meta-training, the
+    optimizer and a chunked step all keep."""
+    return (cfg.beta1 * m.float() + (1 - cfg.beta1) * g).to(_DTYPES[cfg.momentum_dtype])
+
+
+def sums(g: Tensor, m: Tensor, new: Tensor, x: Tensor) -> Sums:
+    """The sums of estimate ``g``, momenta ``m`` (before) and ``new`` (after), parameters
+    ``x``, over the last dimension."""
+    mp, mn, xf = m.float(), new.float(), x.float()
+    return Sums((g * g).sum(-1), (g * mp).sum(-1), (mp * mp).sum(-1), (mn * mn).sum(-1),
+                (mn * mp).sum(-1), (xf * xf).sum(-1))
+
+
+def _inverse_rms(v: Tensor) -> Tensor:
+    """1 / sqrt(v), and 0 where v is 0 (no estimate yet: the momentum is 0 there too)."""
+    return torch.where(v > 0, v.clamp(min=TINY).rsqrt(), torch.zeros_like(v))
+
+
+def control(weights: Weights, cfg: LeanConfig, found: Sequence[Sums], sizes: Sequence[int],
+            seconds: Sequence[Tensor], g0: LeanControl, lr: float | Tensor,
+            loss: Tensor | None, q: int) -> tuple[list[Tensor], list[Tensor], LeanControl]:
+    """A group's step from its tensors' sums: per tensor the factor ``f`` of the update
+    ``x += f * m'`` and the new mean square of the estimate, and the group's new state
+    (``seconds`` and ``g0``: the old; ``sizes``: coordinates per tensor)."""
+    t = g0.t + 1
+    d = sum(sizes)
+    new_seconds = [cfg.beta2 * v + (1 - cfg.beta2) * s.gg / n
+                   for v, s, n in zip(seconds, found, sizes)]
+    c1 = 1 - torch.pow(torch.as_tensor(cfg.beta1), t)
+    c2 = 1 - torch.pow(torch.as_tensor(cfg.beta2), t)
+    # The last direction is m * w and the new one m' * a, per tensor, up to one factor for
+    # the group (what cosines ignore).
+    w = [_inverse_rms(v) for v in seconds]
+    a = [_inverse_rms(v / c2) / c1 for v in new_seconds]
+    gg = sum_of([s.gg for s in found])
+    last = sum_of([s.mm * wk * wk for s, wk in zip(found, w)])
+    now = sum_of([s.nn * ak * ak for s, ak in zip(found, a)])
+    hyper = (_ratio(sum_of([s.gm * wk for s, wk in zip(found, w)]), gg * last)
+             * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
+    agree = _ratio(sum_of([s.nm * ak * wk for s, ak, wk in zip(found, a, w)]), now * last)
+    zero = (gg == 0).float()
+    steady = now / d
     loss_now, change, magnitude, scaled = loss_signals(g0, t, loss)
 
     first = g0.t == 0
-    rms_x = _rms(params, estimates) if bool(first.any()) or cfg.max_scale else None
+    rms_x = (sum_of([s.xx for s in found]) / d).sqrt()
     if bool(first.any()):
-        assert rms_x is not None
         start = _start(weights, rms_x)
         log_scale0 = torch.where(first, start, g0.log_scale0)
         log_scale = torch.where(first, start, g0.log_scale)
@@ -263,7 +301,7 @@ def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
                            g0.ctrl_h[..., None, :], g0.ctrl_c[..., None, :])
     move = (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
     log_scale = log_scale + cfg.sigma_rate * move
-    if rms_x is not None and cfg.max_scale:  # the minimum is not farther than the point's scale
+    if cfg.max_scale:  # the minimum is not farther than the point's scale
         cap = torch.maximum(cfg.max_scale * rms_x, weights["log_floor"].exp()).log()
         log_scale = torch.minimum(log_scale, cap)
     log_rho = torch.where(zero > 0, g0.log_rho + math.log(2),
@@ -273,6 +311,33 @@ def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
     sigma = lr * log_scale.exp() * math.sqrt(q / (d + q))
     group = LeanControl(h[..., 0, :], c[..., 0, :], log_scale, log_scale0, log_rho, loss_now,
                         magnitude, t)
-    updates = [-sigma[..., None] * u for u in directions]
-    new = [LeanState(m, v) for m, v in zip(momenta, seconds)]
-    return updates, new, group
+    return [-sigma * ak for ak in a], new_seconds, group
+
+
+def sum_of(xs: Sequence[Tensor]) -> Tensor:
+    """The sum of population-shaped values, in order."""
+    total = xs[0]
+    for x in xs[1:]:
+        total = total + x
+    return total
+
+
+def _ratio(dot: Tensor, squares: Tensor) -> Tensor:
+    """``dot / sqrt(squares)``: a cosine from its parts, 0 where a vector is zero."""
+    return torch.where(squares > 0, dot / squares.clamp(min=TINY).sqrt(),
+                       torch.zeros_like(dot))
+
+
+def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
+            states: Sequence[LeanState], g0: LeanControl, params: Sequence[Tensor],
+            lr: float | Tensor, loss: Tensor | None, q: int
+            ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
+    """The group's updates (flat, per tensor), the new states of its tensors and its own new
+    state (``g0``: the old): the three stages on whole tensors."""
+    momenta = [momentum(cfg, st.momentum, g) for g, st in zip(estimates, states)]
+    found = [sums(g, st.momentum, m, p.reshape(g.shape))
+             for g, st, m, p in zip(estimates, states, momenta, params)]
+    factors, seconds, group = control(weights, cfg, found, [g.shape[-1] for g in estimates],
+                                      [st.second for st in states], g0, lr, loss, q)
+    updates = [f[..., None] * m.float() for f, m in zip(factors, momenta)]
+    return updates, [LeanState(m, v) for m, v in zip(momenta, seconds)], group
