@@ -215,13 +215,14 @@ def test_state_dict_round_trip_resumes_bit_exactly():
 
 # -- at inference memory ---------------------------------------------------------------------
 
-def _pair(d: int, seed: int = 0, **settings):
-    """The same lean optimizer in both memory modes, on copies of one start."""
-    x0 = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+def _pair(d: int, seed: int = 0, arch: LeanConfig = LEAN, **settings):
+    """The same lean optimizer in both memory modes, on copies of one start (float64, so
+    that moving the parameters back after a query restores them to far below a step)."""
+    x0 = torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     out = []
     for memory in ("exact", "inference"):
         x = x0.clone()
-        opt = torchzo.ZOLSTM([x], pretrained=_nets(1, std=0.2), q=3, seed=seed, memory=memory,
+        opt = torchzo.ZOLSTM([x], pretrained=_nets(1, arch, 0.2), q=3, seed=seed, memory=memory,
                              estimator="central", directions_kind="gaussian", **settings)
         out.append((x, opt))
     return x0, out
@@ -229,22 +230,26 @@ def _pair(d: int, seed: int = 0, **settings):
 
 @pytest.mark.parametrize("d", [40, 3 * 65536 + 5])
 @pytest.mark.parametrize("maximize", [False, True])
-def test_inference_memory_takes_the_exact_modes_steps_to_rounding(d, maximize):
+@pytest.mark.parametrize("arch", [LEAN, F32])
+def test_inference_memory_takes_the_exact_modes_steps_to_rounding(d, maximize, arch):
     """Several pieces per tensor (d > 65,536) or one; parameters moved back to rounding and
-    sums added piece by piece are the only differences."""
+    sums added piece by piece are the only differences, which a bfloat16 momentum (8
+    significant bits) carries further where they flip its rounding."""
     sign = -1.0 if maximize else 1.0
-    x0, runs = _pair(d, maximize=maximize)
+    x0, runs = _pair(d, arch=arch, maximize=maximize)
     for x, opt in runs:
         for _ in range(8):
             opt.step(lambda x=x: sign * ((x - 0.5) ** 2).sum())
     (xe, exact), (xi, inference) = runs
     moved = float((xe - x0).norm())
     assert moved > 0 and float(((xe - 0.5) ** 2).sum()) < float(((x0 - 0.5) ** 2).sum())
-    assert float((xe - xi).norm()) < 1e-3 * moved
+    tolerance = 1e-4 if arch is F32 else 5e-3
+    assert float((xe - xi).norm()) < tolerance * moved
     for key in ("second", "group.log_scale", "group.log_rho"):
-        torch.testing.assert_close(exact.state[xe][key], inference.state[xi][key], rtol=1e-3,
-                                   atol=0)
-    assert inference.state[xi]["momentum"].dtype == torch.bfloat16
+        torch.testing.assert_close(exact.state[xe][key], inference.state[xi][key],
+                                   rtol=tolerance, atol=0)
+    assert inference.state[xi]["momentum"].dtype == torch.bfloat16 if arch is LEAN else \
+        torch.float32
 
 
 def test_inference_memory_needs_networks_that_update_a_piece_at_a_time():

@@ -82,11 +82,11 @@ def update_seeded(weights: Weights, arch: LeanConfig, params: Sequence[Tensor],
 
 def _estimate(source: _Source, p: Tensor, maximize: bool) -> Tensor:
     """The piece's estimate, flat float32, rounded to the parameter's dtype first (as the
-    exact memory mode hands it to the update)."""
+    exact memory mode hands it to the update). In the directions' scratch buffer for the
+    piece's block (the next piece's estimate overwrites it)."""
     dirs, seeds, coeffs, piece = source
-    out = torch.empty(piece.b - piece.a, dtype=piece.block.dtype, device=p.device)
-    g = dirs.combine(piece, seeds, coeffs, out).to(p.dtype).float()
-    return -g if maximize else g
+    g = dirs.combine(piece, seeds, coeffs, dirs.scratch(piece)).to(p.dtype).float()
+    return g.neg_() if maximize else g
 
 
 def _sums(arch: LeanConfig, p: Tensor, m: Tensor, sources: Sequence[_Source], maximize: bool
@@ -95,8 +95,7 @@ def _sums(arch: LeanConfig, p: Tensor, m: Tensor, sources: Sequence[_Source], ma
     total = None
     for source in sources:
         piece = source[3]
-        g, mp = _estimate(source, p, maximize), piece.of(m)
-        part = sums(g, mp, momentum(arch, mp, g), piece.of(p).reshape(-1))
+        part = sums(_estimate(source, p, maximize), piece.of(m), piece.of(p).reshape(-1))
         total = part if total is None else total + part
     if total is None:
         zero = torch.zeros((), device=p.device)
@@ -122,11 +121,12 @@ def _write(arch: LeanConfig, p: Tensor, m: Tensor, source: _Source, f: Tensor,
     piece = source[3]
     g, mp, x = _estimate(source, p, maximize), piece.of(m), piece.of(p)
     new = momentum(arch, mp, g)
-    update = (f * new.float()).view(x.shape).to(x.dtype)
+    update = new.float().view(x.shape)
     if write:
         mp.copy_(new)
-        x.add_(update)
+        x.add_(update, alpha=float(f))
         return
-    if not (bool(torch.isfinite(new).all()) and bool(torch.isfinite(x + update).all())):
+    if not (bool(torch.isfinite(new).all())
+            and bool(torch.isfinite(x.add(update, alpha=float(f))).all())):
         raise NonFiniteStepError("the update would make a parameter or its momentum "
                                  "non-finite; nothing was written")

@@ -97,6 +97,17 @@ class SeededDirections:
             self._buffers[piece.block.position] = buf
         return buf[:n]
 
+    def scratch(self, piece: Piece) -> Tensor:
+        """A second flat scratch tensor of the piece's size in its block's dtype (one per
+        block, apart from the one :meth:`draw` fills): where a caller rebuilds estimates."""
+        n = piece.b - piece.a
+        key = -1 - piece.block.position
+        buf = self._buffers.get(key)
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=piece.block.dtype, device=piece.block.device)
+            self._buffers[key] = buf
+        return buf[:n]
+
     def _fuses(self, piece: Piece, t: Tensor) -> bool:
         """Whether the kernel adds the piece's Gaussian directions to ``t`` (float32 only)."""
         return (self._fused and piece.block.dtype is torch.float32

@@ -224,13 +224,11 @@ class Sums(NamedTuple):
     """One tensor's sums over its coordinates (or a piece's: pieces' sums add up), each
     population-shaped: everything the group's controller reads of the tensor."""
 
-    #: sum g^2, sum g m, sum m^2, sum m' ^2, sum m' m, sum x^2, for the estimate g, the
-    #: momentum m before the step and m' after it (as stored), and the parameters x.
+    #: sum g^2, sum g m, sum m^2 and sum x^2, for the estimate g, the momentum m before the
+    #: step and the parameters x. The new momentum's follow from them (see :func:`control`).
     gg: Tensor
     gm: Tensor
     mm: Tensor
-    nn: Tensor
-    nm: Tensor
     xx: Tensor
 
     def __add__(self, other: object) -> Sums:  # type: ignore[override]
@@ -241,15 +239,19 @@ class Sums(NamedTuple):
 def momentum(cfg: LeanConfig, m: Tensor, g: Tensor) -> Tensor:
     """The momentum after estimate ``g`` (float32), rounded as stored: what meta-training, the
     optimizer and a chunked step all keep."""
-    return (cfg.beta1 * m.float() + (1 - cfg.beta1) * g).to(_DTYPES[cfg.momentum_dtype])
+    return torch.lerp(g, m.float(), cfg.beta1).to(_DTYPES[cfg.momentum_dtype])
 
 
-def sums(g: Tensor, m: Tensor, new: Tensor, x: Tensor) -> Sums:
-    """The sums of estimate ``g``, momenta ``m`` (before) and ``new`` (after), parameters
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Sums of products over the last dimension (one pass, no temporary, for one vector)."""
+    return torch.dot(a, b) if a.dim() == 1 else (a * b).sum(-1)
+
+
+def sums(g: Tensor, m: Tensor, x: Tensor) -> Sums:
+    """The sums of estimate ``g`` (float32), momentum ``m`` (before the step) and parameters
     ``x``, over the last dimension."""
-    mp, mn, xf = m.float(), new.float(), x.float()
-    return Sums((g * g).sum(-1), (g * mp).sum(-1), (mp * mp).sum(-1), (mn * mn).sum(-1),
-                (mn * mp).sum(-1), (xf * xf).sum(-1))
+    mp, xf = m.float(), x.float()
+    return Sums(_dot(g, g), _dot(g, mp), _dot(mp, mp), _dot(xf, xf))
 
 
 def _inverse_rms(v: Tensor) -> Tensor:
@@ -273,12 +275,17 @@ def control(weights: Weights, cfg: LeanConfig, found: Sequence[Sums], sizes: Seq
     # the group (what cosines ignore).
     w = [_inverse_rms(v) for v in seconds]
     a = [_inverse_rms(v / c2) / c1 for v in new_seconds]
+    # The new momentum b m + (1 - b) g, before its rounding to storage: its sums from the
+    # old ones, so that no pass computes it before the write.
+    b = cfg.beta1
+    nn = [b * b * s.mm + 2 * b * (1 - b) * s.gm + (1 - b) ** 2 * s.gg for s in found]
+    nm = [b * s.mm + (1 - b) * s.gm for s in found]
     gg = sum_of([s.gg for s in found])
     last = sum_of([s.mm * wk * wk for s, wk in zip(found, w)])
-    now = sum_of([s.nn * ak * ak for s, ak in zip(found, a)])
+    now = sum_of([n * ak * ak for n, ak in zip(nn, a)]).clamp(min=0)
     hyper = (_ratio(sum_of([s.gm * wk for s, wk in zip(found, w)]), gg * last)
              * math.sqrt((d + q + 1) / q)).clamp(-1, 1)
-    agree = _ratio(sum_of([s.nm * ak * wk for s, ak, wk in zip(found, a, w)]), now * last)
+    agree = _ratio(sum_of([n * ak * wk for n, ak, wk in zip(nm, a, w)]), now * last)
     zero = (gg == 0).float()
     steady = now / d
     loss_now, change, magnitude, scaled = loss_signals(g0, t, loss)
@@ -334,9 +341,9 @@ def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
             ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
     """The group's updates (flat, per tensor), the new states of its tensors and its own new
     state (``g0``: the old): the three stages on whole tensors."""
+    found = [sums(g, st.momentum, p.reshape(g.shape))
+             for g, st, p in zip(estimates, states, params)]
     momenta = [momentum(cfg, st.momentum, g) for g, st in zip(estimates, states)]
-    found = [sums(g, st.momentum, m, p.reshape(g.shape))
-             for g, st, m, p in zip(estimates, states, momenta, params)]
     factors, seconds, group = control(weights, cfg, found, [g.shape[-1] for g in estimates],
                                       [st.second for st in states], g0, lr, loss, q)
     updates = [f[..., None] * m.float() for f, m in zip(factors, momenta)]
