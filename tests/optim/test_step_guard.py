@@ -412,6 +412,19 @@ def test_zero_signal_warns_once_naming_mu(name):
         ALL[name]([y], q=3, mu=1e-3, seed=0).step(lambda: (y**2).sum() + y.sum())
 
 
+@pytest.mark.parametrize("memory", ["exact", "inference"])
+def test_no_zero_signal_warning_once_the_loss_has_moved(memory):
+    """A run that reaches the floor of its loss (a solved task: every query difference zero)
+    is not in trouble; the warning is for a loss flat from the start."""
+    x = torch.ones(4)
+    opt = torchzo.ZOSGD([x], lr=0.1, q=3, mu=1e-3, seed=0, memory=memory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        losses = [float(opt.step(lambda: ((x**2).sum() - 0.5).clamp(min=0)))
+                  for _ in range(200)]
+    assert losses[0] > 0 and losses[-1] == 0 and losses[-2] == 0
+
+
 def test_zero_signal_names_the_flat_group_only():
     a, b = torch.zeros(2), torch.zeros(2)
     opt = torchzo.ZOSGD([{"params": [a]}, {"params": [b], "mu": 0.5}], lr=0.1, q=2, mu=1e-3,

@@ -39,6 +39,8 @@ class Stepped(Protocol):
     _guard: Any
     _zero_signal_warned: bool
 
+    def _may_warn_zero(self, loss: Any) -> bool: ...
+
     def _params(self) -> list[Tensor]: ...
 
     def _states(self, group: dict[str, Any], params: list[Tensor], complete: bool = False
@@ -75,7 +77,7 @@ def estimate_inference(opt: Stepped, objective: Callable[[], Any] | Batched,
     largest = [_held(max((abs(c) for c in cs), default=0.0), dirs)
                for cs, dirs in zip(found.coeffs, found.directions)]
     sized = [any(params[i].numel() for i in q.index) for q in queries]
-    if check_largest(largest, sized, queries, opt.param_groups, not opt._zero_signal_warned):
+    if check_largest(largest, sized, queries, opt.param_groups, opt._may_warn_zero(found.loss)):
         opt._zero_signal_warned = True
     if opt._guard is not None:
         opt._guard.save_state(copy=False)

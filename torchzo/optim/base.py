@@ -110,6 +110,9 @@ class ZOOptimizer(Optimizer):
         self._guard: StepGuard | None = None  # the undo record of the step under way
         self._scratch = Scratch()  # the step's parameter copy, kept for the next step's
         self._zero_signal_warned = False
+        # The loss of the first step this object estimated (not saved: a resumed optimizer
+        # starts a new reference), against which a zero-signal step is judged.
+        self._first_loss: float | None = None
         super().__init__(params, {"directions_kind": "gaussian", **defaults})
         if not any(g["params"] for g in self.param_groups):
             raise ValueError(f"{type(self).__name__} got only empty param groups: there is "
@@ -309,7 +312,8 @@ class ZOOptimizer(Optimizer):
         found = estimate_gradient(objective, params, queries,
                                   getattr(self, "_distributed", None),
                                   self._scratch if guard is not None else None, self.loss_at_x)
-        if check_estimate(found.grads, queries, self.param_groups, not self._zero_signal_warned):
+        if check_estimate(found.grads, queries, self.param_groups,
+                          self._may_warn_zero(found.loss)):
             self._zero_signal_warned = True
         if guard is not None:
             # The oracle's copy of a closure step's parameters is as good as a new one: it
@@ -387,6 +391,19 @@ class ZOOptimizer(Optimizer):
         self._counters["queries"] += estimate.queries
         self.last_loss = last_loss
         return estimate.loss
+
+    def _may_warn_zero(self, loss: Any) -> bool:
+        """Whether a step whose estimate is exactly zero is worth a ``ZeroSignalWarning``:
+        once per optimizer, and only while the loss has not moved from the first step's. A run
+        that has made progress and then meets a flat objective has most likely solved it or
+        reached its floor (an example's policy that balances the pole every time)."""
+        if self._zero_signal_warned:
+            return False
+        value = (float(loss.detach()) if isinstance(loss, Tensor)
+                 else float(loss) if isinstance(loss, (int, float)) else math.nan)
+        if self._first_loss is None:
+            self._first_loss = value
+        return value == self._first_loss
 
     def _not_restored(self) -> str:
         """What of the state a failed update leaves advanced, for messages (``""``: none)."""

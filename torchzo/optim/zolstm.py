@@ -219,6 +219,13 @@ class ZOLSTM(ZOOptimizer):
                              float(found.loss))
         return found
 
+    def _may_warn_zero(self, loss: Any) -> bool:
+        # Networks that set the radius themselves grow it on zero-signal steps: "try a
+        # larger mu" is what they are doing already.
+        if self.nets.arch.owns_radius and all(g["mu"] is None for g in self.param_groups):
+            return False
+        return super()._may_warn_zero(loss)
+
     def _not_restored(self) -> str:
         # The recurrent states are what an architecture may store compactly, and what the
         # paper's overwrites in place.
