@@ -179,19 +179,32 @@ METHODS: dict[str, Callable[..., Any]] = {
         p, lr=lr, q=4, mu=1e-3, seed=s, memory="inference"),
     "ZO-LSTM, learned default": lambda p, lr, s: torchzo.ZOLSTM(p, lr=lr, seed=s),
 }
+#: Learned methods run at lr 1, untuned, as trained.
+UNTUNED = ("ZO-LSTM, learned default", "ZO-LSTM lean")
 
 
-def run(task: Task, weights: dict[str, Any], arch: Arch, method: str, lr: float, seed: int,
-        budget: int, split: str) -> float:
-    """Fine-tune from ``weights`` within ``budget`` forward passes; the score on ``split``
-    (infinity where it diverged)."""
+def lean_method(weights: Any) -> Callable[..., Any]:
+    """A lean learned optimizer (``--lean``: a weights file, or an ES run folder's best) at
+    inference memory, q = 4, no mu: its own radius."""
+    from ..generalist.heldout import _weights
+
+    nets = _weights(weights)
+    return lambda p, lr, s: torchzo.ZOLSTM(p, pretrained=nets, lr=lr, q=4, seed=s,
+                                           memory="inference")
+
+
+def run(task: Task, weights: dict[str, Any], arch: Arch, make: Callable[..., Any] | None,
+        lr: float, seed: int, budget: int, split: str) -> float:
+    """Fine-tune from ``weights`` within ``budget`` forward passes with the optimizer
+    ``make(params, lr, seed)`` (``None``: first-order Adam, a third of the budget in steps);
+    the score on ``split`` (infinity where it diverged)."""
     torch.manual_seed(seed)
     model = lm(arch)
     model.load_state_dict(weights)
     model.eval()
     g = torch.Generator().manual_seed(1000 + seed)
     try:
-        if method == "Adam (first order)":
+        if make is None:
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             for _ in range(budget // 3):
                 loss = task.loss(model, task.batch(g))
@@ -199,7 +212,7 @@ def run(task: Task, weights: dict[str, Any], arch: Arch, method: str, lr: float,
                 loss.backward()
                 opt.step()
         else:
-            zo = METHODS[method](list(model.parameters()), lr, seed)
+            zo = make(list(model.parameters()), lr, seed)
             while zo.queries + zo.queries // max(zo.steps, 1) <= budget:
                 batch = task.batch(g)
                 zo.step(lambda batch=batch: task.loss(model, batch))
@@ -217,7 +230,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--quick", action="store_true", help="a tiny model, budget 40, 1 seed")
     ap.add_argument("--out", default=OUT, help="'' to write nothing")
+    ap.add_argument("--lean", default=None,
+                    help="also run these lean weights (a file, or an ES run folder's best)")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated prefixes of the methods to run (default: all)")
+    ap.add_argument("--name", default="finetune-quality", help="output file stem")
     args = ap.parse_args(argv)
+    methods = dict(METHODS)
+    if args.lean:
+        methods["ZO-LSTM lean"] = lean_method(args.lean)
+    chosen = [m for m in [*methods, "Adam (first order)"]
+              if not args.methods or any(m.startswith(p) for p in args.methods.split(","))]
     start = time.perf_counter()
     torch.set_num_threads(1)
     data = corpus()
@@ -235,9 +258,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         base = lm(arch)
         base.load_state_dict(weights)
         rows: dict[str, Any] = {"pretrained": task.score(base.eval(), "test")}
-        for method in [*METHODS, "Adam (first order)"]:
+        for method in chosen:
             edges: list[str] = []
-            if method == "ZO-LSTM, learned default":
+            if method in UNTUNED:
                 best = 1.0
             else:
                 cache: dict[float, float] = {}
@@ -245,15 +268,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 def score(lr: float, method: str = method, cache: dict = cache,
                           task: Task = task) -> float:
                     if lr not in cache:
-                        cache[lr] = run(task, weights, arch, method, lr, 0, budget, "val")
+                        cache[lr] = run(task, weights, arch, methods.get(method), lr, 0, budget,
+                                        "val")
                     return cache[lr]
                 best, edges = tune_step(score, GRID)
             rates = [best] + ([best / 2, best * 2] if method.startswith("MeZO") else [])
             rows[method] = {"lr": best, "edges": edges, "test": {
-                f"{lr:.3g}": [run(task, weights, arch, method, lr, s, budget, "test")
-                              for s in range(seeds)] for lr in rates}}
+                f"{lr:.3g}": [run(task, weights, arch, methods.get(method), lr, s, budget,
+                                  "test") for s in range(seeds)] for lr in rates}}
         out["tasks"][name] = rows
-    return finish(out, start, "finetune-quality", args.out, render)
+    return finish(out, start, args.name, args.out, render)
 
 
 def render(data: dict[str, Any]) -> str:

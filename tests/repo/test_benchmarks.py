@@ -385,6 +385,21 @@ def test_finetune_quality_quick_scores_every_method_on_both_tasks(tmp_path, monk
     assert "## Task: kind" in (tmp_path / "finetune-quality.md").read_text()
 
 
+def test_finetune_quality_runs_lean_weights_untuned_at_inference_memory(tmp_path, monkeypatch):
+    from benchmarks.finetune import quality
+    from torchzo.learned.arch import LeanConfig
+
+    monkeypatch.setattr(quality, "CACHE", tmp_path / "cache")
+    torchzo.pretrained.save(LearnedZO(arch=LeanConfig()), tmp_path / "lean.pt")
+    data = quality.main(["--quick", "--out", str(tmp_path), "--lean", str(tmp_path / "lean.pt"),
+                         "--methods", "ZO-LSTM lean,MeZO", "--name", "lean-check"])
+    for rows in data["tasks"].values():
+        assert set(rows) == {"pretrained", "ZO-LSTM lean", "MeZO (ZO-SGD, central, q = 1)"}
+        assert list(rows["ZO-LSTM lean"]["test"]) == ["1"]  # untuned: lr 1
+        assert all(math.isfinite(s) for s in rows["ZO-LSTM lean"]["test"]["1"])
+    assert (tmp_path / "lean-check.md").exists()
+
+
 def test_examples_timing_runs_an_example_and_lists_what_cannot_run(tmp_path, monkeypatch):
     from benchmarks.perf import examples
 
