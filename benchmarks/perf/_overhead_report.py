@@ -6,8 +6,8 @@ from typing import Any
 from .._common import fmt_spread, fmt_time
 from .._report import md_table, paragraphs, section
 
-__all__ = ["GENERALIST", "KEY", "ORTHOGONAL", "PARTS", "PART_NAMES", "RADEMACHER",
-           "RADEMACHER_TORCH", "render"]
+__all__ = ["GENERALIST", "INFERENCE", "KEY", "LEAN", "ORTHOGONAL", "PARTS", "PART_NAMES",
+           "RADEMACHER", "RADEMACHER_TORCH", "render"]
 
 #: The timed configuration with Rademacher directions (the others use the default, Gaussian).
 RADEMACHER = "ZOSGD (Rademacher)"
@@ -17,6 +17,10 @@ RADEMACHER_TORCH = "ZOSGD (Rademacher, torch ops)"
 ORTHOGONAL = "ZOSGD (orthogonal)"
 #: The shipped generalist as it runs (its bar: at most 3x ZOAdam's step overhead).
 GENERALIST = "ZOLSTM (generalist)"
+#: ZOSGD at inference memory, and the lean learned architecture there (its bar: at most 1.5x
+#: that step, with at most 2 bytes of state a parameter).
+INFERENCE = "ZOSGD (inference)"
+LEAN = "ZOLSTM lean (inference)"
 
 # The oracle's parts timed beside ZOSGD's step (see ``benchmarks.perf.overhead._contenders``).
 PARTS = ["wrapper", "directions", "perturb", "accumulate"]
@@ -83,16 +87,19 @@ def _kernels(data: dict[str, Any]) -> list[str]:
 def _ratios(timing: list[dict[str, Any]], names: list[str], q: int) -> list[str]:
     """Each step's overhead over Adam's step, and per query."""
     generalist = all("generalist_over_zoadam" in t for t in timing)
+    lean = all("lean_over_zosgd_inference" in t for t in timing)
     rows = [[t["d"], t["layout"], t["threads"], _us(t["time_s"]["Adam"])]
             + [fmt_spread(t["ratio_to_adam"][n]) for n in names]
             + [fmt_spread(t["zolstm_over_zoadam"])]
             + ([fmt_spread(t["generalist_over_zoadam"])] if generalist else [])
+            + ([fmt_spread(t["lean_over_zosgd_inference"])] if lean else [])
             for t in timing]
     per_query = [[t["d"], t["layout"], t["threads"]] + [_us(t["per_query_s"][n]) for n in names]
                  for t in timing]
     return [*section("Step overhead as a multiple of Adam's step"),
             md_table([*KEY, "Adam step (µs)", *(f"{n} / Adam" for n in names), "ZOLSTM / ZOAdam"]
-                     + ([f"{GENERALIST} / ZOAdam"] if generalist else []), rows),
+                     + ([f"{GENERALIST} / ZOAdam"] if generalist else [])
+                     + ([f"{LEAN} / {INFERENCE}"] if lean else []), rows),
             *section(f"Overhead per query (step overhead / {q + 1}), µs"),
             md_table([*KEY, *names], per_query)]
 

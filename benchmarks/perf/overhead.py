@@ -43,13 +43,16 @@ from torch.profiler import ProfilerActivity, profile
 from tools.launch import checkout_env
 from torchzo import learned
 from torchzo.learned import GeneralConfig, LearnedZO
+from torchzo.learned.arch import LeanConfig
 from torchzo.optim import ZOLSTM, ZOSGD, ZOAdam, ZOSignSGD
 from torchzo.oracle import Layout, ParameterBackup, call_closure, kernels
 
 from .._common import OUT, finish, machine, spread
 from ._overhead_report import (
     GENERALIST,
+    INFERENCE,
     KEY,
+    LEAN,
     ORTHOGONAL,
     PARTS,
     RADEMACHER,
@@ -61,7 +64,8 @@ __all__ = ["KEY", "PARTS", "main", "render"]
 
 # ZOLSTM with untrained paper-size networks: its cost does not depend on the weights. The
 # generalist's architecture likewise, with its query net; the shipped generalist as it runs
-# (its bar: at most 3x ZOAdam's overhead).
+# (its bar: at most 3x ZOAdam's overhead); the lean architecture at inference memory beside
+# ZOSGD there.
 ZO: dict[str, Callable[..., Any]] = {
     "ZOSGD": ZOSGD, RADEMACHER: functools.partial(ZOSGD, directions_kind="rademacher"),
     RADEMACHER_TORCH: functools.partial(ZOSGD, directions_kind="rademacher"),
@@ -71,6 +75,8 @@ ZO: dict[str, Callable[..., Any]] = {
     "ZOLSTM (general)": functools.partial(
         ZOLSTM, pretrained=LearnedZO(arch=GeneralConfig(hidden=8))),
     GENERALIST: functools.partial(ZOLSTM, pretrained="generalist"),
+    INFERENCE: functools.partial(ZOSGD, memory="inference"),
+    LEAN: functools.partial(ZOLSTM, pretrained=LearnedZO(arch=LeanConfig()), memory="inference"),
 }
 ALL = ["Adam", *ZO]
 # Measured for memory only: the timing tables compare the default configurations.
@@ -221,6 +227,8 @@ def time_case(shapes: Shapes, q: int, reps: int, min_sample_s: float) -> dict[st
                                                             overhead["ZOAdam"])]),
         "generalist_over_zoadam": spread([a / b for a, b in zip(overhead[GENERALIST],
                                                                 overhead["ZOAdam"])]),
+        "lean_over_zosgd_inference": spread([a / b for a, b in zip(overhead[LEAN],
+                                                                   overhead[INFERENCE])]),
         "zosgd_breakdown_s": parts,
     }
 

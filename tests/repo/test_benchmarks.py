@@ -43,6 +43,7 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
     assert data["kernels"]["available"] == kernels.available()
     assert "Rademacher kernels (`torchzo.oracle.kernels`)" in text
     assert "| ZOLSTM / ZOAdam | ZOLSTM (generalist) / ZOAdam |" in text
+    assert "ZOLSTM lean (inference) / ZOSGD (inference) |" in text
     for case in data["timing"]:
         floor = case["floor_s"]
         assert 0 < floor["add"]["median"] and 0 < floor["copy"]["median"]
@@ -51,7 +52,8 @@ def test_overhead_quick_writes_json_and_markdown(tmp_path):
                                            "ZOSGD (Rademacher, torch ops)", "ZOSGD (orthogonal)",
                                            "ZOSignSGD", "ZOAdam",
                                            "ZOLSTM", "ZOLSTM (general)",
-                                           "ZOLSTM (generalist)"}
+                                           "ZOLSTM (generalist)", "ZOSGD (inference)",
+                                           "ZOLSTM lean (inference)"}
         assert all(r["median"] > 0 for r in case["over_floor"].values())
 
 
