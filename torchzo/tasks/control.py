@@ -102,7 +102,7 @@ class Pendulum(Problem):
     u_max)^2`` of its speed and torque, averaged over the episode and four start states
     (angles uniform around the circle, speeds in ``[-1, 1]``): the loss lies in ``[0,
     1.011]``, and ``f_min = 0`` bounds it (no policy attains it from these starts). A batch
-    of 21 policies costs about 7 ms on one core (the loop's op overhead, as in the others).
+    of 21 policies costs 7 to 10 ms on one core (the op overhead of the loop, as in the others).
     """
 
     f_min = 0.0

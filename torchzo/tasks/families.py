@@ -101,7 +101,6 @@ _ALL = [
     # Plateaus 0.3 to 1 wide in x: a radius of a tenth crosses one in most directions.
     Family("step-ellipsoid", bbob.StepEllipsoid, mu=0.1),
     Family("schaffers-f7", bbob.SchaffersF7),
-    Family("lunacek", bbob.LunacekBiRastrigin),
     Family("noisy-ellipsoid", noisy.NoisyEllipsoid),
     Family("noisy-rosenbrock", noisy.NoisyRosenbrock),
     Family("quantised-least-squares", quantised.QuantisedLeastSquares, mu=0.05),
@@ -122,7 +121,7 @@ FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
     # New families for the next learned optimizer's final comparison only: never trained,
     # validated or tuned on.
     "fresh": ("bent-cigar", "discus", "different-powers", "attractive-sector",
-              "step-ellipsoid", "schaffers-f7", "lunacek", "noisy-ellipsoid", "noisy-rosenbrock",
+              "step-ellipsoid", "schaffers-f7", "noisy-ellipsoid", "noisy-rosenbrock",
               "quantised-least-squares", "pendulum"),
 }
 

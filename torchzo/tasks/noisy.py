@@ -93,14 +93,15 @@ class NoisyEllipsoid(_RowNoise):
         d = randint(g, 2, 40)
         self.cond = log_uniform(g, 1.0, 1e4)
         self.beta = log_uniform(g, 0.01, 1.0)
-        self.R = rotation(g, d)
+        # float64, as the BBOB functions' (a batch and a row round alike): see torchzo.tasks.bbob.
+        self.R = rotation(g, d).double()
         self.x_opt = 8 * torch.rand(d, generator=g) - 4
         self.x0 = 10 * torch.rand(d, generator=g) - 5
         self.weights = self.cond ** (torch.arange(d, dtype=torch.float32) / (d - 1))
 
     def loss(self, X: Tensor, batch: Tensor | None = None) -> Tensor:
-        z = (X - self.x_opt) @ self.R.T
-        f = (self.weights * z ** 2).sum(-1)
+        z = (X.double() - self.x_opt) @ self.R.T
+        f = (self.weights * z ** 2).sum(-1).to(X.dtype)
         if batch is None:
             return f
         return f * torch.exp(self.beta * row_normals(X, batch)).to(f.dtype)

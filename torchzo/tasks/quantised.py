@@ -41,7 +41,10 @@ class QuantisedLeastSquares(Problem):
         self.step = float(self._smooth(self.x0[None])[0]) / self.levels
 
     def _smooth(self, X: Tensor) -> Tensor:
-        return 0.5 * ((X @ self.a.T - self.y) ** 2).mean(-1)
+        # In float64: a batch and a single row round differently in float32 (gemm and gemv),
+        # and where that crosses a cell's edge the value jumps a whole cell.
+        r = X.double() @ self.a.double().T - self.y.double()
+        return 0.5 * (r ** 2).mean(-1)
 
     def loss(self, X: Tensor, batch: object = None) -> Tensor:
-        return torch.floor(self._smooth(X) / self.step) * self.step
+        return (torch.floor(self._smooth(X) / self.step) * self.step).to(X.dtype)
