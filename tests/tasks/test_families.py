@@ -83,7 +83,7 @@ def test_family_draws_instances_deterministically_with_a_sound_batched_loss(name
 
 
 def test_splits_are_disjoint_and_cover_every_family():
-    assert set(FAMILY_SPLITS) == {"train", "val", "test"}
+    assert set(FAMILY_SPLITS) == {"train", "val", "test", "fresh"}
     seen: list[str] = [name for split in FAMILY_SPLITS.values() for name in split]
     assert len(seen) == len(set(seen)), "a family is in two splits (or twice in one)"
     assert set(seen) == set(FAMILIES)
@@ -100,7 +100,10 @@ def test_later_families_are_appended_so_earlier_seeds_stay_put():
     # instances by its position in the val split: shipped results depend on both.
     added = ["student-t", "squared-hinge", "sharp-ridge", "ackley"]
     wide = ["wide-quadratic", "near-optimum", "warm-rosenbrock"]
-    assert list(FAMILIES)[-7:] == added + wide and list(FAMILIES).index("poisson") == 21
+    fresh = ["bent-cigar", "discus", "different-powers", "attractive-sector", "step-ellipsoid",
+             "schaffers-f7", "noisy-ellipsoid", "noisy-rosenbrock", "quantised-least-squares",
+             "pendulum"]
+    assert list(FAMILIES)[22:] == added + wide + fresh and list(FAMILIES).index("poisson") == 21
     assert list(FAMILY_SPLITS["val"]) == ["huber", "quartic", "softmax", *added,
                                           "warm-rosenbrock"]
 

@@ -4,9 +4,15 @@ A :class:`Family` draws random instances (a :class:`~torchzo.tasks.Problem` each
 generator. Families are split as wholes: the learned optimizer is meta-trained on ``train``
 families, its checkpoints are chosen on ``val`` families, and ``test`` families are used only
 for the final comparison (``benchmarks.generalist``), so that its table measures problems the
-optimizer never saw. :func:`augment` rescales an instance's parameters (``x = s x'``), its loss
-(``a f + b``) and keeps its start and optimum where they were in ``x'``: what a scale-free
-optimizer must not notice.
+optimizer never saw. The ``fresh`` families (BBOB functions, per-query noise, a quantised
+regression, a pendulum) were added for the next learned optimizer's final table, after the
+``test`` families had been looked at too often; that table runs the learned optimizer at its
+pure defaults, while the radius ``mu`` of a piecewise-constant family goes to the baselines,
+as in the other splits.
+
+:func:`augment` rescales an instance's parameters (``x = s x'``), its loss (``a f + b``) and
+keeps its start and optimum where they were in ``x'``: what a scale-free optimizer must not
+notice.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import control, learning, synthetic, wide
+from . import bbob, control, learning, noisy, quantised, synthetic, wide
 from .base import Problem
 from .binclass import BinaryClassificationProblem
 from .synthetic import log_uniform
@@ -87,6 +93,18 @@ _ALL = [
     Family("wide-quadratic", wide.WideQuadratic),
     Family("near-optimum", wide.NearOptimum),
     Family("warm-rosenbrock", wide.WarmRosenbrock),
+    # The fresh split (2026-12-07), for one final table only.
+    Family("bent-cigar", bbob.BentCigar),
+    Family("discus", bbob.Discus),
+    Family("different-powers", bbob.DifferentPowers),
+    Family("attractive-sector", bbob.AttractiveSector),
+    # Plateaus 0.3 to 1 wide in x: a radius of a tenth crosses one in most directions.
+    Family("step-ellipsoid", bbob.StepEllipsoid, mu=0.1),
+    Family("schaffers-f7", bbob.SchaffersF7),
+    Family("noisy-ellipsoid", noisy.NoisyEllipsoid),
+    Family("noisy-rosenbrock", noisy.NoisyRosenbrock),
+    Family("quantised-least-squares", quantised.QuantisedLeastSquares, mu=0.05),
+    Family("pendulum", control.Pendulum),
 ]
 FAMILIES: dict[str, Family] = {f.name: f for f in _ALL}
 FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
@@ -100,11 +118,16 @@ FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
             "ackley", "warm-rosenbrock"),
     "test": ("robust-regression", "mlp-regression", "matrix-factorization", "cartpole",
              "binclass", "rastrigin", "sparse-logistic", "hinge", "poisson"),
+    # New families for the next learned optimizer's final comparison only: never trained,
+    # validated or tuned on.
+    "fresh": ("bent-cigar", "discus", "different-powers", "attractive-sector",
+              "step-ellipsoid", "schaffers-f7", "noisy-ellipsoid", "noisy-rosenbrock",
+              "quantised-least-squares", "pendulum"),
 }
 
 
 def families(split: str) -> list[Family]:
-    """The families of ``split`` (``train``, ``val`` or ``test``)."""
+    """The families of ``split`` (``train``, ``val``, ``test`` or ``fresh``)."""
     if split not in FAMILY_SPLITS:
         raise ValueError(f"split must be one of {tuple(FAMILY_SPLITS)}, got {split!r}")
     return [FAMILIES[name] for name in FAMILY_SPLITS[split]]
