@@ -102,12 +102,12 @@ def run(problem: Problem, make: MakeOpt, steps: int, seed: int, every: int
     return curve, False
 
 
-def log_progress(curve: Sequence[float], f_min: float) -> float:
-    """``log`` of the final gap over the start gap, floored at :data:`FLOOR`."""
+def log_progress(curve: Sequence[float], f_min: float, floor: float = FLOOR) -> float:
+    """``log`` of the final gap over the start gap, floored at ``floor``."""
     gap0, gap = curve[0] - f_min, curve[-1] - f_min
     if not math.isfinite(gap):
         return math.inf
-    return math.log(max(gap / max(gap0, 1e-30), FLOOR))
+    return math.log(max(gap / max(gap0, 1e-30), floor))
 
 
 def _grid(exponents: Sequence[float], beta1: tuple[float, ...] = (0.9,)) -> Grid:
