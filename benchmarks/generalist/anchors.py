@@ -11,7 +11,9 @@ a ZO run's. CMA-ES runs without restarts: once it stops (its own criteria), its 
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -93,8 +95,37 @@ def run_cma(problem: Problem, sigma0: float, steps: int, q: int, seed: int, ever
     return curve.finish(es.mean)
 
 
+@contextlib.contextmanager
+def _metamodel_failures_as_nevergrad_means_them() -> Iterator[None]:
+    """nevergrad's metamodel proposals (which NGOpt picks for small d) convert a 1-element
+    array with ``float()``, which numpy 2 refuses with a ``TypeError``; nevergrad treats a
+    failed proposal (``MetaModelFailure``) by asking its base optimizer instead, so a
+    ``TypeError`` there is turned into one for the duration of a run."""
+    from nevergrad.optimization import optimizerlib
+    from nevergrad.optimization.metamodel import MetaModelFailure
+
+    original = optimizerlib.learn_on_k_best
+
+    def learn(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except TypeError as err:
+            raise MetaModelFailure(str(err)) from err
+
+    optimizerlib.learn_on_k_best = learn
+    try:
+        yield
+    finally:
+        optimizerlib.learn_on_k_best = original
+
+
 def run_ngopt(problem: Problem, steps: int, q: int, seed: int, every: int) -> list[float]:
     """nevergrad's NGOpt (its algorithm chosen by dimension and budget) from ``x0``."""
+    with _metamodel_failures_as_nevergrad_means_them():
+        return _ngopt(problem, steps, q, seed, every)
+
+
+def _ngopt(problem: Problem, steps: int, q: int, seed: int, every: int) -> list[float]:
     import nevergrad as ng
 
     budget = steps * (q + 1)

@@ -473,3 +473,19 @@ def test_anchors_spend_the_budget_of_a_zo_run_and_record_its_step_grid(anchor):
     assert sum(rows) <= steps * (q + 1)
     assert sum(rows) > steps * (q + 1) // 2  # and it does search
     assert curve[-1] < curve[0]
+
+
+def test_ngopt_metamodel_type_errors_count_as_the_failures_nevergrad_recovers_from(monkeypatch):
+    from benchmarks.generalist import anchors
+
+    _anchors_or_skip()
+    from nevergrad.optimization import optimizerlib
+    from nevergrad.optimization.metamodel import MetaModelFailure
+
+    def numpy2(*args, **kwargs):
+        raise TypeError("only 0-dimensional arrays can be converted to Python scalars")
+    monkeypatch.setattr(optimizerlib, "learn_on_k_best", numpy2)
+    with anchors._metamodel_failures_as_nevergrad_means_them():
+        with pytest.raises(MetaModelFailure):
+            optimizerlib.learn_on_k_best(None, 3)
+    assert optimizerlib.learn_on_k_best is numpy2  # put back
