@@ -1,9 +1,10 @@
 """Fine-tuning quality: zeroth-order methods against first-order Adam on a small pretrained LM.
 
-    python -m benchmarks.finetune.quality [--budget N] [--seeds N] [--out DIR] [--quick]
+    python -m benchmarks.finetune.quality [--budget N] [--seeds N] [--model 128x2]
+        [--lean WEIGHTS] [--methods PREFIXES] [--name STEM] [--out DIR] [--quick]
 
 A byte-level causal transformer (``benchmarks.perf.finetune.TinyLM``: 2 layers, width 128,
-context 128) is pretrained with backprop (AdamW) on the Python standard library's top-level
+context 128; ``--model WIDTHxLAYERS`` for another size) is pretrained with backprop (AdamW) on the Python standard library's top-level
 modules named a to m (cached under ``cache/finetune/``), then fine-tuned on two tasks it did not
 see:
 
@@ -21,7 +22,7 @@ tuned by ``benchmarks._tuning.tune_step`` on a validation split's loss (seed 0),
 ``--seeds`` seeds at that rate; MeZO's algorithm (ZO-SGD, central, q = 1, two forward passes a
 step: ``loss_at_x=False``) also at half and twice its best rate. The learned default
 (``ZOLSTM()``) runs untuned (``lr = 1``, as trained) in the exact memory mode, which is all it
-has.
+has; lean learned weights (``--lean``) run untuned at inference memory.
 """
 from __future__ import annotations
 
@@ -235,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--methods", default=None,
                     help="comma-separated prefixes of the methods to run (default: all)")
     ap.add_argument("--name", default="finetune-quality", help="output file stem")
+    ap.add_argument("--model", default="128x2",
+                    help="WIDTHxLAYERS of the language model (pretrained once per size)")
     args = ap.parse_args(argv)
     methods = dict(METHODS)
     if args.lean:
@@ -244,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     torch.set_num_threads(1)
     data = corpus()
-    arch, steps = ((32, 1), 20) if args.quick else ((128, 2), args.pretrain_steps)
+    width, layers = (int(v) for v in args.model.split("x"))
+    arch, steps = ((32, 1), 20) if args.quick else ((width, layers), args.pretrain_steps)
     budget, seeds = (40, 1) if args.quick else (args.budget, args.seeds)
     weights = pretrained(data, steps, arch)
     out: dict[str, Any] = {
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.finetune.quality",
                              *(sys.argv[1:] if argv is None else argv)]),
         "corpus": {"sha256": data["sha256"], "python": data["python"]},
-        "budget": budget, "seeds": seeds, "tasks": {}}
+        "budget": budget, "seeds": seeds, "model": f"{arch[0]}x{arch[1]}", "tasks": {}}
     for name in ("text", "kind"):
         task = Task(name, data)
         base = lm(arch)
@@ -301,6 +305,7 @@ def render(data: dict[str, Any]) -> str:
         f"`{data['command']}`" + (" (**--quick: not results**)" if data["quick"] else "")
         + f". Machine: {m['cpu']}, torch {m['torch']}, one thread; corpus: Python "
         f"{data['corpus']['python']}'s standard library (sha256 {data['corpus']['sha256']}); "
+        f"model width x layers {data.get('model', '128x2')}; "
         f"budget {data['budget']} forward passes, {data['seeds']} seeds. Total time "
         f"{data['elapsed_s']:.0f} s.", level=1), *parts])
 
