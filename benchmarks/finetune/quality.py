@@ -4,9 +4,9 @@
         [--lean WEIGHTS] [--methods PREFIXES] [--name STEM] [--out DIR] [--quick]
 
 A byte-level causal transformer (``benchmarks.perf.finetune.TinyLM``: 2 layers, width 128,
-context 128; ``--model WIDTHxLAYERS`` for another size) is pretrained with backprop (AdamW) on the Python standard library's top-level
-modules named a to m (cached under ``cache/finetune/``), then fine-tuned on two tasks it did not
-see:
+context 128; ``--model WIDTHxLAYERS`` for another size) is pretrained with backprop (AdamW)
+on the Python standard library's top-level modules named a to m (cached under
+``cache/finetune/``), then fine-tuned on two tasks it did not see:
 
 - *text*: the ``email`` package's source, language modelling; scored by the loss (nats per
   byte) on held-out files of that package;
