@@ -20,7 +20,7 @@ from ..oracle import Batched, Estimate, Part, Scheme
 from ..oracle.seeded import SeededEstimate
 from . import _learned_state
 from ._checkpoint import check_state_tensor, saved_positions
-from ._guard import NonFiniteUpdateError, all_finite, user_stacklevel
+from ._guard import NonFiniteUpdateError, all_finite, max_abs, user_stacklevel
 from ._inference import estimate_inference
 from ._validation import check_number
 from .base import ParamsT, ZOOptimizer
@@ -203,7 +203,7 @@ class ZOLSTM(ZOOptimizer):
             seeded = estimate_inference(self, objective, plan.queries)
             try:
                 new = update_seeded(weights, cast(LeanConfig, self.nets.arch), params, state,
-                                    groups, seeded)
+                                    groups, seeded, lambda t: max_abs([t]))
             except NonFiniteStepError as err:
                 raise NonFiniteUpdateError(f"{err}: parameters (to rounding), optimizer state, "
                                            "RNG and counters are as before") from err

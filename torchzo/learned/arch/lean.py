@@ -51,7 +51,8 @@ from ..blocks import CoordLSTM, coord_lstm
 from ._signals import TINY, group_sum, loss_signals, zeros
 from .base import Architecture, Weights
 
-__all__ = ["LeanConfig", "LeanControl", "LeanState", "Sums", "control", "momentum", "sums"]
+__all__ = ["LeanConfig", "LeanControl", "LeanState", "Planned", "Sums", "finish_step", "momentum",
+           "plan_step", "sums"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _INPUTS = 11
@@ -225,7 +226,8 @@ class Sums(NamedTuple):
     population-shaped: everything the group's controller reads of the tensor."""
 
     #: sum g^2, sum g m, sum m^2 and sum x^2, for the estimate g, the momentum m before the
-    #: step and the parameters x. The new momentum's follow from them (see :func:`control`).
+    #: step and the parameters x. The new momentum's follow from them (see
+    #: :func:`finish_step`).
     gg: Tensor
     gm: Tensor
     mm: Tensor
@@ -259,24 +261,64 @@ def _inverse_rms(v: Tensor) -> Tensor:
     return torch.where(v > 0, v.clamp(min=TINY).rsqrt(), torch.zeros_like(v))
 
 
-def control(weights: Weights, cfg: LeanConfig, found: Sequence[Sums], sizes: Sequence[int],
-            seconds: Sequence[Tensor], g0: LeanControl, lr: float | Tensor,
-            loss: Tensor | None, q: int) -> tuple[list[Tensor], list[Tensor], LeanControl]:
-    """A group's step from its tensors' sums: per tensor the factor ``f`` of the update
-    ``x += f * m'`` and the new mean square of the estimate, and the group's new state
-    (``seconds`` and ``g0``: the old; ``sizes``: coordinates per tensor)."""
+class Planned(NamedTuple):
+    """What a step writes with, fixed before it reads its estimate (population-shaped)."""
+
+    #: Per tensor, ``f`` in ``x += f * m`` (``m``: the new momentum as stored).
+    factors: list[Tensor]
+    #: Per tensor, the normalisation of the momentum into this step's direction.
+    scales: list[Tensor]
+    #: log s for this step, and its value at the first step.
+    log_scale: Tensor
+    log_scale0: Tensor
+
+
+def plan_step(weights: Weights, cfg: LeanConfig, g0: LeanControl, seconds: Sequence[Tensor],
+              sizes: Sequence[int], lr: float | Tensor, q: int,
+              first: Sequence[Sums] | None) -> Planned:
+    """A group's step, before its estimate is read: the step size the controller set at the
+    end of the last step, and the momentum normalised by the last step's second moment
+    (AdaShift's delay: the new estimate's own magnitude is not needed before the write).
+
+    ``first``: the tensors' sums of this step's estimate, needed only at a group's first
+    step, which has no history to normalise by or to start the scale from.
+    """
+    t = g0.t + 1
+    is_first = g0.t == 0
+    c1 = 1 - torch.pow(torch.as_tensor(cfg.beta1), t)
+    c2 = 1 - torch.pow(torch.as_tensor(cfg.beta2), g0.t.clamp(min=1))
+    if bool(is_first.any()):
+        if first is None:
+            raise ValueError("a group's first step needs the sums of its estimate")
+        d = sum(sizes)
+        start = _start(weights, (sum_of([s.xx for s in first]) / d).sqrt())
+        log_scale = torch.where(is_first, start, g0.log_scale)
+        log_scale0 = torch.where(is_first, start, g0.log_scale0)
+        # At the first step the estimate's own mean square, unbiased: m = (1 - b1) g.
+        seconds = [torch.where(is_first, s.gg / n, v) for s, n, v in zip(first, sizes, seconds)]
+        c2 = torch.where(is_first, torch.ones_like(c2), c2)
+    else:
+        log_scale, log_scale0 = g0.log_scale, g0.log_scale0
+    sigma = lr * log_scale.exp() * math.sqrt(q / (sum(sizes) + q))
+    scales = [_inverse_rms(v / c2) / c1 for v in seconds]
+    return Planned([-sigma * a for a in scales], scales, log_scale, log_scale0)
+
+
+def finish_step(weights: Weights, cfg: LeanConfig, g0: LeanControl, planned: Planned,
+                seconds: Sequence[Tensor], found: Sequence[Sums], sizes: Sequence[int],
+                loss: Tensor | None, q: int) -> tuple[list[Tensor], LeanControl]:
+    """After the write: each tensor's new second moment, and the group's new state, with the
+    step size and radius the controller sets for the next step from this step's sums
+    (``seconds`` and ``g0``: the old; ``found``: the sums taken as the step wrote)."""
     t = g0.t + 1
     d = sum(sizes)
     new_seconds = [cfg.beta2 * v + (1 - cfg.beta2) * s.gg / n
                    for v, s, n in zip(seconds, found, sizes)]
-    c1 = 1 - torch.pow(torch.as_tensor(cfg.beta1), t)
-    c2 = 1 - torch.pow(torch.as_tensor(cfg.beta2), t)
-    # The last direction is m * w and the new one m' * a, per tensor, up to one factor for
-    # the group (what cosines ignore).
+    # The last direction is m * w and this step's m' * a, per tensor, up to one factor for
+    # the group (what cosines ignore); m' = b m + (1 - b) g before its rounding to storage,
+    # its sums from the old ones.
     w = [_inverse_rms(v) for v in seconds]
-    a = [_inverse_rms(v / c2) / c1 for v in new_seconds]
-    # The new momentum b m + (1 - b) g, before its rounding to storage: its sums from the
-    # old ones, so that no pass computes it before the write.
+    a = planned.scales
     b = cfg.beta1
     nn = [b * b * s.mm + 2 * b * (1 - b) * s.gm + (1 - b) ** 2 * s.gg for s in found]
     nm = [b * s.mm + (1 - b) * s.gm for s in found]
@@ -289,15 +331,7 @@ def control(weights: Weights, cfg: LeanConfig, found: Sequence[Sums], sizes: Seq
     zero = (gg == 0).float()
     steady = now / d
     loss_now, change, magnitude, scaled = loss_signals(g0, t, loss)
-
-    first = g0.t == 0
-    rms_x = (sum_of([s.xx for s in found]) / d).sqrt()
-    if bool(first.any()):
-        start = _start(weights, rms_x)
-        log_scale0 = torch.where(first, start, g0.log_scale0)
-        log_scale = torch.where(first, start, g0.log_scale)
-    else:
-        log_scale0, log_scale = g0.log_scale0, g0.log_scale
+    log_scale, log_scale0 = planned.log_scale, planned.log_scale0
     ones = torch.ones_like(t)
     signals = [hyper, agree, scaled, change.sign(), zero,
                torch.tanh((log_scale - log_scale0) / 5), torch.log1p(t) / 7, ones,
@@ -309,16 +343,14 @@ def control(weights: Weights, cfg: LeanConfig, found: Sequence[Sums], sizes: Seq
     move = (weights["gain"] * hyper + out[..., 0, 0]).clamp(-1, 1)
     log_scale = log_scale + cfg.sigma_rate * move
     if cfg.max_scale:  # the minimum is not farther than the point's scale
+        rms_x = (sum_of([s.xx for s in found]) / d).sqrt()
         cap = torch.maximum(cfg.max_scale * rms_x, weights["log_floor"].exp()).log()
         log_scale = torch.minimum(log_scale, cap)
     log_rho = torch.where(zero > 0, g0.log_rho + math.log(2),
                           0.8 * g0.log_rho + 0.5 * torch.tanh(out[..., 0, 1]))
     log_rho = log_rho.clamp(_MIN_LOG_RHO, _MAX_LOG_RHO)
-
-    sigma = lr * log_scale.exp() * math.sqrt(q / (d + q))
-    group = LeanControl(h[..., 0, :], c[..., 0, :], log_scale, log_scale0, log_rho, loss_now,
-                        magnitude, t)
-    return [-sigma * ak for ak in a], new_seconds, group
+    return new_seconds, LeanControl(h[..., 0, :], c[..., 0, :], log_scale, log_scale0, log_rho,
+                                    loss_now, magnitude, t)
 
 
 def sum_of(xs: Sequence[Tensor]) -> Tensor:
@@ -340,11 +372,13 @@ def _update(weights: Weights, cfg: LeanConfig, estimates: Sequence[Tensor],
             lr: float | Tensor, loss: Tensor | None, q: int
             ) -> tuple[list[Tensor], list[LeanState], LeanControl]:
     """The group's updates (flat, per tensor), the new states of its tensors and its own new
-    state (``g0``: the old): the three stages on whole tensors."""
+    state (``g0``: the old): the stages on whole tensors."""
     found = [sums(g, st.momentum, p.reshape(g.shape))
              for g, st, p in zip(estimates, states, params)]
+    sizes = [g.shape[-1] for g in estimates]
+    seconds = [st.second for st in states]
+    planned = plan_step(weights, cfg, g0, seconds, sizes, lr, q, found)
     momenta = [momentum(cfg, st.momentum, g) for g, st in zip(estimates, states)]
-    factors, seconds, group = control(weights, cfg, found, [g.shape[-1] for g in estimates],
-                                      [st.second for st in states], g0, lr, loss, q)
-    updates = [f[..., None] * m.float() for f, m in zip(factors, momenta)]
-    return updates, [LeanState(m, v) for m, v in zip(momenta, seconds)], group
+    updates = [f[..., None] * m.float() for f, m in zip(planned.factors, momenta)]
+    new_seconds, group = finish_step(weights, cfg, g0, planned, seconds, found, sizes, loss, q)
+    return updates, [LeanState(m, v) for m, v in zip(momenta, new_seconds)], group
