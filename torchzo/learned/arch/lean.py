@@ -173,8 +173,9 @@ class LeanConfig(Architecture[LeanState, LeanControl]):
         return _Nets(self)
 
     def init_state(self, p: Tensor, population: tuple[int, ...] = ()) -> LeanState:
-        momentum, second = zeros(p, population, (p.numel(),), ())
-        return LeanState(momentum.to(_DTYPES[self.momentum_dtype]), second)
+        momentum = torch.zeros((*population, p.numel()), device=p.device,
+                               dtype=_DTYPES[self.momentum_dtype])  # no float32 copy first
+        return LeanState(momentum, *zeros(p, population, ()))
 
     def init_group_state(self, p: Tensor, population: tuple[int, ...] = ()) -> LeanControl:
         return LeanControl(*zeros(p, population, (self.hidden,), (self.hidden,), *[()] * 6))
