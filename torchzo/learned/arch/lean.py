@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 from ...oracle.directions import check_kind
 from ..blocks import CoordLSTM, coord_lstm
-from ._signals import TINY, group_sum, loss_signals, zeros
+from ._signals import TINY, loss_signals, zeros
 from .base import Architecture, Weights
 
 __all__ = ["LeanConfig", "LeanControl", "LeanState", "Planned", "Sums", "finish_step", "momentum",
@@ -213,8 +213,10 @@ class LeanConfig(Architecture[LeanState, LeanControl]):
 def _rms(params: Sequence[Tensor], like: Sequence[Tensor]) -> Tensor:
     """The RMS of a group's parameters (each reshaped as its flat estimate in ``like``)."""
     d = sum(g.shape[-1] for g in like)
-    return (group_sum([p.reshape(g.shape).float() ** 2 for p, g in zip(params, like)])
-            / d).sqrt()
+    # A norm per tensor: no parameter-sized temporary (this runs before a first step).
+    squares = [torch.linalg.vector_norm(p.reshape(g.shape), dim=-1, dtype=torch.float32) ** 2
+               for p, g in zip(params, like)]
+    return (sum_of(squares) / d).sqrt()
 
 
 def _start(weights: Weights, rms_x: Tensor) -> Tensor:
