@@ -214,8 +214,8 @@ def _rms(params: Sequence[Tensor], like: Sequence[Tensor]) -> Tensor:
     """The RMS of a group's parameters (each reshaped as its flat estimate in ``like``)."""
     d = sum(g.shape[-1] for g in like)
     # A norm per tensor: no parameter-sized temporary (this runs before a first step).
-    squares = [torch.linalg.vector_norm(p.reshape(g.shape), dim=-1, dtype=torch.float32) ** 2
-               for p, g in zip(params, like)]
+    squares = [torch.linalg.vector_norm(p.reshape(g.shape), dim=-1, dtype=torch.promote_types(
+        p.dtype, torch.float32)).float() ** 2 for p, g in zip(params, like)]
     return (sum_of(squares) / d).sqrt()
 
 
