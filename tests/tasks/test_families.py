@@ -140,6 +140,11 @@ def test_sample_instance_is_deterministic_and_stays_in_its_split(seed, split):
     assert pc.mu == fa.mu
 
 
+#: Continuous families whose loss amplifies one ulp of x far beyond 1e-5 of its value: a
+#: pendulum swung up over 100 simulator steps (by about 3e4 at one seed in thousands).
+CHAOTIC = {"pendulum"}
+
+
 @pytest.mark.parametrize("name", NAMES)
 @PER_FAMILY
 @given(seed=SEEDS)
@@ -159,9 +164,9 @@ def test_augment_rescales_the_loss_and_the_parameters(name, seed):
     assert aug.mu == (None if family.mu is None else pytest.approx(family.mu * s))
     X = _points(base, seed)
     expected = a * base.loss(X).double() + b
-    if family.mu is None:  # continuous: (s x) / s differs from x by rounding only
+    if family.mu is None and name not in CHAOTIC:  # (s x) / s differs from x by rounding only
         got = aug.loss(s * X).double()
-    else:  # piecewise constant: one ulp of x may cross a step, so compare at the same point
+    else:  # one ulp of x may cross a step, or grow over a simulation: the same point
         got = aug.loss(s * X).double()
         expected = a * base.loss((s * X) / s).double() + b
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * (abs(b) + a))
