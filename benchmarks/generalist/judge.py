@@ -80,7 +80,7 @@ class Tuning:
 
 def _zo(make: MakeOpt, steps: int, q: int, every: int) -> Runner:
     def go(problem: Problem, seed: int) -> Curve:
-        return run(problem, lambda p, s, mu: make(p, s, mu), steps, seed, every)[0]
+        return run(problem, make, steps, seed, every)[0]
     return go
 
 

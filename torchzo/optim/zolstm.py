@@ -149,11 +149,13 @@ class ZOLSTM(ZOOptimizer):
         return group["covariance"], group["query_prob"], group["guide_alpha"]
 
     @torch.no_grad()
-    def _parts(self) -> list[Part]:
+    def _parts(self, weights: Weights | None = None) -> list[Part]:
         """The base parts, with the radius the architecture gives from the group's ``mu``
         and the state of the group of the part's first tensor (the generalists grow it on
-        zero-signal steps; the lean one sets it itself when ``mu`` is ``None``)."""
-        params, arch, weights = self._params(), self.nets.arch, self.nets.weights()
+        zero-signal steps; the lean one sets it itself when ``mu`` is ``None``).
+        ``weights``: the networks' weights, where the caller has fetched them already."""
+        params, arch = self._params(), self.nets.arch
+        weights = self.nets.weights() if weights is None else weights
         group_of = {p: g for g in self.param_groups for p in g["params"]}
         out = []
         for part in super()._parts():
@@ -197,8 +199,8 @@ class ZOLSTM(ZOOptimizer):
         """:func:`torchzo.learned.plan`, the oracle's estimate, :func:`torchzo.learned.update`."""
         params, state, groups = self._learned_groups()
         weights = self.nets.weights()
-        plan = learned.plan(weights, self.nets.arch, params, state, groups, self._parts(),
-                            self._generator)
+        plan = learned.plan(weights, self.nets.arch, params, state, groups,
+                            self._parts(weights), self._generator)
         if self.memory == "inference":
             seeded = estimate_inference(self, objective, plan.queries)
             try:
