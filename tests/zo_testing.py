@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +51,38 @@ def all_same_bits(a: Sequence[Tensor], b: Sequence[Tensor]) -> bool:
 def state_copy(opt: torch.optim.Optimizer) -> dict[str, Any]:
     """A deep copy of ``opt.state_dict()`` (which otherwise aliases the live state tensors)."""
     return copy.deepcopy(opt.state_dict())
+
+
+def resume_round_trip(make: Callable[[Tensor, bool], torch.optim.Optimizer], x0: Tensor,
+                      step: Callable[[torch.optim.Optimizer], Any], before: int = 9,
+                      after: int = 6,
+                      loaded: Callable[[torch.optim.Optimizer, Tensor], None] | None = None
+                      ) -> None:
+    """Check that a saved state dict resumes bit-exactly: ``before`` steps, save, ``after``
+    more; then an optimizer built as a stranger (``make(x, True)``: other nets, other seed;
+    ``make(x, False)``: the original) loads the save at the same point and takes ``after``
+    steps. Both must end with the same parameters and state dict. ``loaded(opt, x)`` checks
+    the stranger right after it loads, and ``step(opt)`` checks what the run kept live."""
+    xa = x0.clone()
+    full = make(xa, False)
+    for _ in range(before):
+        step(full)
+    buffer = io.BytesIO()
+    torch.save(full.state_dict(), buffer)
+    saved_x = xa.clone()
+    for _ in range(after):
+        step(full)
+    xb = saved_x.clone()
+    buffer.seek(0)
+    resumed = make(xb, True)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    if loaded is not None:
+        loaded(resumed, xb)
+    for _ in range(after):
+        step(resumed)
+    assert not torch.equal(xa, saved_x), "the steps after the save moved nothing"
+    assert torch.equal(xa, xb)
+    assert deep_equal(full.state_dict(), resumed.state_dict())
 
 
 def deep_equal(a: Any, b: Any) -> bool:

@@ -46,6 +46,7 @@ from .._common import OUT, finish, machine
 from .._report import doc_paragraphs, md_table, section
 from .._tuning import Grid, tune_step
 from ..perf.finetune import TinyLM
+from ..weights import resolve
 
 CACHE = Path(__file__).resolve().parents[2] / "cache" / "finetune"
 CONTEXT, BATCH = 128, 16
@@ -187,9 +188,7 @@ UNTUNED = ("ZO-LSTM, learned default", "ZO-LSTM lean")
 def lean_method(weights: Any) -> Callable[..., Any]:
     """A lean learned optimizer (``--lean``: a weights file, or an ES run folder's best) at
     inference memory, q = 4, no mu: its own radius."""
-    from ..generalist.heldout import _weights
-
-    nets = _weights(weights)
+    nets = resolve(weights)
     return lambda p, lr, s: torchzo.ZOLSTM(p, pretrained=nets, lr=lr, q=4, seed=s,
                                            memory="inference")
 

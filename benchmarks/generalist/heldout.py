@@ -51,6 +51,7 @@ from torchzo.tasks.families import FAMILIES, FAMILY_SPLITS
 from .._common import OUT, finish, machine, pyplot, save_figure
 from .._report import md_table, paragraphs, section
 from .._tuning import Grid, tune_adam, tune_step
+from ..weights import learned, resolve
 
 MakeOpt = Callable[[list[Tensor], int, float | None], ZOOptimizer]
 _TUNE_SEED, _TEST_SEED = 3_000_000, 2_000_000
@@ -187,10 +188,10 @@ def methods(weights: Any, tuned: dict[str, Any], candidates: Sequence[str] = ()
         "ZOSGD tuned": lambda p, s, mu: torchzo.ZOSGD(p, lr=sgd["lr"], mu=mu, seed=s),
     }
     if candidates:
-        return {**{name: _zolstm(_weights(name)) for name in candidates}, **baselines}
+        return {**{name: _zolstm(resolve(name)) for name in candidates}, **baselines}
     untrained = LearnedZO(arch=GeneralConfig(hidden=8))
     out = {"ZOLSTM": _zolstm(weights)}
-    arch = _nets(weights).arch
+    arch = learned(weights).arch
     if arch.has_query:  # without a query net the ablation is the same run
         out["ZOLSTM no query net"] = lambda p, s, mu: torchzo.ZOLSTM(
             p, pretrained=weights, mu=mu, seed=s, covariance="identity")
@@ -319,9 +320,9 @@ def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     """Tune the baselines on ``fam``'s tuning instances, then run every method on its
     evaluation instances."""
     torch.set_num_threads(1)
-    weights = _weights(args.weights)
+    weights = resolve(args.weights)
     candidates = args.candidates.split(",") if args.candidates else ()
-    kind = "gaussian" if candidates else _nets(weights).arch.directions_kind
+    kind = "gaussian" if candidates else learned(weights).arch.directions_kind
     tuned = tune_family(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.quick,
                         kind)
     problems = instances(fam, args.instances, _TEST_SEED)
@@ -377,29 +378,6 @@ def weights_digest(nets: LearnedZO) -> str:
     return digest.hexdigest()
 
 
-def _nets(name: Any) -> LearnedZO:
-    weights = name if isinstance(name, LearnedZO) else _weights(name)
-    if isinstance(weights, LearnedZO):
-        return weights
-    if weights is None or weights in torchzo.pretrained.available():
-        return torchzo.pretrained.load(weights)
-    return torchzo.pretrained.load_file(weights)
-
-
-def _weights(name: str | None) -> Any:
-    """A shipped name, a weights file, an ES run folder (its best weights so far) or one of
-    its validation checks (``RUN/checks/ITERATION.pt``)."""
-    if name and Path(name).is_dir():
-        from torchzo.meta.es import load_best
-
-        return load_best(Path(name))
-    if name and Path(name).parent.name == "checks" and Path(name).is_file():
-        from torchzo.meta.es import load_check
-
-        return load_check(Path(name))
-    return name
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None, help="ZOLSTM pretrained name or path")
@@ -424,12 +402,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw = sys.argv[1:] if argv is None else argv
     data: dict[str, Any] = {"command": "python -m benchmarks.generalist " + " ".join(raw),
                             "weights": args.weights or torchzo.pretrained.default_name(),
-                            "weights_digest": weights_digest(_nets(args.weights)),
+                            "weights_digest": weights_digest(learned(args.weights)),
                             "machine": machine(), "config": vars(args), "families": {}}
     if args.candidates:  # then the main weights are not run: name what was
         names = args.candidates.split(",")
         data["weights"] = ", ".join(names)
-        data["weights_digest"] = {n: weights_digest(_nets(n)) for n in names}
+        data["weights_digest"] = {n: weights_digest(learned(n)) for n in names}
     jobs = [(fam, args) for fam in args.families.split(",")]
     if args.jobs > 1:
         import multiprocessing

@@ -50,8 +50,9 @@ from torchzo.tasks.families import FAMILY_SPLITS
 from .._common import OUT, finish, machine
 from .._report import md_table, section
 from .._tuning import Grid, tune_adam, tune_step
+from ..weights import learned, resolve
 from . import anchors
-from .heldout import MakeOpt, _nets, _weights, instances, log_progress, run, weights_digest
+from .heldout import MakeOpt, instances, log_progress, run, weights_digest
 
 _TUNE_SEED, _TEST_SEED = 5_000_000, 6_000_000
 BETA1, BETA2, MOMENTA = (0.5, 0.9, 0.99), (0.99, 0.999), (0.0, 0.9)
@@ -174,8 +175,8 @@ def summarize(finals: dict[str, list[float]], starts: list[float], f_mins: list[
 
 def _family(fam: str, args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
-    weights = _weights(args.weights)
-    kind = _nets(weights).arch.directions_kind
+    weights = resolve(args.weights)
+    kind = learned(weights).arch.directions_kind
     tuned = tune(instances(fam, args.tune_instances, _TUNE_SEED), args.steps, args.q, kind,
                  args.quick, args.floor)
     problems = instances(fam, args.instances, _TEST_SEED)
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "command": "python -m benchmarks.generalist.judge " + " ".join(raw),
         "weights": str(args.weights or torchzo.pretrained.default_name()),
-        "weights_digest": weights_digest(_nets(_weights(args.weights))),
+        "weights_digest": weights_digest(learned(resolve(args.weights))),
         "machine": machine(), "config": vars(args), "families": {}}
     jobs = [(fam, args) for fam in families]
     if args.jobs > 1:

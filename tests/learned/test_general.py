@@ -3,7 +3,6 @@ population of weight sets runs it for ES meta-training."""
 from __future__ import annotations
 
 import functools
-import io
 import math
 import warnings
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from zo_testing import FEW, deep_equal
+from zo_testing import FEW, resume_round_trip
 
 import torchzo
 from torchzo.learned import GeneralConfig, LearnedZO
@@ -425,38 +424,25 @@ def _steps(x: torch.Tensor) -> torch.Tensor:
 
 def test_state_dict_round_trip_resumes_bit_exactly_with_radius_and_controller():
     """9 steps, save, 6 more; a fresh optimizer (other nets, other seed) loads and runs 6."""
-    d, q, arch = 8, 4, ARCH
-    x0 = torch.randn(d, generator=torch.Generator().manual_seed(2))
-    xa = x0.clone()
-    full = torchzo.ZOLSTM([xa], pretrained=_nets(3, arch=arch), q=q, mu=1e-3, seed=5)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for _ in range(9):
-            full.step(torchzo.Batched(_steps))
-        st = full.state[xa]
+    def make(x: torch.Tensor, stranger: bool) -> torchzo.ZOLSTM:
+        return torchzo.ZOLSTM([x], pretrained=_nets(9 if stranger else 3, arch=ARCH), q=4,
+                              mu=1e-3, seed=77 if stranger else 5)
+
+    def loaded(opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
         # Everything the general arch keeps is live: the radius, the controller, the loss
-        # statistics, sigma away from its start.
-        assert float(st["group.log_radius"]) > 0 and st["group.ctrl_h"].abs().sum() > 0
+        # statistics, sigma away from its start; and the loaded radius is the one queried.
+        st = opt.state[x]
+        radius = float(st["group.log_radius"])
+        assert radius > 0 and st["group.ctrl_h"].abs().sum() > 0
         assert float(st["group.loss_scale"]) > 0
         assert float(st["group.log_sigma"]) != float(st["group.log_sigma0"])
-        buffer = io.BytesIO()
-        torch.save(full.state_dict(), buffer)
-        saved_x = xa.clone()
-        for _ in range(6):
-            full.step(torchzo.Batched(_steps))
-        xb = saved_x.clone()
-        buffer.seek(0)
-        resumed = torchzo.ZOLSTM([xb], pretrained=_nets(9, arch=arch), q=q, mu=1e-3, seed=77)
-        resumed.load_state_dict(torch.load(buffer, weights_only=True))
-        radius = float(resumed.state[xb]["group.log_radius"])
-        assert radius > 0
-        assert resumed._parts()[0].mu == pytest.approx(1e-3 * math.exp(radius), rel=1e-6)
-        for _ in range(6):
-            resumed.step(torchzo.Batched(_steps))
-    assert not torch.equal(xa, saved_x)
-    assert torch.equal(xa, xb)
-    assert deep_equal(full.state_dict()["state"], resumed.state_dict()["state"])
-    assert deep_equal(full.state_dict()["zo"], resumed.state_dict()["zo"])
+        assert opt._parts()[0].mu == pytest.approx(1e-3 * math.exp(radius), rel=1e-6)
+
+    x0 = torch.randn(8, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        resume_round_trip(make, x0, lambda opt: opt.step(torchzo.Batched(_steps)),
+                          loaded=loaded)
 
 
 def test_without_a_query_net_learned_directions_are_the_identity_ablation():
