@@ -103,9 +103,11 @@ def test_later_families_are_appended_so_earlier_seeds_stay_put():
     fresh = ["bent-cigar", "discus", "different-powers", "attractive-sector", "step-ellipsoid",
              "schaffers-f7", "noisy-ellipsoid", "noisy-rosenbrock", "quantised-least-squares",
              "pendulum"]
-    assert list(FAMILIES)[22:] == added + wide + fresh and list(FAMILIES).index("poisson") == 21
+    noisy_wide = ["minibatch-near-optimum", "minibatch-warm-rosenbrock"]
+    assert list(FAMILIES)[22:] == added + wide + fresh + noisy_wide
+    assert list(FAMILIES).index("poisson") == 21
     assert list(FAMILY_SPLITS["val"]) == ["huber", "quartic", "softmax", *added,
-                                          "warm-rosenbrock"]
+                                          "warm-rosenbrock", "minibatch-warm-rosenbrock"]
 
 
 @pytest.mark.parametrize("name", ["sharp-ridge", "ackley"])

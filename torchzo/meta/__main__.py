@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma-separated families to validate on (default: the val split)")
     es.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"),
                     help="training horizons, log-uniform between MIN and MAX")
+    es.add_argument("--qs", type=int, nargs="+", metavar="Q",
+                    help="queries per step in training, one drawn per instance")
     _add_arch_flags(es)
     es.add_argument("--check", type=int, metavar="N",
                     help="with --export: write the run's check at iteration N, not its best")
@@ -159,6 +161,10 @@ def run_es(args: argparse.Namespace) -> None:
             setattr(cfg, name, getattr(args, name))
     if args.steps is not None:
         cfg.steps = tuple(args.steps)
+    if args.qs is not None:
+        if min(args.qs) < 1:
+            raise SystemExit(f"--qs: queries per step must be positive, got {args.qs}")
+        cfg.qs = tuple(args.qs)
     if args.arch_kind is not None:
         if saved.exists() and args.arch_kind != cfg.arch["kind"]:
             raise SystemExit(f"--arch {args.arch_kind}: this run's architecture is "

@@ -105,17 +105,21 @@ _ALL = [
     Family("noisy-rosenbrock", noisy.NoisyRosenbrock),
     Family("quantised-least-squares", quantised.QuantisedLeastSquares, mu=0.05),
     Family("pendulum", control.Pendulum),
+    # Large d with a minibatch's noise (2026-12-08): fine-tuning's regime.
+    Family("minibatch-near-optimum", wide.MinibatchNearOptimum),
+    Family("minibatch-warm-rosenbrock", wide.MinibatchWarmRosenbrock),
 ]
 FAMILIES: dict[str, Family] = {f.name: f for f in _ALL}
 FAMILY_SPLITS: dict[str, tuple[str, ...]] = {
     "train": ("rotated-quadratic", "separable-quadratic", "noisy-quadratic", "rosenbrock",
               "least-squares", "logistic", "mlp-classifier", "lasso", "zero-one-linear",
-              "point-mass", "wide-quadratic", "near-optimum"),
+              "point-mass", "wide-quadratic", "near-optimum", "minibatch-near-optimum"),
     # The four after the first three were added (2026-12-02) so that checkpoints are chosen
-    # on more kinds of problem, and the last (2026-12-07) for large d; appended, so that the
-    # earlier ones keep their validation seeds.
+    # on more kinds of problem, and the last two (2026-12-07, 2026-12-08) for large d, the
+    # second with a minibatch's noise; appended, so that the earlier ones keep their
+    # validation seeds.
     "val": ("huber", "quartic", "softmax", "student-t", "squared-hinge", "sharp-ridge",
-            "ackley", "warm-rosenbrock"),
+            "ackley", "warm-rosenbrock", "minibatch-warm-rosenbrock"),
     "test": ("robust-regression", "mlp-regression", "matrix-factorization", "cartpole",
              "binclass", "rastrigin", "sparse-logistic", "hinge", "poisson"),
     # New families for the next learned optimizer's final comparison only: never trained,
