@@ -475,6 +475,17 @@ def test_a_new_run_can_train_with_the_step_cap(tmp_path):
     assert es.load_best(run).arch.max_step == 0.5
 
 
+def test_a_new_run_trains_with_the_queries_per_step_it_is_given(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit, match="--qs.*positive"):
+        main(["es", "--out", str(run), "--iterations", "1", "--qs", "4", "0", "--threads", "1"])
+    assert not run.exists()
+    main(["es", "--out", str(run), "--iterations", "1", "--pairs", "1", "--instances", "1",
+          "--steps", "5", "10", "--val-every", "1", "--val-instances", "1", "--val-steps", "5",
+          "--qs", "4", "--threads", "1"])
+    assert json.loads((run / "config.json").read_text())["qs"] == [4]
+
+
 def test_export_with_a_sigma_rate_records_it_and_keeps_the_digest_of_rate_one(tmp_path):
     from benchmarks.generalist.heldout import _DIGEST_FIELDS, flat_arch, weights_digest
 
