@@ -61,7 +61,8 @@ class WarmRosenbrock(Rosenbrock):
 
 def _batch_shift(problem: NearOptimum | WarmRosenbrock, g: torch.Generator) -> float:
     """A batch's move of the minimum per coordinate: 1 to 10 times the start's offset, a
-    gradient signal-to-noise ratio of 1 / (1 + ratio^2) at the start."""
+    gradient signal-to-noise ratio of 1 / (1 + ratio^2) at the start (exactly so on the
+    quadratic; about so in the valley)."""
     return log_uniform(g, 1.0, 10.0) * problem.offset
 
 
