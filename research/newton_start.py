@@ -19,11 +19,11 @@ final log progress floored at 1e-4 (lower is better), and how many instances end
 their start.
 
     python -m research.newton_start [--families a,b] [--instances 8] [--c 0.05,0.1,0.2]
+        [--no-cap] [--out DIR] [--name STEM]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any
@@ -31,6 +31,8 @@ from typing import Any
 import torch
 
 import torchzo
+from benchmarks._common import finish, machine
+from benchmarks._report import md_table
 from benchmarks.generalist.heldout import log_progress, run
 from torchzo.learned.arch import LeanConfig
 from torchzo.learned.nets import LearnedZO
@@ -72,12 +74,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--c", default="0.05,0.1,0.2")
     ap.add_argument("--no-cap", action="store_true",
                     help="no cap at rms(x0) (which pins a start at x0 = 0 to the floor)")
-    ap.add_argument("--out", default="research/results/newton-start.json")
+    ap.add_argument("--out", default="research/results", help="'' to write nothing")
+    ap.add_argument("--name", default="newton-start", help="output file stem")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     cs = [float(c) for c in args.c.split(",")]
     out: dict[str, Any] = {"command": "python -m research.newton_start " + " ".join(argv or []),
-                           "families": {}}
+                           "machine": machine(), "families": {}}
     start = time.perf_counter()
     for family in [FAMILIES[name] for name in args.families.split(",")]:
         rows: dict[str, list[float]] = {"default": [], **{f"C={c}": [] for c in cs}}
@@ -106,10 +109,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                     for k, s in summary.items()),
               f"s_N/s0 median {sorted(ratios)[len(ratios) // 2]:.3g}", flush=True)
     out["seconds"] = round(time.perf_counter() - start)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return finish(out, start, args.name, args.out, render)
+
+
+def render(data: dict[str, Any]) -> str:
+    """Mean final log progress per family and start (instances above their start)."""
+    starts = list(next(iter(data["families"].values()))["summary"])
+    table = [[family, *(f"{r['summary'][k]['mean']:+.2f} ({r['summary'][k]['above_start']})"
+                        for k in starts)] for family, r in data["families"].items()]
+    return "\n".join([
+        "# Where the lean rule's distance scale starts: default against a probe", "",
+        f"`{data['command'].strip()}`. Mean final log progress floored at 1e-4 (lower is "
+        "better); in parentheses the instances that ended above their start.", "",
+        md_table(["family", *starts], table)])
 
 
 if __name__ == "__main__":

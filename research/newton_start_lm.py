@@ -7,12 +7,11 @@ lean rule at inference memory, q = 4, runs with ``lr = C * s_N / s0`` (the probe
 forward passes counted in the budget); MeZO (central, q = 1, ``loss_at_x=False``) and ZO-SGD
 (forward, q = 4) at the rates the benchmark tuned for them.
 
-    python -m research.newton_start_lm [--seeds 2] [--c 0.05,0.1,0.15]
+    python -m research.newton_start_lm [--seeds 2] [--c 0.05,0.1,0.15] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from collections.abc import Callable
@@ -22,6 +21,8 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import torchzo
+from benchmarks._common import finish, machine
+from benchmarks._report import md_table
 from benchmarks.finetune import quality as Q
 from benchmarks.perf.finetune import TinyLM
 from torchzo.learned.arch import LeanConfig
@@ -63,12 +64,17 @@ def probe(model: TinyLM, task: Q.Task, batch: Any, seed: int, q: int = 4
     return math.sqrt(x.numel()) * float(a.pow(2).mean().sqrt()) / float(h.mean()), s0
 
 
-def fine_tune(task: Q.Task, weights: dict[str, Any], seed: int,
-              make: Callable[..., Any] | None, c: float | None = None) -> dict[str, float]:
+def start_model(weights: dict[str, Any], seed: int) -> TinyLM:
+    """The pretrained LM as every run starts it: seeded, loaded, in eval mode."""
     torch.manual_seed(seed)
     model = Q.lm(ARCH)
     model.load_state_dict(weights)
-    model.eval()
+    return model.eval()
+
+
+def fine_tune(task: Q.Task, weights: dict[str, Any], seed: int,
+              make: Callable[..., Any] | None, c: float | None = None) -> dict[str, float]:
+    model = start_model(weights, seed)
     g = torch.Generator().manual_seed(1000 + seed)
     used, info = 0, {}
     if make is None:  # the lean rule, its start measured when c is given
@@ -95,19 +101,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--c", default="0.05,0.1,0.15")
-    ap.add_argument("--out", default="research/results/newton-start-lm.json")
+    ap.add_argument("--out", default="research/results", help="'' to write nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
     data = Q.corpus()
     weights = Q.pretrained(data, 1500, ARCH)
     out: dict[str, Any] = {"command": "python -m research.newton_start_lm " + " ".join(
-        argv or []), "budget": BUDGET, "tasks": {}}
+        argv or []), "machine": machine(), "budget": BUDGET, "tasks": {}}
     for name in ("text", "kind"):
         task = Q.Task(name, data)
-        base = Q.lm(ARCH)
-        base.load_state_dict(weights)
-        rows: dict[str, Any] = {"pretrained": task.score(base.eval(), "val")}
+        rows: dict[str, Any] = {"pretrained": task.score(start_model(weights, 0), "val")}
         runs: dict[str, tuple[Callable[..., Any] | None, float | None]] = {
             **{k: (m, None) for k, m in BASELINES[name].items()},
             "lean, default start": (None, None),
@@ -117,10 +121,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(name, label, [round(r["val"], 5) for r in rows[label]], flush=True)
         out["tasks"][name] = rows
     out["seconds"] = round(time.perf_counter() - start)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return finish(out, start, "newton-start-lm", args.out, render)
+
+
+def render(data: dict[str, Any]) -> str:
+    """Validation loss per method and task, one column per seed."""
+    parts = ["# The probe-measured start on the fine-tuning LM (validation loss)", "",
+             f"`{data['command'].strip()}`; budget {data['budget']} forward passes.", ""]
+    for name, rows in data["tasks"].items():
+        table = [[label, *(f"{r['val']:.5f}" for r in runs)]
+                 for label, runs in rows.items() if label != "pretrained"]
+        parts += [f"## {name} (pretrained {rows['pretrained']:.5f})", "",
+                  md_table(["method", *(f"seed {i}" for i in range(len(table[0]) - 1))],
+                           table)]
+    return "\n".join(parts)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,11 @@ curvature and a measured signal-to-noise ratio (research/log.md, session 21).
   running mean square of a difference (a prior of 0.05 worth ten steps, clipped to [0.01, 1]);
   ``x -= c * (q snr / hbar) * mean_k(a_k u_k)``.
 
-    python -m research.step_rules_lm [--seeds 2]
+    python -m research.step_rules_lm [--seeds 2] [--out DIR]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
@@ -23,8 +22,12 @@ from typing import Any
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from benchmarks._common import finish, machine
+from benchmarks._report import md_table
 from benchmarks.finetune import quality as Q
 from benchmarks.perf.finetune import TinyLM
+
+from .newton_start_lm import start_model
 
 ARCH, BUDGET, MU = (128, 2), 1500, 1e-3
 
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--task", default="text")
-    ap.add_argument("--out", default="research/results/step-rules-lm.json")
+    ap.add_argument("--out", default="research/results", help="'' to write nothing")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -107,22 +110,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
              **{f"snr c = {c}": (snr_rule, c) for c in (0.5, 1.0, 2.0)}}
     out: dict[str, Any] = {"command": " ".join(["python -m research.step_rules_lm",
                                                 *(sys.argv[1:] if argv is None else argv)]),
-                           "task": args.task, "rows": {}}
+                           "machine": machine(), "task": args.task, "rows": {}}
     for label, (rule, c) in rules.items():
         out["rows"][label] = []
         for seed in range(args.seeds):
-            torch.manual_seed(seed)
-            model = Q.lm(ARCH)
-            model.load_state_dict(weights)
-            model.eval()
+            model = start_model(weights, seed)
             info = rule(model, task, seed, c)
             out["rows"][label].append({"val": task.score(model, "val"), **info})
         print(label, [round(r["val"], 5) for r in out["rows"][label]], flush=True)
     out["seconds"] = round(time.perf_counter() - start)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(out, f, indent=1)
-    return out
+    return finish(out, start, "step-rules-lm", args.out, render)
+
+
+def render(data: dict[str, Any]) -> str:
+    """Validation loss per rule, one column per seed."""
+    table = [[label, *(f"{r['val']:.5f}" for r in runs)] for label, runs in data["rows"].items()]
+    return "\n".join([
+        f"# Measured step sizes on the fine-tuning LM ({data['task']}, validation loss)", "",
+        f"`{data['command'].strip()}`", "",
+        md_table(["rule", *(f"seed {i}" for i in range(len(table[0]) - 1))], table)])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The research prototypes' measuring parts (their runs are scripts; research/log.md)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -32,3 +34,16 @@ def test_newton_distance_probe_is_the_distance_to_the_minimum_of_an_isotropic_qu
     ratios_t = torch.tensor(ratios)
     assert 0.8 < float(ratios_t.median()) < 1.25 and float(ratios_t.min()) > 0.2
     assert s0 > 0
+
+
+def test_newton_start_tiny_run_writes_its_table(tmp_path):
+    from research import newton_start
+
+    data = newton_start.main(["--families", "quartic,near-optimum", "--instances", "1",
+                              "--steps", "5", "--c", "0.1", "--out", str(tmp_path)])
+    for family in ("quartic", "near-optimum"):
+        summary = data["families"][family]["summary"]
+        assert set(summary) == {"default", "C=0.1"}
+        assert all(math.isfinite(s["mean"]) for s in summary.values())
+    text = (tmp_path / "newton-start.md").read_text()
+    assert "| quartic |" in text and "| family | default | C=0.1 |" in text
